@@ -1,0 +1,96 @@
+//! Errors of the CLI library, as types. `main` turns them into one message and an exit code.
+
+use std::path::PathBuf;
+
+/// Why an ONNX file could not become a paoding model.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The bytes are not a well-formed ONNX protobuf (truncated, corrupted, not ONNX at all).
+    #[error("{path}: not a valid ONNX model: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// A weight tensor is refused before anything is read (absurd size, external data outside
+    /// the model's folder, data shorter than declared).
+    #[error("{path}: tensor '{tensor}': {reason}")]
+    BadTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An operator paoding cannot map.
+    #[error(
+        "{path}: unsupported operator {op} at node '{node}'{detail}. paoding supports: {SUPPORTED}"
+    )]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// The ONNX operator type (or tract's name for it).
+        op: String,
+        /// The node's name.
+        node: String,
+        /// Why this instance cannot be mapped, if the operator itself is supported.
+        detail: String,
+    },
+    /// The model as a whole is outside what paoding handles (several inputs, dynamic shapes...).
+    #[error("{path}: {reason}")]
+    Model {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// tract refused the model.
+    #[error("{path}: tract could not load the model: {reason}")]
+    Tract {
+        /// The file.
+        path: PathBuf,
+        /// tract's error chain.
+        reason: String,
+    },
+    /// The imported graph is inconsistent (a mapping defect: please report it).
+    #[error("{path}: {source}")]
+    Graph {
+        /// The file.
+        path: PathBuf,
+        /// The core library's error.
+        source: paoding_core::Error,
+    },
+}
+
+/// The ONNX operators paoding maps, for error messages and the README.
+pub const SUPPORTED: &str = "Conv (grouped and depthwise included), Gemm and MatMul with constant weights, \
+BatchNormalization, Relu, Clip, Sigmoid, Tanh, Softmax, MaxPool, AveragePool, GlobalAveragePool, \
+ReduceMean/ReduceSum/ReduceMax over H and W, Add, Sub/Mul/Div by a per-channel constant, Concat, \
+Flatten, Reshape, Squeeze/Unsqueeze, Transpose, Pad (constant), Identity, Dropout, and any operator \
+whose inputs are all constants (Shape, Gather, Cast, DequantizeLinear, ...)";
+
+/// Why a hardware profile could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// Not a path to a readable file, nor the name of a built-in profile.
+    #[error("no profile '{0}': not a readable file, nor a built-in profile (built in: {1})")]
+    NotFound(String, String),
+    /// The TOML does not follow the schema.
+    #[error("profile {source_name}: {reason}")]
+    Invalid {
+        /// File path or built-in name.
+        source_name: String,
+        /// The parser's message, naming the key.
+        reason: String,
+    },
+}

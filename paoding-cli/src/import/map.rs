@@ -1,0 +1,703 @@
+//! Map tract's typed graph (before decluttering, so operators stay close to ONNX) onto the IR.
+//!
+//! Any node whose inputs are all constants is evaluated by tract itself, so constant
+//! subgraphs (weight dequantisation, shape arithmetic, transposed weights) fold whatever
+//! operators they use. Every other node must map onto an IR operator; its output shape is
+//! checked against tract's.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use paoding_core::ir::{Activation, BatchNorm, Conv2d, Dense, Graph, Op, Pool, ValueId};
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::array::{Pad, PadMode, TypedConcat};
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cast::Cast;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec, SumPool};
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::identity::Identity;
+use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, Softmax, SoftmaxKind};
+use tract_onnx::tract_core::ops::source::TypedSource;
+use tract_onnx::tract_hir::infer::Factoid;
+
+use crate::error::ImportError;
+
+#[derive(Clone)]
+enum Mapped {
+    Const(Arc<Tensor>),
+    Value(ValueId),
+}
+
+pub(super) fn load_and_map(
+    path: &Path,
+    dir: &Path,
+    proto: &ModelProto,
+    onnx: &tract_onnx::Onnx,
+) -> Result<Graph, ImportError> {
+    let tract_err = |e: TractError| ImportError::Tract {
+        path: path.to_path_buf(),
+        reason: format!("{e:#}"),
+    };
+    let model_err = |reason: String| ImportError::Model {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let parsed = onnx.parse(proto, dir.to_str()).map_err(tract_err)?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(model_err(format!(
+            "inputs {:?} are never defined",
+            parsed.unresolved_inputs
+        )));
+    }
+    let mut model = parsed.model;
+    let n_inputs = model.input_outlets().map_err(tract_err)?.len();
+    if n_inputs != 1 {
+        return Err(model_err(format!(
+            "the model has {n_inputs} inputs; paoding handles models with exactly one"
+        )));
+    }
+    let fact = model.input_fact(0).map_err(tract_err)?.clone();
+    if let Some(dt) = fact.datum_type.concretize() {
+        if dt != f32::datum_type() {
+            return Err(model_err(format!(
+                "the input is {dt:?}; paoding handles f32 inputs"
+            )));
+        }
+    }
+    let dims = fact
+        .shape
+        .concretize()
+        .ok_or_else(|| model_err("the input's rank is unknown".into()))?;
+    let mut shape = Vec::with_capacity(dims.len());
+    for (axis, d) in dims.iter().enumerate() {
+        match d.to_i64() {
+            Ok(n) if n > 0 => shape.push(n as usize),
+            // The batch axis (symbolic or unknown) is fixed to 1.
+            _ if axis == 0 => shape.push(1),
+            _ => {
+                return Err(model_err(format!(
+                    "input dimension {axis} is not fixed ({d}); paoding needs static shapes"
+                )))
+            }
+        }
+    }
+    if shape.first() != Some(&1) {
+        return Err(model_err(format!(
+            "the input shape {shape:?} has no batch axis of 1 first"
+        )));
+    }
+    model
+        .set_input_fact(0, f32::fact(&shape).into())
+        .map_err(tract_err)?;
+    let typed = model.into_typed().map_err(tract_err)?;
+    let outputs = typed.output_outlets().map_err(tract_err)?.to_vec();
+    if outputs.len() != 1 {
+        return Err(model_err(format!(
+            "the model has {} outputs; paoding handles models with exactly one",
+            outputs.len()
+        )));
+    }
+    let input_name = typed
+        .node(typed.input_outlets().map_err(tract_err)?[0].node)
+        .name
+        .clone();
+    let mut mapper = Mapper {
+        path,
+        typed: &typed,
+        graph: Graph::new(input_name, shape),
+        mapped: HashMap::new(),
+        onnx_nodes: proto
+            .graph
+            .iter()
+            .flat_map(|g| &g.node)
+            .map(|n| (n.name.clone(), n.op_type.clone()))
+            .collect(),
+    };
+    for id in typed.eval_order().map_err(tract_err)? {
+        mapper.map_node(id)?;
+    }
+    match mapper.mapped.get(&outputs[0]) {
+        Some(Mapped::Value(v)) => mapper.graph.output = *v,
+        _ => return Err(model_err("the output does not depend on the input".into())),
+    }
+    let mut graph = mapper.graph;
+    paoding_core::simplify::simplify(&mut graph).map_err(|source| ImportError::Graph {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(graph)
+}
+
+struct Mapper<'a> {
+    path: &'a Path,
+    typed: &'a TypedModel,
+    graph: Graph,
+    mapped: HashMap<OutletId, Mapped>,
+    /// ONNX node name → operator type, to name the source of a failing tract node.
+    onnx_nodes: HashMap<String, String>,
+}
+
+impl Mapper<'_> {
+    fn map_node(&mut self, id: usize) -> Result<(), ImportError> {
+        let node = self.typed.node(id);
+        let mut inputs = Vec::with_capacity(node.inputs.len());
+        for outlet in &node.inputs {
+            match self.mapped.get(outlet) {
+                Some(m) => inputs.push(m.clone()),
+                None => return Err(self.unsupported(id, "reads a value that was not mapped")),
+            }
+        }
+        if node.op_is::<TypedSource>() {
+            self.mapped
+                .insert(OutletId::new(id, 0), Mapped::Value(self.graph.input));
+            return Ok(());
+        }
+        let consts: Option<TVec<TValue>> = inputs
+            .iter()
+            .map(|m| match m {
+                Mapped::Const(t) => Some(t.clone().into_tvalue()),
+                Mapped::Value(_) => None,
+            })
+            .collect();
+        if let Some(consts) = consts {
+            return self.fold_constant(id, consts);
+        }
+        let value = self.map_op(id, &inputs)?;
+        self.mapped
+            .insert(OutletId::new(id, 0), Mapped::Value(value));
+        Ok(())
+    }
+
+    fn fold_constant(&mut self, id: usize, inputs: TVec<TValue>) -> Result<(), ImportError> {
+        let node = self.typed.node(id);
+        let outputs = match node.op.eval_out_of_plan(inputs) {
+            Ok(Some(outputs)) => outputs,
+            Ok(None) => return Err(self.unsupported(id, "needs a runtime state to evaluate")),
+            Err(e) => {
+                return Err(
+                    self.unsupported(id, &format!("cannot be evaluated on its constants: {e}"))
+                )
+            }
+        };
+        for (slot, t) in outputs.into_iter().enumerate() {
+            self.mapped
+                .insert(OutletId::new(id, slot), Mapped::Const(t.into_arc_tensor()));
+        }
+        Ok(())
+    }
+
+    /// Map one node that reads at least one non-constant value.
+    fn map_op(&mut self, id: usize, inputs: &[Mapped]) -> Result<ValueId, ImportError> {
+        let node = self.typed.node(id);
+        let op = &node.op;
+        let values: Vec<ValueId> = inputs
+            .iter()
+            .filter_map(|m| match m {
+                Mapped::Value(v) => Some(*v),
+                Mapped::Const(_) => None,
+            })
+            .collect();
+        let x = values[0];
+        let x_shape = self.graph.shape(x).to_vec();
+
+        let ir_op = if op.is::<Identity>() {
+            return Ok(x);
+        } else if let Some(cast) = op.downcast_ref::<Cast>() {
+            if cast.to != f32::datum_type() {
+                return Err(self.unsupported(id, &format!("casts activations to {:?}", cast.to)));
+            }
+            return Ok(x);
+        } else if let Some(conv) = op.downcast_ref::<Conv>() {
+            self.conv(id, conv, inputs, &x_shape)?
+        } else if let Some(pool) = op.downcast_ref::<MaxPool>() {
+            if pool.with_index_outputs.is_some() {
+                return Err(self.unsupported(id, "returns indices"));
+            }
+            Op::MaxPool(self.pool(id, &pool.pool_spec, &x_shape, false)?)
+        } else if let Some(pool) = op.downcast_ref::<SumPool>() {
+            if !pool.normalize {
+                return Err(self.unsupported(id, "sums without averaging"));
+            }
+            Op::AveragePool(self.pool(id, &pool.pool_spec, &x_shape, pool.count_include_pad)?)
+        } else if let Some(reduce) = op.downcast_ref::<Reduce>() {
+            return self.reduce(id, reduce, x, &x_shape);
+        } else if let Some(bin) = op.downcast_ref::<TypedBinOp>() {
+            return self.binary(id, bin.0.name(), inputs, x, &x_shape);
+        } else if let Some(ew) = op.downcast_ref::<ElementWiseOp>() {
+            match ew.0.name().as_ref() {
+                "Sigmoid" => Op::Activation(Activation::Sigmoid),
+                "Tanh" => Op::Activation(Activation::Tanh),
+                other => return Err(self.unsupported_named(id, other, "")),
+            }
+        } else if let Some(einsum) = op.downcast_ref::<EinSum>() {
+            self.einsum(id, einsum, inputs, &x_shape)?
+        } else if let Some(softmax) = op.downcast_ref::<Softmax>() {
+            if softmax.kind != SoftmaxKind::Softmax || softmax.axes.len() != 1 {
+                return Err(self.unsupported(id, "is not a softmax over one axis"));
+            }
+            Op::Softmax {
+                axis: softmax.axes[0],
+            }
+        } else if let Some(axis_op) = op.downcast_ref::<AxisOp>() {
+            match axis_op {
+                AxisOp::Move(from, to) => {
+                    let mut perm: Vec<usize> = (0..x_shape.len()).collect();
+                    let axis = perm.remove(*from);
+                    perm.insert(*to, axis);
+                    Op::Transpose { perm }
+                }
+                _ => Op::Reshape {
+                    shape: self.output_shape(id)?,
+                },
+            }
+        } else if let Some(concat) = op.downcast_ref::<TypedConcat>() {
+            if values.len() != inputs.len() {
+                return Err(self.unsupported(id, "concatenates constants with activations"));
+            }
+            Op::Concat { axis: concat.axis }
+        } else if let Some(pad) = op.downcast_ref::<Pad>() {
+            match &pad.mode {
+                PadMode::Constant(v) if v.len() == 1 => Op::Pad {
+                    pads: pad.pads.clone(),
+                    value: scalar(v)
+                        .ok_or_else(|| self.unsupported(id, "pads with a non-numeric value"))?,
+                },
+                _ => return Err(self.unsupported(id, "pads in reflect or edge mode")),
+            }
+        } else {
+            return Err(self.unsupported(id, ""));
+        };
+        self.push(id, ir_op, &values)
+    }
+
+    /// Add an IR node for tract node `id` and check its shape against tract's.
+    fn push(&mut self, id: usize, op: Op, inputs: &[ValueId]) -> Result<ValueId, ImportError> {
+        let name = self.typed.node(id).name.clone();
+        let expected = self.output_shape(id)?;
+        let v = self
+            .graph
+            .push(name, op, inputs)
+            .map_err(|source| ImportError::Graph {
+                path: self.path.to_path_buf(),
+                source,
+            })?;
+        if self.graph.shape(v) != expected.as_slice() {
+            return Err(self.unsupported(
+                id,
+                &format!(
+                    "maps to shape {:?} where tract computes {expected:?}",
+                    self.graph.shape(v)
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
+    fn output_shape(&self, id: usize) -> Result<Vec<usize>, ImportError> {
+        let fact = self
+            .typed
+            .outlet_fact(OutletId::new(id, 0))
+            .map_err(|e| self.unsupported(id, &format!("{e}")))?;
+        if fact.datum_type != f32::datum_type() {
+            return Err(self.unsupported(id, &format!("produces {:?} values", fact.datum_type)));
+        }
+        fact.shape
+            .as_concrete()
+            .map(<[usize]>::to_vec)
+            .ok_or_else(|| self.unsupported(id, "has a dynamic output shape"))
+    }
+
+    fn conv(
+        &self,
+        id: usize,
+        conv: &Conv,
+        inputs: &[Mapped],
+        x_shape: &[usize],
+    ) -> Result<Op, ImportError> {
+        if conv.q_params.is_some() {
+            return Err(self.unsupported(id, "is quantized"));
+        }
+        let spec = &conv.pool_spec;
+        if spec.data_format != DataFormat::NCHW
+            || spec.kernel_shape.len() != 2
+            || x_shape.len() != 4
+        {
+            return Err(self.unsupported(id, "is not a 2-D NCHW convolution"));
+        }
+        let (Some(Mapped::Const(kernel)), Some(Mapped::Const(bias))) =
+            (inputs.get(1), inputs.get(2))
+        else {
+            return Err(self.unsupported(id, "has non-constant weights"));
+        };
+        let kernel = f32s(kernel).ok_or_else(|| self.unsupported(id, "has non-float weights"))?;
+        let (out_c, group) = (spec.output_channels, conv.group);
+        let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+        let gi = x_shape[1] / group.max(1);
+        // Reorder to OIHW whatever tract holds.
+        let weights: Vec<f32> = match conv.kernel_fmt {
+            KernelFormat::OIHW => kernel,
+            KernelFormat::HWIO | KernelFormat::OHWI => {
+                let mut w = vec![0.0; kernel.len()];
+                for o in 0..out_c {
+                    for i in 0..gi {
+                        for y in 0..kh {
+                            for x in 0..kw {
+                                let from = match conv.kernel_fmt {
+                                    KernelFormat::HWIO => ((y * kw + x) * gi + i) * out_c + o,
+                                    _ => ((o * kh + y) * kw + x) * gi + i,
+                                };
+                                w[((o * gi + i) * kh + y) * kw + x] =
+                                    *kernel.get(from).unwrap_or(&0.0);
+                            }
+                        }
+                    }
+                }
+                w
+            }
+        };
+        let bias = f32s(bias).ok_or_else(|| self.unsupported(id, "has a non-float bias"))?;
+        let bias = match bias.len() {
+            0 => vec![0.0; out_c],
+            1 => vec![bias[0]; out_c],
+            n if n == out_c => bias,
+            n => return Err(self.unsupported(id, &format!("has {n} biases for {out_c} channels"))),
+        };
+        let dilation = spec.dilations.as_ref().map_or([1, 1], |d| [d[0], d[1]]);
+        let stride = spec.strides.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
+        let padding = self.padding(id, spec, x_shape, [kh, kw], dilation, stride)?;
+        Ok(Op::Conv2d(Conv2d {
+            out_channels: out_c,
+            in_channels: x_shape[1],
+            kernel: [kh, kw],
+            stride,
+            dilation,
+            padding,
+            groups: group,
+            weights,
+            bias,
+            activation: Activation::Identity,
+        }))
+    }
+
+    fn pool(
+        &self,
+        id: usize,
+        spec: &PoolSpec,
+        x_shape: &[usize],
+        count_include_pad: bool,
+    ) -> Result<Pool, ImportError> {
+        if spec.data_format != DataFormat::NCHW
+            || spec.kernel_shape.len() != 2
+            || x_shape.len() != 4
+        {
+            return Err(self.unsupported(id, "is not a 2-D NCHW pooling"));
+        }
+        if spec
+            .dilations
+            .as_ref()
+            .is_some_and(|d| d.iter().any(|&d| d != 1))
+        {
+            return Err(self.unsupported(id, "is dilated"));
+        }
+        let kernel = [spec.kernel_shape[0], spec.kernel_shape[1]];
+        let stride = spec.strides.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
+        let padding = self.padding(id, spec, x_shape, kernel, [1, 1], stride)?;
+        Ok(Pool {
+            kernel,
+            stride,
+            padding,
+            count_include_pad,
+        })
+    }
+
+    /// Explicit padding (top, left, bottom, right) that reproduces tract's output size, so
+    /// SAME padding and ONNX's ceil mode become plain padding.
+    fn padding(
+        &self,
+        id: usize,
+        spec: &PoolSpec,
+        x: &[usize],
+        kernel: [usize; 2],
+        dilation: [usize; 2],
+        stride: [usize; 2],
+    ) -> Result<[usize; 4], ImportError> {
+        let computed = spec.padding.compute(&x[2..4], &kernel, &dilation, &stride);
+        let out = self.output_shape(id)?;
+        let mut pads = [0usize; 4];
+        for axis in 0..2 {
+            let before = computed[axis].pad_before;
+            let span = dilation[axis] * (kernel[axis] - 1) + 1;
+            let needed = ((out[2 + axis].max(1) - 1) * stride[axis] + span)
+                .saturating_sub(x[2 + axis] + before);
+            pads[axis] = before;
+            pads[axis + 2] = needed.max(computed[axis].pad_after);
+        }
+        Ok(pads)
+    }
+
+    fn reduce(
+        &mut self,
+        id: usize,
+        reduce: &Reduce,
+        x: ValueId,
+        x_shape: &[usize],
+    ) -> Result<ValueId, ImportError> {
+        let mut axes = reduce.axes.to_vec();
+        axes.sort_unstable();
+        if x_shape.len() != 4 || axes != [2, 3] {
+            return Err(self.unsupported(
+                id,
+                &format!("reduces axes {axes:?}; paoding reduces over H and W of NCHW"),
+            ));
+        }
+        let (h, w) = (x_shape[2], x_shape[3]);
+        match reduce.reducer {
+            Reducer::Sum => {
+                let name = format!("{}.mean", self.typed.node(id).name);
+                let mean =
+                    self.graph
+                        .push(name, Op::GlobalAveragePool, &[x])
+                        .map_err(|source| ImportError::Graph {
+                            path: self.path.to_path_buf(),
+                            source,
+                        })?;
+                // tract expresses ReduceMean as a sum and a division; the division folds back.
+                let scale = (h * w) as f32;
+                let affine = BatchNorm::affine(vec![scale; x_shape[1]], vec![0.0; x_shape[1]]);
+                self.push(id, Op::BatchNorm(affine), &[mean])
+            }
+            Reducer::Max => {
+                let pool = Pool {
+                    kernel: [h, w],
+                    stride: [1, 1],
+                    padding: [0; 4],
+                    count_include_pad: false,
+                };
+                self.push(id, Op::MaxPool(pool), &[x])
+            }
+            _ => Err(self.unsupported(id, &format!("reduces with {:?}", reduce.reducer))),
+        }
+    }
+
+    fn binary(
+        &mut self,
+        id: usize,
+        name: &str,
+        inputs: &[Mapped],
+        x: ValueId,
+        x_shape: &[usize],
+    ) -> Result<ValueId, ImportError> {
+        let constant = inputs.iter().position(|m| matches!(m, Mapped::Const(_)));
+        let Some(k) = constant else {
+            if name == "Add" {
+                let values: Vec<ValueId> = inputs
+                    .iter()
+                    .filter_map(|m| {
+                        if let Mapped::Value(v) = m {
+                            Some(*v)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                return self.push(id, Op::Add, &values);
+            }
+            return Err(self.unsupported_named(id, name, " between two activations"));
+        };
+        let Mapped::Const(c) = &inputs[k] else {
+            unreachable!("position found a constant")
+        };
+        let const_first = k == 0;
+        let channels = x_shape.get(1).copied().unwrap_or(1);
+        let per_channel = channel_vector(c, x_shape).ok_or_else(|| {
+            self.unsupported_named(
+                id,
+                name,
+                &format!(
+                    " with a constant of shape {:?} that varies along more than the channel axis",
+                    c.shape()
+                ),
+            )
+        })?;
+        let scalar = per_channel
+            .iter()
+            .all(|&v| v == per_channel[0])
+            .then_some(per_channel[0]);
+        let affine =
+            |scale: Vec<f32>, shift: Vec<f32>| Op::BatchNorm(BatchNorm::affine(scale, shift));
+        let op = match (name, const_first) {
+            ("Add", _) => affine(vec![1.0; channels], per_channel),
+            ("Sub", false) => affine(
+                vec![1.0; channels],
+                per_channel.iter().map(|v| -v).collect(),
+            ),
+            ("Sub", true) => affine(vec![-1.0; channels], per_channel),
+            ("Mul", _) => affine(per_channel, vec![0.0; channels]),
+            ("Div", false) => affine(
+                per_channel.iter().map(|v| 1.0 / v).collect(),
+                vec![0.0; channels],
+            ),
+            ("Max", _) if scalar.is_some() => Op::Activation(Activation::Clip {
+                min: scalar.unwrap_or(0.0),
+                max: f32::INFINITY,
+            }),
+            ("Min", _) if scalar.is_some() => Op::Activation(Activation::Clip {
+                min: f32::NEG_INFINITY,
+                max: scalar.unwrap_or(0.0),
+            }),
+            _ => {
+                return Err(self.unsupported_named(
+                    id,
+                    name,
+                    &format!(" with a constant of shape {:?}", c.shape()),
+                ))
+            }
+        };
+        self.push(id, op, &[x])
+    }
+
+    fn einsum(
+        &self,
+        id: usize,
+        einsum: &EinSum,
+        inputs: &[Mapped],
+        x_shape: &[usize],
+    ) -> Result<Op, ImportError> {
+        let expr = einsum.axes.to_string();
+        let bad = |why: &str| self.unsupported(id, &format!("(einsum {expr}) {why}"));
+        if einsum.q_params.is_some() || inputs.len() != 2 {
+            return Err(bad("is quantized or has more than two operands"));
+        }
+        let (Mapped::Value(_), Mapped::Const(w)) = (&inputs[0], &inputs[1]) else {
+            return Err(bad("is not activations times constant weights"));
+        };
+        let (lhs, out) = expr.split_once("->").ok_or_else(|| bad("cannot be read"))?;
+        let (a, b) = lhs.split_once(',').ok_or_else(|| bad("cannot be read"))?;
+        let (a, b, out): (Vec<char>, Vec<char>, Vec<char>) = (
+            a.chars().collect(),
+            b.chars().collect(),
+            out.chars().collect(),
+        );
+        if a.len() != 2 || b.len() != 2 || out.len() != 2 || x_shape.len() != 2 || w.rank() != 2 {
+            return Err(bad(
+                "is not a matrix product of a [1, K] input with a 2-D weight",
+            ));
+        }
+        // The contracted letter appears in both operands and not in the output.
+        let k = a
+            .iter()
+            .find(|c| b.contains(c) && !out.contains(c))
+            .ok_or_else(|| bad("contracts no axis"))?;
+        if a[1] != *k || out[0] != a[0] {
+            return Err(bad("does not contract the input's feature axis"));
+        }
+        let n = b
+            .iter()
+            .find(|c| *c != k)
+            .ok_or_else(|| bad("has no output axis"))?;
+        if out[1] != *n {
+            return Err(bad("does not produce [1, N]"));
+        }
+        let data = f32s(w).ok_or_else(|| bad("has non-float weights"))?;
+        let k_first = b[0] == *k;
+        let (inputs_n, units) = if k_first {
+            (w.shape()[0], w.shape()[1])
+        } else {
+            (w.shape()[1], w.shape()[0])
+        };
+        // Dense rows are output neurons: transpose a [K, N] weight.
+        let weights = if k_first {
+            (0..units)
+                .flat_map(|u| (0..inputs_n).map(move |i| (i, u)))
+                .map(|(i, u)| data[i * units + u])
+                .collect()
+        } else {
+            data
+        };
+        Ok(Op::Dense(Dense {
+            units,
+            inputs: inputs_n,
+            weights,
+            bias: vec![0.0; units],
+            activation: Activation::Identity,
+        }))
+    }
+
+    fn unsupported(&self, id: usize, detail: &str) -> ImportError {
+        self.unsupported_named(
+            id,
+            &self.typed.node(id).op.name(),
+            if detail.is_empty() { "" } else { detail },
+        )
+    }
+
+    /// An error naming the ONNX operator behind tract node `id` (found by name prefix).
+    fn unsupported_named(&self, id: usize, tract_op: &str, detail: &str) -> ImportError {
+        let name = &self.typed.node(id).name;
+        let onnx = self
+            .onnx_nodes
+            .iter()
+            .filter(|(n, _)| !n.is_empty() && name.starts_with(n.as_str()))
+            .max_by_key(|(n, _)| n.len());
+        let (op, node) = match onnx {
+            Some((n, op)) if op != tract_op => (format!("{op} (as tract's {tract_op})"), n.clone()),
+            Some((n, op)) => (op.clone(), n.clone()),
+            None => (tract_op.to_string(), name.clone()),
+        };
+        let detail = if detail.is_empty() {
+            String::new()
+        } else if detail.starts_with(' ') {
+            detail.to_string()
+        } else {
+            format!(": {detail}")
+        };
+        ImportError::Unsupported {
+            path: self.path.to_path_buf(),
+            op,
+            node,
+            detail,
+        }
+    }
+}
+
+fn f32s(t: &Tensor) -> Option<Vec<f32>> {
+    let t = t.cast_to::<f32>().ok()?;
+    Some(
+        t.to_plain_array_view::<f32>()
+            .ok()?
+            .iter()
+            .copied()
+            .collect(),
+    )
+}
+
+fn scalar(t: &Tensor) -> Option<f32> {
+    f32s(t)?.first().copied()
+}
+
+/// The per-channel (axis 1) values of a constant broadcast against `x_shape`, or `None` if
+/// it varies along any other axis.
+fn channel_vector(c: &Tensor, x_shape: &[usize]) -> Option<Vec<f32>> {
+    let data = f32s(c)?;
+    let channels = x_shape.get(1).copied().unwrap_or(1);
+    if data.len() == 1 {
+        return Some(vec![data[0]; channels]);
+    }
+    let shape = c.shape();
+    if shape.len() > x_shape.len() {
+        return None;
+    }
+    // Right-align the constant's axes with x's; only x's axis 1 may be non-unit.
+    let offset = x_shape.len() - shape.len();
+    for (i, &d) in shape.iter().enumerate() {
+        let axis = i + offset;
+        if d != 1 && !(axis == 1 && d == channels) {
+            return None;
+        }
+    }
+    (data.len() == channels).then_some(data)
+}

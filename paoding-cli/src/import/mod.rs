@@ -1,0 +1,88 @@
+//! ONNX import: read the file, refuse what is unsafe before anything is loaded, let tract
+//! type the graph (batch fixed to 1), map tract's typed operators onto the IR, then simplify.
+
+mod checks;
+mod map;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use paoding_core::ir::Graph;
+use tract_onnx::prelude::*;
+
+use crate::error::ImportError;
+
+/// What the importer learned about a model besides its graph.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The model, simplified and checked.
+    pub graph: Graph,
+    /// Producer recorded in the file (e.g. `pytorch 2.5`, `tf2onnx 1.17`).
+    pub producer: String,
+    /// Default-domain operator set version.
+    pub opset: i64,
+}
+
+/// Import an ONNX file into the IR.
+///
+/// ```no_run
+/// let model = paoding_cli::import::import_onnx("model.onnx".as_ref())?;
+/// println!("{} parameters", model.graph.param_count());
+/// # Ok::<(), paoding_cli::error::ImportError>(())
+/// ```
+pub fn import_onnx(path: &Path) -> Result<Imported, ImportError> {
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // Exporters annotate intermediate shapes with symbolic batch sizes; the batch is fixed to 1
+    // below, so those annotations would only conflict with it.
+    let onnx = tract_onnx::onnx()
+        .with_ignore_output_shapes(true)
+        .with_ignore_value_info(true);
+    let proto = onnx
+        .proto_model_for_read(&mut bytes.as_slice())
+        .map_err(|e| malformed(path, &e))?;
+    drop(bytes);
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    checks::check_proto(path, &dir, &proto, &onnx)?;
+    let opset = proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(0, |o| o.version);
+    let producer = format!("{} {}", proto.producer_name, proto.producer_version)
+        .trim()
+        .to_string();
+
+    // tract is third-party code: a panic inside it must become an error, never a crash.
+    let graph = catch_unwind(AssertUnwindSafe(|| {
+        map::load_and_map(path, &dir, &proto, &onnx)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(ImportError::Tract {
+            path: path.to_path_buf(),
+            reason: format!("internal panic: {what}"),
+        })
+    })?;
+    Ok(Imported {
+        graph,
+        producer,
+        opset,
+    })
+}
+
+fn malformed(path: &Path, e: &TractError) -> ImportError {
+    ImportError::Malformed {
+        path: path.to_path_buf(),
+        reason: format!("{e:#}"),
+    }
+}

@@ -1,0 +1,8 @@
+//! paoding-cli: the `paoding` command's library. It imports ONNX models through tract into
+//! paoding-core's IR, loads hardware profiles, and builds the reports the binary prints.
+//! Firmware build scripts can call it directly.
+
+pub mod error;
+pub mod import;
+pub mod profile;
+pub mod report;

@@ -1,0 +1,200 @@
+//! The `inspect` report: per-layer costs, totals, and a verdict per constraint against a
+//! profile's budget. One struct, printed as a table for people or as JSON for scripts.
+
+use std::fmt::Write as _;
+
+use paoding_core::cost::ModelCost;
+use paoding_core::profile::{self, Budget, Constraint, Profile};
+use serde::Serialize;
+
+use crate::import::Imported;
+
+/// Version tag of the JSON layout; bumped on any incompatible change.
+pub const INSPECT_SCHEMA: &str = "paoding.inspect/1";
+
+/// Everything `paoding inspect` says about a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    /// [`INSPECT_SCHEMA`].
+    pub schema: &'static str,
+    /// The model file.
+    pub model: String,
+    /// Producer recorded in the file.
+    pub producer: String,
+    /// ONNX operator set.
+    pub opset: i64,
+    /// Input shape (batch 1).
+    pub input_shape: Vec<usize>,
+    /// Output shape (batch 1).
+    pub output_shape: Vec<usize>,
+    /// Costs per layer and in total.
+    pub cost: ModelCost,
+    /// Flash the model needs on the device, in bytes.
+    pub flash_bytes: u64,
+    /// The profile checked against, if any.
+    pub profile: Option<ProfileSummary>,
+    /// One verdict per constrained resource (empty without a profile).
+    pub constraints: Vec<Constraint>,
+    /// Whether every constraint holds (`None` without a profile).
+    pub fits: Option<bool>,
+}
+
+/// The part of a profile a report repeats.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileSummary {
+    /// Profile name.
+    pub name: String,
+    /// Board description.
+    pub description: String,
+    /// What the model may use.
+    pub budget: Budget,
+}
+
+impl InspectReport {
+    /// Build the report for an imported model, optionally against a profile.
+    pub fn new(
+        model_path: &str,
+        imported: &Imported,
+        profile: Option<&Profile>,
+    ) -> Result<Self, paoding_core::Error> {
+        let g = &imported.graph;
+        let dtype = profile.map(|p| p.weight_dtype).unwrap_or_default();
+        let cost = ModelCost::new(g, dtype);
+        let flash_bytes = cost.weight_bytes;
+        let (summary, constraints) = match profile {
+            Some(p) => {
+                let budget = p.budget()?;
+                let constraints = profile::check(&budget, flash_bytes, cost.arena_bytes, cost.macs);
+                let summary = ProfileSummary {
+                    name: p.name.clone(),
+                    description: p.description.clone(),
+                    budget,
+                };
+                (Some(summary), constraints)
+            }
+            None => (None, Vec::new()),
+        };
+        Ok(InspectReport {
+            schema: INSPECT_SCHEMA,
+            model: model_path.to_string(),
+            producer: imported.producer.clone(),
+            opset: imported.opset,
+            input_shape: g.shape(g.input).to_vec(),
+            output_shape: g.shape(g.output).to_vec(),
+            fits: summary.as_ref().map(|_| constraints.iter().all(|c| c.fits)),
+            profile: summary,
+            constraints,
+            cost,
+            flash_bytes,
+        })
+    }
+
+    /// The human-readable table.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let c = &self.cost;
+        let _ = writeln!(
+            out,
+            "{} ({}, opset {}): input {:?} -> output {:?}\n",
+            self.model, self.producer, self.opset, self.input_shape, self.output_shape
+        );
+        let rows: Vec<[String; 7]> = c
+            .nodes
+            .iter()
+            .map(|n| {
+                [
+                    shorten(&n.name, 36),
+                    n.op.clone(),
+                    format!("{:?}", n.output_shape),
+                    n.params.to_string(),
+                    n.weight_bytes.to_string(),
+                    n.macs.to_string(),
+                    n.activation_bytes.to_string(),
+                ]
+            })
+            .collect();
+        let header = [
+            "layer", "op", "output", "params", "weight B", "MACs", "act B",
+        ];
+        let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+        for r in &rows {
+            for (w, cell) in width.iter_mut().zip(r) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut s = String::new();
+            for (i, (cell, w)) in cells.iter().zip(&width).enumerate() {
+                if i < 3 {
+                    let _ = write!(s, "{cell:<w$}  ");
+                } else {
+                    let _ = write!(s, "{cell:>w$}  ");
+                }
+            }
+            s.trim_end().to_string()
+        };
+        let _ = writeln!(out, "{}", line(&header.map(String::from)));
+        for r in &rows {
+            let _ = writeln!(out, "{}", line(r));
+        }
+        let _ = writeln!(
+            out,
+            "\ntotal: {} params, {} weight bytes ({}), {} MACs",
+            c.params,
+            c.weight_bytes,
+            c.weight_dtype.name(),
+            c.macs
+        );
+        let _ = writeln!(
+            out,
+            "activation arena: {} bytes (lower bound {} bytes, plan overhead {:.1} %)",
+            c.arena_bytes,
+            c.arena_lower_bound_bytes,
+            overhead(c.arena_bytes, c.arena_lower_bound_bytes)
+        );
+        if let Some(p) = &self.profile {
+            let _ = writeln!(out, "\nprofile {}: {}", p.name, p.description);
+            for k in &self.constraints {
+                let verdict = if k.fits { "fits" } else { "DOES NOT FIT" };
+                let margin = if k.fits {
+                    format!("headroom {}", k.headroom)
+                } else {
+                    format!("over by {}", -k.headroom)
+                };
+                let unit = if k.resource == "macs" {
+                    "MACs"
+                } else {
+                    "bytes"
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<5} {:>10} / {:>10} {unit:<5}  {verdict} ({margin}, {:.1} % used)",
+                    k.resource,
+                    k.used,
+                    k.budget,
+                    100.0 * k.used as f64 / k.budget.max(1) as f64
+                );
+            }
+        }
+        out
+    }
+}
+
+fn overhead(arena: u64, bound: u64) -> f64 {
+    if bound == 0 {
+        0.0
+    } else {
+        100.0 * (arena as f64 / bound as f64 - 1.0)
+    }
+}
+
+/// Keep the end of long exporter names (the distinctive part), marking the cut.
+fn shorten(name: &str, max: usize) -> String {
+    let n = name.chars().count();
+    if n <= max {
+        name.to_string()
+    } else {
+        let tail: String = name.chars().skip(n - (max - 1)).collect();
+        format!("…{tail}")
+    }
+}

@@ -1,0 +1,200 @@
+//! Graph clean-ups every importer wants: fold per-channel affine maps (batch norms, stray
+//! biases and scales) into the convolution or dense layer that produces them, fuse activations
+//! into their producer, collapse chains of reshapes, and drop what no longer matters.
+//! Importers map operators one to one; this pass makes the graph what the pruner and the
+//! runtime expect.
+
+use alloc::vec::Vec;
+
+use crate::error::Result;
+use crate::ir::{Activation, BatchNorm, Graph, Op, ValueId};
+
+/// Simplify a graph in place, then check it.
+///
+/// ```
+/// use paoding_core::ir::{Activation, BatchNorm, Dense, Graph, Op};
+///
+/// let mut g = Graph::new("x", vec![1, 2]);
+/// let h = g.push("fc", Op::Dense(Dense {
+///     units: 2, inputs: 2, weights: vec![1.0, 0.0, 0.0, 1.0], bias: vec![0.0; 2],
+///     activation: Activation::Identity,
+/// }), &[g.input])?;
+/// let h = g.push("bn", Op::BatchNorm(BatchNorm::affine(vec![2.0, 3.0], vec![1.0, 0.0])), &[h])?;
+/// g.output = g.push("relu", Op::Activation(Activation::Relu), &[h])?;
+/// paoding_core::simplify::simplify(&mut g)?;
+/// assert_eq!(g.nodes.len(), 1);
+/// assert_eq!(paoding_core::interp::run(&g, &[1.0, -1.0])?, vec![3.0, 0.0]);
+/// # Ok::<(), paoding_core::Error>(())
+/// ```
+pub fn simplify(graph: &mut Graph) -> Result<()> {
+    while fold_once(graph) {}
+    remove_dead(graph);
+    graph.check()
+}
+
+/// Apply the first rewrite that matches; false when none does.
+fn fold_once(g: &mut Graph) -> bool {
+    for i in 0..g.nodes.len() {
+        let input = g.nodes[i].inputs[0];
+        let producer = g.producer(input);
+        let sole_use = producer.is_some() && input != g.output && g.consumers(input).len() == 1;
+        match g.nodes[i].op.clone() {
+            Op::BatchNorm(bn) if bn.is_identity() => return bypass(g, i),
+            Op::BatchNorm(bn) if sole_use && bn.stats.is_none() => {
+                let p = producer.unwrap_or_default();
+                if fold_affine(&mut g.nodes[p].op, &bn) {
+                    return bypass(g, i);
+                }
+            }
+            Op::Activation(Activation::Identity) => return bypass(g, i),
+            Op::Activation(act) if sole_use => {
+                let p = producer.unwrap_or_default();
+                if fuse_activation(&mut g.nodes[p].op, act) {
+                    return bypass(g, i);
+                }
+            }
+            Op::Reshape { ref shape } if g.shape(input) == shape.as_slice() => return bypass(g, i),
+            Op::Reshape { .. } if sole_use => {
+                let p = producer.unwrap_or_default();
+                if let Op::Reshape { .. } = g.nodes[p].op {
+                    // Reshape of a reshape: read the first one's input directly.
+                    g.nodes[i].inputs[0] = g.nodes[p].inputs[0];
+                    return true;
+                }
+            }
+            Op::Transpose { ref perm } if keeps_order(perm, g.shape(input)) => {
+                let shape = g.values[g.nodes[i].output].shape.clone();
+                g.nodes[i].op = Op::Reshape { shape };
+                return true;
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Fold `y = x * scale + shift` (per output channel) into a producer with no activation yet.
+fn fold_affine(op: &mut Op, bn: &BatchNorm) -> bool {
+    let (weights, bias, activation) = match op {
+        Op::Dense(d) => (&mut d.weights, &mut d.bias, d.activation),
+        Op::Conv2d(c) => (&mut c.weights, &mut c.bias, c.activation),
+        Op::BatchNorm(prev) if prev.stats.is_none() => {
+            for c in 0..prev.scale.len() {
+                prev.shift[c] = prev.shift[c] * bn.scale[c] + bn.shift[c];
+                prev.scale[c] *= bn.scale[c];
+            }
+            return true;
+        }
+        _ => return false,
+    };
+    if activation != Activation::Identity || bias.len() != bn.scale.len() {
+        return false;
+    }
+    let per_channel = weights.len() / bias.len();
+    for (c, row) in weights.chunks_exact_mut(per_channel).enumerate() {
+        row.iter_mut().for_each(|w| *w *= bn.scale[c]);
+        bias[c] = bias[c] * bn.scale[c] + bn.shift[c];
+    }
+    true
+}
+
+/// Fuse an activation into a producer that has none, or compose two clips.
+fn fuse_activation(op: &mut Op, act: Activation) -> bool {
+    let slot = match op {
+        Op::Dense(d) => &mut d.activation,
+        Op::Conv2d(c) => &mut c.activation,
+        Op::Activation(a) => a,
+        _ => return false,
+    };
+    let merged = match (*slot, act) {
+        (Activation::Identity, a) => a,
+        (a, b) => match (clip_bounds(a), clip_bounds(b)) {
+            (Some((l1, h1)), Some((l2, h2))) => canonical_clip(l1.max(l2), h1.min(h2)),
+            _ => return false,
+        },
+    };
+    *slot = canonical(merged);
+    true
+}
+
+fn clip_bounds(a: Activation) -> Option<(f32, f32)> {
+    match a {
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Clip { min, max } => Some((min, max)),
+        _ => None,
+    }
+}
+
+fn canonical_clip(min: f32, max: f32) -> Activation {
+    canonical(Activation::Clip { min, max })
+}
+
+/// ReLU written as a clip becomes ReLU; an unbounded clip disappears.
+fn canonical(a: Activation) -> Activation {
+    match a {
+        Activation::Clip { min, max } if min == 0.0 && max == f32::INFINITY => Activation::Relu,
+        Activation::Clip { min, max } if min == f32::NEG_INFINITY && max == f32::INFINITY => {
+            Activation::Identity
+        }
+        other => other,
+    }
+}
+
+/// A transpose that only moves axes of size 1 leaves the elements in order: a reshape.
+fn keeps_order(perm: &[usize], shape: &[usize]) -> bool {
+    let moved: Vec<usize> = perm.iter().copied().filter(|&a| shape[a] != 1).collect();
+    moved.windows(2).all(|w| w[0] < w[1])
+}
+
+/// Remove node `i`, whose output equals its first input, rewiring its readers.
+fn bypass(g: &mut Graph, i: usize) -> bool {
+    let node = g.nodes.remove(i);
+    let (from, to) = (node.output, node.inputs[0]);
+    for n in &mut g.nodes {
+        n.inputs
+            .iter_mut()
+            .filter(|v| **v == from)
+            .for_each(|v| *v = to);
+    }
+    if g.output == from {
+        g.output = to;
+        // Keep the model's output name stable for reports.
+        g.values[to].name = g.values[from].name.clone();
+    }
+    true
+}
+
+/// Drop nodes whose output nobody reads, then renumber values densely.
+fn remove_dead(g: &mut Graph) {
+    loop {
+        let dead = (0..g.nodes.len())
+            .find(|&i| g.nodes[i].output != g.output && g.consumers(g.nodes[i].output).is_empty());
+        match dead {
+            Some(i) => {
+                g.nodes.remove(i);
+            }
+            None => break,
+        }
+    }
+    let mut used = alloc::vec![false; g.values.len()];
+    used[g.input] = true;
+    for n in &g.nodes {
+        used[n.output] = true;
+    }
+    let mut renumber: Vec<Option<ValueId>> = alloc::vec![None; g.values.len()];
+    let mut values = Vec::new();
+    for (v, value) in g.values.drain(..).enumerate() {
+        if used[v] {
+            renumber[v] = Some(values.len());
+            values.push(value);
+        }
+    }
+    g.values = values;
+    let map = |v: ValueId| renumber[v].unwrap_or(v);
+    for n in &mut g.nodes {
+        n.output = map(n.output);
+        n.inputs.iter_mut().for_each(|v| *v = map(*v));
+    }
+    g.input = map(g.input);
+    g.output = map(g.output);
+}
