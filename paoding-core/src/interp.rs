@@ -47,7 +47,7 @@ pub fn run_all(graph: &Graph, input: &[f32]) -> Result<Vec<Vec<f32>>> {
 /// size) and return the outputs, concatenated in the same order.
 pub fn run_batch(graph: &Graph, inputs: &[f32]) -> Result<Vec<f32>> {
     let sample = graph.values[graph.input].len();
-    if sample == 0 || inputs.len() % sample != 0 {
+    if sample == 0 || !inputs.len().is_multiple_of(sample) {
         return Err(Error::InputLength {
             got: inputs.len(),
             expected: sample,

@@ -43,8 +43,8 @@ pub(super) fn output_shape(node: &str, c: &Conv2d, input: &[usize]) -> Result<Ve
         ));
     }
     if c.groups == 0
-        || c.in_channels % c.groups != 0
-        || c.out_channels % c.groups != 0
+        || !c.in_channels.is_multiple_of(c.groups)
+        || !c.out_channels.is_multiple_of(c.groups)
         || c.out_channels == 0
     {
         return Err(shape_error(

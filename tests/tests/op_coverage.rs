@@ -1,0 +1,183 @@
+//! Operator configurations no fixture has (dilation, asymmetric and SAME padding, ceil-mode
+//! pools, grouped convolutions, Pad, Concat, Transpose, Sigmoid/Tanh): each built as a tiny
+//! ONNX model, imported, and checked against tract.
+
+use paoding_cli::import::import_onnx;
+use paoding_core::interp;
+use paoding_tests::onnx_builder::{Attr, OnnxBuilder};
+use paoding_tests::*;
+
+fn check(builder: &OnnxBuilder, output: &str, input_shape: &[usize], what: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, builder.encode(output)).expect("write");
+    let g = import_onnx(&path)
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .graph;
+    let tract = TractModel::load(&path, input_shape);
+    let n: usize = input_shape.iter().product();
+    for seed in 0..3 {
+        let x = seeded_uniform(n, seed, -1.0, 1.0);
+        let diff = relative_max_diff(&interp::run(&g, &x).expect("runs"), &tract.run(&x));
+        assert!(diff <= 1e-5, "{what}: differs from tract by {diff}");
+    }
+}
+
+#[test]
+fn convolutions_in_every_configuration_match_tract() {
+    let mut seed = 100;
+    for (cin, cout, groups) in [(3, 4, 1), (4, 4, 4), (4, 6, 2), (2, 4, 2)] {
+        for (k, stride, dilation) in [(1, 1, 1), (3, 1, 1), (3, 2, 1), (3, 1, 2), (2, 2, 1)] {
+            for pads in [[0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 2, 0]] {
+                seed += 1;
+                let mut b = OnnxBuilder::new(&[1, cin, 9, 7], 13);
+                let w_len = (cout * cin / groups * k * k) as usize;
+                b.weight(
+                    "W",
+                    &[cout, cin / groups, k, k],
+                    seeded_uniform(w_len, seed, -1.0, 1.0),
+                );
+                b.weight(
+                    "B",
+                    &[cout],
+                    seeded_uniform(cout as usize, seed + 1, -1.0, 1.0),
+                );
+                b.node(
+                    "Conv",
+                    &["x", "W", "B"],
+                    "y",
+                    &[
+                        ("kernel_shape", Attr::Ints(vec![k, k])),
+                        ("strides", Attr::Ints(vec![stride, stride])),
+                        ("dilations", Attr::Ints(vec![dilation, dilation])),
+                        ("pads", Attr::Ints(pads.to_vec())),
+                        ("group", Attr::Int(groups)),
+                    ],
+                );
+                let what = format!(
+                    "conv {cin}->{cout} g{groups} k{k} s{stride} d{dilation} pads {pads:?}"
+                );
+                check(&b, "y", &[1, cin as usize, 9, 7], &what);
+            }
+        }
+    }
+    // SAME padding as Keras exports it.
+    let mut b = OnnxBuilder::new(&[1, 2, 8, 5], 13);
+    b.weight("W", &[3, 2, 3, 3], seeded_uniform(54, 7, -1.0, 1.0));
+    b.node(
+        "Conv",
+        &["x", "W"],
+        "y",
+        &[
+            ("auto_pad", Attr::Str("SAME_UPPER")),
+            ("strides", Attr::Ints(vec![2, 2])),
+        ],
+    );
+    check(&b, "y", &[1, 2, 8, 5], "SAME_UPPER stride 2");
+}
+
+#[test]
+fn pools_in_every_configuration_match_tract() {
+    for op in ["MaxPool", "AveragePool"] {
+        for (k, stride, pads, ceil, include_pad) in [
+            (2, 2, [0, 0, 0, 0], 0, 0),
+            (3, 2, [0, 0, 0, 0], 1, 0),
+            (3, 1, [1, 1, 1, 1], 0, 0),
+            (3, 2, [1, 1, 1, 1], 0, 1),
+            (2, 1, [0, 0, 1, 1], 0, 0),
+        ] {
+            if op == "MaxPool" && include_pad == 1 {
+                continue;
+            }
+            let mut b = OnnxBuilder::new(&[1, 3, 7, 6], 13);
+            let mut attrs = vec![
+                ("kernel_shape", Attr::Ints(vec![k, k])),
+                ("strides", Attr::Ints(vec![stride, stride])),
+                ("pads", Attr::Ints(pads.to_vec())),
+                ("ceil_mode", Attr::Int(ceil)),
+            ];
+            if op == "AveragePool" {
+                attrs.push(("count_include_pad", Attr::Int(include_pad)));
+            }
+            b.node(op, &["x"], "y", &attrs);
+            check(
+                &b,
+                "y",
+                &[1, 3, 7, 6],
+                &format!("{op} k{k} s{stride} pads {pads:?} ceil {ceil} include_pad {include_pad}"),
+            );
+        }
+    }
+    let mut b = OnnxBuilder::new(&[1, 3, 5, 4], 13);
+    b.node("GlobalAveragePool", &["x"], "y", &[]);
+    check(&b, "y", &[1, 3, 5, 4], "GlobalAveragePool");
+    let mut b = OnnxBuilder::new(&[1, 3, 5, 4], 13);
+    b.node("GlobalMaxPool", &["x"], "y", &[]);
+    check(&b, "y", &[1, 3, 5, 4], "GlobalMaxPool");
+}
+
+#[test]
+fn layout_and_activation_operators_match_tract() {
+    // Pad -> Conv, Sigmoid and Tanh branches concatenated on channels, transposed, flattened,
+    // a dense layer and a softmax.
+    let mut b = OnnxBuilder::new(&[1, 2, 4, 4], 13);
+    b.ints("pads", &[0, 0, 1, 2, 0, 0, 0, 1]);
+    b.node("Pad", &["x", "pads"], "p", &[]);
+    b.weight("W", &[3, 2, 2, 2], seeded_uniform(24, 3, -1.0, 1.0));
+    b.node(
+        "Conv",
+        &["p", "W"],
+        "c",
+        &[("kernel_shape", Attr::Ints(vec![2, 2]))],
+    );
+    b.node("Sigmoid", &["c"], "s", &[]);
+    b.node("Tanh", &["c"], "t", &[]);
+    b.node("Concat", &["s", "t", "c"], "cat", &[("axis", Attr::Int(1))]);
+    b.node(
+        "Transpose",
+        &["cat"],
+        "tr",
+        &[("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+    );
+    b.node("Flatten", &["tr"], "f", &[("axis", Attr::Int(1))]);
+    // cat is [1, 9, 4, 6]: 216 features.
+    b.weight("D", &[216, 5], seeded_uniform(1080, 4, -0.2, 0.2));
+    b.weight("DB", &[5], seeded_uniform(5, 5, -1.0, 1.0));
+    b.node("Gemm", &["f", "D", "DB"], "g", &[]);
+    b.weight("S", &[1], vec![0.5]);
+    b.node("Mul", &["g", "S"], "m", &[]);
+    b.node("Softmax", &["m"], "y", &[("axis", Attr::Int(1))]);
+    check(
+        &b,
+        "y",
+        &[1, 2, 4, 4],
+        "pad/conv/sigmoid/tanh/concat/transpose/flatten/gemm/mul/softmax",
+    );
+
+    // Batch norm in front of a convolution stays a node of its own; a residual Add; Clip.
+    let mut b = OnnxBuilder::new(&[1, 2, 5, 5], 13);
+    for (name, v) in [("g", 1.5), ("be", 0.1), ("mu", 0.2), ("var", 0.7)] {
+        b.weight(name, &[2], vec![v, v * 0.5]);
+    }
+    b.node(
+        "BatchNormalization",
+        &["x", "g", "be", "mu", "var"],
+        "bn",
+        &[],
+    );
+    b.weight("W", &[2, 2, 3, 3], seeded_uniform(36, 9, -1.0, 1.0));
+    b.node(
+        "Conv",
+        &["bn", "W"],
+        "c",
+        &[
+            ("kernel_shape", Attr::Ints(vec![3, 3])),
+            ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+        ],
+    );
+    b.node("Add", &["c", "x"], "a", &[]);
+    b.weight("lo", &[], vec![-0.5]);
+    b.weight("hi", &[], vec![0.5]);
+    b.node("Clip", &["a", "lo", "hi"], "y", &[]);
+    check(&b, "y", &[1, 2, 5, 5], "batchnorm/conv/residual add/clip");
+}
