@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Print paoding-runtime's code size for a Cortex-M4F/M7 (thumbv7em-none-eabihf, opt-level "s",
+# LTO): a bare image whose only export validates a blob and runs it, so every kernel is linked.
+# Usage: paoding-runtime/size-check/measure.sh [target]   (default thumbv7em-none-eabihf)
+set -euo pipefail
+cd "$(dirname "$0")"
+target="${1:-thumbv7em-none-eabihf}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build --release --target "$target" -q \
+  --config "target.$target.rustflags=['-C','link-arg=--gc-sections','-C','link-arg=-e_start']"
+elf="$CARGO_TARGET_DIR/$target/release/paoding-runtime-size-check"
+if command -v llvm-size >/dev/null; then size=llvm-size; elif command -v arm-none-eabi-size >/dev/null; then size=arm-none-eabi-size; else size=size; fi
+"$size" -A "$elf" | grep -E '^\.(text|rodata|data|bss)\b' || true
+text=$("$size" -A "$elf" | awk '$1==".text"{print $2}')
+rodata=$("$size" -A "$elf" | awk '$1==".rodata"{s+=$2} END{print s+0}')
+echo "paoding-runtime code size ($target, opt-level s): .text ${text} B ($(( (text + 1023) / 1024 )) KiB), .rodata ${rodata} B"

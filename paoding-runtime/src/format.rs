@@ -1,0 +1,479 @@
+//! The blob format: a fixed little-endian header, a postcard-encoded graph description, and
+//! an f32 weights section read in place.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic b"PDNG"
+//!      4     2  format version (u16, = VERSION)
+//!      6     2  flags (u16, must be 0)
+//!      8     2  header length (u16, = HEADER_LEN = 96)
+//!     10     1  input rank
+//!     11     1  output rank
+//!     12     4  payload length: blob length - HEADER_LEN
+//!     16     4  description length (bytes, starts at HEADER_LEN)
+//!     20     4  weights offset from the blob start (multiple of 16)
+//!     24     4  weights length (bytes, multiple of 4; the section ends the blob)
+//!     28     4  arena bytes (multiple of 4)
+//!     32     4  input element count
+//!     36     4  output element count
+//!     40    24  input shape (6 x u32, unused dims 0)
+//!     64    24  output shape (6 x u32)
+//!     88     4  reserved (0)
+//!     92     4  CRC32 (IEEE) of bytes [0, 92) followed by bytes [96, end)
+//!     96     …  description: DescHead, then one NodeRec per node (postcard)
+//!      …  0-15  zero padding to a multiple of 16 from the blob start
+//!      …     …  weights: f32 little-endian
+//! ```
+//!
+//! All integers are little-endian. Value ids: 0 is the graph input, node `i` writes value
+//! `i + 1`. Arena offsets are in f32 elements.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// First four bytes of every blob.
+pub const MAGIC: [u8; 4] = *b"PDNG";
+/// Format version this runtime reads and paoding-core writes.
+pub const VERSION: u16 = 1;
+/// Bytes of the fixed header.
+pub const HEADER_LEN: usize = 96;
+/// Alignment of the weights section, from the blob start.
+pub const WEIGHTS_ALIGN: usize = 16;
+/// Most axes a value may have (batch included).
+pub const MAX_RANK: usize = 6;
+/// Most inputs a node may read (Concat is the only operator with more than two).
+pub const MAX_INPUTS: usize = 8;
+/// Most nodes a model may have (bounds validation time).
+pub const MAX_NODES: usize = 1024;
+
+const CRC_AT: usize = 92;
+
+/// A shape: at most [`MAX_RANK`] dimensions, batch first.
+pub type Shape = heapless::Vec<u32, MAX_RANK>;
+
+/// A reference to a run of f32 in the weights section, in elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WRef {
+    /// First element.
+    pub offset: u32,
+    /// Number of elements.
+    pub len: u32,
+}
+
+/// An element-wise activation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Act {
+    /// No activation.
+    Identity,
+    /// max(x, 0).
+    Relu,
+    /// min(max(x, min), max).
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
+    /// 1 / (1 + e^-x).
+    Sigmoid,
+    /// tanh(x).
+    Tanh,
+}
+
+/// 2-D convolution parameters (NCHW; weights `[out][in / groups][kh][kw]`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ConvRec {
+    /// Output channels.
+    pub out_channels: u32,
+    /// Input channels.
+    pub in_channels: u32,
+    /// Kernel height, width.
+    pub kernel: [u32; 2],
+    /// Stride along height, width.
+    pub stride: [u32; 2],
+    /// Dilation along height, width.
+    pub dilation: [u32; 2],
+    /// Zero padding: top, left, bottom, right.
+    pub padding: [u32; 4],
+    /// Channel groups.
+    pub groups: u32,
+    /// Filters.
+    pub weights: WRef,
+    /// One per output channel.
+    pub bias: WRef,
+    /// Fused activation.
+    pub act: Act,
+}
+
+/// Pooling window parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRec {
+    /// Window height, width.
+    pub kernel: [u32; 2],
+    /// Stride along height, width.
+    pub stride: [u32; 2],
+    /// Padding: top, left, bottom, right.
+    pub padding: [u32; 4],
+    /// Average only: divide by the full window even where it overlaps padding.
+    pub count_include_pad: bool,
+}
+
+/// One operator with its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OpRec {
+    /// `y = act(W x + b)`, weights `[units][inputs]`.
+    Dense {
+        /// Output neurons.
+        units: u32,
+        /// Inputs.
+        inputs: u32,
+        /// `units * inputs` weights.
+        weights: WRef,
+        /// `units` biases.
+        bias: WRef,
+        /// Fused activation.
+        act: Act,
+    },
+    /// 2-D convolution.
+    Conv2d(ConvRec),
+    /// Per-channel affine map along axis 1.
+    BatchNorm {
+        /// One per channel.
+        scale: WRef,
+        /// One per channel.
+        shift: WRef,
+    },
+    /// Stand-alone activation.
+    Activation(Act),
+    /// Softmax along an axis (batch axis counted).
+    Softmax {
+        /// The axis.
+        axis: u8,
+    },
+    /// Max pooling.
+    MaxPool(PoolRec),
+    /// Average pooling.
+    AveragePool(PoolRec),
+    /// Mean over H and W.
+    GlobalAveragePool,
+    /// Element-wise sum of two equal shapes.
+    Add,
+    /// Concatenation along an axis.
+    Concat {
+        /// The axis.
+        axis: u8,
+    },
+    /// Same elements, new shape: a free view (output region = input region).
+    Reshape,
+    /// Axis permutation: output axis `i` is input axis `perm[i]`.
+    Transpose {
+        /// The permutation.
+        perm: heapless::Vec<u8, MAX_RANK>,
+    },
+    /// Constant padding, `[before, after]` per axis.
+    Pad {
+        /// Per axis.
+        pads: heapless::Vec<[u32; 2], MAX_RANK>,
+        /// Fill value.
+        value: f32,
+    },
+}
+
+/// A value as a node sees it: its id, its place in the arena and its shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operand {
+    /// Value id (0 = graph input, `i + 1` = output of node `i`).
+    pub id: u32,
+    /// Offset in the arena, in f32 elements.
+    pub offset: u32,
+    /// Shape, batch first.
+    pub shape: Shape,
+}
+
+/// First record of the description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescHead {
+    /// Number of [`NodeRec`]s that follow.
+    pub n_nodes: u32,
+    /// The graph input (id 0).
+    pub input: Operand,
+    /// The graph output.
+    pub output: Operand,
+}
+
+/// One node: operator, inputs (with their places and shapes, repeated from their producers
+/// so the executor never searches), and its output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRec {
+    /// What it computes.
+    pub op: OpRec,
+    /// What it reads.
+    pub inputs: heapless::Vec<Operand, MAX_INPUTS>,
+    /// What it writes (id = node index + 1).
+    pub output: Operand,
+}
+
+/// The fixed header, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Format version.
+    pub version: u16,
+    /// Flags (0).
+    pub flags: u16,
+    /// Blob length minus the header.
+    pub payload_len: u32,
+    /// Bytes of the postcard description.
+    pub desc_len: u32,
+    /// Start of the weights section, from the blob start.
+    pub weights_offset: u32,
+    /// Bytes of weights.
+    pub weights_len: u32,
+    /// Bytes of activation arena the plan needs.
+    pub arena_bytes: u32,
+    /// Elements of the input.
+    pub input_len: u32,
+    /// Elements of the output.
+    pub output_len: u32,
+    /// Input rank.
+    pub input_rank: u8,
+    /// Output rank.
+    pub output_rank: u8,
+    /// Input shape (first `input_rank` used).
+    pub input_shape: [u32; MAX_RANK],
+    /// Output shape (first `output_rank` used).
+    pub output_shape: [u32; MAX_RANK],
+    /// Stored CRC32.
+    pub crc: u32,
+}
+
+// The header readers are `const fn`, where `.get()` is not available: they index, after an
+// explicit length check on the same slice, so the indexing cannot panic.
+#[allow(clippy::indexing_slicing)]
+const fn le_u16(b: &[u8], at: usize) -> u16 {
+    if at > b.len() || b.len() - at < 2 {
+        return 0;
+    }
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+#[allow(clippy::indexing_slicing)]
+const fn le_u32(b: &[u8], at: usize) -> u32 {
+    if at > b.len() || b.len() - at < 4 {
+        return 0;
+    }
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+const fn shape_at(b: &[u8], at: usize) -> [u32; MAX_RANK] {
+    [
+        le_u32(b, at),
+        le_u32(b, at + 4),
+        le_u32(b, at + 8),
+        le_u32(b, at + 12),
+        le_u32(b, at + 16),
+        le_u32(b, at + 20),
+    ]
+}
+
+#[allow(clippy::indexing_slicing)] // `at < b.len()` is checked first.
+const fn byte(b: &[u8], at: usize) -> u8 {
+    if at < b.len() {
+        b[at]
+    } else {
+        0
+    }
+}
+
+impl Header {
+    /// Parse and sanity-check the fixed header (no CRC check: that needs the whole blob and
+    /// happens in [`crate::Model::from_bytes`]). Usable in `const` context, so firmware can
+    /// size `static` buffers from an `include_bytes!` blob.
+    pub const fn parse(blob: &[u8]) -> Result<Header, Error> {
+        if blob.len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        if le_u32(blob, 0) != u32::from_le_bytes(MAGIC) {
+            return Err(Error::BadMagic);
+        }
+        let version = le_u16(blob, 4);
+        if version != VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let flags = le_u16(blob, 6);
+        if flags != 0 {
+            return Err(Error::UnsupportedFlags(flags));
+        }
+        if le_u16(blob, 8) as usize != HEADER_LEN {
+            return Err(Error::BadHeader("header length"));
+        }
+        let (input_rank, output_rank) = (byte(blob, 10), byte(blob, 11));
+        if input_rank as usize > MAX_RANK
+            || output_rank as usize > MAX_RANK
+            || input_rank == 0
+            || output_rank == 0
+        {
+            return Err(Error::BadHeader("rank"));
+        }
+        let h = Header {
+            version,
+            flags,
+            payload_len: le_u32(blob, 12),
+            desc_len: le_u32(blob, 16),
+            weights_offset: le_u32(blob, 20),
+            weights_len: le_u32(blob, 24),
+            arena_bytes: le_u32(blob, 28),
+            input_len: le_u32(blob, 32),
+            output_len: le_u32(blob, 36),
+            input_rank,
+            output_rank,
+            input_shape: shape_at(blob, 40),
+            output_shape: shape_at(blob, 64),
+            crc: le_u32(blob, CRC_AT),
+        };
+        if !h.arena_bytes.is_multiple_of(4) {
+            return Err(Error::BadHeader("arena bytes"));
+        }
+        Ok(h)
+    }
+
+    /// Arena size in f32 elements.
+    pub const fn arena_len(&self) -> usize {
+        self.arena_bytes as usize / 4
+    }
+
+    /// Input shape, batch first.
+    pub fn input_shape(&self) -> &[u32] {
+        self.input_shape
+            .get(..self.input_rank as usize)
+            .unwrap_or(&[])
+    }
+
+    /// Output shape, batch first.
+    pub fn output_shape(&self) -> &[u32] {
+        self.output_shape
+            .get(..self.output_rank as usize)
+            .unwrap_or(&[])
+    }
+
+    /// Serialize into the first [`HEADER_LEN`] bytes of `out`, with `crc` in its slot.
+    /// (For writers; firmware never calls it.)
+    pub fn write(&self, out: &mut [u8; HEADER_LEN]) {
+        let mut w = |at: usize, bytes: &[u8]| {
+            if let Some(dst) = out.get_mut(at..at + bytes.len()) {
+                dst.copy_from_slice(bytes);
+            }
+        };
+        w(0, &MAGIC);
+        w(4, &self.version.to_le_bytes());
+        w(6, &self.flags.to_le_bytes());
+        w(8, &(HEADER_LEN as u16).to_le_bytes());
+        w(10, &[self.input_rank, self.output_rank]);
+        w(12, &self.payload_len.to_le_bytes());
+        w(16, &self.desc_len.to_le_bytes());
+        w(20, &self.weights_offset.to_le_bytes());
+        w(24, &self.weights_len.to_le_bytes());
+        w(28, &self.arena_bytes.to_le_bytes());
+        w(32, &self.input_len.to_le_bytes());
+        w(36, &self.output_len.to_le_bytes());
+        for (i, (a, b)) in self.input_shape.iter().zip(&self.output_shape).enumerate() {
+            w(40 + 4 * i, &a.to_le_bytes());
+            w(64 + 4 * i, &b.to_le_bytes());
+        }
+        w(88, &[0; 4]);
+        w(CRC_AT, &self.crc.to_le_bytes());
+    }
+}
+
+/// Arena size in f32 elements read from a blob's header, 0 if the header is invalid.
+/// `const`, for `static mut ARENA: [f32; arena_len(BLOB)]`.
+pub const fn arena_len(blob: &[u8]) -> usize {
+    match Header::parse(blob) {
+        Ok(h) => h.arena_len(),
+        Err(_) => 0,
+    }
+}
+
+/// Input element count read from a blob's header, 0 if the header is invalid.
+pub const fn input_len(blob: &[u8]) -> usize {
+    match Header::parse(blob) {
+        Ok(h) => h.input_len as usize,
+        Err(_) => 0,
+    }
+}
+
+/// Output element count read from a blob's header, 0 if the header is invalid.
+pub const fn output_len(blob: &[u8]) -> usize {
+    match Header::parse(blob) {
+        Ok(h) => h.output_len as usize,
+        Err(_) => 0,
+    }
+}
+
+/// CRC32 (IEEE 802.3, reflected, as zlib's) with a 16-entry nibble table: 64 bytes of flash.
+#[derive(Debug, Clone, Copy)]
+pub struct Crc32(u32);
+
+#[allow(clippy::indexing_slicing)] // const evaluation: an out-of-bounds index fails the build.
+const CRC_NIBBLES: [u32; 16] = {
+    let mut t = [0u32; 16];
+    let mut i = 0;
+    while i < 16 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 4 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+#[inline(always)]
+fn nibble(c: u32) -> u32 {
+    // `c & 15 < 16`: never the fallback.
+    CRC_NIBBLES.get((c & 15) as usize).copied().unwrap_or(0)
+}
+
+impl Default for Crc32 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Crc32 {
+    /// A fresh digest.
+    pub const fn new() -> Self {
+        Crc32(0xFFFF_FFFF)
+    }
+
+    /// Feed bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        let mut c = self.0;
+        for &b in bytes {
+            c ^= b as u32;
+            c = (c >> 4) ^ nibble(c);
+            c = (c >> 4) ^ nibble(c);
+        }
+        self.0 = c;
+    }
+
+    /// The checksum.
+    pub const fn finish(self) -> u32 {
+        !self.0
+    }
+}
+
+/// The CRC a blob's header must carry: bytes `[0, 92)` then `[96, end)`.
+pub fn blob_crc(blob: &[u8]) -> u32 {
+    let mut c = Crc32::new();
+    c.update(blob.get(..CRC_AT).unwrap_or(&[]));
+    c.update(blob.get(HEADER_LEN..).unwrap_or(&[]));
+    c.finish()
+}

@@ -1,0 +1,788 @@
+//! [`Model`]: validate a blob once, then run it any number of times.
+
+use crate::error::Error;
+use crate::format::{
+    blob_crc, ConvRec, DescHead, Header, NodeRec, OpRec, Operand, PoolRec, Shape, WRef, HEADER_LEN,
+    MAX_NODES, MAX_RANK, WEIGHTS_ALIGN,
+};
+use crate::kernels::{self, conv::ConvGeom, pool::PoolGeom, Dims};
+
+/// Node index reported for errors about the graph's input or output.
+const GRAPH: u32 = u32::MAX;
+
+/// A validated model: borrowed from the blob (flash), holding no copy of the weights.
+#[derive(Debug, Clone, Copy)]
+pub struct Model<'a> {
+    header: Header,
+    /// The node records (the description after its [`DescHead`]).
+    nodes: &'a [u8],
+    n_nodes: usize,
+    weights: &'a [f32],
+    input: Region,
+    output: Region,
+    arena_len: usize,
+}
+
+/// A run of f32 in the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Region {
+    off: usize,
+    len: usize,
+}
+
+impl Region {
+    fn end(self) -> usize {
+        self.off + self.len
+    }
+
+    fn disjoint(self, other: Region) -> bool {
+        self.end() <= other.off || other.end() <= self.off
+    }
+}
+
+/// Where a node's input lies relative to its output.
+enum Src<'b> {
+    /// Exactly the output's region (in place).
+    Same,
+    /// Elsewhere in the arena.
+    Slice(&'b [f32]),
+}
+
+/// The arena split around a node's output: what lies before and after it.
+struct Around<'b> {
+    head: &'b [f32],
+    tail: &'b [f32],
+    out: Region,
+}
+
+impl<'b> Around<'b> {
+    fn get(&self, r: Region) -> Option<Src<'b>> {
+        if r == self.out {
+            Some(Src::Same)
+        } else if r.end() <= self.out.off {
+            self.head.get(r.off..r.end()).map(Src::Slice)
+        } else if r.off >= self.out.end() {
+            self.tail
+                .get(r.off - self.out.end()..r.end() - self.out.end())
+                .map(Src::Slice)
+        } else {
+            None
+        }
+    }
+}
+
+fn invalid(node: u32, reason: &'static str) -> Error {
+    Error::Invalid { node, reason }
+}
+
+/// Dimensions of a shape, unchecked (for the executor, after validation).
+fn dims(shape: &Shape) -> Dims {
+    let mut d = Dims {
+        d: [1; MAX_RANK],
+        rank: shape.len(),
+    };
+    for (o, &s) in d.d.iter_mut().zip(shape.iter()) {
+        *o = s as usize;
+    }
+    d
+}
+
+/// Dimensions and element count of a shape, checked: rank 1..=MAX_RANK, batch 1, no zero
+/// dimension, element count representable.
+fn checked_dims(node: u32, shape: &Shape) -> Result<(Dims, usize), Error> {
+    if shape.is_empty() || shape.first() != Some(&1) {
+        return Err(invalid(node, "shape must start with a batch axis of 1"));
+    }
+    let mut len: usize = 1;
+    for &s in shape.iter() {
+        if s == 0 {
+            return Err(invalid(node, "zero-sized dimension"));
+        }
+        len = len
+            .checked_mul(s as usize)
+            .filter(|&l| l <= u32::MAX as usize)
+            .ok_or(invalid(node, "shape too large"))?;
+    }
+    Ok((dims(shape), len))
+}
+
+/// Output size of a window `k` (dilated by `dil`) sliding by `stride` over `size` padded by
+/// `p0 + p1`, or `None` if it never fits or overflows.
+fn window_out(size: usize, k: u32, dil: u32, stride: u32, p0: u32, p1: u32) -> Option<usize> {
+    if k == 0 || dil == 0 || stride == 0 {
+        return None;
+    }
+    let span = (dil as usize).checked_mul(k as usize - 1)?.checked_add(1)?;
+    let padded = size.checked_add(p0 as usize)?.checked_add(p1 as usize)?;
+    // Keep every index a kernel forms below usize::MAX with a margin.
+    padded.checked_add(span)?.checked_add(stride as usize)?;
+    if padded < span {
+        return None;
+    }
+    Some((padded - span) / stride as usize + 1)
+}
+
+/// Iterates the node records of a description.
+struct Nodes<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Nodes<'a> {
+    type Item = Result<NodeRec, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        Some(match postcard::take_from_bytes::<NodeRec>(self.rest) {
+            Ok((n, rest)) => {
+                self.rest = rest;
+                Ok(n)
+            }
+            Err(_) => {
+                self.rest = &[];
+                Err(Error::Decode)
+            }
+        })
+    }
+}
+
+/// Reinterpret the weights section as f32, in place.
+#[cfg(target_endian = "little")]
+fn as_f32(bytes: &[u8]) -> Result<&[f32], Error> {
+    if bytes.is_empty() {
+        return Ok(&[]);
+    }
+    if !bytes.len().is_multiple_of(4) {
+        return Err(Error::BadHeader("weights length"));
+    }
+    if !(bytes.as_ptr() as usize).is_multiple_of(core::mem::align_of::<f32>()) {
+        return Err(Error::Misaligned);
+    }
+    // SAFETY: the pointer is non-null, aligned for f32 (checked above) and valid for reads of
+    // `bytes.len()` bytes = `bytes.len() / 4` f32 for the lifetime of `bytes`, which the result
+    // borrows; the memory is not mutated while shared; every bit pattern is a valid f32; and
+    // on this little-endian target the in-memory f32 is the format's little-endian encoding.
+    Ok(unsafe { core::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) })
+}
+
+#[cfg(not(target_endian = "little"))]
+fn as_f32(_bytes: &[u8]) -> Result<&[f32], Error> {
+    Err(Error::Limit("big-endian targets are not supported"))
+}
+
+impl<'a> Model<'a> {
+    /// Validate a blob and borrow it as a model. Checks the header, the CRC, every length and
+    /// offset (with checked arithmetic), every node's shapes against its operator's rules and
+    /// its weights, and the arena plan (regions inside the arena; an output either disjoint
+    /// from its inputs or, for in-place operators and views, exactly over one; no value
+    /// overwritten while a later node still reads it). Never panics, never reads out of bounds.
+    ///
+    /// The weights section must be 4-byte aligned in memory (see [`crate::Aligned`]).
+    pub fn from_bytes(blob: &'a [u8]) -> Result<Model<'a>, Error> {
+        let header = Header::parse(blob)?;
+        let payload = blob.len() - HEADER_LEN;
+        if header.payload_len as usize != payload {
+            return Err(if (header.payload_len as usize) > payload {
+                Error::Truncated
+            } else {
+                Error::BadHeader("payload length")
+            });
+        }
+        let computed = blob_crc(blob);
+        if computed != header.crc {
+            return Err(Error::BadCrc {
+                stored: header.crc,
+                computed,
+            });
+        }
+        let desc_end = HEADER_LEN
+            .checked_add(header.desc_len as usize)
+            .ok_or(Error::BadHeader("description length"))?;
+        let w_off = header.weights_offset as usize;
+        if !w_off.is_multiple_of(WEIGHTS_ALIGN) || w_off < desc_end || desc_end > blob.len() {
+            return Err(Error::BadHeader("weights offset"));
+        }
+        if w_off.checked_add(header.weights_len as usize) != Some(blob.len()) {
+            return Err(Error::BadHeader("weights length"));
+        }
+        let desc = blob
+            .get(HEADER_LEN..desc_end)
+            .ok_or(Error::BadHeader("description length"))?;
+        let weights = as_f32(blob.get(w_off..).ok_or(Error::Truncated)?)?;
+        let (head, nodes) =
+            postcard::take_from_bytes::<DescHead>(desc).map_err(|_| Error::Decode)?;
+        let n_nodes = head.n_nodes as usize;
+        if n_nodes > MAX_NODES {
+            return Err(Error::Limit("more than MAX_NODES nodes"));
+        }
+        let arena_len = header.arena_len();
+        let mut model = Model {
+            header,
+            nodes,
+            n_nodes,
+            weights,
+            input: Region { off: 0, len: 0 },
+            output: Region { off: 0, len: 0 },
+            arena_len,
+        };
+        // The graph's input and output, against the header.
+        if head.input.id != 0 {
+            return Err(invalid(GRAPH, "input value id must be 0"));
+        }
+        model.input = model.region(GRAPH, &head.input)?;
+        model.output = model.region(GRAPH, &head.output)?;
+        if head.input.shape.as_slice() != header.input_shape()
+            || model.input.len != header.input_len as usize
+        {
+            return Err(invalid(GRAPH, "input shape differs from the header"));
+        }
+        if head.output.shape.as_slice() != header.output_shape()
+            || model.output.len != header.output_len as usize
+        {
+            return Err(invalid(GRAPH, "output shape differs from the header"));
+        }
+        if head.output.id as usize > n_nodes
+            || model.definition(&head.input, head.output.id)? != head.output
+        {
+            return Err(invalid(GRAPH, "output does not match the value computed"));
+        }
+        // Every node, in order.
+        let mut count = 0usize;
+        for (j, node) in model.node_iter().enumerate() {
+            let node = node?;
+            if j >= n_nodes {
+                return Err(invalid(GRAPH, "more node records than declared"));
+            }
+            model.check_node(j, &node, &head.input)?;
+            count += 1;
+        }
+        if count != n_nodes {
+            return Err(invalid(GRAPH, "fewer node records than declared"));
+        }
+        model.check_lifetimes(&head.input, head.output.id as usize)?;
+        Ok(model)
+    }
+
+    fn node_iter(&self) -> Nodes<'a> {
+        Nodes { rest: self.nodes }
+    }
+
+    /// The arena region of an operand, checked inside the arena.
+    fn region(&self, node: u32, op: &Operand) -> Result<Region, Error> {
+        let (_, len) = checked_dims(node, &op.shape)?;
+        let r = Region {
+            off: op.offset as usize,
+            len,
+        };
+        match r.off.checked_add(len) {
+            Some(end) if end <= self.arena_len => Ok(r),
+            _ => Err(invalid(node, "value lies outside the arena")),
+        }
+    }
+
+    /// The operand of value `id` as its producer wrote it.
+    fn definition(&self, input: &Operand, id: u32) -> Result<Operand, Error> {
+        if id == 0 {
+            return Ok(input.clone());
+        }
+        match self.node_iter().nth(id as usize - 1) {
+            Some(Ok(n)) => Ok(n.output),
+            Some(Err(e)) => Err(e),
+            None => Err(invalid(GRAPH, "reference to a value never computed")),
+        }
+    }
+
+    /// Weights of a reference, checked in bounds.
+    fn wslice(&self, node: u32, w: WRef, len: usize) -> Result<&'a [f32], Error> {
+        if w.len as usize != len {
+            return Err(invalid(node, "weight count does not match the shapes"));
+        }
+        let start = w.offset as usize;
+        start
+            .checked_add(len)
+            .and_then(|end| self.weights.get(start..end))
+            .ok_or(invalid(node, "weights lie outside the weights section"))
+    }
+
+    fn check_node(&self, j: usize, node: &NodeRec, input: &Operand) -> Result<(), Error> {
+        let n = j as u32;
+        if node.output.id as usize != j + 1 {
+            return Err(invalid(n, "output value id must be node index + 1"));
+        }
+        let out_reg = self.region(n, &node.output)?;
+        let (od, _) = checked_dims(n, &node.output.shape)?;
+        let arity_ok = match node.op {
+            OpRec::Add => node.inputs.len() == 2,
+            OpRec::Concat { .. } => !node.inputs.is_empty(),
+            _ => node.inputs.len() == 1,
+        };
+        if !arity_ok {
+            return Err(invalid(n, "wrong number of inputs"));
+        }
+        let in_place_op = matches!(
+            node.op,
+            OpRec::Activation(_) | OpRec::BatchNorm { .. } | OpRec::Softmax { .. } | OpRec::Add
+        );
+        let mut same = 0;
+        for inp in &node.inputs {
+            if inp.id as usize > j {
+                return Err(invalid(n, "reads a value not computed before it"));
+            }
+            if self.definition(input, inp.id)? != *inp {
+                return Err(invalid(n, "input does not match its producer"));
+            }
+            let r = self.region(n, inp)?;
+            if r == out_reg {
+                same += 1;
+            } else if !r.disjoint(out_reg) {
+                return Err(invalid(n, "output partially overlaps an input"));
+            }
+        }
+        let is_reshape = matches!(node.op, OpRec::Reshape);
+        if (is_reshape && same != 1) || (!is_reshape && same > usize::from(in_place_op)) {
+            return Err(invalid(
+                n,
+                "output aliases an input where the operator cannot",
+            ));
+        }
+        let first = node
+            .inputs
+            .first()
+            .ok_or(invalid(n, "wrong number of inputs"))?;
+        let (id, in_len) = checked_dims(n, &first.shape)?;
+        let expected: Dims = match &node.op {
+            OpRec::Dense {
+                units,
+                inputs,
+                weights,
+                bias,
+                act: _,
+            } => {
+                if id.rank != 2 || id.at(1) != *inputs as usize || *units == 0 {
+                    return Err(invalid(n, "Dense input shape"));
+                }
+                let wl = (*units as usize)
+                    .checked_mul(*inputs as usize)
+                    .ok_or(invalid(n, "Dense too large"))?;
+                self.wslice(n, *weights, wl)?;
+                self.wslice(n, *bias, *units as usize)?;
+                shape_dims(&[1, *units as usize])
+            }
+            OpRec::Conv2d(c) => self.check_conv(n, c, &id)?,
+            OpRec::BatchNorm { scale, shift } => {
+                if id.rank < 2 {
+                    return Err(invalid(n, "BatchNorm needs a channel axis"));
+                }
+                self.wslice(n, *scale, id.at(1))?;
+                self.wslice(n, *shift, id.at(1))?;
+                id
+            }
+            OpRec::Activation(_) => id,
+            OpRec::Softmax { axis } => {
+                if *axis == 0 || *axis as usize >= id.rank {
+                    return Err(invalid(n, "softmax axis"));
+                }
+                id
+            }
+            OpRec::MaxPool(p) | OpRec::AveragePool(p) => check_pool(n, p, &id)?,
+            OpRec::GlobalAveragePool => {
+                if id.rank != 4 {
+                    return Err(invalid(n, "GlobalAveragePool needs NCHW"));
+                }
+                shape_dims(&[1, id.at(1), 1, 1])
+            }
+            OpRec::Add => {
+                let other = node
+                    .inputs
+                    .get(1)
+                    .ok_or(invalid(n, "wrong number of inputs"))?;
+                if other.shape != first.shape {
+                    return Err(invalid(n, "Add needs equal shapes"));
+                }
+                id
+            }
+            OpRec::Concat { axis } => {
+                let axis = *axis as usize;
+                if axis == 0 || axis >= id.rank {
+                    return Err(invalid(n, "concat axis"));
+                }
+                let mut e = id;
+                for other in node.inputs.iter().skip(1) {
+                    let (d, _) = checked_dims(n, &other.shape)?;
+                    let same_elsewhere =
+                        d.rank == id.rank && (0..id.rank).all(|i| i == axis || d.at(i) == id.at(i));
+                    if !same_elsewhere {
+                        return Err(invalid(n, "concat shapes differ off the axis"));
+                    }
+                    if let Some(x) = e.d.get_mut(axis) {
+                        *x = x
+                            .checked_add(d.at(axis))
+                            .ok_or(invalid(n, "concat too large"))?;
+                    }
+                }
+                e
+            }
+            OpRec::Reshape => {
+                let (_, out_len) = checked_dims(n, &node.output.shape)?;
+                if out_len != in_len {
+                    return Err(invalid(n, "reshape changes the element count"));
+                }
+                od
+            }
+            OpRec::Transpose { perm } => {
+                if perm.len() != id.rank || perm.first() != Some(&0) {
+                    return Err(invalid(n, "transpose permutation"));
+                }
+                let mut seen = [false; MAX_RANK];
+                let mut e = id;
+                for (o, &p) in e.d.iter_mut().zip(perm.iter()) {
+                    match seen.get_mut(p as usize) {
+                        Some(s) if !*s && (p as usize) < id.rank => *s = true,
+                        _ => return Err(invalid(n, "transpose permutation")),
+                    }
+                    *o = id.at(p as usize);
+                }
+                e
+            }
+            OpRec::Pad { pads, value: _ } => {
+                if pads.len() != id.rank || pads.first() != Some(&[0, 0]) {
+                    return Err(invalid(n, "pad must cover every axis but the batch"));
+                }
+                let mut e = id;
+                for (o, p) in e.d.iter_mut().zip(pads.iter()) {
+                    *o = o
+                        .checked_add(p[0] as usize)
+                        .and_then(|x| x.checked_add(p[1] as usize))
+                        .ok_or(invalid(n, "pad too large"))?;
+                }
+                e
+            }
+        };
+        if expected.dims() != od.dims() {
+            return Err(invalid(n, "output shape differs from the operator's"));
+        }
+        Ok(())
+    }
+
+    fn check_conv(&self, n: u32, c: &ConvRec, id: &Dims) -> Result<Dims, Error> {
+        let bad = invalid(n, "Conv2d parameters do not fit its input");
+        if id.rank != 4 || id.at(1) != c.in_channels as usize {
+            return Err(bad);
+        }
+        let (g, ic, oc) = (c.groups, c.in_channels, c.out_channels);
+        if g == 0 || ic % g != 0 || oc % g != 0 || oc == 0 {
+            return Err(bad);
+        }
+        let filter = ((ic / g) as usize)
+            .checked_mul(c.kernel[0] as usize)
+            .and_then(|x| x.checked_mul(c.kernel[1] as usize))
+            .and_then(|x| x.checked_mul(oc as usize))
+            .ok_or(bad)?;
+        self.wslice(n, c.weights, filter)?;
+        self.wslice(n, c.bias, oc as usize)?;
+        let [ph0, pw0, ph1, pw1] = c.padding;
+        let oh = window_out(id.at(2), c.kernel[0], c.dilation[0], c.stride[0], ph0, ph1);
+        let ow = window_out(id.at(3), c.kernel[1], c.dilation[1], c.stride[1], pw0, pw1);
+        match (oh, ow) {
+            (Some(oh), Some(ow)) => Ok(shape_dims(&[1, oc as usize, oh, ow])),
+            _ => Err(bad),
+        }
+    }
+
+    /// No value may be overwritten while a later node still reads it: for every value `u`,
+    /// each value written after `u` and before `u`'s last read lies elsewhere in the arena,
+    /// unless it is a view (Reshape) of exactly the same region.
+    fn check_lifetimes(&self, input: &Operand, output_id: usize) -> Result<(), Error> {
+        let n = self.n_nodes;
+        for u in 0..=n {
+            let reg_u = if u == 0 {
+                self.region(GRAPH, input)?
+            } else {
+                let d = self.definition(input, u as u32)?;
+                self.region(u as u32 - 1, &d)?
+            };
+            let mut last = u;
+            if u == output_id {
+                last = n + 1;
+            } else {
+                for (j, node) in self.node_iter().enumerate().skip(u) {
+                    if node?.inputs.iter().any(|i| i.id as usize == u) {
+                        last = j + 1;
+                    }
+                }
+            }
+            // Values w with u < w < last (value w is written at step w).
+            let later = self
+                .node_iter()
+                .enumerate()
+                .skip(u)
+                .take(last.saturating_sub(u + 1));
+            for (j, node) in later {
+                let node = node?;
+                let reg_w = self.region(j as u32, &node.output)?;
+                let view = matches!(node.op, OpRec::Reshape) && reg_w == reg_u;
+                if !reg_w.disjoint(reg_u) && !view {
+                    return Err(invalid(j as u32, "overwrites a value that is still read"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.n_nodes
+    }
+
+    /// Elements (f32) of the input.
+    pub fn input_len(&self) -> usize {
+        self.input.len
+    }
+
+    /// Elements (f32) of the output.
+    pub fn output_len(&self) -> usize {
+        self.output.len
+    }
+
+    /// Elements (f32) of the arena [`Model::run`] needs.
+    pub fn arena_len(&self) -> usize {
+        self.arena_len
+    }
+
+    /// Bytes of the arena (the memory plan's arena size).
+    pub fn arena_bytes(&self) -> usize {
+        self.arena_len * 4
+    }
+
+    /// Input shape, batch first.
+    pub fn input_shape(&self) -> &[u32] {
+        self.header.input_shape()
+    }
+
+    /// Output shape, batch first.
+    pub fn output_shape(&self) -> &[u32] {
+        self.header.output_shape()
+    }
+
+    /// Run the model on one input. `arena` must hold at least [`Model::arena_len`] f32,
+    /// `input` exactly [`Model::input_len`], `output` exactly [`Model::output_len`].
+    /// No allocation; every failure is an `Err`.
+    pub fn run(&self, input: &[f32], arena: &mut [f32], output: &mut [f32]) -> Result<(), Error> {
+        if input.len() != self.input.len {
+            return Err(Error::InputLength {
+                got: input.len(),
+                expected: self.input.len,
+            });
+        }
+        if output.len() != self.output.len {
+            return Err(Error::OutputLength {
+                got: output.len(),
+                expected: self.output.len,
+            });
+        }
+        let got = arena.len();
+        let arena = arena
+            .get_mut(..self.arena_len)
+            .ok_or(Error::ArenaTooSmall {
+                got,
+                needed: self.arena_len,
+            })?;
+        let gone = invalid(GRAPH, "value outside the arena");
+        kernels::copy(
+            arena
+                .get_mut(self.input.off..self.input.end())
+                .ok_or(gone)?,
+            input,
+        );
+        for (j, node) in self.node_iter().enumerate() {
+            self.exec(j as u32, &node?, arena)?;
+        }
+        kernels::copy(
+            output,
+            arena.get(self.output.off..self.output.end()).ok_or(gone)?,
+        );
+        Ok(())
+    }
+
+    fn exec(&self, n: u32, node: &NodeRec, arena: &mut [f32]) -> Result<(), Error> {
+        if let OpRec::Reshape = node.op {
+            return Ok(()); // A view: the output already is the input.
+        }
+        let od = dims(&node.output.shape);
+        let out_reg = Region {
+            off: node.output.offset as usize,
+            len: od.product(0, od.rank),
+        };
+        let broken = invalid(n, "inconsistent after validation");
+        let (head, rest) = arena.split_at_mut_checked(out_reg.off).ok_or(broken)?;
+        let (out, tail) = rest.split_at_mut_checked(out_reg.len).ok_or(broken)?;
+        let around = Around {
+            head,
+            tail,
+            out: out_reg,
+        };
+        let src = |k: usize| -> Result<(Src<'_>, Dims), Error> {
+            let op = node.inputs.get(k).ok_or(broken)?;
+            let d = dims(&op.shape);
+            let r = Region {
+                off: op.offset as usize,
+                len: d.product(0, d.rank),
+            };
+            Ok((around.get(r).ok_or(broken)?, d))
+        };
+        // The first input, which must lie elsewhere (non-in-place operators).
+        let slice = |k: usize| -> Result<(&[f32], Dims), Error> {
+            match src(k)? {
+                (Src::Slice(s), d) => Ok((s, d)),
+                (Src::Same, _) => Err(broken),
+            }
+        };
+        // Element-wise operators start from a copy of their first input unless in place.
+        let prime = |out: &mut [f32]| -> Result<Dims, Error> {
+            let (s, d) = src(0)?;
+            if let Src::Slice(s) = s {
+                kernels::copy(out, s);
+            }
+            Ok(d)
+        };
+        let w = |r: WRef| -> Result<&[f32], Error> {
+            let start = r.offset as usize;
+            start
+                .checked_add(r.len as usize)
+                .and_then(|end| self.weights.get(start..end))
+                .ok_or(broken)
+        };
+        match &node.op {
+            OpRec::Dense {
+                weights, bias, act, ..
+            } => {
+                let (x, _) = slice(0)?;
+                kernels::dense::dense(x, w(*weights)?, w(*bias)?, *act, out);
+            }
+            OpRec::Conv2d(c) => {
+                let (x, id) = slice(0)?;
+                let g = ConvGeom {
+                    in_c: id.at(1),
+                    ih: id.at(2),
+                    iw: id.at(3),
+                    out_c: od.at(1),
+                    oh: od.at(2),
+                    ow: od.at(3),
+                    kh: c.kernel[0] as usize,
+                    kw: c.kernel[1] as usize,
+                    sy: c.stride[0] as usize,
+                    sx: c.stride[1] as usize,
+                    dy: c.dilation[0] as usize,
+                    dx: c.dilation[1] as usize,
+                    pt: c.padding[0] as usize,
+                    pl: c.padding[1] as usize,
+                    groups: c.groups as usize,
+                };
+                kernels::conv::conv2d(&g, x, w(c.weights)?, w(c.bias)?, c.act, out);
+            }
+            OpRec::BatchNorm { scale, shift } => {
+                let d = prime(out)?;
+                kernels::eltwise::batch_norm(out, d.product(2, d.rank), w(*scale)?, w(*shift)?);
+            }
+            OpRec::Activation(a) => {
+                prime(out)?;
+                a.apply_slice(out);
+            }
+            OpRec::Softmax { axis } => {
+                let d = prime(out)?;
+                let axis = *axis as usize;
+                kernels::eltwise::softmax(out, d.at(axis), d.product(axis + 1, d.rank));
+            }
+            OpRec::MaxPool(p) | OpRec::AveragePool(p) => {
+                let (x, id) = slice(0)?;
+                let g = PoolGeom {
+                    ih: id.at(2),
+                    iw: id.at(3),
+                    oh: od.at(2),
+                    ow: od.at(3),
+                    kh: p.kernel[0] as usize,
+                    kw: p.kernel[1] as usize,
+                    sy: p.stride[0] as usize,
+                    sx: p.stride[1] as usize,
+                    pt: p.padding[0] as usize,
+                    pl: p.padding[1] as usize,
+                };
+                let average = match node.op {
+                    OpRec::AveragePool(_) => Some(p.count_include_pad),
+                    _ => None,
+                };
+                kernels::pool::pool(&g, average, x, out);
+            }
+            OpRec::GlobalAveragePool => {
+                let (x, id) = slice(0)?;
+                kernels::pool::global_average(id.at(2) * id.at(3), x, out);
+            }
+            OpRec::Add => match (src(0)?.0, src(1)?.0) {
+                (Src::Same, Src::Slice(b)) | (Src::Slice(b), Src::Same) => {
+                    kernels::eltwise::add(out, b)
+                }
+                (Src::Slice(a), Src::Slice(b)) => {
+                    kernels::copy(out, a);
+                    kernels::eltwise::add(out, b);
+                }
+                (Src::Same, Src::Same) => return Err(broken),
+            },
+            OpRec::Concat { axis } => {
+                let axis = *axis as usize;
+                let out_block = od.product(axis, od.rank);
+                let mut offset = 0;
+                for k in 0..node.inputs.len() {
+                    let (x, id) = slice(k)?;
+                    let block = id.product(axis, id.rank);
+                    kernels::layout::concat_part(x, block, out_block, offset, out);
+                    offset += block;
+                }
+            }
+            OpRec::Reshape => {}
+            OpRec::Transpose { perm } => {
+                let (x, id) = slice(0)?;
+                kernels::layout::transpose(&id, perm, x, out);
+            }
+            OpRec::Pad { pads, value } => {
+                let (x, id) = slice(0)?;
+                kernels::layout::pad(&id, &od, pads, *value, x, out);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn shape_dims(s: &[usize]) -> Dims {
+    let mut d = Dims {
+        d: [1; MAX_RANK],
+        rank: s.len().min(MAX_RANK),
+    };
+    for (o, &x) in d.d.iter_mut().zip(s) {
+        *o = x;
+    }
+    d
+}
+
+fn check_pool(n: u32, p: &PoolRec, id: &Dims) -> Result<Dims, Error> {
+    let bad = invalid(n, "pooling parameters do not fit its input");
+    if id.rank != 4 {
+        return Err(bad);
+    }
+    let [kh, kw] = p.kernel;
+    let [pt, pl, pb, pr] = p.padding;
+    if pt >= kh || pb >= kh || pl >= kw || pr >= kw {
+        return Err(bad);
+    }
+    let oh = window_out(id.at(2), kh, 1, p.stride[0], pt, pb);
+    let ow = window_out(id.at(3), kw, 1, p.stride[1], pl, pr);
+    match (oh, ow) {
+        (Some(oh), Some(ow)) => Ok(shape_dims(&[1, id.at(1), oh, ow])),
+        _ => Err(bad),
+    }
+}

@@ -1,0 +1,513 @@
+//! Hostile and corrupted blobs: truncated at every length, every byte flipped, wrong version,
+//! huge lengths and offsets, and corrupted descriptions whose CRC is recomputed so that the
+//! validation itself is exercised. Every one must be an `Err` (or, where a corruption still
+//! describes a valid model, run without panicking) — never a panic, never an out-of-bounds
+//! read.
+
+use paoding_cli::import::import_onnx;
+use paoding_core::{
+    blob,
+    ir::{Activation, BatchNorm, Conv2d, Dense, Graph, Op, Pool},
+    plan::MemoryPlan,
+};
+use paoding_runtime::format::{
+    blob_crc, DescHead, Header, NodeRec, OpRec, HEADER_LEN, WEIGHTS_ALIGN,
+};
+use paoding_runtime::{Error, Model};
+use paoding_tests::{fixtures_dir, seeded_uniform};
+
+/// A small graph touching most operators (conv, depthwise, pools, batch norm, add, concat,
+/// pad, transpose, reshape, dense, softmax).
+fn zoo() -> Graph {
+    let w = |n: usize, seed: u64| seeded_uniform(n, seed, -0.5, 0.5);
+    let mut g = Graph::new("x", vec![1, 2, 6, 6]);
+    let conv = |out, inp, groups, k: usize, pad, seed| {
+        Op::Conv2d(Conv2d {
+            out_channels: out,
+            in_channels: inp,
+            kernel: [k, k],
+            stride: [1, 1],
+            dilation: [1, 1],
+            padding: [pad; 4],
+            groups,
+            weights: w(out * inp / groups * k * k, seed),
+            bias: w(out, seed + 1),
+            activation: Activation::Relu,
+        })
+    };
+    let c1 = g.push("c1", conv(4, 2, 1, 3, 1, 1), &[g.input]).unwrap();
+    let dw = g.push("dw", conv(4, 4, 4, 3, 1, 2), &[c1]).unwrap();
+    let bn = g
+        .push(
+            "bn",
+            Op::BatchNorm(BatchNorm::affine(w(4, 3), w(4, 4))),
+            &[dw],
+        )
+        .unwrap();
+    let add = g.push("add", Op::Add, &[bn, c1]).unwrap();
+    let act = g
+        .push("act", Op::Activation(Activation::Sigmoid), &[add])
+        .unwrap();
+    let pool = Pool {
+        kernel: [2, 2],
+        stride: [2, 2],
+        padding: [0; 4],
+        count_include_pad: false,
+    };
+    let mp = g.push("mp", Op::MaxPool(pool.clone()), &[act]).unwrap();
+    let ap = g.push("ap", Op::AveragePool(pool), &[act]).unwrap();
+    let cat = g.push("cat", Op::Concat { axis: 1 }, &[mp, ap]).unwrap();
+    let pad = g
+        .push(
+            "pad",
+            Op::Pad {
+                pads: vec![(0, 0), (0, 0), (1, 0), (0, 1)],
+                value: 0.5,
+            },
+            &[cat],
+        )
+        .unwrap();
+    let tr = g
+        .push(
+            "tr",
+            Op::Transpose {
+                perm: vec![0, 2, 3, 1],
+            },
+            &[pad],
+        )
+        .unwrap();
+    let gap_in = g
+        .push(
+            "tr2",
+            Op::Transpose {
+                perm: vec![0, 3, 1, 2],
+            },
+            &[tr],
+        )
+        .unwrap();
+    let gap = g.push("gap", Op::GlobalAveragePool, &[gap_in]).unwrap();
+    let flat = g
+        .push("flat", Op::Reshape { shape: vec![1, 8] }, &[gap])
+        .unwrap();
+    let fc = g
+        .push(
+            "fc",
+            Op::Dense(Dense {
+                units: 3,
+                inputs: 8,
+                weights: w(24, 5),
+                bias: w(3, 6),
+                activation: Activation::Tanh,
+            }),
+            &[flat],
+        )
+        .unwrap();
+    g.output = g.push("sm", Op::Softmax { axis: 1 }, &[fc]).unwrap();
+    g.check().unwrap();
+    g
+}
+
+fn zoo_blob() -> Vec<u8> {
+    let g = zoo();
+    blob::write_blob(&g, &MemoryPlan::new(&g)).unwrap()
+}
+
+fn fixture_blob() -> Vec<u8> {
+    let g = import_onnx(&fixtures_dir().join("dscnn_torch.onnx"))
+        .unwrap()
+        .graph;
+    blob::write_blob(&g, &MemoryPlan::new(&g)).unwrap()
+}
+
+/// Recompute the header CRC after a corruption.
+fn fix_crc(b: &mut [u8]) {
+    let crc = blob_crc(b);
+    b[92..96].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Validate, and if the blob is accepted, run it: it must not panic either way.
+fn exercise(b: &[u8]) -> Result<(), Error> {
+    let m = Model::from_bytes(b)?;
+    if m.arena_len() > 1 << 24 {
+        let mut tiny = vec![0.0; 4];
+        let r = m.run(
+            &vec![0.5; m.input_len()],
+            &mut tiny,
+            &mut vec![0.0; m.output_len()],
+        );
+        assert!(matches!(r, Err(Error::ArenaTooSmall { .. })));
+        return Ok(());
+    }
+    let mut arena = vec![0.0; m.arena_len()];
+    m.run(
+        &vec![0.5; m.input_len()],
+        &mut arena,
+        &mut vec![0.0; m.output_len()],
+    )
+}
+
+#[test]
+fn valid_blobs_validate_and_run() {
+    for b in [zoo_blob(), fixture_blob()] {
+        exercise(&b).expect("a valid blob runs");
+    }
+}
+
+#[test]
+fn the_zoo_matches_the_interpreter() {
+    let g = zoo();
+    let b = zoo_blob();
+    let m = Model::from_bytes(&b).unwrap();
+    let x = seeded_uniform(m.input_len(), 9, -1.0, 1.0);
+    let mut arena = vec![0.0; m.arena_len()];
+    let mut y = vec![0.0; m.output_len()];
+    m.run(&x, &mut arena, &mut y).unwrap();
+    let r = paoding_core::interp::run(&g, &x).unwrap();
+    for (a, b) in y.iter().zip(&r) {
+        assert!((a - b).abs() <= 1e-6, "{y:?} vs {r:?}");
+    }
+}
+
+#[test]
+fn truncated_at_every_length_is_an_error() {
+    for b in [zoo_blob(), fixture_blob()] {
+        for len in 0..b.len() {
+            assert!(
+                Model::from_bytes(&b[..len]).is_err(),
+                "truncated to {len} bytes of {}",
+                b.len()
+            );
+        }
+        // Trailing garbage is refused too.
+        let mut longer = b.clone();
+        longer.extend_from_slice(&[0; 16]);
+        assert!(Model::from_bytes(&longer).is_err());
+    }
+}
+
+#[test]
+fn every_flipped_byte_is_an_error() {
+    let zoo = zoo_blob();
+    let fixture = fixture_blob();
+    for (b, step) in [(&zoo, 1), (&fixture, 3)] {
+        for i in (0..b.len()).step_by(step) {
+            for mask in [0x01u8, 0x80, 0xFF] {
+                let mut c = b.clone();
+                c[i] ^= mask;
+                assert!(
+                    Model::from_bytes(&c).is_err(),
+                    "byte {i} ^ {mask:#x} went unnoticed"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn flipped_bytes_with_a_recomputed_crc_never_panic() {
+    // The CRC no longer protects: the validation must catch (or safely accept) every change.
+    let b = zoo_blob();
+    let desc_end = HEADER_LEN + u32::from_le_bytes(b[16..20].try_into().unwrap()) as usize;
+    let (mut refused, mut accepted) = (0, 0);
+    for i in (0..desc_end).filter(|&i| !(92..96).contains(&i)) {
+        for mask in [0x01u8, 0x02, 0x04, 0x10, 0x40, 0x80, 0xFF] {
+            let mut c = b.clone();
+            c[i] ^= mask;
+            fix_crc(&mut c);
+            match exercise(&c) {
+                Ok(()) => accepted += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    println!("desc flips with fixed CRC: {refused} refused, {accepted} accepted and ran");
+    assert!(refused > accepted, "{refused} refused, {accepted} accepted");
+    // Weight flips keep a valid model: it must still run.
+    for i in (desc_end..b.len()).step_by(5) {
+        let mut c = b.clone();
+        c[i] ^= 0x40;
+        fix_crc(&mut c);
+        let _ = exercise(&c);
+    }
+}
+
+#[test]
+fn wrong_version_magic_flags_and_header_fields_are_errors() {
+    let b = zoo_blob();
+    let with = |at: usize, bytes: &[u8]| {
+        let mut c = b.clone();
+        c[at..at + bytes.len()].copy_from_slice(bytes);
+        fix_crc(&mut c);
+        c
+    };
+    assert_eq!(
+        Model::from_bytes(&with(4, &2u16.to_le_bytes())).unwrap_err(),
+        Error::UnsupportedVersion(2)
+    );
+    assert_eq!(
+        Model::from_bytes(&with(0, b"PDNX")).unwrap_err(),
+        Error::BadMagic
+    );
+    assert_eq!(
+        Model::from_bytes(&with(6, &1u16.to_le_bytes())).unwrap_err(),
+        Error::UnsupportedFlags(1)
+    );
+    // Huge or wrong lengths and offsets, each with a correct CRC.
+    for (at, v) in [
+        (8, 97u32 as u16 as u32),
+        (12, u32::MAX),
+        (12, 0),
+        (16, u32::MAX),
+        (16, u32::MAX - 95),
+        (16, b.len() as u32),
+        (20, u32::MAX),
+        (20, u32::MAX - 15),
+        (20, 16),
+        (20, HEADER_LEN as u32),
+        (24, u32::MAX),
+        (24, 4),
+        (28, 2),
+        (28, 0),
+        (32, u32::MAX),
+        (36, 7),
+        (40, 2),
+        (64, u32::MAX),
+    ] {
+        let c = if at == 8 {
+            with(at, &(v as u16).to_le_bytes())
+        } else {
+            with(at, &v.to_le_bytes())
+        };
+        assert!(
+            Model::from_bytes(&c).is_err(),
+            "header field at {at} = {v} accepted"
+        );
+    }
+    // Ranks beyond the limit.
+    assert!(Model::from_bytes(&with(10, &[7])).is_err());
+    assert!(Model::from_bytes(&with(11, &[0])).is_err());
+    // A huge arena is legal in itself; running with a small one is an error.
+    let c = with(28, &(u32::MAX - 3).to_le_bytes());
+    let m = Model::from_bytes(&c).expect("a bigger arena is still a valid plan");
+    let r = m.run(
+        &vec![0.0; m.input_len()],
+        &mut [0.0; 16],
+        &mut vec![0.0; m.output_len()],
+    );
+    assert!(matches!(r, Err(Error::ArenaTooSmall { .. })));
+}
+
+#[test]
+fn run_rejects_wrong_buffer_sizes() {
+    let b = zoo_blob();
+    let m = Model::from_bytes(&b).unwrap();
+    let (i, o, a) = (m.input_len(), m.output_len(), m.arena_len());
+    let mut arena = vec![0.0; a];
+    assert!(matches!(
+        m.run(&vec![0.0; i - 1], &mut arena, &mut vec![0.0; o]),
+        Err(Error::InputLength { .. })
+    ));
+    assert!(matches!(
+        m.run(&vec![0.0; i], &mut arena, &mut vec![0.0; o + 1]),
+        Err(Error::OutputLength { .. })
+    ));
+    assert!(matches!(
+        m.run(&vec![0.0; i], &mut vec![0.0; a - 1], &mut vec![0.0; o]),
+        Err(Error::ArenaTooSmall { .. })
+    ));
+    // A larger arena is fine.
+    m.run(&vec![0.0; i], &mut vec![0.0; a + 5], &mut vec![0.0; o])
+        .unwrap();
+}
+
+#[test]
+fn misaligned_blobs_are_refused() {
+    let b = zoo_blob();
+    let mut shifted = vec![0u8; b.len() + 1];
+    shifted[1..].copy_from_slice(&b);
+    let start = if !(shifted.as_ptr() as usize + 1).is_multiple_of(4) {
+        1
+    } else {
+        0
+    };
+    if start == 1 {
+        assert_eq!(
+            Model::from_bytes(&shifted[1..]).unwrap_err(),
+            Error::Misaligned
+        );
+    }
+}
+
+/// The description of a blob, decoded with the runtime's own record types.
+fn decode(b: &[u8]) -> (Header, DescHead, Vec<NodeRec>, Vec<u8>) {
+    let h = Header::parse(b).unwrap();
+    let desc = &b[HEADER_LEN..HEADER_LEN + h.desc_len as usize];
+    let (head, mut rest) = postcard::take_from_bytes::<DescHead>(desc).unwrap();
+    let mut nodes = Vec::new();
+    while !rest.is_empty() {
+        let (n, r) = postcard::take_from_bytes::<NodeRec>(rest).unwrap();
+        nodes.push(n);
+        rest = r;
+    }
+    (h, head, nodes, b[h.weights_offset as usize..].to_vec())
+}
+
+/// Reassemble a blob from (possibly hostile) records, with consistent lengths and CRC.
+fn encode(h: &Header, head: &DescHead, nodes: &[NodeRec], weights: &[u8]) -> Vec<u8> {
+    let mut desc = postcard::to_allocvec(head).unwrap();
+    for n in nodes {
+        desc.extend(postcard::to_allocvec(n).unwrap());
+    }
+    let w_off = (HEADER_LEN + desc.len()).div_ceil(WEIGHTS_ALIGN) * WEIGHTS_ALIGN;
+    let mut h = *h;
+    h.desc_len = desc.len() as u32;
+    h.weights_offset = w_off as u32;
+    h.payload_len = (w_off + weights.len() - HEADER_LEN) as u32;
+    let mut b = vec![0u8; HEADER_LEN];
+    b.extend(desc);
+    b.resize(w_off, 0);
+    b.extend_from_slice(weights);
+    let mut fixed = [0u8; HEADER_LEN];
+    h.write(&mut fixed);
+    b[..HEADER_LEN].copy_from_slice(&fixed);
+    fix_crc(&mut b);
+    b
+}
+
+#[test]
+fn reencoding_an_unchanged_description_is_valid() {
+    let b = zoo_blob();
+    let (h, head, nodes, w) = decode(&b);
+    assert_eq!(encode(&h, &head, &nodes, &w), b);
+}
+
+#[test]
+fn hostile_descriptions_with_valid_crc_are_errors() {
+    let b = zoo_blob();
+    let (h, head, nodes, w) = decode(&b);
+    let arena = h.arena_len() as u32;
+    let mut cases = 0;
+    let mut expect_err = |what: &str, j: usize, f: &dyn Fn(&mut NodeRec)| {
+        let mut ns = nodes.clone();
+        f(&mut ns[j]);
+        if ns[j] == nodes[j] {
+            return; // The mutation does not apply to this node.
+        }
+        let c = encode(&h, &head, &ns, &w);
+        assert!(
+            Model::from_bytes(&c).is_err(),
+            "node {j} ({:?}): {what} accepted",
+            nodes[j].op
+        );
+        cases += 1;
+    };
+    for j in 0..nodes.len() {
+        expect_err("output offset u32::MAX", j, &|n| n.output.offset = u32::MAX);
+        expect_err("output past the arena", j, &|n| n.output.offset = arena);
+        expect_err("output id", j, &|n| n.output.id += 1);
+        expect_err("output shape", j, &|n| {
+            let last = n.output.shape.len() - 1;
+            n.output.shape[last] += 1;
+        });
+        expect_err("output rank", j, &|n| {
+            n.output.shape.push(1).unwrap();
+        });
+        expect_err("zero dim", j, &|n| n.output.shape[1] = 0);
+        expect_err("batch 2", j, &|n| n.output.shape[0] = 2);
+        expect_err("huge dims", j, &|n| {
+            for d in n.output.shape.iter_mut() {
+                *d = u32::MAX;
+            }
+        });
+        expect_err("reads itself", j, &|n| n.inputs[0].id = j as u32 + 1);
+        expect_err("reads a later value", j, &|n| n.inputs[0].id = 1000);
+        expect_err("input offset", j, &|n| n.inputs[0].offset += 1);
+        expect_err("input shape", j, &|n| n.inputs[0].shape[1] += 1);
+        expect_err("no inputs", j, &|n| n.inputs.clear());
+        expect_err("extra input", j, &|n| {
+            if !matches!(n.op, OpRec::Concat { .. }) {
+                let first = n.inputs[0].clone();
+                n.inputs.push(first).unwrap();
+            }
+        });
+        expect_err("output over its input", j, &|n| {
+            if !matches!(
+                n.op,
+                OpRec::Activation(_)
+                    | OpRec::BatchNorm { .. }
+                    | OpRec::Softmax { .. }
+                    | OpRec::Add
+                    | OpRec::Reshape
+            ) {
+                n.output.offset = n.inputs[0].offset;
+            }
+        });
+        expect_err("output straddles its input", j, &|n| {
+            n.output.offset = n.inputs[0].offset + 1;
+        });
+        expect_err("weights", j, &|n| match &mut n.op {
+            OpRec::Dense { weights, .. } => weights.offset = u32::MAX,
+            OpRec::Conv2d(c) => c.bias.len += 1,
+            OpRec::BatchNorm { shift, .. } => shift.offset = w.len() as u32 / 4,
+            _ => {}
+        });
+        expect_err("parameters", j, &|n| match &mut n.op {
+            OpRec::Conv2d(c) => c.stride[1] = 0,
+            OpRec::MaxPool(p) | OpRec::AveragePool(p) => p.padding[0] = p.kernel[0],
+            OpRec::Softmax { axis } | OpRec::Concat { axis } => *axis = 9,
+            OpRec::Transpose { perm } => perm[1] = perm[2],
+            OpRec::Pad { pads, .. } => pads[0] = [1, 0],
+            OpRec::Dense { units, .. } => *units += 1,
+            _ => {}
+        });
+        expect_err("conv groups", j, &|n| {
+            if let OpRec::Conv2d(c) = &mut n.op {
+                c.groups = 0;
+            }
+        });
+        expect_err("conv dilation", j, &|n| {
+            if let OpRec::Conv2d(c) = &mut n.op {
+                c.dilation = [0, 0];
+            }
+        });
+        expect_err("conv huge padding", j, &|n| {
+            if let OpRec::Conv2d(c) = &mut n.op {
+                c.padding = [u32::MAX; 4];
+            }
+        });
+    }
+    // Node count and graph output.
+    let mut bad_head = head.clone();
+    bad_head.n_nodes += 1;
+    assert!(Model::from_bytes(&encode(&h, &bad_head, &nodes, &w)).is_err());
+    let mut bad_head = head.clone();
+    bad_head.n_nodes = u32::MAX;
+    assert!(Model::from_bytes(&encode(&h, &bad_head, &nodes, &w)).is_err());
+    let mut bad_head = head.clone();
+    bad_head.output.id -= 1;
+    assert!(Model::from_bytes(&encode(&h, &bad_head, &nodes, &w)).is_err());
+    assert!(Model::from_bytes(&encode(&h, &head, &nodes[..nodes.len() - 1], &w)).is_err());
+    // A value overwritten while still read later (c1 is read by `add` after `dw`, `bn`).
+    let mut ns = nodes.clone();
+    ns[1].output.offset = ns[0].output.offset; // dw over c1
+    ns[2].inputs[0].offset = ns[1].output.offset;
+    assert!(Model::from_bytes(&encode(&h, &head, &ns, &w)).is_err());
+    println!("{cases} hostile descriptions refused");
+    assert!(cases > 150, "only {cases} cases applied");
+}
+
+#[test]
+fn random_garbage_never_panics() {
+    let b = zoo_blob();
+    for seed in 0..300u64 {
+        let noise = seeded_uniform(b.len(), seed, 0.0, 256.0);
+        let mut c = b.clone();
+        // Keep the header, scramble a window of the description or the weights.
+        let start = HEADER_LEN + (seed as usize * 7) % (b.len() - HEADER_LEN);
+        for (i, v) in noise.iter().enumerate().skip(start).take(24) {
+            c[i] = *v as u8;
+        }
+        fix_crc(&mut c);
+        let _ = exercise(&c);
+    }
+}
