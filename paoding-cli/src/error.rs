@@ -94,3 +94,28 @@ pub enum ProfileError {
         reason: String,
     },
 }
+
+/// Errors of the commands that transform models (`prune`, `fit`, ...).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad arguments or an impossible request.
+    #[error("{0}")]
+    Usage(String),
+    /// The model could not be imported.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// The model could not be processed.
+    #[error("{0}")]
+    Core(#[from] paoding_core::Error),
+    /// The result could not be exported.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+}

@@ -3,6 +3,11 @@
 //! Firmware build scripts can call it directly.
 
 pub mod error;
+pub mod export;
 pub mod import;
+pub mod npy;
+pub mod output;
 pub mod profile;
+pub mod prune;
 pub mod report;
+pub mod run;

@@ -3,8 +3,14 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use paoding_cli::{import, profile, report::InspectReport};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use paoding_cli::error::CliError;
+use paoding_cli::prune::{self as prune_cmd, EvalData, ProbeSettings};
+use paoding_cli::{export, import, npy, output, profile, report::InspectReport};
+use paoding_core::probes::Probes;
+use paoding_core::prune::PruneOptions;
 
 /// Exit code: success (the model fits, or nothing was checked).
 const EXIT_OK: u8 = 0;
@@ -38,12 +44,70 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prune a model by a ratio, write it as ONNX, and report sizes and fidelity.
+    /// Exit 0 on success, 2 on bad arguments or an unprunable model (no output is written).
+    Prune(PruneArgs),
     /// List the built-in hardware profiles and their budgets.
     Profiles {
         /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// The ONNX model.
+    model: String,
+    /// Fraction of units (neurons, channels) to remove: per layer with --scope uniform,
+    /// overall with --scope global.
+    #[arg(long)]
+    ratio: f64,
+    /// merge (scaled merge + refit, the default), paoding (PAODING's criteria), magnitude (L1 baseline).
+    #[arg(long, default_value = "merge", value_parser = prune_cmd::parse_method)]
+    method: paoding_core::prune::Method,
+    /// uniform (the same ratio per layer) or global (ranked across layers).
+    #[arg(long, default_value = "uniform", value_parser = prune_cmd::parse_scope)]
+    scope: paoding_core::prune::Scope,
+    /// Skip the least-squares refit of the merge method.
+    #[arg(long)]
+    no_refit: bool,
+    /// Keep every layer's width a multiple of N (for SIMD kernels).
+    #[arg(long, default_value_t = 1)]
+    round_to: usize,
+    /// Fewest units any layer keeps.
+    #[arg(long, default_value_t = 1)]
+    min_units: usize,
+    /// Largest fraction of one layer --scope global may remove.
+    #[arg(long, default_value_t = 0.9)]
+    max_layer_ratio: f64,
+    #[command(flatten)]
+    probes: ProbeArgs,
+    /// Real inputs to measure fidelity on (.npy, first axis = batch).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Labels of --data (.npy of class indices), for accuracy before and after.
+    #[arg(long, requires = "data")]
+    labels: Option<PathBuf>,
+    /// Where to write the pruned ONNX model.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Print the report as JSON (schema paoding.prune/1).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// Range of the model's inputs, for data-free probes: lo,hi.
+    #[arg(long, default_value = "0,1", value_parser = prune_cmd::parse_range)]
+    input_range: (f32, f32),
+    /// Number of probe inputs.
+    #[arg(long, default_value_t = 1000)]
+    probe_count: usize,
+    /// Seed of the probes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 fn main() -> ExitCode {
@@ -85,6 +149,7 @@ fn run(command: Command) -> Result<u8, String> {
                 EXIT_OK
             })
         }
+        Command::Prune(args) => prune(args).map_err(|e| e.to_string()),
         Command::Profiles { json } => {
             let profiles = profile::built_in().map_err(|e| e.to_string())?;
             if json {
@@ -114,4 +179,64 @@ fn run(command: Command) -> Result<u8, String> {
             Ok(EXIT_OK)
         }
     }
+}
+
+fn prune(a: PruneArgs) -> Result<u8, CliError> {
+    let imported = import::import_onnx(a.model.as_ref())?;
+    let g = &imported.graph;
+    let options = PruneOptions {
+        method: a.method,
+        scope: a.scope,
+        ratio: a.ratio,
+        refit: a.no_refit.then_some(false),
+        min_units: a.min_units,
+        round_to: a.round_to.max(1),
+        max_layer_ratio: a.max_layer_ratio,
+        input_range: a.probes.input_range,
+        ..Default::default()
+    };
+    if a.probes.probe_count == 0 {
+        return Err(CliError::Usage("--probe-count must be at least 1".into()));
+    }
+    let probes = ProbeSettings {
+        count: a.probes.probe_count,
+        input_range: a.probes.input_range,
+        seed: a.probes.seed,
+    };
+    let data = match &a.data {
+        Some(path) => {
+            let sample = g.values[g.input].len();
+            let (n, xs) = npy::read_batch(path, sample)?;
+            let labels = a
+                .labels
+                .as_deref()
+                .map(|l| npy::read_labels(l, n))
+                .transpose()?;
+            Some(EvalData {
+                inputs: Probes::from_batch(xs, sample)?,
+                labels,
+                source: format!("{} ({n} samples)", path.display()),
+            })
+        }
+        None => None,
+    };
+    let (pruned, report) = prune_cmd::prune(&a.model, g, &options, &probes, data.as_ref())?;
+    let bytes = export::write_onnx(
+        &pruned,
+        &format!("pruned from {} by paoding prune", a.model),
+    )?;
+    output::write_atomic(&a.output, &bytes).map_err(|source| CliError::Io {
+        path: a.output.clone(),
+        source,
+    })?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| CliError::Usage(e.to_string()))?
+        );
+    } else {
+        print!("{}", report.to_text());
+        println!("\nwrote {}", a.output.display());
+    }
+    Ok(EXIT_OK)
 }

@@ -24,13 +24,18 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod blob;
 pub mod cost;
 pub mod error;
+pub mod fidelity;
 pub mod interp;
 pub mod ir;
+pub mod linalg;
 pub mod ops;
 pub mod plan;
+pub mod probes;
 pub mod profile;
+pub mod prune;
 pub mod simplify;
 
 pub use error::{Error, Result};

@@ -213,7 +213,7 @@ pub fn parse_quantity(text: &str, base: u64) -> core::result::Result<u64, String
     if !total.is_finite() || total > u64::MAX as f64 {
         return Err(format!("'{text}' is too large"));
     }
-    if total.fract() != 0.0 {
+    if libm::trunc(total) != total {
         return Err(format!("'{text}' is not a whole number"));
     }
     Ok(total as u64)

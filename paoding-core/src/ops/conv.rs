@@ -4,7 +4,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use crate::error::{shape_error, Result};
-use crate::ir::Conv2d;
+use crate::ir::{Activation, Conv2d};
 
 /// Output height and width of a window of `kernel` (already dilated) sliding with `stride`
 /// over `size` padded by `pad_before + pad_after`; `None` if the window never fits.
@@ -99,42 +99,76 @@ pub(super) fn output_shape(node: &str, c: &Conv2d, input: &[usize]) -> Result<Ve
 
 pub(super) fn eval(
     c: &Conv2d,
+    activation: Activation,
     in_shape: &[usize],
     input: &[f32],
     out_shape: &[usize],
     out: &mut [f32],
 ) {
-    let (ih, iw) = (in_shape[2] as isize, in_shape[3] as isize);
+    let (ih, iw) = (in_shape[2], in_shape[3]);
     let (oh, ow) = (out_shape[2], out_shape[3]);
     let [kh, kw] = c.kernel;
     let gi = c.group_inputs();
     let outs_per_group = c.out_channels / c.groups;
+    // Weight-stationary: each weight sweeps the output rows it reaches, so the innermost loop
+    // runs over contiguous output columns (no per-element bounds arithmetic).
     for oc in 0..c.out_channels {
+        let plane_out = &mut out[oc * oh * ow..(oc + 1) * oh * ow];
+        plane_out.fill(c.bias[oc]);
         let first_in = (oc / outs_per_group) * gi;
         let filter = &c.weights[oc * c.filter_len()..(oc + 1) * c.filter_len()];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut acc = c.bias[oc];
-                for g in 0..gi {
-                    let plane = &input[(first_in + g) * (ih * iw) as usize..];
-                    for ky in 0..kh {
-                        let y = (oy * c.stride[0] + ky * c.dilation[0]) as isize
-                            - c.padding[0] as isize;
-                        if y < 0 || y >= ih {
+        for g in 0..gi {
+            let plane = &input[(first_in + g) * ih * iw..(first_in + g + 1) * ih * iw];
+            for ky in 0..kh {
+                let dy = ky * c.dilation[0];
+                for kx in 0..kw {
+                    let w = filter[(g * kh + ky) * kw + kx];
+                    let dx = kx * c.dilation[1];
+                    let (x_lo, x_hi) = valid_range(ow, c.stride[1], dx, c.padding[1], iw);
+                    if x_lo >= x_hi {
+                        continue;
+                    }
+                    for oy in 0..oh {
+                        let y = oy * c.stride[0] + dy;
+                        if y < c.padding[0] || y - c.padding[0] >= ih {
                             continue;
                         }
-                        for kx in 0..kw {
-                            let x = (ox * c.stride[1] + kx * c.dilation[1]) as isize
-                                - c.padding[1] as isize;
-                            if x < 0 || x >= iw {
-                                continue;
+                        let row_in = &plane[(y - c.padding[0]) * iw..(y - c.padding[0] + 1) * iw];
+                        let row_out = &mut plane_out[oy * ow..(oy + 1) * ow];
+                        if c.stride[1] == 1 {
+                            let start = x_lo + dx - c.padding[1];
+                            for (o, &x) in row_out[x_lo..x_hi].iter_mut().zip(&row_in[start..]) {
+                                *o += w * x;
                             }
-                            acc += filter[(g * kh + ky) * kw + kx] * plane[(y * iw + x) as usize];
+                        } else {
+                            for ox in x_lo..x_hi {
+                                row_out[ox] += w * row_in[ox * c.stride[1] + dx - c.padding[1]];
+                            }
                         }
                     }
                 }
-                out[(oc * oh + oy) * ow + ox] = c.activation.apply(acc);
             }
         }
+        if activation != Activation::Identity {
+            plane_out.iter_mut().for_each(|v| *v = activation.apply(*v));
+        }
     }
+}
+
+/// Output columns `[lo, hi)` whose input column `o * stride + offset - pad` lies in `[0, size)`.
+fn valid_range(
+    outputs: usize,
+    stride: usize,
+    offset: usize,
+    pad: usize,
+    size: usize,
+) -> (usize, usize) {
+    let lo = pad.saturating_sub(offset).div_ceil(stride);
+    // o * stride + offset - pad < size  <=>  o * stride < size + pad - offset
+    let hi = if size + pad > offset {
+        (size + pad - offset).div_ceil(stride).min(outputs)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
 }

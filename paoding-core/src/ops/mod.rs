@@ -12,7 +12,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use crate::error::{shape_error, Result};
-use crate::ir::Op;
+use crate::ir::{Activation, Op};
 
 pub use conv::conv_output_hw;
 
@@ -86,9 +86,33 @@ pub fn eval(
     out_shape: &[usize],
     out: &mut [f32],
 ) {
+    let fused = op.fused_activation().unwrap_or_default();
+    eval_with(op, fused, in_shapes, inputs, out_shape, out)
+}
+
+/// Like [`eval`], but a dense or convolution layer skips its fused activation: the
+/// pre-activations that pruning compensates and refits against.
+pub fn eval_pre_activation(
+    op: &Op,
+    in_shapes: &[&[usize]],
+    inputs: &[&[f32]],
+    out_shape: &[usize],
+    out: &mut [f32],
+) {
+    eval_with(op, Activation::Identity, in_shapes, inputs, out_shape, out)
+}
+
+fn eval_with(
+    op: &Op,
+    fused: Activation,
+    in_shapes: &[&[usize]],
+    inputs: &[&[f32]],
+    out_shape: &[usize],
+    out: &mut [f32],
+) {
     match op {
-        Op::Dense(d) => dense::eval(d, inputs[0], out),
-        Op::Conv2d(c) => conv::eval(c, in_shapes[0], inputs[0], out_shape, out),
+        Op::Dense(d) => dense::eval(d, fused, inputs[0], out),
+        Op::Conv2d(c) => conv::eval(c, fused, in_shapes[0], inputs[0], out_shape, out),
         Op::BatchNorm(b) => arith::batch_norm_eval(b, in_shapes[0], inputs[0], out),
         Op::Activation(a) => {
             for (o, &x) in out.iter_mut().zip(inputs[0]) {

@@ -1,0 +1,238 @@
+//! Compensation by refit: after surgery, each layer that lost inputs is refitted by ridge
+//! least squares so that, on the probes, its pre-activations match the original model's.
+//! Layers are visited from the input on: a layer's inputs come from the already-pruned (and
+//! already-refitted) model, its targets from the original. For convolutions, every output
+//! position of every probe is one observation of the input patch.
+
+use alloc::vec::Vec;
+
+use crate::ir::{Graph, Op};
+use crate::linalg::NormalEquations;
+use crate::ops;
+use crate::probes::Probes;
+
+/// Work one convolution refit may spend on its normal equations (observations × features²);
+/// beyond it, positions are sampled evenly. Small layers thus see every observation (and
+/// their fit gets the full variance reduction), wide ones a sample of at least
+/// [`MIN_ROWS_PER_FEATURE`] rows per feature.
+const CONV_REFIT_BUDGET: usize = 200_000_000;
+/// Observations per feature a convolution refit always gets, whatever it costs.
+const MIN_ROWS_PER_FEATURE: usize = 16;
+
+/// Refit in place every dense layer and ungrouped convolution of `pruned` whose input lost
+/// elements. `kept_out[i]` maps node `i`'s kept output channels to the original's.
+pub fn refit(
+    original: &Graph,
+    pruned: &mut Graph,
+    kept_out: &[Vec<usize>],
+    input_changed: &[bool],
+    probes: &Probes,
+    ridge: f64,
+) {
+    let n = probes.count();
+    let mut orig_vals: Vec<Vec<f32>> = alloc::vec![Vec::new(); original.values.len()];
+    let mut new_vals: Vec<Vec<f32>> = alloc::vec![Vec::new(); pruned.values.len()];
+    orig_vals[original.input] = probes.data.clone();
+    new_vals[pruned.input] = probes.data.clone();
+    let last_use = last_uses(original);
+    for i in 0..original.nodes.len() {
+        let refittable = match &pruned.nodes[i].op {
+            Op::Dense(_) => true,
+            Op::Conv2d(c) => c.groups == 1,
+            _ => false,
+        };
+        if refittable && input_changed[i] {
+            let targets = eval_node(original, i, &orig_vals, n, true);
+            let x = &new_vals[pruned.nodes[i].inputs[0]];
+            fit_node(pruned, i, x, &targets, &kept_out[i], n, ridge);
+        }
+        let out = eval_node(original, i, &orig_vals, n, false);
+        orig_vals[original.nodes[i].output] = out;
+        let out = eval_node(pruned, i, &new_vals, n, false);
+        new_vals[pruned.nodes[i].output] = out;
+        // Free what no later node reads (values keep the same ids in both graphs' order).
+        for &v in &original.nodes[i].inputs {
+            if last_use[v] == i && v != original.output {
+                orig_vals[v] = Vec::new();
+            }
+        }
+        for &v in &pruned.nodes[i].inputs {
+            if last_use_of(pruned, v) == i && v != pruned.output {
+                new_vals[v] = Vec::new();
+            }
+        }
+    }
+}
+
+fn last_uses(g: &Graph) -> Vec<usize> {
+    let mut last = alloc::vec![usize::MAX; g.values.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        for &v in &n.inputs {
+            last[v] = i;
+        }
+    }
+    last
+}
+
+fn last_use_of(g: &Graph, v: usize) -> usize {
+    g.nodes
+        .iter()
+        .rposition(|n| n.inputs.contains(&v))
+        .unwrap_or(usize::MAX)
+}
+
+/// Evaluate node `i` on every probe; `pre_activation` skips a fused activation.
+pub(crate) fn eval_node(
+    g: &Graph,
+    i: usize,
+    vals: &[Vec<f32>],
+    n: usize,
+    pre_activation: bool,
+) -> Vec<f32> {
+    let node = &g.nodes[i];
+    let out_shape = g.shape(node.output);
+    let out_len: usize = out_shape.iter().product();
+    let in_shapes: Vec<&[usize]> = node.inputs.iter().map(|&v| g.shape(v)).collect();
+    let in_lens: Vec<usize> = node.inputs.iter().map(|&v| g.values[v].len()).collect();
+    let mut out = alloc::vec![0.0f32; n * out_len];
+    for s in 0..n {
+        let inputs: Vec<&[f32]> = node
+            .inputs
+            .iter()
+            .zip(&in_lens)
+            .map(|(&v, &len)| &vals[v][s * len..(s + 1) * len])
+            .collect();
+        let o = &mut out[s * out_len..(s + 1) * out_len];
+        if pre_activation {
+            ops::eval_pre_activation(&node.op, &in_shapes, &inputs, out_shape, o);
+        } else {
+            ops::eval(&node.op, &in_shapes, &inputs, out_shape, o);
+        }
+    }
+    out
+}
+
+fn fit_node(
+    g: &mut Graph,
+    i: usize,
+    x: &[f32],
+    targets: &[f32],
+    kept: &[usize],
+    n: usize,
+    ridge: f64,
+) {
+    let in_shape = g.shape(g.nodes[i].inputs[0]).to_vec();
+    let orig_out_len = targets.len() / n.max(1);
+    match &mut g.nodes[i].op {
+        Op::Dense(d) => {
+            let (k, u) = (d.inputs, d.units);
+            let mut eq = NormalEquations::new(k + 1, u);
+            let mut row = alloc::vec![1.0f64; k + 1];
+            let mut y = alloc::vec![0.0f64; u];
+            for s in 0..n {
+                for (r, &v) in row.iter_mut().zip(&x[s * k..(s + 1) * k]) {
+                    *r = v as f64;
+                }
+                for (t, &o) in y.iter_mut().zip(kept) {
+                    *t = targets[s * orig_out_len + o] as f64;
+                }
+                eq.add_row(&row, &y);
+            }
+            // The compensated weights are the prior: probes refine them, not replace them.
+            let prior: Vec<f64> = (0..=k)
+                .flat_map(|input| (0..u).map(move |unit| (input, unit)))
+                .map(|(input, unit)| {
+                    if input < k {
+                        d.weights[unit * k + input] as f64
+                    } else {
+                        d.bias[unit] as f64
+                    }
+                })
+                .collect();
+            let w = eq.solve(ridge, Some(&prior));
+            for unit in 0..u {
+                for input in 0..k {
+                    d.weights[unit * k + input] = w[input * u + unit] as f32;
+                }
+                d.bias[unit] = w[k * u + unit] as f32;
+            }
+        }
+        Op::Conv2d(c) => {
+            let (ci, [kh, kw]) = (c.in_channels, c.kernel);
+            let (ih, iw) = (in_shape[2], in_shape[3]);
+            let in_len = ci * ih * iw;
+            let oh = crate::ops::conv_output_hw(
+                ih,
+                c.dilation[0] * (kh - 1) + 1,
+                c.stride[0],
+                c.padding[0],
+                c.padding[2],
+            )
+            .unwrap_or(0);
+            let ow = crate::ops::conv_output_hw(
+                iw,
+                c.dilation[1] * (kw - 1) + 1,
+                c.stride[1],
+                c.padding[1],
+                c.padding[3],
+            )
+            .unwrap_or(0);
+            let positions = oh * ow;
+            let orig_plane = positions;
+            let features = ci * kh * kw + 1;
+            let co = c.out_channels;
+            let rows =
+                (CONV_REFIT_BUDGET / (features * features)).max(MIN_ROWS_PER_FEATURE * features);
+            let step = (n * positions).div_ceil(rows).max(1);
+            let mut eq = NormalEquations::new(features, co);
+            let mut patch = alloc::vec![0.0f64; features];
+            let mut y = alloc::vec![0.0f64; co];
+            for r in (0..n * positions).step_by(step) {
+                let (s, p) = (r / positions, r % positions);
+                let (oy, ox) = (p / ow, p % ow);
+                let input = &x[s * in_len..(s + 1) * in_len];
+                for ch in 0..ci {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let yy = (oy * c.stride[0] + ky * c.dilation[0]) as isize
+                                - c.padding[0] as isize;
+                            let xx = (ox * c.stride[1] + kx * c.dilation[1]) as isize
+                                - c.padding[1] as isize;
+                            let inside =
+                                yy >= 0 && xx >= 0 && (yy as usize) < ih && (xx as usize) < iw;
+                            patch[(ch * kh + ky) * kw + kx] = if inside {
+                                input[(ch * ih + yy as usize) * iw + xx as usize] as f64
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+                patch[features - 1] = 1.0;
+                for (t, &o) in y.iter_mut().zip(kept) {
+                    *t = targets[s * orig_out_len + o * orig_plane + p] as f64;
+                }
+                eq.add_row(&patch, &y);
+            }
+            let filter = features - 1;
+            let prior: Vec<f64> = (0..features)
+                .flat_map(|f| (0..co).map(move |o| (f, o)))
+                .map(|(f, o)| {
+                    if f < filter {
+                        c.weights[o * filter + f] as f64
+                    } else {
+                        c.bias[o] as f64
+                    }
+                })
+                .collect();
+            let w = eq.solve(ridge, Some(&prior));
+            for o in 0..co {
+                for f in 0..filter {
+                    c.weights[o * filter + f] = w[f * co + o] as f32;
+                }
+                c.bias[o] = w[filter * co + o] as f32;
+            }
+        }
+        _ => {}
+    }
+}
