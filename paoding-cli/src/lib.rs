@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod export;
+pub mod fit;
 pub mod import;
 pub mod npy;
 pub mod output;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use paoding_cli::error::CliError;
+use paoding_cli::fit::{self as fit_cmd, BudgetOverrides, FitOptions};
 use paoding_cli::prune::{self as prune_cmd, EvalData, ProbeSettings};
 use paoding_cli::{export, import, npy, output, profile, report::InspectReport};
 use paoding_core::probes::Probes;
@@ -47,6 +48,22 @@ enum Command {
     /// Prune a model by a ratio, write it as ONNX, and report sizes and fidelity.
     /// Exit 0 on success, 2 on bad arguments or an unprunable model (no output is written).
     Prune(PruneArgs),
+    /// Prune a model the least it must to fit one or more boards' flash, RAM and compute
+    /// budgets, and write the runtime model. Exit 0 if every board fits, 1 if one cannot
+    /// (each explained), 2 on bad input.
+    Fit(FitArgs),
+    /// Run a .pdg model with the runtime over a batch of inputs (first axis = batch).
+    /// Exit 2 on a corrupted blob or bad input.
+    Run {
+        /// The runtime model (.pdg).
+        model: String,
+        /// Inputs (.npy).
+        #[arg(long)]
+        input: String,
+        /// Write the outputs here (.npy) instead of printing them.
+        #[arg(long)]
+        output: Option<String>,
+    },
     /// List the built-in hardware profiles and their budgets.
     Profiles {
         /// Print as JSON.
@@ -95,6 +112,76 @@ struct PruneArgs {
     /// Print the report as JSON (schema paoding.prune/1).
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct FitArgs {
+    /// The ONNX model.
+    model: String,
+    /// A profile file or built-in name; repeat for a fleet (then -o needs {profile}).
+    #[arg(long, required = true)]
+    profile: Vec<String>,
+    /// Where to write the runtime model (.pdg); `{profile}` is replaced by the profile name.
+    #[arg(short, long)]
+    output: Option<String>,
+    /// Also write the pruned model as ONNX (`{profile}` allowed).
+    #[arg(long)]
+    onnx: Option<String>,
+    /// Write the report as JSON (schema paoding.fit/1).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Flash budget for the model blob, overriding the profile's (e.g. 256K).
+    #[arg(long, value_parser = parse_bytes)]
+    flash: Option<u64>,
+    /// RAM budget for the activation arena (e.g. 64K).
+    #[arg(long, value_parser = parse_bytes)]
+    ram: Option<u64>,
+    /// MAC budget per inference (e.g. 2M = 2,000,000).
+    #[arg(long, value_parser = parse_count)]
+    macs: Option<u64>,
+    /// Latency budget per inference, turned into MACs with the profile's clock and cycles per MAC.
+    #[arg(long)]
+    latency_ms: Option<f64>,
+    /// merge (default), paoding or magnitude.
+    #[arg(long, default_value = "merge", value_parser = prune_cmd::parse_method)]
+    method: paoding_core::prune::Method,
+    /// global (importance per unit of the binding resource, the default) or uniform.
+    #[arg(long, default_value = "global", value_parser = prune_cmd::parse_scope)]
+    scope: paoding_core::prune::Scope,
+    /// Skip the least-squares refit.
+    #[arg(long)]
+    no_refit: bool,
+    /// Refuse a result whose top-1 agreement with the original falls below this (0..1).
+    #[arg(long)]
+    min_agreement: Option<f64>,
+    /// Keep every layer's width a multiple of N.
+    #[arg(long, default_value_t = 1)]
+    round_to: usize,
+    /// Fewest units any layer keeps.
+    #[arg(long, default_value_t = 1)]
+    min_units: usize,
+    /// Largest fraction of one layer global allocation may remove.
+    #[arg(long, default_value_t = 0.9)]
+    max_layer_ratio: f64,
+    #[command(flatten)]
+    probes: ProbeArgs,
+    /// Real inputs to measure fidelity on (.npy).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Labels of --data.
+    #[arg(long, requires = "data")]
+    labels: Option<PathBuf>,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    paoding_core::profile::parse_quantity(s, 1024)
+}
+
+fn parse_count(s: &str) -> Result<u64, String> {
+    paoding_core::profile::parse_quantity(s, 1000)
 }
 
 #[derive(Args)]
@@ -150,6 +237,23 @@ fn run(command: Command) -> Result<u8, String> {
             })
         }
         Command::Prune(args) => prune(args).map_err(|e| e.to_string()),
+        Command::Fit(args) => fit(args).map_err(|e| e.to_string()),
+        Command::Run {
+            model,
+            input,
+            output,
+        } => {
+            let out = paoding_cli::run::run(
+                model.as_ref(),
+                input.as_ref(),
+                output.as_deref().map(std::path::Path::new),
+            )
+            .map_err(|e| e.to_string())?;
+            if output.is_none() {
+                print!("{}", out.to_text());
+            }
+            Ok(EXIT_OK)
+        }
         Command::Profiles { json } => {
             let profiles = profile::built_in().map_err(|e| e.to_string())?;
             if json {
@@ -179,6 +283,147 @@ fn run(command: Command) -> Result<u8, String> {
             Ok(EXIT_OK)
         }
     }
+}
+
+fn load_data(
+    g: &paoding_core::ir::Graph,
+    data: Option<&PathBuf>,
+    labels: Option<&PathBuf>,
+) -> Result<Option<EvalData>, CliError> {
+    let Some(path) = data else { return Ok(None) };
+    let sample = g.values[g.input].len();
+    let (n, xs) = npy::read_batch(path, sample)?;
+    let labels = labels.map(|l| npy::read_labels(l, n)).transpose()?;
+    Ok(Some(EvalData {
+        inputs: Probes::from_batch(xs, sample)?,
+        labels,
+        source: format!("{} ({n} samples)", path.display()),
+    }))
+}
+
+fn fit(a: FitArgs) -> Result<u8, CliError> {
+    use std::io::IsTerminal;
+    let fleet = a.profile.len() > 1;
+    for path in [&a.output, &a.onnx].into_iter().flatten() {
+        if fleet && !path.contains("{profile}") {
+            return Err(CliError::Usage(format!(
+                "with several --profile, '{path}' must contain {{profile}}"
+            )));
+        }
+    }
+    if let Some(m) = a.min_agreement {
+        if !(0.0..=1.0).contains(&m) {
+            return Err(CliError::Usage(format!(
+                "--min-agreement must be in [0, 1], got {m}"
+            )));
+        }
+    }
+    // Load every profile first: a typo in the third must not leave two boards' files behind.
+    let profiles = a
+        .profile
+        .iter()
+        .map(|p| profile::load(p).map_err(|e| CliError::Usage(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let imported = import::import_onnx(a.model.as_ref())?;
+    let g = &imported.graph;
+    let data = load_data(g, a.data.as_ref(), a.labels.as_ref())?;
+    let options = FitOptions {
+        overrides: BudgetOverrides {
+            flash_bytes: a.flash,
+            ram_bytes: a.ram,
+            macs: a.macs,
+            latency_ms: a.latency_ms,
+        },
+        method: a.method,
+        scope: a.scope,
+        refit: a.no_refit.then_some(false),
+        min_agreement: a.min_agreement,
+        probes: ProbeSettings {
+            count: a.probes.probe_count.max(1),
+            input_range: a.probes.input_range,
+            seed: a.probes.seed,
+        },
+        min_units: a.min_units,
+        round_to: a.round_to.max(1),
+        max_layer_ratio: a.max_layer_ratio,
+    };
+    let show_progress = !a.json && std::io::stderr().is_terminal();
+    let mut reports = Vec::new();
+    let mut all_ok = true;
+    for p in &profiles {
+        let bar = show_progress.then(|| {
+            let bar = indicatif::ProgressBar::new(1);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix:>16} [{bar:30}] {pos} evaluations {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(p.name.clone());
+            bar
+        });
+        let mut progress = |done: usize, total: usize| {
+            if let Some(b) = &bar {
+                // A bisection over `total` steps takes about log2(total) + 2 evaluations.
+                b.set_length((usize::BITS - total.leading_zeros()) as u64 + 2);
+                b.set_position(done as u64);
+            }
+        };
+        let fitted = fit_cmd::fit_graph(&a.model, g, p, &options, data.as_ref(), &mut progress)?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let name = |template: &str| template.replace("{profile}", &p.name);
+        if let (Some(out), Some(blob)) = (&a.output, &fitted.blob) {
+            let path = PathBuf::from(name(out));
+            output::write_atomic(&path, blob).map_err(|source| CliError::Io { path, source })?;
+        }
+        if let (Some(onnx), Some(graph)) = (&a.onnx, &fitted.graph) {
+            let path = PathBuf::from(name(onnx));
+            let bytes = export::write_onnx(graph, &format!("fitted to {} by paoding fit", p.name))?;
+            output::write_atomic(&path, &bytes).map_err(|source| CliError::Io { path, source })?;
+        }
+        all_ok &= fitted.ok();
+        if !a.json {
+            print!("{}", fitted.report.to_text());
+            if fleet {
+                println!();
+            }
+        }
+        reports.push(fitted.report);
+    }
+    if fleet && !a.json {
+        println!(
+            "{:<16} {:<16} {:>10} {:>10} {:>12}",
+            "board", "status", "flash B", "RAM B", "MACs"
+        );
+        for r in &reports {
+            let status = serde_json::to_value(r.status)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            println!(
+                "{:<16} {:<16} {:>10} {:>10} {:>12}",
+                r.profile, status, r.fitted.flash_bytes, r.fitted.ram_bytes, r.fitted.macs
+            );
+        }
+    }
+    let json = if fleet {
+        serde_json::json!({ "schema": "paoding.fit-fleet/1", "all_fit": all_ok, "boards": reports })
+    } else {
+        serde_json::to_value(&reports[0]).map_err(|e| CliError::Usage(e.to_string()))?
+    };
+    let text = serde_json::to_string_pretty(&json).map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(path) = &a.report {
+        output::write_atomic(path, text.as_bytes()).map_err(|source| CliError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    if a.json {
+        println!("{text}");
+    }
+    Ok(if all_ok { EXIT_OK } else { EXIT_DOES_NOT_FIT })
 }
 
 fn prune(a: PruneArgs) -> Result<u8, CliError> {

@@ -27,11 +27,31 @@ pub struct ProbeSettings {
     pub seed: u64,
 }
 
+/// Model evaluations (in MACs) one pass over the probes may cost: beyond it, fewer probes
+/// are used, so that pruning a large model stays interactive. Convolutions see many
+/// observations per probe (one per output position), so they need far fewer probes.
+const PROBE_WORK_MACS: u64 = 400_000_000;
+/// Fewest probes used, whatever the model costs.
+const MIN_PROBES: usize = 128;
+
 impl ProbeSettings {
+    /// How many probes a model of this cost gets: the requested count, capped by the work budget.
+    pub fn count_for(&self, g: &Graph) -> usize {
+        let macs = ModelCost::new(g, Default::default()).macs.max(1);
+        let affordable = (PROBE_WORK_MACS / macs) as usize;
+        self.count.min(affordable.max(MIN_PROBES)).max(1)
+    }
+
     /// The probes the refit uses.
     pub fn refit_probes(&self, g: &Graph) -> Probes {
         let (lo, hi) = self.input_range;
-        Probes::uniform(g.values[g.input].len(), self.count, lo, hi, self.seed)
+        Probes::uniform(
+            g.values[g.input].len(),
+            self.count_for(g),
+            lo,
+            hi,
+            self.seed,
+        )
     }
 
     /// Fresh probes (another seed) to measure fidelity on inputs the refit never saw.
@@ -39,7 +59,7 @@ impl ProbeSettings {
         let (lo, hi) = self.input_range;
         Probes::uniform(
             g.values[g.input].len(),
-            self.count,
+            self.count_for(g),
             lo,
             hi,
             self.seed ^ 0x5EED_F1DE,
@@ -110,6 +130,8 @@ pub struct PruneReport {
     pub probes: ProbeSettings,
     /// Whether layers were refitted.
     pub refitted: bool,
+    /// Probes the refit actually used (the request, capped for large models).
+    pub probes_used: usize,
     /// Size before.
     pub before: Size,
     /// Size after.
@@ -152,6 +174,7 @@ pub fn prune(
         options: options.clone(),
         probes: probes.clone(),
         refitted: pruned.refitted,
+        probes_used: probes.count_for(graph),
         before: Size::of(graph),
         after: Size::of(&pruned.graph),
         layers: pruned.layers,
@@ -173,7 +196,9 @@ pub fn measure(
             probes.check_probes(original),
             format!(
                 "{} uniform probes in [{}, {}] (no data given)",
-                probes.count, probes.input_range.0, probes.input_range.1
+                probes.count_for(original),
+                probes.input_range.0,
+                probes.input_range.1
             ),
         ),
     };
@@ -247,7 +272,7 @@ impl PruneReport {
             self.options.scope,
             self.options.ratio,
             if self.refitted {
-                format!(", refit on {} probes", self.probes.count)
+                format!(", refit on {} probes", self.probes_used)
             } else {
                 String::new()
             }

@@ -60,7 +60,8 @@ impl InspectReport {
         let g = &imported.graph;
         let dtype = profile.map(|p| p.weight_dtype).unwrap_or_default();
         let cost = ModelCost::new(g, dtype);
-        let flash_bytes = cost.weight_bytes;
+        // The exact blob the runtime would load: weights plus the format's overhead.
+        let flash_bytes = paoding_core::fit::Usage::of(g)?.flash_bytes;
         let (summary, constraints) = match profile {
             Some(p) => {
                 let budget = p.budget()?;
@@ -139,11 +140,12 @@ impl InspectReport {
         }
         let _ = writeln!(
             out,
-            "\ntotal: {} params, {} weight bytes ({}), {} MACs",
+            "\ntotal: {} params, {} weight bytes ({}), {} MACs; runtime model (flash) {} bytes",
             c.params,
             c.weight_bytes,
             c.weight_dtype.name(),
-            c.macs
+            c.macs,
+            self.flash_bytes
         );
         let _ = writeln!(
             out,

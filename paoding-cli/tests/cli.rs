@@ -84,7 +84,7 @@ fn a_model_too_big_for_the_board_exits_1_and_says_by_how_much() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("DOES NOT FIT (over by 834080"), "{text}");
+    assert!(text.contains("DOES NOT FIT (over by 834496"), "{text}");
 }
 
 #[test]
@@ -135,4 +135,176 @@ fn profiles_lists_the_shipped_boards() {
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
+}
+
+#[test]
+fn prune_writes_a_valid_model_and_reports_fidelity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("pruned.onnx");
+    let o = paoding(&[
+        "prune",
+        &fixture("mlp_torch.onnx"),
+        "--ratio",
+        "0.5",
+        "-o",
+        &out.display().to_string(),
+        "--data",
+        &fixture("digits_test_x_nchw.npy"),
+        "--labels",
+        &fixture("digits_test_y.npy"),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["schema"], "paoding.prune/1");
+    assert_eq!(v["after"]["params"], 10_730);
+    assert!(v["fidelity"]["accuracy_after"].as_f64().unwrap_or(0.0) > 0.95);
+    // The written model imports again and has the pruned size.
+    let o = paoding(&["inspect", &out.display().to_string(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["cost"]["params"], 10_730);
+}
+
+#[test]
+fn prune_refuses_bad_arguments_without_writing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("pruned.onnx");
+    for ratio in ["1.5", "-0.1"] {
+        let o = paoding(&[
+            "prune",
+            &fixture("mlp_torch.onnx"),
+            "--ratio",
+            ratio,
+            "-o",
+            &out.display().to_string(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{ratio}: {}", stderr(&o));
+    }
+    let o = paoding(&[
+        "prune",
+        &fixture("mlp_torch.onnx"),
+        "--ratio",
+        "0.5",
+        "--method",
+        "lottery",
+        "-o",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!out.exists(), "no output on error");
+}
+
+#[test]
+fn fit_writes_the_blob_and_report_and_run_executes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blob = dir.path().join("m.pdg");
+    let report = dir.path().join("r.json");
+    let o = paoding(&[
+        "fit",
+        &fixture("cnn_pool_torch.onnx"),
+        "--profile",
+        "qemu-mps2-an500",
+        "--flash",
+        "30K",
+        "-o",
+        &blob.display().to_string(),
+        "--report",
+        &report.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    assert_eq!(r["schema"], "paoding.fit/1");
+    assert_eq!(r["status"], "pruned");
+    assert_eq!(
+        r["fitted"]["flash_bytes"].as_u64(),
+        Some(std::fs::metadata(&blob).expect("blob").len())
+    );
+    assert!(r["fitted"]["flash_bytes"].as_u64().unwrap_or(u64::MAX) <= 30 * 1024);
+
+    let outputs = dir.path().join("y.npy");
+    let o = paoding(&[
+        "run",
+        &blob.display().to_string(),
+        "--input",
+        &fixture("digits_test_x_nchw.npy"),
+        "--output",
+        &outputs.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(outputs.exists());
+
+    // A corrupted blob is exit 2 with a message.
+    let mut bytes = std::fs::read(&blob).expect("blob");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    let bad = dir.path().join("bad.pdg");
+    std::fs::write(&bad, bytes).expect("write");
+    let o = paoding(&[
+        "run",
+        &bad.display().to_string(),
+        "--input",
+        &fixture("digits_test_x_nchw.npy"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("error") && !stderr(&o).contains("panicked"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn fit_for_a_fleet_writes_one_file_per_board_and_exits_1_if_one_cannot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let template = dir.path().join("{profile}.pdg").display().to_string();
+    let o = paoding(&[
+        "fit",
+        &shared("ad01_fp32.onnx"),
+        "--profile",
+        "cortex-m33",
+        "--profile",
+        "qemu-mps2-an500",
+        "-o",
+        &template,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["all_fit"], true);
+    assert_eq!(v["boards"][0]["status"], "fits-unpruned");
+    assert_eq!(v["boards"][1]["status"], "pruned");
+    assert!(
+        dir.path().join("cortex-m33.pdg").exists()
+            && dir.path().join("qemu-mps2-an500.pdg").exists()
+    );
+
+    // Without {profile} a fleet would overwrite one file: refused up front.
+    let o = paoding(&[
+        "fit",
+        &shared("ad01_fp32.onnx"),
+        "--profile",
+        "cortex-m7",
+        "--profile",
+        "cortex-m4",
+        "-o",
+        "x.pdg",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+
+    // A board it cannot fit: exit 1, no file for it, an explanation.
+    let tiny = dir.path().join("tiny.pdg");
+    let o = paoding(&[
+        "fit",
+        &shared("kws_dscnn.onnx"),
+        "--profile",
+        "cortex-m7",
+        "--ram",
+        "1K",
+        "-o",
+        &tiny.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("input alone takes 1960 B"));
+    assert!(!tiny.exists());
 }

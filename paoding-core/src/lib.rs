@@ -28,6 +28,7 @@ pub mod blob;
 pub mod cost;
 pub mod error;
 pub mod fidelity;
+pub mod fit;
 pub mod interp;
 pub mod ir;
 pub mod linalg;

@@ -208,6 +208,30 @@ impl<'g> Pruner<'g> {
         }
     }
 
+    /// Normalised importance of item `i` (lower goes first).
+    pub fn importance(&self, i: usize) -> f64 {
+        self.importance[i]
+    }
+
+    /// `counts` clamped per layer to the minimum width, the prunable items, the width
+    /// rounding and (for global scope) the per-layer cap.
+    pub fn clamped_counts(&self, counts: &[usize]) -> Vec<usize> {
+        let s = &self.structure;
+        counts
+            .iter()
+            .zip(&s.layers)
+            .map(|(&c, l)| {
+                let cap = match self.options.scope {
+                    Scope::Global => {
+                        libm::floor(self.options.max_layer_ratio * l.items.len() as f64) as usize
+                    }
+                    Scope::Uniform => l.items.len(),
+                };
+                self.clamp_count(l, c.min(cap))
+            })
+            .collect()
+    }
+
     /// Respect the minimum width, the prunable items, and the width rounding.
     fn clamp_count(&self, layer: &structure::Layer, count: usize) -> usize {
         let n = layer.items.len();
