@@ -32,7 +32,7 @@ pub struct ProbeSettings {
 /// observations per probe (one per output position), so they need far fewer probes.
 const PROBE_WORK_MACS: u64 = 400_000_000;
 /// Fewest probes used, whatever the model costs.
-const MIN_PROBES: usize = 128;
+const MIN_PROBES: usize = 16;
 
 impl ProbeSettings {
     /// How many probes a model of this cost gets: the requested count, capped by the work budget.

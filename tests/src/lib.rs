@@ -148,3 +148,73 @@ pub fn argmax(v: &[f32]) -> usize {
         .enumerate()
         .fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
 }
+
+/// A CNN of about one million parameters on a 3×32×32 input (CIFAR-sized), with seeded
+/// random weights: for speed measurements only (its outputs mean nothing).
+///
+/// conv 3→32, pool, conv 32→64, pool, conv 64→128, conv 128→256, pool, conv 256→256,
+/// global average pool, dense 256→10; ReLU after every convolution.
+pub fn synthetic_cnn_1m(seed: u64) -> paoding_core::ir::Graph {
+    use paoding_core::ir::{Activation, Conv2d, Dense, Graph, Op, Pool};
+    let mut g = Graph::new("image", vec![1, 3, 32, 32]);
+    let mut x = g.input;
+    let mut s = seed;
+    let mut conv = |g: &mut Graph, x: usize, cin: usize, cout: usize, name: &str| {
+        s += 1;
+        let fan_in = (cin * 9) as f32;
+        let weights = seeded_uniform(cout * cin * 9, s, -1.0, 1.0)
+            .iter()
+            .map(|w| w * (6.0 / fan_in).sqrt())
+            .collect();
+        let op = Op::Conv2d(Conv2d {
+            out_channels: cout,
+            in_channels: cin,
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            padding: [1, 1, 1, 1],
+            groups: 1,
+            weights,
+            bias: seeded_uniform(cout, s + 1000, -0.1, 0.1),
+            activation: Activation::Relu,
+        });
+        g.push(name, op, &[x]).expect("conv")
+    };
+    let pool = |g: &mut Graph, x: usize, name: &str| {
+        let p = Pool {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0; 4],
+            count_include_pad: false,
+        };
+        g.push(name, Op::MaxPool(p), &[x]).expect("pool")
+    };
+    x = conv(&mut g, x, 3, 32, "conv1");
+    x = pool(&mut g, x, "pool1");
+    x = conv(&mut g, x, 32, 64, "conv2");
+    x = pool(&mut g, x, "pool2");
+    x = conv(&mut g, x, 64, 128, "conv3");
+    x = conv(&mut g, x, 128, 256, "conv4");
+    x = pool(&mut g, x, "pool3");
+    x = conv(&mut g, x, 256, 256, "conv5");
+    x = g.push("gap", Op::GlobalAveragePool, &[x]).expect("gap");
+    x = g
+        .push(
+            "flatten",
+            Op::Reshape {
+                shape: vec![1, 256],
+            },
+            &[x],
+        )
+        .expect("flatten");
+    let fc = Dense {
+        units: 10,
+        inputs: 256,
+        weights: seeded_uniform(2560, seed + 99, -0.1, 0.1),
+        bias: vec![0.0; 10],
+        activation: Activation::Identity,
+    };
+    g.output = g.push("fc", Op::Dense(fc), &[x]).expect("fc");
+    g.check().expect("valid");
+    g
+}

@@ -363,16 +363,30 @@ impl<'g> Pruner<'g> {
     /// Per-item importance, normalised by the layer mean so layers compare.
     fn score_items(&self) -> Vec<f64> {
         let s = &self.structure;
+        let best_cos = match self.options.method {
+            Method::Merge => self.best_cosines(),
+            Method::Paoding | Method::Magnitude => Vec::new(),
+        };
         let mut raw: Vec<f64> = s
             .items
             .iter()
             .map(|item| {
                 item.units
                     .iter()
-                    .map(|&u| match self.options.method {
-                        Method::Merge => self.merge_cost_alone(u),
-                        Method::Paoding | Method::Magnitude => {
-                            l1(&weights::incoming(self.graph, s, u))
+                    .map(|&u| {
+                        let v = weights::incoming(self.graph, s, u);
+                        match self.options.method {
+                            Method::Merge => {
+                                // Output error of removing `u` with its best merge, before any other removal.
+                                let out: f64 = self.outgoing[u]
+                                    .iter()
+                                    .map(|o| weights::outgoing_energy(self.graph, o))
+                                    .sum();
+                                l2(&v)
+                                    * libm::sqrt((2.0 - 2.0 * best_cos[u]).max(0.0))
+                                    * libm::sqrt(out)
+                            }
+                            Method::Paoding | Method::Magnitude => l1(&v),
                         }
                     })
                     .sum()
@@ -388,24 +402,32 @@ impl<'g> Pruner<'g> {
         raw
     }
 
-    /// Output error of removing unit `u` with its best merge, before any other removal.
-    fn merge_cost_alone(&self, u: usize) -> f64 {
+    /// Per unit: the best cosine similarity of its incoming weights with another single-unit
+    /// item of its layer (0 when it has no merge partner).
+    fn best_cosines(&self) -> Vec<f64> {
         let s = &self.structure;
-        let item = &s.items[s.item_of_unit[u]];
-        let layer = &s.layers[item.layer];
-        let v = weights::incoming(self.graph, s, u);
-        let norm = l2(&v);
-        let out: f64 = self.outgoing[u]
-            .iter()
-            .map(|o| weights::outgoing_energy(self.graph, o))
-            .sum();
-        let best_cos = layer
-            .items
-            .iter()
-            .filter(|&&i| s.items[i].units.len() == 1 && s.items[i].units[0] != u)
-            .map(|&i| cosine(&v, &weights::incoming(self.graph, s, s.items[i].units[0])))
-            .fold(0.0f64, f64::max);
-        norm * libm::sqrt((2.0 - 2.0 * best_cos).max(0.0)) * libm::sqrt(out)
+        let mut best = alloc::vec![0.0f64; s.units.len()];
+        for layer in &s.layers {
+            let singles: Vec<usize> = layer
+                .items
+                .iter()
+                .filter(|&&i| s.items[i].units.len() == 1)
+                .map(|&i| s.items[i].units[0])
+                .collect();
+            let vecs: Vec<Vec<f32>> = singles
+                .iter()
+                .map(|&u| weights::incoming(self.graph, s, u))
+                .collect();
+            let norms: Vec<f64> = vecs.iter().map(|v| l2(v)).collect();
+            for a in 0..singles.len() {
+                for b in a + 1..singles.len() {
+                    let c = dot(&vecs[a], &vecs[b]) / (norms[a] * norms[b]).max(1e-30);
+                    best[singles[a]] = best[singles[a]].max(c);
+                    best[singles[b]] = best[singles[b]].max(c);
+                }
+            }
+        }
+        best
     }
 
     /// Greedy scaled merge inside layer `l`: remove the unit whose best merge leaves the least
@@ -500,10 +522,6 @@ fn l2(v: &[f32]) -> f64 {
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    dot(a, b) / (l2(a) * l2(b)).max(1e-30)
 }
 
 /// Whether `op` is a layer the engine can remove output channels from.

@@ -6,7 +6,7 @@
 
 use alloc::vec::Vec;
 
-use crate::ir::{Graph, Op};
+use crate::ir::{Activation, Graph, Op};
 use crate::linalg::NormalEquations;
 use crate::ops;
 use crate::probes::Probes;
@@ -16,6 +16,10 @@ use crate::probes::Probes;
 /// their fit gets the full variance reduction), wide ones a sample of at least
 /// [`MIN_ROWS_PER_FEATURE`] rows per feature.
 const CONV_REFIT_BUDGET: usize = 200_000_000;
+/// Widest convolution refitted by least squares (input channels × kernel area + 1); wider
+/// ones only get their bias corrected, since their normal equations alone would cost
+/// features² × rows and the factorisation features³.
+const MAX_REFIT_FEATURES: usize = 800;
 /// Observations per feature a convolution refit always gets, whatever it costs.
 const MIN_ROWS_PER_FEATURE: usize = 16;
 
@@ -41,12 +45,19 @@ pub fn refit(
             Op::Conv2d(c) => c.groups == 1,
             _ => false,
         };
-        if refittable && input_changed[i] {
-            let targets = eval_node(original, i, &orig_vals, n, true);
+        let out = if refittable && input_changed[i] {
+            // The original's pre-activations are both the targets and, activated, its output.
+            let mut pre = eval_node(original, i, &orig_vals, n, true);
             let x = &new_vals[pruned.nodes[i].inputs[0]];
-            fit_node(pruned, i, x, &targets, &kept_out[i], n, ridge);
-        }
-        let out = eval_node(original, i, &orig_vals, n, false);
+            fit_node(pruned, i, x, &pre, &kept_out[i], n, ridge);
+            let act = original.nodes[i].op.fused_activation().unwrap_or_default();
+            if act != Activation::Identity {
+                pre.iter_mut().for_each(|v| *v = act.apply(*v));
+            }
+            pre
+        } else {
+            eval_node(original, i, &orig_vals, n, false)
+        };
         orig_vals[original.nodes[i].output] = out;
         let out = eval_node(pruned, i, &new_vals, n, false);
         new_vals[pruned.nodes[i].output] = out;
@@ -181,6 +192,10 @@ fn fit_node(
             let orig_plane = positions;
             let features = ci * kh * kw + 1;
             let co = c.out_channels;
+            if features > MAX_REFIT_FEATURES {
+                // Too wide for least squares within the budget: correct the mean only.
+                return bias_correction(c, x, targets, kept, n, &in_shape, orig_out_len);
+            }
             let rows =
                 (CONV_REFIT_BUDGET / (features * features)).max(MIN_ROWS_PER_FEATURE * features);
             let step = (n * positions).div_ceil(rows).max(1);
@@ -234,5 +249,47 @@ fn fit_node(
             }
         }
         _ => {}
+    }
+}
+
+/// Shift each kept output channel's bias by the mean gap between the original's
+/// pre-activations and the pruned layer's on the probes.
+fn bias_correction(
+    c: &mut crate::ir::Conv2d,
+    x: &[f32],
+    targets: &[f32],
+    kept: &[usize],
+    n: usize,
+    in_shape: &[usize],
+    orig_out_len: usize,
+) {
+    let op = Op::Conv2d(crate::ir::Conv2d {
+        activation: Activation::Identity,
+        ..c.clone()
+    });
+    let Ok(out_shape) = ops::output_shape("refit", &op, &[in_shape]) else {
+        return;
+    };
+    let positions: usize = out_shape[2..].iter().product();
+    let in_len: usize = in_shape.iter().product();
+    let mut gap = alloc::vec![0.0f64; c.out_channels];
+    let mut out = alloc::vec![0.0f32; c.out_channels * positions];
+    for s in 0..n {
+        ops::eval(
+            &op,
+            &[in_shape],
+            &[&x[s * in_len..(s + 1) * in_len]],
+            &out_shape,
+            &mut out,
+        );
+        for (o, &k) in kept.iter().enumerate() {
+            for p in 0..positions {
+                gap[o] +=
+                    (targets[s * orig_out_len + k * positions + p] - out[o * positions + p]) as f64;
+            }
+        }
+    }
+    for (b, g) in c.bias.iter_mut().zip(&gap) {
+        *b += (*g / (n * positions).max(1) as f64) as f32;
     }
 }

@@ -1,0 +1,162 @@
+//! The pruning and fit targets, measured: `cargo bench -p paoding-tests --bench targets`.
+//!
+//! Prints accuracy at the sizes the specification compares against PAODING and
+//! Torch-Pruning, and wall-clock times (median of several runs) for pruning and fitting.
+
+use std::time::{Duration, Instant};
+
+use paoding_cli::fit::{fit_graph, BudgetOverrides, FitOptions};
+use paoding_cli::import::import_onnx;
+use paoding_cli::profile;
+use paoding_core::fidelity;
+use paoding_core::fit::Usage;
+use paoding_core::interp;
+use paoding_core::ir::Graph;
+use paoding_core::probes::Probes;
+use paoding_core::prune::{Method, PruneOptions, Pruner};
+use paoding_tests::*;
+
+fn load(file: &str) -> (Graph, Vec<f32>, Vec<usize>) {
+    let f = fixtures()
+        .into_iter()
+        .find(|f| f.file == file)
+        .expect("fixture");
+    let g = import_onnx(&fixtures_dir().join(file))
+        .expect("imports")
+        .graph;
+    let xs = read_npy(&fixtures_dir().join(&f.test_x)).1;
+    let ys = read_npy(&fixtures_dir().join(&f.test_y))
+        .1
+        .iter()
+        .map(|&y| y as usize)
+        .collect();
+    (g, xs, ys)
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Prune `fraction` of the parameters; returns (accuracy, removed, time of apply).
+fn prune_at(
+    g: &Graph,
+    xs: &[f32],
+    ys: &[usize],
+    method: Method,
+    fraction: f64,
+    probes: &Probes,
+) -> (f64, f64, Duration) {
+    let opts = PruneOptions {
+        method,
+        ..Default::default()
+    };
+    let pruner = Pruner::new(g, &opts);
+    let ratio = pruner.ratio_for_param_fraction(fraction).expect("ratio");
+    let counts = pruner.counts_for_ratio(ratio);
+    let t = Instant::now();
+    let p = pruner.apply(&counts, probes).expect("prunes");
+    let dt = t.elapsed();
+    let acc = fidelity::accuracy(&interp::run_batch(&p.graph, xs).expect("runs"), 10, ys);
+    (
+        acc,
+        1.0 - p.graph.param_count() as f64 / g.param_count() as f64,
+        dt,
+    )
+}
+
+fn main() {
+    println!(
+        "== accuracy at the specification's sizes (uniform probes, 1000, seed 0; 450 test images)"
+    );
+    println!(
+        "{:<28} {:<10} {:>9} {:>9} {:>10}",
+        "model", "method", "removed", "accuracy", "target"
+    );
+    let rows = [
+        ("mlp_torch.onnx", 0.426, Method::Merge, ">= 96.5 %"),
+        ("mlp_torch.onnx", 0.737, Method::Merge, ">= 90 %"),
+        ("mlp_torch.onnx", 0.737, Method::Magnitude, "(baseline)"),
+        ("mlp_torch.onnx", 0.737, Method::Paoding, "(PAODING 39.8 %)"),
+        ("cnn_residual_bn_torch.onnx", 0.43, Method::Merge, ">= 65 %"),
+        (
+            "cnn_residual_bn_torch.onnx",
+            0.43,
+            Method::Magnitude,
+            "(TP 25-55 %)",
+        ),
+        ("dscnn_torch.onnx", 0.39, Method::Merge, ">= 60 %"),
+        ("dscnn_torch.onnx", 0.39, Method::Magnitude, "(TP 42-50 %)"),
+    ];
+    for (file, fraction, method, target) in rows {
+        let (g, xs, ys) = load(file);
+        let probes = Probes::uniform(g.values[g.input].len(), 1000, 0.0, 1.0, 0);
+        let (acc, removed, _) = prune_at(&g, &xs, &ys, method, fraction, &probes);
+        println!(
+            "{file:<28} {:<10} {:>8.1}% {:>8.1}% {target:>10}",
+            format!("{method:?}"),
+            100.0 * removed,
+            100.0 * acc
+        );
+    }
+
+    println!("\n== speed (release build, median of 5)");
+    let (mlp, xs, ys) = load("mlp_torch.onnx");
+    let probes = Probes::uniform(64, 1000, 0.0, 1.0, 0);
+    let times: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let pruner = Pruner::new(&mlp, &PruneOptions::default());
+            let ratio = 0.3;
+            pruner
+                .apply(&pruner.counts_for_ratio(ratio), &probes)
+                .expect("prunes");
+            t.elapsed()
+        })
+        .collect();
+    println!("prune digits MLP (merge + refit, 1000 probes, 42.6 % params): {:?}   target <= 50 ms, PAODING 25.7 s", median(times));
+    let _ = (xs, ys);
+
+    let cnn = synthetic_cnn_1m(1);
+    let macs = paoding_core::cost::ModelCost::new(&cnn, Default::default()).macs;
+    println!("synthetic CNN: {} params, {} MACs", cnn.param_count(), macs);
+    let settings = paoding_cli::prune::ProbeSettings {
+        count: 1000,
+        input_range: (0.0, 1.0),
+        seed: 0,
+    };
+    let cnn_probes = settings.refit_probes(&cnn);
+    let times: Vec<Duration> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let pruner = Pruner::new(&cnn, &PruneOptions::default());
+            pruner
+                .apply(&pruner.counts_for_ratio(0.3), &cnn_probes)
+                .expect("prunes");
+            t.elapsed()
+        })
+        .collect();
+    println!(
+        "prune 1M-param CNN (merge + refit, {} probes): {:?}   target <= 2 s",
+        cnn_probes.count(),
+        median(times)
+    );
+
+    let p = profile::load("cortex-m7").expect("profile");
+    let usage = Usage::of(&cnn).expect("usage");
+    let options = FitOptions {
+        overrides: BudgetOverrides {
+            flash_bytes: Some(usage.flash_bytes / 2),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let times: Vec<Duration> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            fit_graph("cnn", &cnn, &p, &options, None, &mut |_, _| {}).expect("fits");
+            t.elapsed()
+        })
+        .collect();
+    println!("fit 1M-param CNN to half its flash (search + refit + fidelity check): {:?}   target <= 2 s", median(times));
+}
