@@ -137,7 +137,11 @@ impl Schedule {
     /// The schedule for the pruner's scope; `binding` says which resource global costs count.
     pub fn for_scope(pruner: &Pruner, scope: Scope, binding: Resource) -> Result<Self> {
         match scope {
+            // The arena is a maximum over execution steps: removing one layer's units only helps
+            // while that layer is at the peak, so per-layer savings mislead. Shrinking every
+            // layer in proportion lowers the peak wherever it moves.
             Scope::Uniform => Ok(Self::uniform(pruner)),
+            Scope::Global if binding == Resource::Ram => Ok(Self::uniform(pruner)),
             Scope::Global => {
                 let base =
                     Usage::of(&pruner.preview(&alloc::vec![0; pruner.structure().layers.len()])?)?;
