@@ -102,7 +102,7 @@ pub fn write_onnx(graph: &Graph, producer_note: &str) -> Result<Vec<u8>, ExportE
     Ok(model.encode_to_vec())
 }
 
-/// [`write_onnx`] into a file.
+/// [`write_onnx`] into a file, atomically (a temporary file renamed over `path`).
 ///
 /// ```no_run
 /// let model = paoding_cli::import::import_onnx("model.onnx".as_ref())?;
@@ -111,7 +111,7 @@ pub fn write_onnx(graph: &Graph, producer_note: &str) -> Result<Vec<u8>, ExportE
 /// ```
 pub fn save_onnx(graph: &Graph, producer_note: &str, path: &Path) -> Result<(), ExportError> {
     let bytes = write_onnx(graph, producer_note)?;
-    std::fs::write(path, bytes).map_err(|source| ExportError::Io {
+    crate::output::write_atomic(path, &bytes).map_err(|source| ExportError::Io {
         path: path.to_path_buf(),
         source,
     })

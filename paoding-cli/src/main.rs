@@ -380,8 +380,11 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         }
         if let (Some(onnx), Some(graph)) = (&a.onnx, &fitted.graph) {
             let path = PathBuf::from(name(onnx));
-            let bytes = export::write_onnx(graph, &format!("fitted to {} by paoding fit", p.name))?;
-            output::write_atomic(&path, &bytes).map_err(|source| CliError::Io { path, source })?;
+            export::save_onnx(
+                graph,
+                &format!("fitted to {} by paoding fit", p.name),
+                &path,
+            )?;
         }
         all_ok &= fitted.ok();
         if !a.json {

@@ -300,3 +300,39 @@ fn pruning_is_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+/// The ONNX file `paoding prune` writes: tract loads it and computes what the engine's IR
+/// computes, for every fixture and method.
+#[test]
+fn pruned_models_export_to_onnx_that_tract_agrees_with() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in fixtures() {
+        let (g, xs, _) = load(&f.file);
+        for method in [Method::Merge, Method::Paoding, Method::Magnitude] {
+            let pruner = Pruner::new(
+                &g,
+                &PruneOptions {
+                    method,
+                    ..Default::default()
+                },
+            );
+            let probes = Probes::uniform(g.values[g.input].len(), 200, 0.0, 1.0, 1);
+            let pruned = pruner
+                .apply(&pruner.counts_for_ratio(0.4), &probes)
+                .expect("prunes")
+                .graph;
+            let path = dir.path().join(format!("{}-{method:?}.onnx", f.file));
+            paoding_cli::export::save_onnx(&pruned, "test", &path).expect("export");
+            let tract = TractModel::load(&path, g.shape(g.input));
+            for x in xs.chunks_exact(g.values[g.input].len()).take(5) {
+                let diff =
+                    relative_max_diff(&tract.run(x), &interp::run(&pruned, x).expect("runs"));
+                assert!(
+                    diff < 1e-4,
+                    "{} {method:?}: tract differs by {diff}",
+                    f.file
+                );
+            }
+        }
+    }
+}
