@@ -1,4 +1,8 @@
 #!/usr/bin/env bash
+# Needs the target and a `size` tool; here: `rustup target add thumbv7em-none-eabihf` and
+# llvm-size from Debian's llvm package (`apt-get install -y llvm`), else
+# `apt-get install -y binutils-arm-none-eabi` (arm-none-eabi-size).
+# Exits 1 when .text exceeds LIMIT bytes (default 16384, the runtime spec's 16 KiB), so CI can run it.
 # Print paoding-runtime's code size for a Cortex-M4F/M7 (thumbv7em-none-eabihf, opt-level "s",
 # LTO): a bare image whose only export validates a blob and runs it, so every kernel is linked.
 # Usage: paoding-runtime/size-check/measure.sh [target]   (default thumbv7em-none-eabihf)
@@ -13,4 +17,10 @@ if command -v llvm-size >/dev/null; then size=llvm-size; elif command -v arm-non
 "$size" -A "$elf" | grep -E '^\.(text|rodata|data|bss)\b' || true
 text=$("$size" -A "$elf" | awk '$1==".text"{print $2}')
 rodata=$("$size" -A "$elf" | awk '$1==".rodata"{s+=$2} END{print s+0}')
+limit="${LIMIT:-16384}"
 echo "paoding-runtime code size ($target, opt-level s): .text ${text} B ($(( (text + 1023) / 1024 )) KiB), .rodata ${rodata} B"
+echo "paoding-runtime .text: ${text} bytes (limit ${limit})"
+if [ "$text" -gt "$limit" ]; then
+  echo "paoding-runtime .text is over the limit by $(( text - limit )) bytes" >&2
+  exit 1
+fi

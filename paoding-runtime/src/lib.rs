@@ -54,6 +54,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+mod decode;
 mod error;
 pub mod format;
 mod kernels;

@@ -1,8 +1,9 @@
 //! [`Model`]: validate a blob once, then run it any number of times.
 
+use crate::decode::Reader;
 use crate::error::Error;
 use crate::format::{
-    blob_crc, ConvRec, DescHead, Header, NodeRec, OpRec, Operand, PoolRec, Shape, WRef, HEADER_LEN,
+    blob_crc, ConvRec, Header, NodeRec, OpRec, Operand, PoolRec, Shape, WRef, HEADER_LEN,
     MAX_NODES, MAX_RANK, WEIGHTS_ALIGN,
 };
 use crate::kernels::{self, conv::ConvGeom, pool::PoolGeom, Dims};
@@ -134,16 +135,10 @@ impl<'a> Iterator for Nodes<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        Some(match postcard::take_from_bytes::<NodeRec>(self.rest) {
-            Ok((n, rest)) => {
-                self.rest = rest;
-                Ok(n)
-            }
-            Err(_) => {
-                self.rest = &[];
-                Err(Error::Decode)
-            }
-        })
+        let mut r = Reader { rest: self.rest };
+        let n = r.node();
+        self.rest = if n.is_ok() { r.rest } else { &[] };
+        Some(n)
     }
 }
 
@@ -210,8 +205,9 @@ impl<'a> Model<'a> {
             .get(HEADER_LEN..desc_end)
             .ok_or(Error::BadHeader("description length"))?;
         let weights = as_f32(blob.get(w_off..).ok_or(Error::Truncated)?)?;
-        let (head, nodes) =
-            postcard::take_from_bytes::<DescHead>(desc).map_err(|_| Error::Decode)?;
+        let mut r = Reader { rest: desc };
+        let head = r.head()?;
+        let nodes = r.rest;
         let n_nodes = head.n_nodes as usize;
         if n_nodes > MAX_NODES {
             return Err(Error::Limit("more than MAX_NODES nodes"));

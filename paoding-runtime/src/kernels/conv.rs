@@ -1,11 +1,16 @@
 //! 2-D convolution over NCHW, grouped and depthwise included, without im2col.
 //!
-//! Weight-stationary: for each output channel the plane starts at the bias, then every filter
-//! tap `w` adds `w * input` over the rows and columns where that tap lands inside the input.
-//! The valid row and column ranges are computed once per tap, so the borders (padding) cost
-//! nothing and the inner loop is a bounds-check-free `axpy` over a row (contiguous when the
-//! stride is 1). Each output pixel sums its taps in the same order as paoding-core's
-//! reference, so results match it bit for bit.
+//! Output-stationary and register-tiled: a tile is `OCB` output channels of one group times
+//! `PXB` consecutive output columns of one row, accumulated in registers over every tap
+//! (input channel, kernel row, kernel column) and stored once. For each tap the input values
+//! of the tile's columns are one contiguous (stride 1) or strided run of an input row; the
+//! columns whose tap falls into the padding are found once per tap in closed form, so the
+//! interior needs no bounds logic and the border only clears a few lanes. One input value
+//! feeds `OCB` filters and one filter weight feeds `PXB` columns.
+//!
+//! A 1x1 convolution with stride 1 and no padding is a matrix product over pixels: its planes
+//! are treated as one long row. Depthwise convolutions (one output channel per group) use a
+//! wider pixel tile with a single filter.
 
 use crate::format::Act;
 
@@ -31,102 +36,200 @@ pub(crate) struct ConvGeom {
     pub groups: usize,
 }
 
-/// `dst += w * src` over the common length.
-#[inline(always)]
-fn axpy(dst: &mut [f32], src: &[f32], w: f32) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d += w * *s;
-    }
+// Tile sizes: the accumulators (`OCB * PXB` f32) must fit the FPU/SIMD registers. x86-64 and
+// AArch64 have 16+ vector registers; a Cortex-M4F/M7 has 32 single-precision registers.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod tile {
+    pub const OCB: usize = 4;
+    pub const PXB: usize = 8;
+    pub const DW_PXB: usize = 16;
 }
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod tile {
+    pub const OCB: usize = 2;
+    pub const PXB: usize = 4;
+    /// Unused: no separate depthwise instance.
+    pub const DW_PXB: usize = 1;
+}
+use tile::{DW_PXB, OCB, PXB};
 
-/// First output index whose tap at `offset` (dilated kernel position) lands at input index
-/// `>= 0`, and one past the last that lands `< size`, clamped to `out`.
+/// Hosts (x86-64, AArch64) get specialised instances; microcontrollers one generic path.
+const HOST: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+/// Positions `p` in `0..n` whose input index `base + p * stride` lies in `0..size`, where
+/// `base = first - pad` may be negative: returns `(p0, p1)` (empty if `p0 >= p1`).
 #[inline(always)]
-fn valid_range(
-    offset: usize,
-    pad: usize,
-    stride: usize,
-    size: usize,
-    out: usize,
-) -> (usize, usize) {
-    let before = pad.saturating_sub(offset);
-    let limit = (size + pad).saturating_sub(offset);
+fn lanes(first: usize, pad: usize, stride: usize, size: usize, n: usize) -> (usize, usize) {
+    // p * stride + first >= pad  and  p * stride + first < size + pad.
+    let lim = size + pad;
+    let before = pad.saturating_sub(first);
+    let inside = lim.saturating_sub(first);
     if stride == 1 {
-        // The common case, without the two integer divisions.
-        return (before, limit.min(out));
+        // The common case, without integer divisions.
+        return (before, inside.min(n));
     }
-    (before.div_ceil(stride), limit.div_ceil(stride).min(out))
+    (before.div_ceil(stride), inside.div_ceil(stride).min(n))
 }
 
-pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act, out: &mut [f32]) {
+/// One tile: `oc_n <= C` filters (`filters[o]` is filter `o`, `gi * kh * kw` weights) times
+/// the `n <= P` output columns starting at `ox0` of row `oy`; `planes` are the group's input
+/// planes. Returns the accumulated sums (bias not included).
+#[inline(always)]
+fn tile<const C: usize, const P: usize>(
+    g: &ConvGeom,
+    planes: &[f32],
+    filters: [&[f32]; C],
+    oy: usize,
+    ox0: usize,
+    n: usize,
+) -> [[f32; P]; C] {
+    let mut acc = [[0.0f32; P]; C];
     let in_plane = g.ih * g.iw;
-    let out_plane = g.oh * g.ow;
     let taps = g.kh * g.kw;
-    let gi = g.in_c / g.groups.max(1);
-    let outs_per_group = g.out_c / g.groups.max(1);
-    let filter_len = gi * taps;
-    if in_plane == 0
-        || out_plane == 0
-        || filter_len == 0
-        || outs_per_group == 0
-        || g.sx == 0
-        || g.sy == 0
-    {
+    // Kernel rows inside the input for this output row.
+    let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
+    for kx in 0..g.kw {
+        // Lanes of the tile whose column lands inside the input for this kernel column.
+        let first = ox0 * g.sx + kx * g.dx;
+        let (p0, p1) = lanes(first, g.pl, g.sx, g.iw, n);
+        if p0 >= p1 {
+            continue;
+        }
+        let start = first + p0 * g.sx - g.pl;
+        for ky in ky0..ky1 {
+            let iy = oy * g.sy + ky * g.dy - g.pt;
+            let Some(xs) = planes.get(iy * g.iw + start..) else {
+                continue;
+            };
+            let wi = ky * g.kw + kx;
+            // One step per input channel: the tap's weight in each filter, and the inputs.
+            let ws = filters.map(|f| f.get(wi..).unwrap_or(&[]).iter().step_by(taps));
+            if HOST && g.sx == 1 && p0 == 0 && p1 == P {
+                // Interior: P contiguous inputs, no bounds logic.
+                accumulate(&mut acc, ws, xs.chunks(in_plane), |row| {
+                    row.first_chunk::<P>().copied()
+                });
+            } else {
+                accumulate(&mut acc, ws, xs.chunks(in_plane), |row| {
+                    let mut x = [0.0f32; P];
+                    let dst = x.get_mut(p0..p1)?;
+                    for (d, s) in dst.iter_mut().zip(row.iter().step_by(g.sx)) {
+                        *d = *s;
+                    }
+                    Some(x)
+                });
+            }
+        }
+    }
+    acc
+}
+
+/// `acc[o] += w_o * x` for each input channel: `rows` yields each channel's input run,
+/// `load` turns it into the tile's `P` inputs, `ws[o]` yields filter `o`'s weights.
+#[inline(always)]
+fn accumulate<'w, const C: usize, const P: usize>(
+    acc: &mut [[f32; P]; C],
+    mut ws: [core::iter::StepBy<core::slice::Iter<'w, f32>>; C],
+    rows: core::slice::Chunks<'_, f32>,
+    load: impl Fn(&[f32]) -> Option<[f32; P]>,
+) {
+    for row in rows {
+        let Some(x) = load(row) else {
+            return;
+        };
+        for (a, w) in acc.iter_mut().zip(ws.iter_mut()) {
+            let wv = w.next().copied().unwrap_or(0.0);
+            for (av, xv) in a.iter_mut().zip(x.iter()) {
+                *av += wv * *xv;
+            }
+        }
+    }
+}
+
+/// Every tile of one group for `C` filters at a time (`C` output planes of `out`).
+#[inline(never)]
+fn conv_group<const C: usize, const P: usize>(
+    g: &ConvGeom,
+    planes: &[f32],
+    w: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+) {
+    let out_plane = g.oh * g.ow;
+    let filter_len = planes.len() / (g.ih * g.iw).max(1) * g.kh * g.kw;
+    if out_plane == 0 || filter_len == 0 {
         return;
     }
-    let pointwise = taps == 1
-        && g.sy == 1
-        && g.sx == 1
-        && g.pt == 0
-        && g.pl == 0
-        && g.ih == g.oh
-        && g.iw == g.ow;
-    for (oc, ((o, filter), &bias)) in out
-        .chunks_exact_mut(out_plane)
-        .zip(w.chunks_exact(filter_len))
-        .zip(b)
-        .enumerate()
+    for ((oblock, wblock), bblock) in out
+        .chunks_mut(C * out_plane)
+        .zip(w.chunks(C * filter_len))
+        .zip(b.chunks(C))
     {
-        o.fill(bias);
-        let first_in = (oc / outs_per_group) * gi;
-        let planes = input
-            .get(first_in * in_plane..(first_in + gi) * in_plane)
-            .unwrap_or(&[]);
-        for (plane, fk) in planes.chunks_exact(in_plane).zip(filter.chunks_exact(taps)) {
-            if pointwise {
-                if let Some(&wv) = fk.first() {
-                    axpy(o, plane, wv);
-                }
-                continue;
-            }
-            for (ky, frow) in fk.chunks_exact(g.kw).enumerate() {
-                let off_y = ky * g.dy;
-                let (oy0, oy1) = valid_range(off_y, g.pt, g.sy, g.ih, g.oh);
-                for (kx, &wv) in frow.iter().enumerate() {
-                    let off_x = kx * g.dx;
-                    let (ox0, ox1) = valid_range(off_x, g.pl, g.sx, g.iw, g.ow);
-                    if ox0 >= ox1 {
-                        continue;
-                    }
-                    let ix0 = ox0 * g.sx + off_x - g.pl;
-                    for oy in oy0..oy1 {
-                        let iy = oy * g.sy + off_y - g.pt;
-                        let orow = o.get_mut(oy * g.ow + ox0..oy * g.ow + ox1);
-                        let irow = plane.get(iy * g.iw + ix0..(iy + 1) * g.iw);
-                        let (Some(orow), Some(irow)) = (orow, irow) else {
-                            continue;
-                        };
-                        if g.sx == 1 {
-                            axpy(orow, irow, wv);
-                        } else {
-                            for (d, s) in orow.iter_mut().zip(irow.iter().step_by(g.sx)) {
-                                *d += wv * *s;
-                            }
+        let mut filters: [&[f32]; C] = [&[]; C];
+        for (f, src) in filters.iter_mut().zip(wblock.chunks_exact(filter_len)) {
+            *f = src;
+        }
+        for oy in 0..g.oh {
+            let mut ox0 = 0;
+            while ox0 < g.ow {
+                let n = (g.ow - ox0).min(P);
+                let acc = tile::<C, P>(g, planes, filters, oy, ox0, n);
+                let at = oy * g.ow + ox0;
+                for ((a, oplane), &bias) in acc.iter().zip(oblock.chunks_mut(out_plane)).zip(bblock)
+                {
+                    if let Some(dst) = oplane.get_mut(at..at + n) {
+                        for (d, s) in dst.iter_mut().zip(a) {
+                            *d = *s + bias;
                         }
                     }
                 }
+                ox0 += n;
             }
         }
-        act.apply_slice(o);
     }
+}
+
+pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act, out: &mut [f32]) {
+    let mut g = *g;
+    if g.kh == 1 && g.kw == 1 && g.sy == 1 && g.sx == 1 && g.pt == 0 && g.pl == 0 {
+        // Pointwise (or any 1x1 without stride and padding, output = input plane): one row.
+        if g.ih == g.oh && g.iw == g.ow {
+            g.iw *= g.ih;
+            g.ow *= g.oh;
+            g.ih = 1;
+            g.oh = 1;
+        }
+    }
+    let in_plane = g.ih * g.iw;
+    let out_plane = g.oh * g.ow;
+    let groups = g.groups.max(1);
+    let gi = g.in_c / groups;
+    let go = g.out_c / groups;
+    let filter_len = gi * g.kh * g.kw;
+    if in_plane == 0
+        || out_plane == 0
+        || filter_len == 0
+        || go == 0
+        || g.sx == 0
+        || g.sy == 0
+        || g.dx == 0
+        || g.dy == 0
+    {
+        return;
+    }
+    for (((planes, wg), bg), og) in input
+        .chunks_exact(gi * in_plane)
+        .zip(w.chunks_exact(go * filter_len))
+        .zip(b.chunks_exact(go))
+        .zip(out.chunks_exact_mut(go * out_plane))
+    {
+        // Depthwise gets its own wider single-filter tile where code size is cheap; on a
+        // microcontroller one instance serves both (flash is scarcer than the cycles).
+        if go == 1 && HOST {
+            conv_group::<1, DW_PXB>(&g, planes, wg, bg, og);
+        } else {
+            conv_group::<OCB, PXB>(&g, planes, wg, bg, og);
+        }
+    }
+    act.apply_slice(out);
 }
