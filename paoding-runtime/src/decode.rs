@@ -316,7 +316,7 @@ mod tests {
                 s ^= s >> 7;
                 s ^= s << 17;
                 *b = (s % 7) as u8 * 40;
-                if s % 5 == 0 {
+                if s.is_multiple_of(5) {
                     *b = (s >> 8) as u8;
                 }
             }
