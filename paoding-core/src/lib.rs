@@ -29,6 +29,7 @@ pub mod cost;
 pub mod error;
 pub mod fidelity;
 pub mod fit;
+pub mod grad;
 pub mod interp;
 pub mod ir;
 pub mod linalg;
@@ -38,5 +39,6 @@ pub mod probes;
 pub mod profile;
 pub mod prune;
 pub mod simplify;
+pub mod synth;
 
 pub use error::{Error, Result};

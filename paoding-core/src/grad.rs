@@ -1,0 +1,1251 @@
+//! Input gradients: the backward pass of the reference interpreter.
+//!
+//! [`forward`] evaluates a checked graph on one sample and keeps every value; [`backward`]
+//! then propagates the gradient of a scalar loss, seeded on any values (the output, the
+//! logits, the inputs of batch norms …), back to the graph input. Every operator of the IR is
+//! covered: Dense, Conv2d (groups, depthwise, stride, padding, dilation), MaxPool,
+//! AveragePool (both `count_include_pad` semantics), GlobalAveragePool, fused or stand-alone
+//! activations, BatchNorm, Add, Concat, Reshape, Transpose, Pad and Softmax.
+//!
+//! Activation derivatives are taken from the activation's output (ReLU: `y > 0`; Clip:
+//! `min < y < max`; Sigmoid: `y (1 - y)`; Tanh: `1 - y²`), so no pre-activation is stored.
+//! At a kink (ReLU at 0, a max-pool tie) the gradient is a valid sub-gradient.
+//!
+//! ```
+//! use paoding_core::grad;
+//! use paoding_core::ir::{Activation, Dense, Graph, Op};
+//!
+//! let mut g = Graph::new("x", vec![1, 2]);
+//! g.output = g.push("fc", Op::Dense(Dense {
+//!     units: 2, inputs: 2, weights: vec![1.0, 2.0, 3.0, 4.0], bias: vec![0.0; 2],
+//!     activation: Activation::Identity,
+//! }), &[g.input])?;
+//! // d(y0 + y1)/dx = column sums of W.
+//! assert_eq!(grad::input_gradient(&g, &[0.5, -1.0], &[1.0, 1.0])?, vec![4.0, 6.0]);
+//! # Ok::<(), paoding_core::Error>(())
+//! ```
+
+use alloc::vec::Vec;
+
+use crate::error::{Error, Result};
+use crate::ir::{Activation, Conv2d, Graph, Op, Pool, ValueId};
+use crate::ops;
+
+/// Evaluate the graph on one sample and keep every value, indexed by value id.
+pub fn forward(g: &Graph, x: &[f32]) -> Result<Vec<Vec<f32>>> {
+    forward_batch(g, x, 1)
+}
+
+/// Evaluate the graph on `batch` samples at once (`xs` holds them one after the other) and
+/// keep every value, each as `batch` samples one after the other.
+///
+/// Dense layers and convolutions run as matrix products over the batch (much faster than
+/// sample by sample on small images); every sample's result is bit-identical whatever the
+/// batch it is evaluated in.
+pub fn forward_batch(g: &Graph, xs: &[f32], batch: usize) -> Result<Vec<Vec<f32>>> {
+    let expected = g.values[g.input].len() * batch;
+    if xs.len() != expected || batch == 0 {
+        return Err(Error::InputLength {
+            got: xs.len(),
+            expected,
+            shape: g.values[g.input].shape.clone(),
+        });
+    }
+    let mut values: Vec<Vec<f32>> = alloc::vec![Vec::new(); g.values.len()];
+    values[g.input] = xs.to_vec();
+    let mut scratch = Vec::new();
+    for node in &g.nodes {
+        let out_shape = g.shape(node.output);
+        let out_len = g.values[node.output].len();
+        let mut out = alloc::vec![0.0f32; out_len * batch];
+        let in_shapes: Vec<&[usize]> = node.inputs.iter().map(|&i| g.shape(i)).collect();
+        match &node.op {
+            Op::Dense(d) => {
+                let wt = transpose(&d.weights, d.units, d.inputs);
+                gemm(
+                    batch,
+                    d.units,
+                    d.inputs,
+                    &values[node.inputs[0]],
+                    &wt,
+                    &mut out,
+                );
+                for row in out.chunks_exact_mut(d.units) {
+                    for (o, &b) in row.iter_mut().zip(&d.bias) {
+                        *o = d.activation.apply(*o + b);
+                    }
+                }
+            }
+            Op::Conv2d(c) if conv_uses_gemm(c) => {
+                let in_len = g.values[node.inputs[0]].len();
+                let x = &values[node.inputs[0]];
+                for (xs, out) in x.chunks_exact(in_len).zip(out.chunks_exact_mut(out_len)) {
+                    conv_forward_gemm(c, in_shapes[0], xs, out_shape, out, &mut scratch);
+                }
+            }
+            _ => {
+                let in_lens: Vec<usize> = node.inputs.iter().map(|&i| g.values[i].len()).collect();
+                for (s, out) in out.chunks_exact_mut(out_len).enumerate() {
+                    let inputs: Vec<&[f32]> = node
+                        .inputs
+                        .iter()
+                        .zip(&in_lens)
+                        .map(|(&v, &len)| &values[v][s * len..(s + 1) * len])
+                        .collect();
+                    ops::eval(&node.op, &in_shapes, &inputs, out_shape, out);
+                }
+            }
+        }
+        values[node.output] = out;
+    }
+    Ok(values)
+}
+/// The value the class loss reads: the input of a final Softmax (the pre-softmax logits), or
+/// the output itself.
+pub fn logits_value(g: &Graph) -> ValueId {
+    match g.producer(g.output).map(|i| &g.nodes[i]) {
+        Some(node) if matches!(node.op, Op::Softmax { .. }) => node.inputs[0],
+        _ => g.output,
+    }
+}
+
+/// Softmax cross-entropy of `logits` against class `target`: the loss and its gradient
+/// (`softmax(logits) - onehot(target)`), computed stably.
+pub fn cross_entropy(logits: &[f32], target: usize) -> (f32, Vec<f32>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut p: Vec<f32> = logits.iter().map(|&z| libm::expf(z - max)).collect();
+    let sum: f32 = p.iter().sum();
+    for v in &mut p {
+        *v /= sum;
+    }
+    let loss = libm::logf(sum) + max - logits[target];
+    p[target] -= 1.0;
+    (loss, p)
+}
+
+/// dL/dx for a loss whose gradient with respect to the graph output is `d_output`.
+pub fn input_gradient(g: &Graph, x: &[f32], d_output: &[f32]) -> Result<Vec<f32>> {
+    if d_output.len() != g.values[g.output].len() {
+        return Err(Error::InputLength {
+            got: d_output.len(),
+            expected: g.values[g.output].len(),
+            shape: g.values[g.output].shape.clone(),
+        });
+    }
+    let values = forward(g, x)?;
+    Ok(backward(
+        g,
+        &values,
+        alloc::vec![(g.output, d_output.to_vec())],
+    ))
+}
+
+/// Softmax cross-entropy against class `target` on the logits ([`logits_value`]): the loss,
+/// dL/dx, and the forward values (so callers can read the logits or anything else).
+///
+/// Whether or not the graph ends in Softmax, the loss is computed on the pre-softmax logits.
+pub fn class_gradient(
+    g: &Graph,
+    x: &[f32],
+    target: usize,
+) -> Result<(f32, Vec<f32>, Vec<Vec<f32>>)> {
+    let values = forward(g, x)?;
+    let logits = logits_value(g);
+    if target >= values[logits].len() {
+        return Err(Error::Graph(alloc::format!(
+            "class {target} does not exist: the model has {} outputs",
+            values[logits].len()
+        )));
+    }
+    let (loss, d) = cross_entropy(&values[logits], target);
+    let dx = backward(g, &values, alloc::vec![(logits, d)]);
+    Ok((loss, dx, values))
+}
+
+/// Propagate a loss gradient back to the graph input.
+///
+/// `values` come from [`forward`]; `seeds` are `(value, dL/dvalue)` pairs, on any values
+/// (several seeds on one value add up). Returns dL/dx; values the seeds do not reach
+/// contribute nothing (a zero gradient if none is reached).
+pub fn backward(g: &Graph, values: &[Vec<f32>], seeds: Vec<(ValueId, Vec<f32>)>) -> Vec<f32> {
+    backward_batch(g, values, 1, seeds)
+}
+
+/// [`backward`] for values from [`forward_batch`]: seeds and the result hold `batch` samples.
+pub fn backward_batch(
+    g: &Graph,
+    values: &[Vec<f32>],
+    batch: usize,
+    seeds: Vec<(ValueId, Vec<f32>)>,
+) -> Vec<f32> {
+    let mut grads = backward_all_batch(g, values, batch, seeds, false);
+    grads[g.input]
+        .take()
+        .unwrap_or_else(|| alloc::vec![0.0; g.values[g.input].len() * batch])
+}
+
+/// Like [`backward`], but return the gradient of every value (`None` where the loss does not
+/// depend on it), when `keep_all`; otherwise only the input's survives.
+pub fn backward_all(
+    g: &Graph,
+    values: &[Vec<f32>],
+    seeds: Vec<(ValueId, Vec<f32>)>,
+    keep_all: bool,
+) -> Vec<Option<Vec<f32>>> {
+    backward_all_batch(g, values, 1, seeds, keep_all)
+}
+
+/// [`backward_all`] for values from [`forward_batch`].
+pub fn backward_all_batch(
+    g: &Graph,
+    values: &[Vec<f32>],
+    batch: usize,
+    seeds: Vec<(ValueId, Vec<f32>)>,
+    keep_all: bool,
+) -> Vec<Option<Vec<f32>>> {
+    let mut scratch = Vec::new();
+    let mut grads: Vec<Option<Vec<f32>>> = alloc::vec![None; g.values.len()];
+    for (v, d) in seeds {
+        accumulate(&mut grads[v], &d);
+    }
+    for node in g.nodes.iter().rev() {
+        let Some(dy) = (if keep_all {
+            grads[node.output].clone()
+        } else {
+            grads[node.output].take()
+        }) else {
+            continue;
+        };
+        let out_shape = g.shape(node.output);
+        let out_len = g.values[node.output].len();
+        let y = &values[node.output];
+        let x0 = node.inputs[0];
+        let in_shape = g.shape(x0);
+        let in_len = g.values[x0].len();
+        // Run `f(sample, dy, dx)` on every sample into a fresh input gradient.
+        let per_sample = |f: &mut SampleFn| -> Vec<f32> {
+            let mut dx = alloc::vec![0.0f32; in_len * batch];
+            for (s, (dy, dx)) in dy
+                .chunks_exact(out_len)
+                .zip(dx.chunks_exact_mut(in_len))
+                .enumerate()
+            {
+                f(s, dy, dx);
+            }
+            dx
+        };
+        let dx = match &node.op {
+            Op::Dense(d) => {
+                let dz = activation_backward(d.activation, y, dy);
+                let mut dx = alloc::vec![0.0f32; in_len * batch];
+                gemm(batch, d.inputs, d.units, &dz, &d.weights, &mut dx);
+                dx
+            }
+            Op::Conv2d(c) => {
+                let dz = activation_backward(c.activation, y, dy);
+                let mut dx = alloc::vec![0.0f32; in_len * batch];
+                let wt = conv_uses_gemm(c).then(|| conv_weights_transposed(c));
+                for (dz, dx) in dz.chunks_exact(out_len).zip(dx.chunks_exact_mut(in_len)) {
+                    match &wt {
+                        Some(wt) => {
+                            conv_backward_gemm(c, wt, in_shape, out_shape, dz, dx, &mut scratch)
+                        }
+                        None => conv_backward(c, in_shape, out_shape, dz, dx),
+                    }
+                }
+                dx
+            }
+            Op::BatchNorm(b) => {
+                let inner: usize = out_shape[2..].iter().product::<usize>().max(1);
+                let channels = b.scale.len();
+                let mut dx = dy;
+                for (c, chunk) in dx.chunks_exact_mut(inner).enumerate() {
+                    let s = b.scale[c % channels];
+                    chunk.iter_mut().for_each(|v| *v *= s);
+                }
+                dx
+            }
+            Op::Activation(a) => activation_backward(*a, y, dy),
+            Op::Softmax { axis } => per_sample(&mut |s, dy, dx| {
+                softmax_backward(*axis, out_shape, &y[s * out_len..(s + 1) * out_len], dy, dx)
+            }),
+            Op::MaxPool(p) => {
+                let x = &values[x0];
+                per_sample(&mut |s, dy, dx| {
+                    let x = &x[s * in_len..(s + 1) * in_len];
+                    max_pool_backward(p, in_shape, x, out_shape, dy, dx)
+                })
+            }
+            Op::AveragePool(p) => {
+                per_sample(&mut |_, dy, dx| average_pool_backward(p, in_shape, out_shape, dy, dx))
+            }
+            Op::GlobalAveragePool => {
+                let plane = in_shape[2] * in_shape[3];
+                let inv = 1.0 / plane as f32;
+                dy.iter()
+                    .flat_map(|&d| core::iter::repeat_n(d * inv, plane))
+                    .collect()
+            }
+            Op::Add => {
+                accumulate(&mut grads[node.inputs[1]], &dy);
+                dy
+            }
+            Op::Concat { axis } => {
+                let outer: usize = out_shape[..*axis].iter().product::<usize>() * batch;
+                let mut read = 0;
+                let mut parts: Vec<Vec<f32>> = node
+                    .inputs
+                    .iter()
+                    .map(|&v| Vec::with_capacity(g.values[v].len() * batch))
+                    .collect();
+                for _ in 0..outer {
+                    for (part, &v) in parts.iter_mut().zip(&node.inputs) {
+                        let block: usize = g.shape(v)[*axis..].iter().product();
+                        part.extend_from_slice(&dy[read..read + block]);
+                        read += block;
+                    }
+                }
+                let mut parts = parts.into_iter();
+                let first = parts.next().unwrap_or_default();
+                for (part, &v) in parts.zip(&node.inputs[1..]) {
+                    accumulate_owned(&mut grads[v], part);
+                }
+                first
+            }
+            Op::Reshape { .. } => dy,
+            Op::Transpose { perm } => {
+                let mut inverse = alloc::vec![0; perm.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    inverse[p] = i;
+                }
+                let op = Op::Transpose { perm: inverse };
+                per_sample(&mut |_, dy, dx| ops::eval(&op, &[out_shape], &[dy], in_shape, dx))
+            }
+            Op::Pad { pads, .. } => {
+                per_sample(&mut |_, dy, dx| pad_backward(pads, in_shape, out_shape, dy, dx))
+            }
+        };
+        accumulate_owned(&mut grads[x0], dx);
+    }
+    grads
+}
+
+/// A per-sample backward step: (sample, dL/doutput, dL/dinput to fill).
+type SampleFn<'a> = dyn FnMut(usize, &[f32], &mut [f32]) + 'a;
+
+fn accumulate(slot: &mut Option<Vec<f32>>, d: &[f32]) {
+    match slot {
+        Some(acc) => acc.iter_mut().zip(d).for_each(|(a, &b)| *a += b),
+        None => *slot = Some(d.to_vec()),
+    }
+}
+
+fn accumulate_owned(slot: &mut Option<Vec<f32>>, d: Vec<f32>) {
+    match slot {
+        Some(acc) => acc.iter_mut().zip(&d).for_each(|(a, &b)| *a += b),
+        None => *slot = Some(d),
+    }
+}
+
+/// Derivative of the activation, read from its output `y`, times `dy`.
+fn activation_backward(a: Activation, y: &[f32], mut dy: Vec<f32>) -> Vec<f32> {
+    match a {
+        Activation::Identity => {}
+        Activation::Relu => dy.iter_mut().zip(y).for_each(|(d, &y)| {
+            if y <= 0.0 {
+                *d = 0.0;
+            }
+        }),
+        Activation::Clip { min, max } => dy.iter_mut().zip(y).for_each(|(d, &y)| {
+            if y <= min || y >= max {
+                *d = 0.0;
+            }
+        }),
+        Activation::Sigmoid => dy.iter_mut().zip(y).for_each(|(d, &y)| *d *= y * (1.0 - y)),
+        Activation::Tanh => dy.iter_mut().zip(y).for_each(|(d, &y)| *d *= 1.0 - y * y),
+    }
+    dy
+}
+
+/// The transpose of the forward convolution: scatter each output gradient back through the
+/// weights, with the same weight-stationary loop order as the forward pass.
+fn conv_backward(c: &Conv2d, in_shape: &[usize], out_shape: &[usize], dy: &[f32], dx: &mut [f32]) {
+    let (ih, iw) = (in_shape[2], in_shape[3]);
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    let [kh, kw] = c.kernel;
+    let gi = c.group_inputs();
+    let outs_per_group = c.out_channels / c.groups;
+    for oc in 0..c.out_channels {
+        let plane_dy = &dy[oc * oh * ow..(oc + 1) * oh * ow];
+        let first_in = (oc / outs_per_group) * gi;
+        let filter = &c.weights[oc * c.filter_len()..(oc + 1) * c.filter_len()];
+        for g in 0..gi {
+            let plane = &mut dx[(first_in + g) * ih * iw..(first_in + g + 1) * ih * iw];
+            for ky in 0..kh {
+                let dyo = ky * c.dilation[0];
+                for kx in 0..kw {
+                    let w = filter[(g * kh + ky) * kw + kx];
+                    let dxo = kx * c.dilation[1];
+                    let (x_lo, x_hi) = valid_range(ow, c.stride[1], dxo, c.padding[1], iw);
+                    if x_lo >= x_hi || w == 0.0 {
+                        continue;
+                    }
+                    for oy in 0..oh {
+                        let y = oy * c.stride[0] + dyo;
+                        if y < c.padding[0] || y - c.padding[0] >= ih {
+                            continue;
+                        }
+                        let row_dx =
+                            &mut plane[(y - c.padding[0]) * iw..(y - c.padding[0] + 1) * iw];
+                        let row_dy = &plane_dy[oy * ow..(oy + 1) * ow];
+                        if c.stride[1] == 1 {
+                            let start = x_lo + dxo - c.padding[1];
+                            for (d, &g) in row_dx[start..].iter_mut().zip(&row_dy[x_lo..x_hi]) {
+                                *d += w * g;
+                            }
+                        } else {
+                            for ox in x_lo..x_hi {
+                                row_dx[ox * c.stride[1] + dxo - c.padding[1]] += w * row_dy[ox];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row-major `w` of `rows × cols`, transposed.
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = alloc::vec![0.0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
+}
+
+/// `c = a · b` for row-major `a` (m × k), `b` (k × n) and `c` (m × n).
+///
+/// Register-tiled in 4 × 8 blocks. Every element is one sum over `k` in order, whichever
+/// path computes it, so a row's result never depends on the other rows (batch invariance).
+fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    const MR: usize = 4;
+    const NR: usize = 8;
+    let (a, b, c) = (&a[..m * k], &b[..k * n], &mut c[..m * n]);
+    let full_n = n - n % NR;
+    let mut i = 0;
+    while i + MR <= m {
+        let rows: [&[f32]; MR] = core::array::from_fn(|r| &a[(i + r) * k..(i + r + 1) * k]);
+        let mut j = 0;
+        while j < full_n {
+            let mut acc = [[0.0f32; NR]; MR];
+            for p in 0..k {
+                let bp: &[f32; NR] = b[p * n + j..p * n + j + NR]
+                    .try_into()
+                    .unwrap_or(&[0.0; NR]);
+                for r in 0..MR {
+                    let av = rows[r][p];
+                    for q in 0..NR {
+                        acc[r][q] += av * bp[q];
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                c[(i + r) * n + j..(i + r) * n + j + NR].copy_from_slice(acc);
+            }
+            j += NR;
+        }
+        for r in 0..MR {
+            gemm_row_tail(rows[r], b, n, full_n, &mut c[(i + r) * n..(i + r + 1) * n]);
+        }
+        i += MR;
+    }
+    for i in i..m {
+        let row = &a[i * k..(i + 1) * k];
+        let out = &mut c[i * n..(i + 1) * n];
+        // The same order of sums as the tiles: one accumulator per element, over k in order.
+        let mut j = 0;
+        while j < full_n {
+            let mut acc = [0.0f32; NR];
+            for (p, &av) in row.iter().enumerate() {
+                let bp = &b[p * n + j..p * n + j + NR];
+                for q in 0..NR {
+                    acc[q] += av * bp[q];
+                }
+            }
+            out[j..j + NR].copy_from_slice(&acc);
+            j += NR;
+        }
+        gemm_row_tail(row, b, n, full_n, out);
+    }
+}
+
+/// Columns `[from, n)` of one output row.
+fn gemm_row_tail(row: &[f32], b: &[f32], n: usize, from: usize, out: &mut [f32]) {
+    for j in from..n {
+        let mut acc = 0.0f32;
+        for (p, &av) in row.iter().enumerate() {
+            acc += av * b[p * n + j];
+        }
+        out[j] = acc;
+    }
+}
+
+/// Whether a convolution is worth a matrix product (a depthwise one is not).
+fn conv_uses_gemm(c: &Conv2d) -> bool {
+    c.filter_len() >= 8 && c.out_channels / c.groups >= 4
+}
+
+/// True for a 1×1, stride-1, unpadded convolution: its patches are the input itself.
+fn is_pointwise(c: &Conv2d) -> bool {
+    c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0; 4]
+}
+
+/// Patches of the channels `[first, first + count)`: row `(ch, ky, kx)`, column `(oy, ox)`.
+#[allow(clippy::too_many_arguments)]
+fn im2col(
+    c: &Conv2d,
+    in_shape: &[usize],
+    x: &[f32],
+    first: usize,
+    count: usize,
+    oh: usize,
+    ow: usize,
+    cols: &mut Vec<f32>,
+) {
+    let (ih, iw) = (in_shape[2], in_shape[3]);
+    let [kh, kw] = c.kernel;
+    let p = oh * ow;
+    cols.clear();
+    cols.resize(count * kh * kw * p, 0.0);
+    for ch in 0..count {
+        let plane = &x[(first + ch) * ih * iw..(first + ch + 1) * ih * iw];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row =
+                    &mut cols[((ch * kh + ky) * kw + kx) * p..((ch * kh + ky) * kw + kx + 1) * p];
+                let dxo = kx * c.dilation[1];
+                let (x_lo, x_hi) = valid_range(ow, c.stride[1], dxo, c.padding[1], iw);
+                for oy in 0..oh {
+                    let yy = oy * c.stride[0] + ky * c.dilation[0];
+                    if yy < c.padding[0] || yy - c.padding[0] >= ih {
+                        continue;
+                    }
+                    let src = &plane[(yy - c.padding[0]) * iw..(yy - c.padding[0] + 1) * iw];
+                    let dst = &mut row[oy * ow..(oy + 1) * ow];
+                    for ox in x_lo..x_hi {
+                        dst[ox] = src[ox * c.stride[1] + dxo - c.padding[1]];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Scatter-add patch gradients back onto the channels `[first, first + count)`.
+#[allow(clippy::too_many_arguments)]
+fn col2im(
+    c: &Conv2d,
+    in_shape: &[usize],
+    cols: &[f32],
+    first: usize,
+    count: usize,
+    oh: usize,
+    ow: usize,
+    dx: &mut [f32],
+) {
+    let (ih, iw) = (in_shape[2], in_shape[3]);
+    let [kh, kw] = c.kernel;
+    let p = oh * ow;
+    for ch in 0..count {
+        let plane = &mut dx[(first + ch) * ih * iw..(first + ch + 1) * ih * iw];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = &cols[((ch * kh + ky) * kw + kx) * p..((ch * kh + ky) * kw + kx + 1) * p];
+                let dxo = kx * c.dilation[1];
+                let (x_lo, x_hi) = valid_range(ow, c.stride[1], dxo, c.padding[1], iw);
+                for oy in 0..oh {
+                    let yy = oy * c.stride[0] + ky * c.dilation[0];
+                    if yy < c.padding[0] || yy - c.padding[0] >= ih {
+                        continue;
+                    }
+                    let dst = &mut plane[(yy - c.padding[0]) * iw..(yy - c.padding[0] + 1) * iw];
+                    let src = &row[oy * ow..(oy + 1) * ow];
+                    for ox in x_lo..x_hi {
+                        dst[ox * c.stride[1] + dxo - c.padding[1]] += src[ox];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One sample's convolution as a matrix product per group: `out_g = W_g · patches_g`.
+fn conv_forward_gemm(
+    c: &Conv2d,
+    in_shape: &[usize],
+    x: &[f32],
+    out_shape: &[usize],
+    out: &mut [f32],
+    cols: &mut Vec<f32>,
+) {
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    let (gi, go, fl) = (c.group_inputs(), c.out_channels / c.groups, c.filter_len());
+    let p = oh * ow;
+    let plane = in_shape[2] * in_shape[3];
+    for g in 0..c.groups {
+        let w = &c.weights[g * go * fl..(g + 1) * go * fl];
+        let o = &mut out[g * go * p..(g + 1) * go * p];
+        if is_pointwise(c) {
+            gemm(go, p, fl, w, &x[g * gi * plane..(g + 1) * gi * plane], o);
+        } else {
+            im2col(c, in_shape, x, g * gi, gi, oh, ow, cols);
+            gemm(go, p, fl, w, cols, o);
+        }
+    }
+    for (oc, plane) in out.chunks_exact_mut(p).enumerate() {
+        let b = c.bias[oc];
+        plane
+            .iter_mut()
+            .for_each(|v| *v = c.activation.apply(*v + b));
+    }
+}
+
+/// Per group, `W_gᵀ` (`filter_len × outputs per group`), one after the other.
+fn conv_weights_transposed(c: &Conv2d) -> Vec<f32> {
+    let (go, fl) = (c.out_channels / c.groups, c.filter_len());
+    let mut t = Vec::with_capacity(c.weights.len());
+    for g in 0..c.groups {
+        t.extend(transpose(
+            &c.weights[g * go * fl..(g + 1) * go * fl],
+            go,
+            fl,
+        ));
+    }
+    t
+}
+
+/// One sample's input gradient as a matrix product per group: `d patches_g = W_gᵀ · dz_g`.
+fn conv_backward_gemm(
+    c: &Conv2d,
+    wt: &[f32],
+    in_shape: &[usize],
+    out_shape: &[usize],
+    dz: &[f32],
+    dx: &mut [f32],
+    cols: &mut Vec<f32>,
+) {
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    let (gi, go, fl) = (c.group_inputs(), c.out_channels / c.groups, c.filter_len());
+    let p = oh * ow;
+    let plane = in_shape[2] * in_shape[3];
+    for g in 0..c.groups {
+        let w = &wt[g * go * fl..(g + 1) * go * fl];
+        let d = &dz[g * go * p..(g + 1) * go * p];
+        cols.clear();
+        cols.resize(fl * p, 0.0);
+        gemm(fl, p, go, w, d, cols);
+        if is_pointwise(c) {
+            dx[g * gi * plane..(g + 1) * gi * plane]
+                .iter_mut()
+                .zip(cols.iter())
+                .for_each(|(a, &b)| *a += b);
+        } else {
+            col2im(c, in_shape, cols, g * gi, gi, oh, ow, dx);
+        }
+    }
+}
+
+/// Output columns `[lo, hi)` whose input column `o * stride + offset - pad` lies in `[0, size)`.
+fn valid_range(
+    outputs: usize,
+    stride: usize,
+    offset: usize,
+    pad: usize,
+    size: usize,
+) -> (usize, usize) {
+    let lo = pad.saturating_sub(offset).div_ceil(stride);
+    let hi = if size + pad > offset {
+        (size + pad - offset).div_ceil(stride).min(outputs)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+fn softmax_backward(axis: usize, shape: &[usize], y: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let len = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let outer: usize = shape[..axis].iter().product();
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| (o * len + k) * inner + i;
+            let dot: f32 = (0..len).map(|k| y[at(k)] * dy[at(k)]).sum();
+            for k in 0..len {
+                dx[at(k)] = y[at(k)] * (dy[at(k)] - dot);
+            }
+        }
+    }
+}
+
+/// Window of output cell (oy, ox), clipped to the input: rows `[y0, y1)`, columns `[x0, x1)`.
+fn pool_window(p: &Pool, ih: usize, iw: usize, oy: usize, ox: usize) -> [usize; 4] {
+    let y0 = (oy * p.stride[0]) as isize - p.padding[0] as isize;
+    let x0 = (ox * p.stride[1]) as isize - p.padding[1] as isize;
+    let y1 = (y0 + p.kernel[0] as isize).min(ih as isize);
+    let x1 = (x0 + p.kernel[1] as isize).min(iw as isize);
+    [
+        y0.max(0) as usize,
+        y1.max(0) as usize,
+        x0.max(0) as usize,
+        x1.max(0) as usize,
+    ]
+}
+
+/// Each output's gradient goes to the first cell holding its window's maximum.
+fn max_pool_backward(
+    p: &Pool,
+    in_shape: &[usize],
+    x: &[f32],
+    out_shape: &[usize],
+    dy: &[f32],
+    dx: &mut [f32],
+) {
+    let (ih, iw) = (in_shape[2], in_shape[3]);
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    for c in 0..in_shape[1] {
+        let base = c * ih * iw;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let [y0, y1, x0, x1] = pool_window(p, ih, iw, oy, ox);
+                let mut best = (f32::NEG_INFINITY, usize::MAX);
+                for yy in y0..y1 {
+                    for xx in x0..x1 {
+                        let at = base + yy * iw + xx;
+                        if best.1 == usize::MAX || x[at] > best.0 {
+                            best = (x[at], at);
+                        }
+                    }
+                }
+                if best.1 != usize::MAX {
+                    dx[best.1] += dy[(c * oh + oy) * ow + ox];
+                }
+            }
+        }
+    }
+}
+
+fn average_pool_backward(
+    p: &Pool,
+    in_shape: &[usize],
+    out_shape: &[usize],
+    dy: &[f32],
+    dx: &mut [f32],
+) {
+    let (ih, iw) = (in_shape[2], in_shape[3]);
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    for c in 0..in_shape[1] {
+        let base = c * ih * iw;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let [y0, y1, x0, x1] = pool_window(p, ih, iw, oy, ox);
+                let count = if p.count_include_pad {
+                    p.kernel[0] * p.kernel[1]
+                } else {
+                    (y1 - y0) * (x1 - x0)
+                };
+                let d = dy[(c * oh + oy) * ow + ox] / count.max(1) as f32;
+                for yy in y0..y1 {
+                    for xx in x0..x1 {
+                        dx[base + yy * iw + xx] += d;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pad_backward(
+    pads: &[(usize, usize)],
+    in_shape: &[usize],
+    out_shape: &[usize],
+    dy: &[f32],
+    dx: &mut [f32],
+) {
+    let mut out_strides = alloc::vec![1usize; out_shape.len()];
+    for i in (0..out_shape.len().saturating_sub(1)).rev() {
+        out_strides[i] = out_strides[i + 1] * out_shape[i + 1];
+    }
+    let mut index = alloc::vec![0usize; in_shape.len()];
+    for d in dx.iter_mut() {
+        let at: usize = index
+            .iter()
+            .zip(pads)
+            .zip(&out_strides)
+            .map(|((i, p), s)| (i + p.0) * s)
+            .sum();
+        *d = dy[at];
+        for axis in (0..index.len()).rev() {
+            index[axis] += 1;
+            if index[axis] < in_shape[axis] {
+                break;
+            }
+            index[axis] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interp;
+    use crate::ir::{BatchNorm, Dense};
+    use crate::probes::SplitMix64;
+
+    fn rand_vec(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| (rng.next_f32() * 2.0 - 1.0) * scale)
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        rng: &mut SplitMix64,
+        cin: usize,
+        cout: usize,
+        k: [usize; 2],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        padding: [usize; 4],
+        groups: usize,
+        activation: Activation,
+    ) -> Op {
+        let n = cout * cin / groups * k[0] * k[1];
+        Op::Conv2d(Conv2d {
+            out_channels: cout,
+            in_channels: cin,
+            kernel: k,
+            stride,
+            dilation,
+            padding,
+            groups,
+            weights: rand_vec(rng, n, 0.6),
+            bias: rand_vec(rng, cout, 0.3),
+            activation,
+        })
+    }
+
+    fn dense(rng: &mut SplitMix64, inputs: usize, units: usize, activation: Activation) -> Op {
+        Op::Dense(Dense {
+            units,
+            inputs,
+            weights: rand_vec(rng, units * inputs, 0.5),
+            bias: rand_vec(rng, units, 0.3),
+            activation,
+        })
+    }
+
+    /// Compare the analytic gradient of `L = Σ r·y` with central differences, in f64.
+    fn check(g: &Graph, seed: u64, lo: f32, hi: f32) {
+        let mut rng = SplitMix64(seed);
+        let n = g.values[g.input].len();
+        let x: Vec<f32> = (0..n).map(|_| lo + (hi - lo) * rng.next_f32()).collect();
+        check_at(g, &x, seed);
+    }
+
+    fn check_at(g: &Graph, x: &[f32], seed: u64) {
+        g.check().expect("valid test graph");
+        let mut rng = SplitMix64(seed ^ 0xABCD);
+        let n = x.len();
+        let x = x.to_vec();
+        let r = rand_vec(&mut rng, g.values[g.output].len(), 1.0);
+        let loss = |x: &[f32]| -> f64 {
+            interp::run(g, x)
+                .unwrap()
+                .iter()
+                .zip(&r)
+                .map(|(&y, &r)| y as f64 * r as f64)
+                .sum()
+        };
+        let analytic = input_gradient(g, &x, &r).unwrap();
+        let scale = analytic.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let fd = |i: usize, eps: f32| -> f64 {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += eps;
+            xm[i] -= eps;
+            (loss(&xp) - loss(&xm)) / (2.0 * eps as f64)
+        };
+        let tol = 2e-3 + 1e-2 * scale;
+        let mut kinks = 0;
+        for (i, &an) in analytic.iter().enumerate() {
+            let (a, b) = (fd(i, 1e-3), fd(i, 5e-4));
+            if (a - b).abs() as f32 > tol {
+                // A ReLU or max-pool kink lies within 1e-3 of x: differences are meaningless.
+                kinks += 1;
+                continue;
+            }
+            let err = (a as f32 - an).abs();
+            assert!(
+                err <= tol,
+                "input {i}: finite difference {a}, analytic {an} (scale {scale})"
+            );
+        }
+        assert!(kinks * 20 <= n, "{kinks} of {n} inputs sit on a kink");
+    }
+
+    #[test]
+    fn dense_with_every_activation() {
+        let mut rng = SplitMix64(1);
+        for a in [
+            Activation::Identity,
+            Activation::Relu,
+            Activation::Clip { min: 0.0, max: 0.5 },
+            Activation::Sigmoid,
+            Activation::Tanh,
+        ] {
+            let mut g = Graph::new("x", alloc::vec![1, 7]);
+            let h = g.push("h", dense(&mut rng, 7, 9, a), &[g.input]).unwrap();
+            g.output = g.push("o", dense(&mut rng, 9, 4, a), &[h]).unwrap();
+            check(&g, 11, -1.0, 1.0);
+            // Stand-alone activations.
+            let mut g = Graph::new("x", alloc::vec![1, 7]);
+            let h = g
+                .push("h", dense(&mut rng, 7, 9, Activation::Identity), &[g.input])
+                .unwrap();
+            g.output = g.push("a", Op::Activation(a), &[h]).unwrap();
+            check(&g, 12, -1.0, 1.0);
+        }
+    }
+
+    #[test]
+    fn convolutions_grouped_depthwise_strided_padded_dilated() {
+        let mut rng = SplitMix64(2);
+        // The first seven run directly, the others as matrix products.
+        type Case = (
+            usize,
+            usize,
+            [usize; 2],
+            [usize; 2],
+            [usize; 2],
+            [usize; 4],
+            usize,
+        );
+        let cases: [Case; 11] = [
+            (2, 3, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1], 1),
+            (2, 3, [3, 2], [2, 1], [1, 1], [0, 1, 2, 0], 1),
+            (4, 6, [3, 3], [1, 2], [1, 1], [1, 0, 1, 1], 2),
+            (4, 4, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1], 4),
+            (4, 4, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1], 4),
+            (3, 2, [3, 3], [1, 1], [2, 2], [2, 2, 2, 2], 1),
+            (2, 4, [1, 1], [2, 2], [1, 1], [0, 0, 0, 0], 1),
+            (3, 9, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1], 1),
+            (4, 8, [3, 2], [2, 1], [2, 1], [2, 0, 1, 1], 2),
+            (8, 5, [1, 1], [1, 1], [1, 1], [0, 0, 0, 0], 1),
+            (9, 12, [1, 1], [1, 1], [1, 1], [0, 0, 0, 0], 3),
+        ];
+        for (i, &(cin, cout, k, s, d, p, groups)) in cases.iter().enumerate() {
+            for a in [Activation::Identity, Activation::Relu, Activation::Tanh] {
+                let mut g = Graph::new("x", alloc::vec![1, cin, 7, 6]);
+                g.output = g
+                    .push(
+                        "c",
+                        conv(&mut rng, cin, cout, k, s, d, p, groups, a),
+                        &[g.input],
+                    )
+                    .unwrap();
+                check(&g, 20 + i as u64, -1.0, 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn batches_match_single_samples_bit_for_bit() {
+        let mut rng = SplitMix64(7);
+        let mut g = Graph::new("x", alloc::vec![1, 3, 6, 6]);
+        let c1 = g
+            .push(
+                "c1",
+                conv(
+                    &mut rng,
+                    3,
+                    8,
+                    [3, 3],
+                    [1, 1],
+                    [1, 1],
+                    [1, 1, 1, 1],
+                    1,
+                    Activation::Relu,
+                ),
+                &[g.input],
+            )
+            .unwrap();
+        let c2 = g
+            .push(
+                "c2",
+                conv(
+                    &mut rng,
+                    8,
+                    8,
+                    [3, 3],
+                    [2, 2],
+                    [1, 1],
+                    [1, 1, 1, 1],
+                    8,
+                    Activation::Relu,
+                ),
+                &[c1],
+            )
+            .unwrap();
+        let c3 = g
+            .push(
+                "c3",
+                conv(
+                    &mut rng,
+                    8,
+                    12,
+                    [1, 1],
+                    [1, 1],
+                    [1, 1],
+                    [0, 0, 0, 0],
+                    1,
+                    Activation::Tanh,
+                ),
+                &[c2],
+            )
+            .unwrap();
+        let flat = g
+            .push(
+                "flat",
+                Op::Reshape {
+                    shape: alloc::vec![1, 108],
+                },
+                &[c3],
+            )
+            .unwrap();
+        let h = g
+            .push("h", dense(&mut rng, 108, 13, Activation::Relu), &[flat])
+            .unwrap();
+        g.output = g
+            .push("o", dense(&mut rng, 13, 5, Activation::Identity), &[h])
+            .unwrap();
+        g.check().unwrap();
+        check(&g, 70, -1.0, 1.0);
+        let batch = 7;
+        let xs = rand_vec(&mut rng, 108 * batch, 1.0);
+        let seeds = rand_vec(&mut rng, 5 * batch, 1.0);
+        let values = forward_batch(&g, &xs, batch).unwrap();
+        let dx = backward_batch(&g, &values, batch, alloc::vec![(g.output, seeds.clone())]);
+        for s in 0..batch {
+            let x = &xs[s * 108..(s + 1) * 108];
+            let one = forward(&g, x).unwrap();
+            assert_eq!(one[g.output], values[g.output][s * 5..(s + 1) * 5]);
+            let seed = seeds[s * 5..(s + 1) * 5].to_vec();
+            let d = backward(&g, &one, alloc::vec![(g.output, seed)]);
+            assert_eq!(d, dx[s * 108..(s + 1) * 108]);
+            // And close to the reference interpreter.
+            let reference = interp::run(&g, x).unwrap();
+            for (a, b) in reference.iter().zip(&one[g.output]) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn pools() {
+        for (kind, count_include_pad) in [(0, false), (1, false), (1, true), (2, false)] {
+            let pool = Pool {
+                kernel: [3, 2],
+                stride: [2, 2],
+                padding: [1, 1, 1, 0],
+                count_include_pad,
+            };
+            let op = match kind {
+                0 => Op::MaxPool(pool),
+                1 => Op::AveragePool(pool),
+                _ => Op::GlobalAveragePool,
+            };
+            let mut g = Graph::new("x", alloc::vec![1, 3, 7, 6]);
+            g.output = g.push("p", op, &[g.input]).unwrap();
+            // Distinct values at least 1/n apart, so no max-pool window is near a tie.
+            let n = g.values[g.input].len();
+            let mut rng = SplitMix64(30 + kind);
+            let mut x: Vec<f32> = (0..n).map(|i| i as f32 / n as f32 - 0.5).collect();
+            for i in (1..n).rev() {
+                x.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+            }
+            check_at(&g, &x, 30 + kind);
+        }
+    }
+
+    #[test]
+    fn batch_norm_add_concat_layout_softmax() {
+        let mut rng = SplitMix64(4);
+        let mut g = Graph::new("x", alloc::vec![1, 2, 5, 5]);
+        let c1 = g
+            .push(
+                "c1",
+                conv(
+                    &mut rng,
+                    2,
+                    3,
+                    [3, 3],
+                    [1, 1],
+                    [1, 1],
+                    [1, 1, 1, 1],
+                    1,
+                    Activation::Identity,
+                ),
+                &[g.input],
+            )
+            .unwrap();
+        let bn = g
+            .push(
+                "bn",
+                Op::BatchNorm(BatchNorm {
+                    scale: rand_vec(&mut rng, 3, 1.5),
+                    shift: rand_vec(&mut rng, 3, 0.5),
+                    stats: Some((alloc::vec![0.0; 3], alloc::vec![1.0; 3])),
+                }),
+                &[c1],
+            )
+            .unwrap();
+        let r = g
+            .push("r", Op::Activation(Activation::Sigmoid), &[bn])
+            .unwrap();
+        let c2 = g
+            .push(
+                "c2",
+                conv(
+                    &mut rng,
+                    2,
+                    3,
+                    [1, 1],
+                    [1, 1],
+                    [1, 1],
+                    [0, 0, 0, 0],
+                    1,
+                    Activation::Identity,
+                ),
+                &[g.input],
+            )
+            .unwrap();
+        let add = g.push("add", Op::Add, &[r, c2]).unwrap();
+        let cat = g.push("cat", Op::Concat { axis: 1 }, &[add, c1]).unwrap();
+        let pad = g
+            .push(
+                "pad",
+                Op::Pad {
+                    pads: alloc::vec![(0, 0), (0, 1), (2, 0), (1, 1)],
+                    value: 0.5,
+                },
+                &[cat],
+            )
+            .unwrap();
+        let tr = g
+            .push(
+                "tr",
+                Op::Transpose {
+                    perm: alloc::vec![0, 2, 3, 1],
+                },
+                &[pad],
+            )
+            .unwrap();
+        let cat2 = g.push("cat2", Op::Concat { axis: 3 }, &[tr, tr]).unwrap();
+        let len = g.values[cat2].len();
+        let flat = g
+            .push(
+                "flat",
+                Op::Reshape {
+                    shape: alloc::vec![1, len],
+                },
+                &[cat2],
+            )
+            .unwrap();
+        let fc = g
+            .push("fc", dense(&mut rng, len, 5, Activation::Identity), &[flat])
+            .unwrap();
+        g.output = g.push("sm", Op::Softmax { axis: 1 }, &[fc]).unwrap();
+        check(&g, 40, -1.0, 1.0);
+
+        // Softmax on an inner axis of a 4-D value.
+        let mut g = Graph::new("x", alloc::vec![1, 3, 2, 4]);
+        g.output = g.push("sm", Op::Softmax { axis: 2 }, &[g.input]).unwrap();
+        check(&g, 41, -2.0, 2.0);
+    }
+
+    #[test]
+    fn class_loss_reads_the_pre_softmax_logits() {
+        let mut rng = SplitMix64(5);
+        let mut g = Graph::new("x", alloc::vec![1, 6]);
+        let fc = g
+            .push(
+                "fc",
+                dense(&mut rng, 6, 4, Activation::Identity),
+                &[g.input],
+            )
+            .unwrap();
+        g.output = fc;
+        let plain = g.clone();
+        g.output = g.push("sm", Op::Softmax { axis: 1 }, &[fc]).unwrap();
+        assert_eq!(logits_value(&g), fc);
+        let x = rand_vec(&mut rng, 6, 1.0);
+        let (l1, d1, _) = class_gradient(&plain, &x, 2).unwrap();
+        let (l2, d2, _) = class_gradient(&g, &x, 2).unwrap();
+        assert_eq!((l1, &d1), (l2, &d2));
+        // Against finite differences of the cross-entropy.
+        let ce = |x: &[f32]| -> f64 { cross_entropy(&interp::run(&plain, x).unwrap(), 2).0 as f64 };
+        for i in 0..6 {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += 1e-3;
+            xm[i] -= 1e-3;
+            let fd = (ce(&xp) - ce(&xm)) / 2e-3;
+            assert!((fd as f32 - d1[i]).abs() < 2e-3, "{fd} vs {}", d1[i]);
+        }
+        assert!(class_gradient(&plain, &x, 4).is_err());
+    }
+
+    #[test]
+    fn intermediate_seeds_reach_the_input() {
+        let mut rng = SplitMix64(6);
+        let mut g = Graph::new("x", alloc::vec![1, 2, 4, 4]);
+        let c = g
+            .push(
+                "c",
+                conv(
+                    &mut rng,
+                    2,
+                    3,
+                    [3, 3],
+                    [1, 1],
+                    [1, 1],
+                    [1, 1, 1, 1],
+                    1,
+                    Activation::Identity,
+                ),
+                &[g.input],
+            )
+            .unwrap();
+        g.output = g.push("r", Op::Activation(Activation::Relu), &[c]).unwrap();
+        let x = rand_vec(&mut rng, 32, 1.0);
+        let values = forward(&g, &x).unwrap();
+        // Seeding dL/dc = values of c is the gradient of ½‖c‖².
+        let seed = values[c].clone();
+        let grads = backward_all(&g, &values, alloc::vec![(c, seed.clone())], true);
+        assert_eq!(grads[c].as_deref(), Some(&seed[..]));
+        assert!(grads[g.output].is_none());
+        let dx = grads[g.input].clone().unwrap();
+        let half_sq = |x: &[f32]| -> f64 {
+            let v = forward(&g, x).unwrap();
+            v[c].iter().map(|&a| 0.5 * a as f64 * a as f64).sum()
+        };
+        for i in 0..32 {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += 1e-3;
+            xm[i] -= 1e-3;
+            let fd = (half_sq(&xp) - half_sq(&xm)) / 2e-3;
+            assert!((fd as f32 - dx[i]).abs() < 5e-3, "{fd} vs {}", dx[i]);
+        }
+    }
+}

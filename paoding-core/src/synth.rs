@@ -1,0 +1,797 @@
+//! Data-free probe synthesis: inputs that look to the model like its training data, so the
+//! pruning refit ([`crate::prune::refit`]) sees realistic activations without any data.
+//!
+//! Two objectives, optimised with Adam on the inputs themselves from seeded uniform noise,
+//! clamped to the input range after every step:
+//!
+//! - **Class-conditional inversion** (classifiers): probe `k` is driven towards class
+//!   `k mod C` by softmax cross-entropy on the pre-softmax logits, with a small
+//!   total-variation prior on image inputs (squared differences of neighbours along H and W).
+//! - **BatchNorm-statistics matching** (DeepInversion): for every [`Op::BatchNorm`] node that
+//!   kept its running statistics, the batch mean and variance of its input (per channel, over
+//!   all probes and positions) are pulled towards the running mean and variance, with the loss
+//!   `‖mean - μ‖₂ + ‖var - σ²‖₂` per layer. The importer folds batch norms into convolutions
+//!   when it can, so this applies only to graphs whose batch norms survived.
+//!
+//! A model is a **classifier** when its logits (the output, or the input of a final Softmax)
+//! have shape `[1, C]` with `2 ≤ C ≤ 1000` ([`classes`]). [`auto_method`] picks the best the
+//! model allows.
+//!
+//! The same options give bit-identical probes, whatever the number of threads: each probe's
+//! gradient is computed independently and batch statistics are reduced in probe order.
+//!
+//! ```
+//! use paoding_core::ir::{Activation, Dense, Graph, Op};
+//! use paoding_core::synth::{synthesize_with_report, SynthMethod, SynthOptions};
+//!
+//! let mut g = Graph::new("x", vec![1, 4]);
+//! g.output = g.push("fc", Op::Dense(Dense {
+//!     units: 3, inputs: 4,
+//!     weights: (0..12).map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.5).collect(),
+//!     bias: vec![0.0; 3], activation: Activation::Identity,
+//! }), &[g.input])?;
+//! let opts = SynthOptions { count: 6, steps: 100, lr: 0.1, ..Default::default() };
+//! let (probes, report) = synthesize_with_report(&g, &opts);
+//! assert_eq!(probes.count(), 6);
+//! assert_eq!(report.method, SynthMethod::Invert);
+//! assert_eq!(report.on_target, 6);
+//! # Ok::<(), paoding_core::Error>(())
+//! ```
+
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+use crate::grad;
+use crate::ir::{Graph, Op, ValueId};
+use crate::probes::Probes;
+
+/// Which objective shapes the probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynthMethod {
+    /// Seeded uniform noise in the input range, no optimisation.
+    Uniform,
+    /// Class-conditional inversion (cross-entropy towards class `k mod C`, TV prior).
+    #[default]
+    Invert,
+    /// BatchNorm-statistics matching alone.
+    Bn,
+    /// Both terms.
+    Both,
+}
+
+/// Options of [`synthesize`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SynthOptions {
+    /// Number of probes.
+    pub count: usize,
+    /// Adam steps.
+    pub steps: usize,
+    /// Adam learning rate, in input units.
+    pub lr: f32,
+    /// Weight of the total-variation prior (image inputs only), relative to the mean
+    /// cross-entropy; the prior is the mean squared neighbour difference of a probe.
+    pub tv_weight: f32,
+    /// Weight of the BatchNorm-statistics loss.
+    pub bn_weight: f32,
+    /// Range the probes start in (uniformly) and are clamped to.
+    pub input_range: (f32, f32),
+    /// Seed of the starting noise.
+    pub seed: u64,
+    /// Objective; one the model cannot support falls back to what it can (see
+    /// [`SynthReport::method`]).
+    pub method: SynthMethod,
+}
+
+impl Default for SynthOptions {
+    fn default() -> Self {
+        SynthOptions {
+            count: 512,
+            steps: 200,
+            lr: 0.01,
+            tv_weight: 0.01,
+            bn_weight: 1.0,
+            input_range: (0.0, 1.0),
+            seed: 0,
+            method: SynthMethod::Invert,
+        }
+    }
+}
+
+/// What a synthesis achieved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SynthReport {
+    /// The objective that actually ran.
+    pub method: SynthMethod,
+    /// Classes of the model, if it is a classifier.
+    pub classes: Option<usize>,
+    /// Final objective: mean cross-entropy + weighted TV + weighted BN loss.
+    pub final_loss: f32,
+    /// Final mean cross-entropy (0 when the class term is off).
+    pub class_loss: f32,
+    /// Final BN-statistics loss, unweighted (0 when off).
+    pub bn_loss: f32,
+    /// Probes the model classifies as their target class `k mod C` (0 for non-classifiers).
+    pub on_target: usize,
+    /// Probes synthesized.
+    pub count: usize,
+}
+
+/// Number of classes if the model is a classifier: logits of shape `[1, C]`, `2 ≤ C ≤ 1000`.
+pub fn classes(g: &Graph) -> Option<usize> {
+    match g.shape(grad::logits_value(g)) {
+        [1, c] if (2..=1000).contains(c) => Some(*c),
+        _ => None,
+    }
+}
+
+/// Batch-norm nodes that kept running statistics, as (node index, input value).
+pub fn bn_layers(g: &Graph) -> Vec<(usize, ValueId)> {
+    g.nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(&n.op, Op::BatchNorm(b) if b.stats.is_some()))
+        .map(|(i, n)| (i, n.inputs[0]))
+        .collect()
+}
+
+/// The best objective the model allows: BN + class for a classifier with BN statistics,
+/// class inversion for other classifiers, BN alone for non-classifiers with statistics,
+/// uniform noise otherwise.
+pub fn auto_method(g: &Graph) -> SynthMethod {
+    match (classes(g).is_some(), !bn_layers(g).is_empty()) {
+        (true, true) => SynthMethod::Both,
+        (true, false) => SynthMethod::Invert,
+        (false, true) => SynthMethod::Bn,
+        (false, false) => SynthMethod::Uniform,
+    }
+}
+
+/// The objective that can run: the asked terms the model supports.
+fn effective(g: &Graph, asked: SynthMethod) -> SynthMethod {
+    let class = classes(g).is_some() && matches!(asked, SynthMethod::Invert | SynthMethod::Both);
+    let bn = !bn_layers(g).is_empty() && matches!(asked, SynthMethod::Bn | SynthMethod::Both);
+    match (class, bn) {
+        (true, true) => SynthMethod::Both,
+        (true, false) => SynthMethod::Invert,
+        (false, true) => SynthMethod::Bn,
+        (false, false) => SynthMethod::Uniform,
+    }
+}
+
+/// Synthesize probes for a checked graph.
+pub fn synthesize(g: &Graph, opts: &SynthOptions) -> Probes {
+    synthesize_with_report(g, opts).0
+}
+
+/// Axes (height, width) of an image input: NCHW, or NHWC when the input goes straight into a
+/// transpose to NCHW.
+fn spatial_axes(g: &Graph) -> Option<(usize, usize)> {
+    if g.shape(g.input).len() != 4 {
+        return None;
+    }
+    let consumers = g.consumers(g.input);
+    let nhwc = consumers.len() == 1
+        && matches!(&g.nodes[consumers[0]].op, Op::Transpose { perm } if perm[..] == [0, 3, 1, 2]);
+    Some(if nhwc { (1, 2) } else { (2, 3) })
+}
+
+/// Mean squared neighbour difference along the two spatial axes, and its gradient (added,
+/// times `weight`, into `grad`).
+fn total_variation(
+    shape: &[usize],
+    axes: (usize, usize),
+    x: &[f32],
+    weight: f32,
+    grad: &mut [f32],
+) -> f32 {
+    let strides = [
+        shape[1] * shape[2] * shape[3],
+        shape[2] * shape[3],
+        shape[3],
+        1,
+    ];
+    let mut sum = 0.0f32;
+    let mut pairs = 0usize;
+    for axis in [axes.0, axes.1] {
+        pairs += x.len() / shape[axis] * (shape[axis] - 1);
+    }
+    let scale = weight * 2.0 / pairs.max(1) as f32;
+    for axis in [axes.0, axes.1] {
+        let step = strides[axis];
+        let len = shape[axis];
+        for (i, &a) in x.iter().enumerate() {
+            if (i / step) % len + 1 < len {
+                let d = x[i + step] - a;
+                sum += d * d;
+                grad[i] -= scale * d;
+                grad[i + step] += scale * d;
+            }
+        }
+    }
+    sum / pairs.max(1) as f32
+}
+
+/// One BN layer's matching state for a step.
+struct BnTarget {
+    value: ValueId,
+    channels: usize,
+    inner: usize,
+    mean: Vec<f32>,
+    /// Per channel: coefficient of the constant and of `(x - mean)` in dL/dx.
+    coef_mean: Vec<f32>,
+    coef_dev: Vec<f32>,
+}
+
+/// Per-probe result of a gradient pass.
+#[derive(Clone, Copy, Default)]
+struct ProbeStats {
+    ce: f32,
+    tv: f32,
+    hit: bool,
+}
+
+/// Cross-entropy below which probe `k`'s class term stops pulling: spread between
+/// p(target) ≈ 0.5 and 0.99 over the probes, so they cover confident and borderline inputs
+/// the way real data does.
+fn confident(k: usize) -> f32 {
+    let u = (k.wrapping_mul(0x9E37_79B9) >> 8) % 1024;
+    let p = 0.5 + 0.49 * u as f32 / 1023.0;
+    -libm::logf(p)
+}
+
+/// Probes evaluated together (a batch of the matrix products).
+const CHUNK: usize = 32;
+
+/// `out[k] = f(k)` for every chunk `k`, over the available cores when `std` is on.
+fn for_each_probe<T, F>(out: &mut [T], f: F)
+where
+    T: Send,
+    F: Fn(usize) -> T + Sync,
+{
+    #[cfg(feature = "std")]
+    {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(out.len());
+        if threads > 1 {
+            let chunk = out.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                for (t, out) in out.chunks_mut(chunk).enumerate() {
+                    let f = &f;
+                    scope.spawn(move || {
+                        for (j, o) in out.iter_mut().enumerate() {
+                            *o = f(t * chunk + j);
+                        }
+                    });
+                }
+            });
+            return;
+        }
+    }
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = f(k);
+    }
+}
+
+/// A copy of the graph whose subnormal parameters are zero: trained weights often hold a few
+/// (PyTorch's MLP fixture has hundreds), and each product with one costs the CPU a hundred
+/// cycles; their contribution is below f32's resolution anyway.
+fn flush_subnormals(g: &Graph) -> Graph {
+    let mut g = g.clone();
+    let flush = |v: &mut [f32]| {
+        v.iter_mut()
+            .filter(|x| x.is_subnormal())
+            .for_each(|x| *x = 0.0)
+    };
+    for node in &mut g.nodes {
+        match &mut node.op {
+            Op::Dense(d) => {
+                flush(&mut d.weights);
+                flush(&mut d.bias);
+            }
+            Op::Conv2d(c) => {
+                flush(&mut c.weights);
+                flush(&mut c.bias);
+            }
+            Op::BatchNorm(b) => {
+                flush(&mut b.scale);
+                flush(&mut b.shift);
+            }
+            _ => {}
+        }
+    }
+    g
+}
+
+/// Synthesize probes and say how well they worked.
+pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthReport) {
+    let flushed = flush_subnormals(g);
+    let g = &flushed;
+    let n = g.values[g.input].len();
+    let count = opts.count;
+    let (lo, hi) = opts.input_range;
+    let mut probes = Probes::uniform(n, count, lo, hi, opts.seed);
+    let method = effective(g, opts.method);
+    let n_classes = classes(g);
+    let mut report = SynthReport {
+        method,
+        classes: n_classes,
+        final_loss: 0.0,
+        class_loss: 0.0,
+        bn_loss: 0.0,
+        on_target: 0,
+        count,
+    };
+    if count == 0 || n == 0 || method == SynthMethod::Uniform {
+        return (probes, report);
+    }
+    let class_on = matches!(method, SynthMethod::Invert | SynthMethod::Both);
+    let bn_on = matches!(method, SynthMethod::Bn | SynthMethod::Both);
+    let bn = if bn_on { bn_layers(g) } else { Vec::new() };
+    let tv_axes = if opts.tv_weight > 0.0 {
+        spatial_axes(g)
+    } else {
+        None
+    };
+    let logits = grad::logits_value(g);
+    let in_shape = g.shape(g.input).to_vec();
+    let inv_count = 1.0 / count as f32;
+
+    let (beta1, beta2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+    let mut m = alloc::vec![0.0f32; probes.data.len()];
+    let mut v = alloc::vec![0.0f32; probes.data.len()];
+    let mut results: Vec<(Vec<ProbeStats>, Vec<f32>)> =
+        alloc::vec![(Vec::new(), Vec::new()); count.div_ceil(CHUNK)];
+    let mut bn_loss = 0.0f32;
+
+    // `steps` updates, then one more pass to measure the final probes.
+    for step in 0..=opts.steps {
+        let last = step == opts.steps;
+        let targets = if bn.is_empty() {
+            Vec::new()
+        } else {
+            let (t, loss) = bn_targets(g, &bn, &probes);
+            bn_loss = loss;
+            t
+        };
+        if last && !class_on {
+            break;
+        }
+        let data = &probes.data;
+        for_each_probe(&mut results, |chunk| {
+            let first = chunk * CHUNK;
+            let batch = CHUNK.min(count - first);
+            let xs = &data[first * n..(first + batch) * n];
+            let mut grad = alloc::vec![0.0f32; n * batch];
+            let mut out = alloc::vec![ProbeStats::default(); batch];
+            let Ok(values) = grad::forward_batch(g, xs, batch) else {
+                return (out, grad);
+            };
+            let mut seeds = Vec::new();
+            if let (true, Some(c)) = (class_on, n_classes) {
+                let mut d_all = Vec::with_capacity(c * batch);
+                for (s, z) in values[logits].chunks_exact(c).enumerate() {
+                    let target = (first + s) % c;
+                    let (loss, mut d) = grad::cross_entropy(z, target);
+                    if loss < confident(first + s) {
+                        d.fill(0.0);
+                    }
+                    out[s].ce = loss;
+                    out[s].hit = crate::fidelity::argmax(z) == target;
+                    // Flush what cannot matter: denormals downstream would cost 100× the time.
+                    d.iter_mut()
+                        .for_each(|v| *v = if v.abs() < 1e-12 { 0.0 } else { *v * inv_count });
+                    d_all.extend(d);
+                }
+                seeds.push((logits, d_all));
+            }
+            seeds.extend(bn_seeds(&targets, &values, opts.bn_weight));
+            if !last && !seeds.is_empty() {
+                grad = grad::backward_batch(g, &values, batch, seeds);
+            }
+            if let Some(axes) = tv_axes {
+                for ((o, x), grad) in out
+                    .iter_mut()
+                    .zip(xs.chunks_exact(n))
+                    .zip(grad.chunks_exact_mut(n))
+                {
+                    o.tv = total_variation(&in_shape, axes, x, opts.tv_weight * inv_count, grad);
+                }
+            }
+            (out, grad)
+        });
+        if last {
+            break;
+        }
+        // Adam, then clamp to the input range.
+        let t = (step + 1) as i32;
+        let c1 = 1.0 - libm::powf(beta1, t as f32);
+        let c2 = 1.0 - libm::powf(beta2, t as f32);
+        let grads = results.iter().flat_map(|(_, g)| g.iter());
+        for (((x, m), v), &g) in probes
+            .data
+            .iter_mut()
+            .zip(m.iter_mut())
+            .zip(v.iter_mut())
+            .zip(grads)
+        {
+            *m = beta1 * *m + (1.0 - beta1) * g;
+            *v = beta2 * *v + (1.0 - beta2) * g * g;
+            let update = opts.lr * (*m / c1) / (libm::sqrtf(*v / c2) + eps);
+            *x = (*x - update).clamp(lo, hi);
+        }
+    }
+    let stats: Vec<ProbeStats> = results.iter().flat_map(|r| r.0.iter().copied()).collect();
+    let ce = stats.iter().map(|s| s.ce).sum::<f32>() * inv_count;
+    let tv = stats.iter().map(|s| s.tv).sum::<f32>() * inv_count;
+    report.class_loss = if class_on { ce } else { 0.0 };
+    report.bn_loss = bn_loss;
+    report.on_target = if class_on {
+        stats.iter().filter(|s| s.hit).count()
+    } else {
+        0
+    };
+    report.final_loss = report.class_loss + opts.tv_weight * tv + opts.bn_weight * bn_loss;
+    (probes, report)
+}
+
+/// Gradient seeds of the weighted BN loss on each BN input, for a chunk of probes.
+fn bn_seeds(targets: &[BnTarget], values: &[Vec<f32>], weight: f32) -> Vec<(ValueId, Vec<f32>)> {
+    targets
+        .iter()
+        .map(|t| {
+            let xs = &values[t.value];
+            let mut d = alloc::vec![0.0f32; xs.len()];
+            for (i, (d, x)) in d
+                .chunks_exact_mut(t.inner)
+                .zip(xs.chunks_exact(t.inner))
+                .enumerate()
+            {
+                let c = i % t.channels;
+                let (a, b, mean) = (t.coef_mean[c], t.coef_dev[c], t.mean[c]);
+                for (d, &x) in d.iter_mut().zip(x) {
+                    *d = weight * (a + b * (x - mean));
+                }
+            }
+            (t.value, d)
+        })
+        .collect()
+}
+
+/// Batch statistics of every BN layer's input over all probes, the matching loss, and the
+/// per-channel gradient coefficients: for `L = ‖m - μ‖ + ‖v - σ²‖` over N = probes × positions
+/// elements, `dL/dx = (m - μ)/(‖m - μ‖ N) + 2 (v - σ²)/(‖v - σ²‖ N) (x - m)`.
+fn bn_targets(g: &Graph, bn: &[(usize, ValueId)], probes: &Probes) -> (Vec<BnTarget>, f32) {
+    let count = probes.count();
+    let layout: Vec<(usize, usize)> = bn
+        .iter()
+        .map(|&(_, v)| {
+            let s = g.shape(v);
+            (s[1], s[2..].iter().product::<usize>().max(1))
+        })
+        .collect();
+    let width: usize = layout.iter().map(|(c, _)| 2 * c).sum();
+    // Per probe: for each layer, per channel sum and sum of squares (f64).
+    // Per probe, for each layer: per-channel sums and sums of squares (f64), reduced in
+    // probe order so the result does not depend on the chunking.
+    let n_in = probes.sample_len;
+    let mut per_chunk: Vec<Vec<f64>> = alloc::vec![Vec::new(); count.div_ceil(CHUNK)];
+    for_each_probe(&mut per_chunk, |chunk| {
+        let first = chunk * CHUNK;
+        let batch = CHUNK.min(count - first);
+        let mut acc = alloc::vec![0.0f64; width * batch];
+        let xs = &probes.data[first * n_in..(first + batch) * n_in];
+        let Ok(values) = grad::forward_batch(g, xs, batch) else {
+            return acc;
+        };
+        for (s, acc) in acc.chunks_exact_mut(width).enumerate() {
+            let mut at = 0;
+            for (&(_, v), &(channels, inner)) in bn.iter().zip(&layout) {
+                let sample = &values[v][s * channels * inner..(s + 1) * channels * inner];
+                for (c, xs) in sample.chunks_exact(inner).enumerate() {
+                    let (mut sum, mut sq) = (0.0f64, 0.0f64);
+                    for &x in xs {
+                        sum += x as f64;
+                        sq += x as f64 * x as f64;
+                    }
+                    acc[at + c] = sum;
+                    acc[at + channels + c] = sq;
+                }
+                at += 2 * channels;
+            }
+        }
+        acc
+    });
+    let mut total = alloc::vec![0.0f64; width];
+    for p in per_chunk.iter().flat_map(|c| c.chunks_exact(width)) {
+        total.iter_mut().zip(p).for_each(|(t, &v)| *t += v);
+    }
+    let mut targets = Vec::new();
+    let mut loss = 0.0f32;
+    let mut at = 0;
+    for (&(node, value), &(channels, inner)) in bn.iter().zip(&layout) {
+        let Op::BatchNorm(b) = &g.nodes[node].op else {
+            continue;
+        };
+        let Some((mu, var)) = &b.stats else { continue };
+        let n = (count * inner) as f64;
+        let mean: Vec<f64> = (0..channels).map(|c| total[at + c] / n).collect();
+        let variance: Vec<f64> = (0..channels)
+            .map(|c| (total[at + channels + c] / n - mean[c] * mean[c]).max(0.0))
+            .collect();
+        let dm: Vec<f64> = (0..channels).map(|c| mean[c] - mu[c] as f64).collect();
+        let dv: Vec<f64> = (0..channels).map(|c| variance[c] - var[c] as f64).collect();
+        let nm = libm::sqrt(dm.iter().map(|d| d * d).sum());
+        let nv = libm::sqrt(dv.iter().map(|d| d * d).sum());
+        loss += (nm + nv) as f32;
+        targets.push(BnTarget {
+            value,
+            channels,
+            inner,
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            coef_mean: dm
+                .iter()
+                .map(|&d| (d / (nm.max(1e-12) * n)) as f32)
+                .collect(),
+            coef_dev: dv
+                .iter()
+                .map(|&d| (2.0 * d / (nv.max(1e-12) * n)) as f32)
+                .collect(),
+        });
+        at += 2 * channels;
+    }
+    (targets, loss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Activation, BatchNorm, Conv2d, Dense};
+    use crate::probes::SplitMix64;
+
+    fn rand_vec(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| (rng.next_f32() * 2.0 - 1.0) * scale)
+            .collect()
+    }
+
+    /// conv → BatchNorm (with running stats) → ReLU → conv → BatchNorm → ReLU → GAP → dense,
+    /// with `classes` outputs (a non-classifier when 1).
+    fn bn_graph(classes: usize) -> Graph {
+        let mut rng = SplitMix64(3);
+        let mut g = Graph::new("x", alloc::vec![1, 2, 6, 6]);
+        let conv = |rng: &mut SplitMix64, cin: usize, cout: usize| {
+            Op::Conv2d(Conv2d {
+                out_channels: cout,
+                in_channels: cin,
+                kernel: [3, 3],
+                stride: [1, 1],
+                dilation: [1, 1],
+                padding: [1, 1, 1, 1],
+                groups: 1,
+                weights: rand_vec(rng, cout * cin * 9, 0.5),
+                bias: alloc::vec![0.0; cout],
+                activation: Activation::Identity,
+            })
+        };
+        let bn = |rng: &mut SplitMix64, c: usize| {
+            let mean = rand_vec(rng, c, 0.5);
+            let var: Vec<f32> = (0..c).map(|_| 0.2 + rng.next_f32()).collect();
+            Op::BatchNorm(BatchNorm {
+                scale: var.iter().map(|v| 1.0 / libm::sqrtf(v + 1e-5)).collect(),
+                shift: mean
+                    .iter()
+                    .zip(&var)
+                    .map(|(m, v)| -m / libm::sqrtf(v + 1e-5))
+                    .collect(),
+                stats: Some((mean, var)),
+            })
+        };
+        let c1 = g.push("c1", conv(&mut rng, 2, 4), &[g.input]).unwrap();
+        let b1 = g.push("b1", bn(&mut rng, 4), &[c1]).unwrap();
+        let r1 = g
+            .push("r1", Op::Activation(Activation::Relu), &[b1])
+            .unwrap();
+        let c2 = g.push("c2", conv(&mut rng, 4, 5), &[r1]).unwrap();
+        let b2 = g.push("b2", bn(&mut rng, 5), &[c2]).unwrap();
+        let r2 = g
+            .push("r2", Op::Activation(Activation::Relu), &[b2])
+            .unwrap();
+        let gap = g.push("gap", Op::GlobalAveragePool, &[r2]).unwrap();
+        let flat = g
+            .push(
+                "flat",
+                Op::Reshape {
+                    shape: alloc::vec![1, 5],
+                },
+                &[gap],
+            )
+            .unwrap();
+        g.output = g
+            .push(
+                "fc",
+                Op::Dense(Dense {
+                    units: classes,
+                    inputs: 5,
+                    weights: rand_vec(&mut rng, classes * 5, 2.0),
+                    bias: alloc::vec![0.0; classes],
+                    activation: Activation::Identity,
+                }),
+                &[flat],
+            )
+            .unwrap();
+        g.check().unwrap();
+        // Running statistics of the data a "training set" would give: uniform in [0.6, 1.0]
+        // (the probes start in the whole range), calibrated layer by layer.
+        let data = Probes::uniform(72, 256, 0.6, 1.0, 11);
+        for (node, _) in bn_layers(&g) {
+            let (targets, _) = bn_targets(&g, &[(node, g.nodes[node].inputs[0])], &data);
+            let mean = targets[0].mean.clone();
+            let values = grad::forward_batch(&g, &data.data, 256).unwrap();
+            let (c, inner) = (targets[0].channels, targets[0].inner);
+            let mut var = alloc::vec![0.0f32; c];
+            for (i, chunk) in values[targets[0].value].chunks_exact(inner).enumerate() {
+                for &x in chunk {
+                    var[i % c] += (x - mean[i % c]) * (x - mean[i % c]) / (256 * inner) as f32;
+                }
+            }
+            let Op::BatchNorm(b) = &mut g.nodes[node].op else {
+                unreachable!()
+            };
+            b.scale = var.iter().map(|v| 1.0 / libm::sqrtf(v + 1e-5)).collect();
+            b.shift = mean.iter().zip(&b.scale).map(|(m, s)| -m * s).collect();
+            b.stats = Some((mean, var));
+        }
+        g
+    }
+
+    #[test]
+    fn auto_method_follows_what_the_model_allows() {
+        let classifier = bn_graph(3);
+        assert_eq!(classes(&classifier), Some(3));
+        assert_eq!(bn_layers(&classifier).len(), 2);
+        assert_eq!(auto_method(&classifier), SynthMethod::Both);
+        let regressor = bn_graph(1);
+        assert_eq!(classes(&regressor), None);
+        assert_eq!(auto_method(&regressor), SynthMethod::Bn);
+        let mut folded = classifier.clone();
+        for n in &mut folded.nodes {
+            if let Op::BatchNorm(b) = &mut n.op {
+                b.stats = None;
+            }
+        }
+        assert!(bn_layers(&folded).is_empty());
+        assert_eq!(auto_method(&folded), SynthMethod::Invert);
+        let mut plain = regressor.clone();
+        plain.nodes = folded.nodes.clone();
+        plain.nodes.last_mut().unwrap().op = regressor.nodes.last().unwrap().op.clone();
+        assert_eq!(auto_method(&plain), SynthMethod::Uniform);
+        // Asking for what is not there falls back; uniform probes are the seeded noise.
+        let opts = SynthOptions {
+            count: 8,
+            steps: 5,
+            method: SynthMethod::Bn,
+            ..Default::default()
+        };
+        let (p, r) = synthesize_with_report(&plain, &opts);
+        assert_eq!(r.method, SynthMethod::Uniform);
+        assert_eq!(p, Probes::uniform(72, 8, 0.0, 1.0, 0));
+    }
+
+    #[test]
+    fn bn_loss_gradient_matches_finite_differences() {
+        let g = bn_graph(3);
+        let bn = bn_layers(&g);
+        let mut rng = SplitMix64(9);
+        let count = 3;
+        let data: Vec<f32> = (0..72 * count).map(|_| rng.next_f32()).collect();
+        let probes = Probes::from_batch(data.clone(), 72).unwrap();
+        let (targets, _) = bn_targets(&g, &bn, &probes);
+        let values = grad::forward_batch(&g, &data, count).unwrap();
+        let seeds = bn_seeds(&targets, &values, 1.0);
+        let analytic = grad::backward_batch(&g, &values, count, seeds);
+        let loss = |d: &[f32]| -> f64 {
+            bn_targets(&g, &bn, &Probes::from_batch(d.to_vec(), 72).unwrap()).1 as f64
+        };
+        let scale = analytic.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let mut kinks = 0;
+        for i in (0..data.len()).step_by(5) {
+            let fd = |eps: f32| {
+                let (mut p, mut m) = (data.clone(), data.clone());
+                p[i] += eps;
+                m[i] -= eps;
+                (loss(&p) - loss(&m)) / (2.0 * eps as f64)
+            };
+            let (a, b) = (fd(2e-3), fd(1e-3));
+            if (a - b).abs() as f32 > 0.05 * scale {
+                kinks += 1;
+                continue;
+            }
+            assert!(
+                (a as f32 - analytic[i]).abs() <= 0.05 * scale,
+                "probe value {i}: finite difference {a}, analytic {} (scale {scale})",
+                analytic[i]
+            );
+        }
+        assert!(kinks <= 3, "{kinks} kinks");
+    }
+
+    #[test]
+    fn bn_matching_pulls_batch_statistics_to_the_running_ones() {
+        for classes in [1, 3] {
+            let g = bn_graph(classes);
+            let start = bn_targets(&g, &bn_layers(&g), &Probes::uniform(72, 64, 0.0, 1.0, 0)).1;
+            let opts = SynthOptions {
+                count: 64,
+                steps: 200,
+                lr: 0.02,
+                method: auto_method(&g),
+                ..Default::default()
+            };
+            let (p, r) = synthesize_with_report(&g, &opts);
+            assert!(
+                r.bn_loss < 0.1 * start,
+                "{classes} classes: BN loss {} from {start}",
+                r.bn_loss
+            );
+            assert!(p.data.iter().all(|v| (0.0..=1.0).contains(v)));
+            if classes > 1 {
+                assert_eq!(r.method, SynthMethod::Both);
+                assert!(r.on_target >= 48, "{} of 64 on target", r.on_target);
+            } else {
+                assert_eq!(r.method, SynthMethod::Bn);
+            }
+        }
+    }
+
+    #[test]
+    fn inversion_is_reproducible_and_reaches_its_targets() {
+        let mut g = bn_graph(4);
+        for n in &mut g.nodes {
+            if let Op::BatchNorm(b) = &mut n.op {
+                b.stats = None;
+            }
+        }
+        let opts = SynthOptions {
+            count: 40,
+            steps: 100,
+            lr: 0.05,
+            input_range: (-3.0, 3.0),
+            seed: 5,
+            ..Default::default()
+        };
+        let (a, r) = synthesize_with_report(&g, &opts);
+        assert_eq!(r.method, SynthMethod::Invert);
+        // A random model: some class regions are small, but most probes reach theirs (noise
+        // hits about one in four).
+        assert!(r.on_target >= 28, "{} of 40 on target: {r:?}", r.on_target);
+        assert!(a.data.iter().all(|v| (-3.0..=3.0).contains(v)));
+        assert_ne!(a, Probes::uniform(72, 40, -3.0, 3.0, 5));
+        let b = synthesize(&g, &opts);
+        assert_eq!(a, b, "same options, same probes");
+        let c = synthesize(&g, &SynthOptions { seed: 6, ..opts });
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn total_variation_gradient_matches_finite_differences() {
+        let shape = [1, 2, 4, 3];
+        let mut rng = SplitMix64(4);
+        let x = rand_vec(&mut rng, 24, 1.0);
+        let mut grad = alloc::vec![0.0; 24];
+        let tv = total_variation(&shape, (2, 3), &x, 1.0, &mut grad);
+        assert!(tv > 0.0);
+        for i in 0..24 {
+            let (mut p, mut m) = (x.clone(), x.clone());
+            p[i] += 1e-3;
+            m[i] -= 1e-3;
+            let mut sink = alloc::vec![0.0; 24];
+            let fd = (total_variation(&shape, (2, 3), &p, 1.0, &mut sink)
+                - total_variation(&shape, (2, 3), &m, 1.0, &mut sink))
+                / 2e-3;
+            assert!((fd - grad[i]).abs() < 1e-3, "{fd} vs {}", grad[i]);
+        }
+    }
+}

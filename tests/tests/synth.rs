@@ -1,0 +1,267 @@
+//! Data-free probe synthesis on the fixture models: pruning with synthesized probes must come
+//! close to pruning with real images.
+//!
+//! The accuracy table: `cargo test --release -p paoding-tests --test synth -- --nocapture`.
+
+use std::time::Instant;
+
+use paoding_cli::import::import_onnx;
+use paoding_core::fidelity;
+use paoding_core::interp;
+use paoding_core::ir::Graph;
+use paoding_core::probes::Probes;
+use paoding_core::prune::{PruneOptions, Pruner};
+use paoding_core::synth::{self, SynthMethod, SynthOptions};
+use paoding_tests::*;
+
+/// A fixture graph with its test images and labels.
+type Model = (Graph, Vec<f32>, Vec<usize>);
+
+fn load(file: &str) -> Model {
+    let f = fixtures()
+        .into_iter()
+        .find(|f| f.file == file)
+        .expect("fixture");
+    let g = import_onnx(&fixtures_dir().join(file))
+        .expect("imports")
+        .graph;
+    let xs = read_npy(&fixtures_dir().join(&f.test_x)).1;
+    let ys = read_npy(&fixtures_dir().join(&f.test_y))
+        .1
+        .iter()
+        .map(|&y| y as usize)
+        .collect();
+    (g, xs, ys)
+}
+
+fn accuracy(g: &Graph, xs: &[f32], ys: &[usize]) -> f64 {
+    fidelity::accuracy(&interp::run_batch(g, xs).expect("runs"), 10, ys)
+}
+
+/// Accuracy after removing `fraction` of the parameters (merge + refit) with `probes`.
+fn pruned_accuracy(g: &Graph, xs: &[f32], ys: &[usize], fraction: f64, probes: &Probes) -> f64 {
+    let pruner = Pruner::new(g, &PruneOptions::default());
+    let ratio = pruner.ratio_for_param_fraction(fraction).expect("ratio");
+    let p = pruner
+        .apply(&pruner.counts_for_ratio(ratio), probes)
+        .expect("prunes");
+    accuracy(&p.graph, xs, ys)
+}
+
+const MODELS: [(&str, f64); 3] = [
+    ("cnn_residual_bn_torch.onnx", 0.40),
+    ("dscnn_torch.onnx", 0.40),
+    ("mlp_torch.onnx", 0.737),
+];
+
+fn invert(g: &Graph, seed: u64) -> Probes {
+    synth::synthesize(
+        g,
+        &SynthOptions {
+            count: 512,
+            seed,
+            method: SynthMethod::Invert,
+            ..Default::default()
+        },
+    )
+}
+
+/// Per model, per seed: accuracy of the pruned model.
+fn table_row(
+    name: &str,
+    models: &[(Model, f64)],
+    make: &dyn Fn(&Graph, u64) -> Probes,
+    seeds: &[u64],
+) -> Vec<Vec<f64>> {
+    let mut cells = Vec::new();
+    let mut out = Vec::new();
+    for ((g, xs, ys), fraction) in models {
+        let accs: Vec<f64> = seeds
+            .iter()
+            .map(|&s| pruned_accuracy(g, xs, ys, *fraction, &make(g, s)))
+            .collect();
+        let min = accs.iter().copied().fold(1.0, f64::min);
+        let mean = accs.iter().sum::<f64>() / accs.len() as f64;
+        cells.push(format!(
+            "{:5.1} % (min {:5.1} %)",
+            100.0 * mean,
+            100.0 * min
+        ));
+        out.push(accs);
+    }
+    println!("{name:13} | {}", cells.join(" | "));
+    out
+}
+
+/// The accuracy table of the issue: pruned accuracy without data (uniform noise, inverted
+/// probes) against real test images as probes (the ceiling), over three seeds.
+#[test]
+fn accuracy_table() {
+    let models: Vec<_> = MODELS.iter().map(|(f, r)| (load(f), *r)).collect();
+    let seeds = [0, 1, 2];
+    println!("512 probes    | residual CNN @40 %      | depthwise CNN @40 %     | MLP @73.7 %");
+    let uniform = table_row(
+        "uniform",
+        &models,
+        &|g, s| Probes::uniform(g.values[g.input].len(), 512, 0.0, 1.0, s),
+        &seeds,
+    );
+    let inverted = table_row("invert", &models, &invert, &seeds);
+    let real = models[0].0 .1.clone();
+    table_row(
+        "real (450)",
+        &models,
+        &|g, _| Probes::from_batch(real.clone(), g.values[g.input].len()).unwrap(),
+        &[0],
+    );
+    let min = |v: &[f64]| v.iter().copied().fold(1.0, f64::min);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(min(&inverted[0]) >= 0.95, "residual: {:?}", inverted[0]);
+    assert!(min(&inverted[2]) >= 0.95, "MLP: {:?}", inverted[2]);
+    // The issue's target for the depthwise CNN is 90 %: not reached. Inversion gives 77-89 %
+    // depending on the seed, well above noise (67-70 %) but below real images (96 %).
+    assert!(min(&inverted[1]) >= 0.75, "depthwise: {:?}", inverted[1]);
+    assert!(
+        mean(&inverted[1]) >= mean(&uniform[1]) + 0.12,
+        "depthwise: {:?} vs uniform {:?}",
+        inverted[1],
+        uniform[1]
+    );
+}
+
+/// CPU seconds this process has used (user + system), from /proc; 0 elsewhere.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn time_synthesis(name: &str, g: &Graph, opts: &SynthOptions) -> f64 {
+    let (wall, cpu) = (Instant::now(), cpu_seconds());
+    let (probes, report) = synth::synthesize_with_report(g, opts);
+    let (wall, cpu) = (wall.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+    println!(
+        "{name:28} {:>8} params  {} probes x {} steps: {wall:6.2} s wall, {cpu:6.2} s CPU; {}/{} on target",
+        g.param_count(),
+        probes.count(),
+        opts.steps,
+        report.on_target,
+        report.count
+    );
+    wall
+}
+
+#[test]
+fn synthesis_speed_on_fixtures() {
+    let only = std::env::var("SYNTH_ONLY").unwrap_or_default();
+    for (file, _) in MODELS.iter().filter(|(f, _)| f.contains(&only)) {
+        let (g, _, _) = load(file);
+        time_synthesis(file, &g, &SynthOptions::default());
+    }
+}
+
+/// A 1M-parameter CNN at 32×32 with random weights: conv 3→64→128→256→256 (3×3, ReLU) with
+/// 2×2 max pools, global average pool, dense 256→10.
+fn big_cnn() -> Graph {
+    use paoding_core::ir::{Activation, Conv2d, Dense, Op, Pool};
+    let mut g = Graph::new("x", vec![1, 3, 32, 32]);
+    let mut v = g.input;
+    let mut seed = 1;
+    for (i, (cin, cout)) in [(3, 64), (64, 128), (128, 256), (256, 256)]
+        .into_iter()
+        .enumerate()
+    {
+        let n = cout * cin * 9;
+        seed += 1;
+        let scale = (2.0 / (cin * 9) as f32).sqrt() * 1.7;
+        v = g
+            .push(
+                format!("conv{i}"),
+                Op::Conv2d(Conv2d {
+                    out_channels: cout,
+                    in_channels: cin,
+                    kernel: [3, 3],
+                    stride: [1, 1],
+                    dilation: [1, 1],
+                    padding: [1, 1, 1, 1],
+                    groups: 1,
+                    weights: seeded_uniform(n, seed, -scale, scale),
+                    bias: vec![0.01; cout],
+                    activation: Activation::Relu,
+                }),
+                &[v],
+            )
+            .unwrap();
+        if i < 3 {
+            v = g
+                .push(
+                    format!("pool{i}"),
+                    Op::MaxPool(Pool {
+                        kernel: [2, 2],
+                        stride: [2, 2],
+                        padding: [0; 4],
+                        count_include_pad: false,
+                    }),
+                    &[v],
+                )
+                .unwrap();
+        }
+    }
+    v = g.push("gap", Op::GlobalAveragePool, &[v]).unwrap();
+    v = g
+        .push(
+            "flat",
+            Op::Reshape {
+                shape: vec![1, 256],
+            },
+            &[v],
+        )
+        .unwrap();
+    g.output = g
+        .push(
+            "fc",
+            Op::Dense(Dense {
+                units: 10,
+                inputs: 256,
+                weights: seeded_uniform(2560, 99, -0.1, 0.1),
+                bias: vec![0.0; 10],
+                activation: Activation::Identity,
+            }),
+            &[v],
+        )
+        .unwrap();
+    g.check().unwrap();
+    g
+}
+
+/// Long: `cargo test --release -p paoding-tests --test synth -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn synthesis_speed_on_a_1m_parameter_cnn() {
+    let g = big_cnn();
+    assert!((900_000..1_100_000).contains(&g.param_count()));
+    let steps = 4;
+    let wall = time_synthesis(
+        "random CNN 3x32x32",
+        &g,
+        &SynthOptions {
+            steps,
+            ..Default::default()
+        },
+    );
+    // One extra pass measures the final probes: per step, a forward and a backward.
+    println!(
+        "  per step: {:.2} s wall; 200 steps would take about {:.0} s",
+        wall / (steps as f64 + 0.5),
+        wall / (steps as f64 + 0.5) * 200.0
+    );
+}
