@@ -78,11 +78,7 @@ impl Default for FitOptions {
             scope: Scope::Global,
             refit: None,
             min_agreement: None,
-            probes: ProbeSettings {
-                count: 1000,
-                input_range: (0.0, 1.0),
-                seed: 0,
-            },
+            probes: ProbeSettings::default(),
             min_units: 1,
             round_to: 1,
             max_layer_ratio: 0.9,
@@ -141,6 +137,8 @@ pub struct FitReport {
     pub layers: Vec<LayerChange>,
     /// Fidelity of the result.
     pub fidelity: Option<FidelityReport>,
+    /// The refit's probes: kind, count, cache.
+    pub probe_description: String,
     /// For a model that cannot fit: each failing constraint and what dominates it.
     pub shortfalls: Vec<Shortfall>,
     /// For a result below the required agreement: the use of the least pruned model that
@@ -250,6 +248,7 @@ pub fn fit_graph(
         one_step_less: None,
         layers: Vec::new(),
         fidelity: None,
+        probe_description: String::new(),
         shortfalls: Vec::new(),
         needed_for_agreement: None,
     };
@@ -283,7 +282,14 @@ pub fn fit_graph(
         });
     };
 
-    let probes = options.probes.refit_probes(graph);
+    let resolved = crate::probes::resolve(
+        graph,
+        &options.probes.source,
+        &options.probes,
+        options.probes.cache_dir.as_deref(),
+    )?;
+    let probes = resolved.probes;
+    report.probe_description = resolved.description;
     let pruned = pruner.apply(&schedule.counts(step), &probes)?;
     let usage = Usage::of(&pruned.graph)?;
     let fidelity = measure(graph, &pruned.graph, &options.probes, data)?;

@@ -64,6 +64,14 @@ enum Command {
         #[arg(long)]
         output: Option<String>,
     },
+    /// Accuracy, agreement, KL and FGSM robustness of a candidate (.onnx or .pdg) against
+    /// the original. Exit 0, or 2 on bad input.
+    Eval(paoding_cli::eval::EvalArgs),
+    /// Prune by every method and ratio: size against accuracy/agreement and FGSM
+    /// robustness; SVG chart and CSV.
+    Sweep(paoding_cli::sweep::SweepArgs),
+    /// One self-contained HTML page from a fit report JSON (and optionally a sweep).
+    Report(paoding_cli::html::ReportArgs),
     /// List the built-in hardware profiles and their budgets.
     Profiles {
         /// Print as JSON.
@@ -195,6 +203,28 @@ struct ProbeArgs {
     /// Seed of the probes.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The refit's probes: uniform, invert (class-conditional inversion), bn (BatchNorm
+    /// statistics), auto (the best the model allows), or a .npy file of inputs.
+    #[arg(long, default_value = "auto", value_parser = paoding_cli::probes::parse_source)]
+    probes: paoding_cli::probes::ProbeSource,
+    /// Cache folder for synthesized probes (default: $PAODING_CACHE_DIR, else ~/.cache/paoding).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+impl ProbeArgs {
+    fn settings(&self) -> ProbeSettings {
+        ProbeSettings {
+            count: self.probe_count.max(1),
+            input_range: self.input_range,
+            seed: self.seed,
+            source: self.probes.clone(),
+            cache_dir: self
+                .cache_dir
+                .clone()
+                .or_else(paoding_cli::probes::default_cache_dir),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -238,6 +268,9 @@ fn run(command: Command) -> Result<u8, String> {
         }
         Command::Prune(args) => prune(args).map_err(|e| e.to_string()),
         Command::Fit(args) => fit(args).map_err(|e| e.to_string()),
+        Command::Eval(args) => paoding_cli::eval::run_eval(args).map_err(|e| e.to_string()),
+        Command::Sweep(args) => paoding_cli::sweep::run_sweep(args).map_err(|e| e.to_string()),
+        Command::Report(args) => paoding_cli::html::run_report(args).map_err(|e| e.to_string()),
         Command::Run {
             model,
             input,
@@ -338,11 +371,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         scope: a.scope,
         refit: a.no_refit.then_some(false),
         min_agreement: a.min_agreement,
-        probes: ProbeSettings {
-            count: a.probes.probe_count.max(1),
-            input_range: a.probes.input_range,
-            seed: a.probes.seed,
-        },
+        probes: a.probes.settings(),
         min_units: a.min_units,
         round_to: a.round_to.max(1),
         max_layer_ratio: a.max_layer_ratio,
@@ -446,11 +475,7 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
     if a.probes.probe_count == 0 {
         return Err(CliError::Usage("--probe-count must be at least 1".into()));
     }
-    let probes = ProbeSettings {
-        count: a.probes.probe_count,
-        input_range: a.probes.input_range,
-        seed: a.probes.seed,
-    };
+    let probes = a.probes.settings();
     let data = match &a.data {
         Some(path) => {
             let sample = g.values[g.input].len();

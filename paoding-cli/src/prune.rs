@@ -19,12 +19,28 @@ pub const PRUNE_SCHEMA: &str = "paoding.prune/1";
 /// Where probe inputs come from, and how many.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProbeSettings {
-    /// Number of probes.
+    /// Most probes (fewer on large models, see [`ProbeSettings::count_for`]).
     pub count: usize,
-    /// Input range the uniform probes are drawn from.
+    /// Input range the probes are drawn from (and synthesized probes clamped to).
     pub input_range: (f32, f32),
     /// Seed of the draws.
     pub seed: u64,
+    /// What the refit's probes are.
+    pub source: crate::probes::ProbeSource,
+    /// Where synthesized probes are cached (`None`: not cached).
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            count: 1000,
+            input_range: (0.0, 1.0),
+            seed: 0,
+            source: crate::probes::ProbeSource::Auto,
+            cache_dir: crate::probes::default_cache_dir(),
+        }
+    }
 }
 
 /// Model evaluations (in MACs) one pass over the probes may cost: beyond it, fewer probes
@@ -132,6 +148,8 @@ pub struct PruneReport {
     pub refitted: bool,
     /// Probes the refit actually used (the request, capped for large models).
     pub probes_used: usize,
+    /// What they were (uniform, synthesized and how, or a file; cached where).
+    pub probe_description: String,
     /// Size before.
     pub before: Size,
     /// Size after.
@@ -163,10 +181,17 @@ pub fn prune(
             "{model}: nothing to prune: no layer has a channel that can be removed (the output layer never is)"
         )));
     }
-    let pruned = pruner.apply(
-        &pruner.counts_for_ratio(options.ratio),
-        &probes.refit_probes(graph),
-    )?;
+    let refit = options.refit.unwrap_or(options.method.refits_by_default());
+    let resolved = if refit {
+        crate::probes::resolve(graph, &probes.source, probes, probes.cache_dir.as_deref())?
+    } else {
+        crate::probes::ResolvedProbes {
+            probes: probes.refit_probes(graph),
+            description: "none (no refit)".into(),
+            method: "none".into(),
+        }
+    };
+    let pruned = pruner.apply(&pruner.counts_for_ratio(options.ratio), &resolved.probes)?;
     let fidelity = measure(graph, &pruned.graph, probes, data)?;
     let report = PruneReport {
         schema: PRUNE_SCHEMA,
@@ -174,7 +199,8 @@ pub fn prune(
         options: options.clone(),
         probes: probes.clone(),
         refitted: pruned.refitted,
-        probes_used: probes.count_for(graph),
+        probes_used: if refit { resolved.probes.count() } else { 0 },
+        probe_description: resolved.description,
         before: Size::of(graph),
         after: Size::of(&pruned.graph),
         layers: pruned.layers,
@@ -272,7 +298,7 @@ impl PruneReport {
             self.options.scope,
             self.options.ratio,
             if self.refitted {
-                format!(", refit on {} probes", self.probes_used)
+                format!(", refit on {}", self.probe_description)
             } else {
                 String::new()
             }

@@ -152,6 +152,8 @@ fn prune_writes_a_valid_model_and_reports_fidelity() {
         &fixture("digits_test_x_nchw.npy"),
         "--labels",
         &fixture("digits_test_y.npy"),
+        "--probes",
+        "uniform",
         "--json",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -210,6 +212,8 @@ fn fit_writes_the_blob_and_report_and_run_executes_it() {
         &blob.display().to_string(),
         "--report",
         &report.display().to_string(),
+        "--probes",
+        "uniform",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r: serde_json::Value =
@@ -267,6 +271,8 @@ fn fit_for_a_fleet_writes_one_file_per_board_and_exits_1_if_one_cannot() {
         "qemu-mps2-an500",
         "-o",
         &template,
+        "--probes",
+        "uniform",
         "--json",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -307,4 +313,49 @@ fn fit_for_a_fleet_writes_one_file_per_board_and_exits_1_if_one_cannot() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("input alone takes 1960 B"));
     assert!(!tiny.exists());
+}
+
+#[test]
+fn synthesized_probes_are_cached_and_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("p.onnx");
+    let run = || {
+        let o = paoding(&[
+            "prune",
+            &fixture("mlp_torch.onnx"),
+            "--ratio",
+            "0.5",
+            "--probes",
+            "invert",
+            "--probe-count",
+            "64",
+            "--cache-dir",
+            &cache.display().to_string(),
+            "-o",
+            &out.display().to_string(),
+            "--json",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        (
+            v["probe_description"].as_str().unwrap_or("").to_string(),
+            std::fs::read(&out).expect("model"),
+        )
+    };
+    let (first, model1) = run();
+    assert!(
+        first.contains("class-conditional inversion") && first.contains("cached"),
+        "{first}"
+    );
+    let (second, model2) = run();
+    assert!(
+        second.contains("(cached"),
+        "the second run reads the cache: {second}"
+    );
+    assert_eq!(
+        model1, model2,
+        "the same command gives the same model, byte for byte"
+    );
+    assert_eq!(std::fs::read_dir(&cache).expect("cache").count(), 1);
 }

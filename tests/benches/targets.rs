@@ -120,11 +120,7 @@ fn main() {
     let cnn = synthetic_cnn_1m(1);
     let macs = paoding_core::cost::ModelCost::new(&cnn, Default::default()).macs;
     println!("synthetic CNN: {} params, {} MACs", cnn.param_count(), macs);
-    let settings = paoding_cli::prune::ProbeSettings {
-        count: 1000,
-        input_range: (0.0, 1.0),
-        seed: 0,
-    };
+    let settings = paoding_cli::prune::ProbeSettings::default();
     let cnn_probes = settings.refit_probes(&cnn);
     let times: Vec<Duration> = (0..3)
         .map(|_| {

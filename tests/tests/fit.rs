@@ -53,6 +53,7 @@ fn fitted_models_fit_and_one_step_less_would_not() {
                     ..Default::default()
                 };
                 options.probes.count = 200;
+                options.probes.source = paoding_cli::probes::ProbeSource::Uniform;
                 let name = format!("{} on {board} ({scope:?})", path.display());
                 let fitted =
                     fit_graph(&name, &g, &p, &options, None, &mut |_, _| {}).expect("fit runs");
@@ -167,6 +168,8 @@ fn min_agreement_refuses_and_says_how_far_the_budget_must_grow() {
         min_agreement: Some(0.995),
         ..Default::default()
     };
+    let mut options = options;
+    options.probes.source = paoding_cli::probes::ProbeSource::Uniform;
     let fitted = fit_graph("mlp", &g, &p, &options, None, &mut |_, _| {}).expect("fit runs");
     let r = &fitted.report;
     assert_eq!(r.status, Status::FidelityTooLow, "{}", r.message);
