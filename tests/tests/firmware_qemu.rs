@@ -1,0 +1,475 @@
+//! The whole chain on a microcontroller: ONNX → `paoding fit` (in the firmware's build.rs) →
+//! blob in flash → paoding-runtime on QEMU's emulated Cortex-M7 (mps2-an500) and Cortex-M4
+//! (mps2-an386), with the same answer as the host runtime; plus a build-only check for the
+//! Cortex-M0+ (thumbv6m-none-eabi).
+//!
+//! These tests build the firmware crate `boards/qemu-mps2-an500` with cargo (its build script
+//! compiles tract for the host: minutes the first time, incremental after, in
+//! `target/firmware` or `$PAODING_FIRMWARE_TARGET_DIR`) and need `qemu-system-arm`, so they
+//! are `#[ignore]`d in `cargo test --workspace`; `.ci/run` runs them with
+//! `cargo test -p paoding-tests --test firmware_qemu -- --ignored --nocapture`. There a
+//! missing QEMU fails, never skips.
+//!
+//! Measurements printed: flash (vector table + text + rodata + data image) and its parts, RAM
+//! (data + bss + stack high-water mark), blob and arena sizes, and instructions per inference
+//! and per MAC from SysTick under `-icount shift=0`, calibrated by a loop of known length.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use object::{Object, ObjectSection, ObjectSymbol};
+use paoding_cli::fit::{fit, FitOptions};
+use paoding_core::cost::{ModelCost, WeightDtype};
+use paoding_runtime::Model;
+
+/// The models the firmware embeds (same names and files as its build.rs).
+const MODELS: &[(&str, &str)] = &[
+    ("cnn_pool", "cnn_pool_torch.onnx"),
+    ("dscnn", "dscnn_torch.onnx"),
+    ("mlp", "mlp_torch.onnx"),
+];
+const PROFILE: &str = "boards/qemu-mps2-an500.toml";
+const INPUTS: &str = "digits_test_x_nchw.npy";
+const ELF_NAME: &str = "paoding-qemu-mps2-an500";
+/// (QEMU machine, CPU) pairs the firmware runs on.
+const MACHINES: &[(&str, &str)] = &[("mps2-an500", "cortex-m7"), ("mps2-an386", "cortex-m4")];
+const QEMU_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn firmware_dir() -> PathBuf {
+    root().join("boards/qemu-mps2-an500")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("PAODING_FIRMWARE_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/firmware"))
+}
+
+/// `cargo build --release [args]` in the firmware crate, with the environment cargo set for
+/// this test cleaned so the firmware's own `.cargo/config.toml` and target dir apply.
+fn cargo_build(args: &[&str]) -> Duration {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(firmware_dir())
+        .args(["build", "--release"])
+        .args(args)
+        .env("CARGO_TARGET_DIR", target_dir());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        let cargo_var = k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR";
+        if cargo_var || matches!(k.as_str(), "RUSTFLAGS" | "RUSTC_WORKSPACE_WRAPPER") {
+            cmd.env_remove(&k);
+        }
+    }
+    let start = Instant::now();
+    let status = cmd.status().expect("cannot run cargo");
+    let took = start.elapsed();
+    assert!(
+        status.success(),
+        "firmware build failed: cargo build --release {} in {}",
+        args.join(" "),
+        firmware_dir().display()
+    );
+    println!(
+        "firmware build (cargo build --release {}): {:.1} s",
+        args.join(" "),
+        took.as_secs_f64()
+    );
+    took
+}
+
+fn elf_path(target: &str) -> PathBuf {
+    target_dir().join(target).join("release").join(ELF_NAME)
+}
+
+/// Fail loudly when QEMU is missing: CI must install it, never skip.
+fn require_qemu() {
+    match Command::new("qemu-system-arm").arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            let v = String::from_utf8_lossy(&o.stdout);
+            println!("{}", v.lines().next().unwrap_or("qemu-system-arm"));
+        }
+        _ => panic!(
+            "qemu-system-arm is not installed or does not run: the firmware test needs it \
+             (apt-get install -y qemu-system-arm)"
+        ),
+    }
+}
+
+/// Run the ELF under QEMU and return its stdout; panics on a timeout or a failing exit.
+fn run_qemu(machine: &str, cpu: &str, elf: &Path) -> String {
+    let mut child = Command::new("qemu-system-arm")
+        .args(["-M", machine, "-cpu", cpu, "-nographic"])
+        .args(["-semihosting-config", "enable=on,target=native"])
+        .args(["-icount", "shift=0", "-kernel"])
+        .arg(elf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start qemu-system-arm");
+    // Read stdout on a thread so a chatty firmware never blocks on a full pipe.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for qemu") {
+            break st;
+        }
+        if start.elapsed() > QEMU_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{machine}: QEMU still running after {QEMU_TIMEOUT:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = reader.join().expect("reader thread");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(
+        status.success(),
+        "{machine}: firmware exited with {status}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    println!(
+        "{machine} ({cpu}): QEMU ran for {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    out
+}
+
+/// What the firmware printed.
+#[derive(Debug, Default)]
+struct Run {
+    calib_insns: u64,
+    calib_ticks: u64,
+    /// name → (blob bytes, crc, arena bytes, validate ticks).
+    models: BTreeMap<String, (usize, u32, usize, u64)>,
+    /// (name, sample) → output bits.
+    outputs: BTreeMap<(String, usize), Vec<u32>>,
+    /// (name, sample) → ticks.
+    ticks: BTreeMap<(String, usize), u64>,
+    stack_hwm: usize,
+    profile: BTreeMap<String, (u64, Vec<(u64, u64)>)>,
+}
+
+impl Run {
+    fn insns_per_tick(&self) -> f64 {
+        self.calib_insns as f64 / self.calib_ticks as f64
+    }
+}
+
+fn hex(s: &str) -> u64 {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|_| panic!("hex {s}"))
+}
+
+fn num<T: std::str::FromStr>(s: &str) -> T {
+    s.parse().unwrap_or_else(|_| panic!("number {s}"))
+}
+
+fn parse(out: &str) -> Run {
+    let mut r = Run::default();
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next().map(str::trim),
+        Some("paoding-firmware 1"),
+        "firmware banner missing:\n{out}"
+    );
+    let mut done = false;
+    let mut current_profile = None;
+    for line in lines {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["calib", insns, ticks] => {
+                r.calib_insns = num(insns);
+                r.calib_ticks = num(ticks);
+            }
+            ["model", name, blob, crc, arena, _inputs, _outputs, validate] => {
+                r.models.insert(
+                    name.to_string(),
+                    (num(blob), hex(crc) as u32, num(arena), num(validate)),
+                );
+            }
+            ["y", name, sample, ys @ ..] => {
+                let bits = ys.iter().map(|y| hex(y) as u32).collect();
+                r.outputs.insert((name.to_string(), num(sample)), bits);
+            }
+            ["t", name, sample, ticks] => {
+                r.ticks.insert((name.to_string(), num(sample)), num(ticks));
+            }
+            ["stack", hwm, _painted] => r.stack_hwm = num(hwm),
+            ["profile", name, runs, _outside] => {
+                r.profile.insert(name.to_string(), (num(runs), Vec::new()));
+                current_profile = Some(name.to_string());
+            }
+            ["pc", addr, n] => {
+                let name = current_profile.as_ref().expect("pc before profile");
+                let p = r.profile.get_mut(name).expect("profile");
+                p.1.push((hex(addr), num(n)));
+            }
+            ["done"] => done = true,
+            ["error", ..] => panic!("firmware reported: {line}"),
+            _ => panic!("unexpected firmware line: {line:?}"),
+        }
+    }
+    assert!(done, "firmware output ends early:\n{out}");
+    assert!(r.calib_ticks > 0, "no calibration");
+    r
+}
+
+/// The host's side: the same fit, the same inputs, the host runtime.
+struct HostModel {
+    name: &'static str,
+    blob: Vec<u8>,
+    /// Total MACs, and those of dense and convolution layers.
+    macs: u64,
+    dense_conv_macs: u64,
+    /// (op, MACs) per node.
+    nodes: Vec<(String, u64)>,
+    outputs: Vec<Vec<f32>>,
+}
+
+fn host_models(samples: usize) -> Vec<HostModel> {
+    let fixtures = root().join("tests/fixtures");
+    let profile = root().join(PROFILE);
+    let mut models = Vec::new();
+    for &(name, file) in MODELS {
+        let fitted = fit(
+            &fixtures.join(file),
+            profile.to_str().expect("utf-8 path"),
+            &FitOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: fit: {e}"));
+        assert!(fitted.ok(), "{name}: {}", fitted.report.message);
+        let blob = fitted.blob.clone().expect("blob");
+        let graph = fitted.graph.as_ref().expect("graph");
+        let cost = ModelCost::new(graph, WeightDtype::F32);
+        let nodes: Vec<(String, u64)> = cost.nodes.iter().map(|n| (n.op.clone(), n.macs)).collect();
+        let dense_conv_macs = nodes
+            .iter()
+            .filter(|(op, _)| op.contains("Conv") || op.starts_with("Dense"))
+            .map(|(_, m)| m)
+            .sum();
+        let model = Model::from_bytes(&blob).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (count, x) = paoding_cli::npy::read_batch(&fixtures.join(INPUTS), model.input_len())
+            .expect("inputs");
+        assert!(count >= samples);
+        let mut arena = vec![0.0f32; model.arena_len()];
+        let outputs = x
+            .chunks(model.input_len())
+            .take(samples)
+            .map(|x| {
+                let mut y = vec![0.0f32; model.output_len()];
+                model.run(x, &mut arena, &mut y).expect("host run");
+                y
+            })
+            .collect();
+        models.push(HostModel {
+            name,
+            blob,
+            macs: cost.macs,
+            dense_conv_macs,
+            nodes,
+            outputs,
+        });
+    }
+    models
+}
+
+/// Section sizes of the ELF, and the code size of paoding-runtime's own functions.
+struct Sizes {
+    sections: BTreeMap<String, u64>,
+    runtime_text: u64,
+}
+
+fn elf_sizes(elf: &Path) -> Sizes {
+    let data = std::fs::read(elf).expect("read ELF");
+    let file = object::File::parse(&*data).expect("parse ELF");
+    let mut sections = BTreeMap::new();
+    for s in file.sections() {
+        if let Ok(name) = s.name() {
+            if matches!(
+                name,
+                ".vector_table" | ".text" | ".rodata" | ".data" | ".bss" | ".uninit"
+            ) {
+                sections.insert(name.to_string(), s.size());
+            }
+        }
+    }
+    let runtime_text = file
+        .symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Text)
+        .filter(|s| s.name().is_ok_and(|n| n.contains("paoding_runtime")))
+        .map(|s| s.size())
+        .sum();
+    Sizes {
+        sections,
+        runtime_text,
+    }
+}
+
+#[test]
+#[ignore = "builds the firmware and needs qemu-system-arm: run by .ci/run with --ignored"]
+fn firmware_on_qemu_matches_host_runtime() {
+    require_qemu();
+    cargo_build(&[]);
+    let elf = elf_path("thumbv7em-none-eabihf");
+    let runs: Vec<(&str, Run)> = MACHINES
+        .iter()
+        .map(|&(machine, cpu)| (machine, parse(&run_qemu(machine, cpu, &elf))))
+        .collect();
+    let samples = runs[0].1.ticks.len() / MODELS.len();
+    assert!(samples >= 1, "no samples ran");
+    let host = host_models(samples);
+
+    // Same models (the fit is deterministic: the CRCs agree), same outputs.
+    for (machine, run) in &runs {
+        assert_eq!(run.models.len(), host.len(), "{machine}: models");
+        let (mut values, mut exact, mut worst) = (0usize, 0usize, 0.0f64);
+        for m in &host {
+            let (blob_len, crc, arena, _) = run.models[m.name];
+            let h = Model::from_bytes(&m.blob).expect("blob");
+            assert_eq!(blob_len, m.blob.len(), "{machine} {}: blob size", m.name);
+            assert_eq!(crc, h.header().crc, "{machine} {}: blob CRC", m.name);
+            assert_eq!(arena, h.arena_bytes(), "{machine} {}: arena", m.name);
+            for (i, want) in m.outputs.iter().enumerate() {
+                let got = &run.outputs[&(m.name.to_string(), i)];
+                assert_eq!(got.len(), want.len(), "{machine} {} #{i}: length", m.name);
+                for (g, w) in got.iter().zip(want) {
+                    let g = f32::from_bits(*g);
+                    values += 1;
+                    if g.to_bits() == w.to_bits() {
+                        exact += 1;
+                    }
+                    let rel = f64::from((g - w).abs()) / f64::from(w.abs().max(1.0));
+                    worst = worst.max(rel);
+                    assert!(
+                        rel <= 1e-6,
+                        "{machine} {} sample {i}: firmware {g:e} vs host {w:e}",
+                        m.name
+                    );
+                }
+            }
+        }
+        println!(
+            "{machine}: {exact} of {values} output values bit-exact with the host runtime \
+             (largest relative difference {worst:e})"
+        );
+    }
+    // Both CPUs compute the same bits.
+    assert_eq!(
+        runs[0].1.outputs, runs[1].1.outputs,
+        "Cortex-M7 and Cortex-M4 outputs differ"
+    );
+    for m in &host {
+        let y: Vec<String> = m.outputs[0].iter().map(|v| format!("{v:.4}")).collect();
+        println!("{} sample 0 on the device: [{}]", m.name, y.join(", "));
+    }
+
+    // Measurements.
+    let sizes = elf_sizes(&elf);
+    let s = |n: &str| sizes.sections.get(n).copied().unwrap_or(0);
+    let blobs: u64 = host.iter().map(|m| m.blob.len() as u64).sum();
+    let flash = s(".vector_table") + s(".text") + s(".rodata") + s(".data");
+    let m7 = &runs[0].1;
+    let arena = host
+        .iter()
+        .map(|m| Model::from_bytes(&m.blob).expect("blob").arena_bytes())
+        .max()
+        .unwrap_or(0) as u64;
+    let ram = s(".data") + s(".bss") + s(".uninit") + m7.stack_hwm as u64;
+    println!(
+        "\nfirmware {} (thumbv7em-none-eabihf, opt-level 3, LTO):",
+        elf.display()
+    );
+    println!(
+        "  flash {flash} B = vector table {} + text {} + rodata {} + data {}",
+        s(".vector_table"),
+        s(".text"),
+        s(".rodata"),
+        s(".data")
+    );
+    println!(
+        "  of which model blobs {blobs} B ({}), code {} B (paoding-runtime's own functions {} B)",
+        host.iter()
+            .map(|m| format!("{} {}", m.name, m.blob.len()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        s(".text"),
+        sizes.runtime_text
+    );
+    println!(
+        "  RAM {ram} B = data {} + bss {} (arena {arena} + outputs, timer, stack paint bounds) + stack high-water mark {} B",
+        s(".data"),
+        s(".bss") + s(".uninit"),
+        m7.stack_hwm
+    );
+    println!("  RAM beyond the arena: {} B", ram.saturating_sub(arena));
+    for (machine, run) in &runs {
+        let ipt = run.insns_per_tick();
+        println!(
+            "\n{machine}: calibration {} instructions in {} SysTick ticks = {ipt:.3} instructions per tick",
+            run.calib_insns, run.calib_ticks
+        );
+        println!(
+            "  {:<9} {:>6} {:>8} {:>9} {:>14} {:>10} {:>12}",
+            "model", "blob B", "arena B", "MACs", "instr/infer", "instr/MAC", "validate"
+        );
+        for m in &host {
+            let ticks: Vec<u64> = (0..samples)
+                .map(|i| run.ticks[&(m.name.to_string(), i)])
+                .collect();
+            let mean = ticks.iter().sum::<u64>() as f64 / ticks.len() as f64;
+            let insns = mean * ipt;
+            let (_, _, arena, validate) = run.models[m.name];
+            println!(
+                "  {:<9} {:>6} {:>8} {:>9} {:>14.0} {:>10.2} {:>12.0}",
+                m.name,
+                m.blob.len(),
+                arena,
+                m.macs,
+                insns,
+                insns / m.macs as f64,
+                validate as f64 * ipt
+            );
+            println!(
+                "    dense+conv MACs {} of {} ({:.1} %); per-sample ticks {:?}; nodes {:?}",
+                m.dense_conv_macs,
+                m.macs,
+                100.0 * m.dense_conv_macs as f64 / m.macs as f64,
+                ticks,
+                m.nodes
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "builds the firmware (tract for the build script): run by .ci/run with --ignored"]
+fn firmware_builds_for_cortex_m0plus() {
+    cargo_build(&["--target", "thumbv6m-none-eabi"]);
+    let elf = elf_path("thumbv6m-none-eabi");
+    let sizes = elf_sizes(&elf);
+    println!(
+        "thumbv6m-none-eabi firmware: text {} B, rodata {} B, bss {} B (not run: QEMU has no \
+         Cortex-M0+ board with this memory map)",
+        sizes.sections.get(".text").copied().unwrap_or(0),
+        sizes.sections.get(".rodata").copied().unwrap_or(0),
+        sizes.sections.get(".bss").copied().unwrap_or(0),
+    );
+}
