@@ -197,8 +197,8 @@ struct ProbeArgs {
     /// Range of the model's inputs, for data-free probes: lo,hi.
     #[arg(long, default_value = "0,1", value_parser = prune_cmd::parse_range)]
     input_range: (f32, f32),
-    /// Number of probe inputs.
-    #[arg(long, default_value_t = 1000)]
+    /// Most probe inputs (fewer on large models, within a work budget).
+    #[arg(long, default_value_t = 512)]
     probe_count: usize,
     /// Seed of the probes.
     #[arg(long, default_value_t = 0)]

@@ -60,6 +60,10 @@ pub struct ResolvedProbes {
 /// Number of optimisation steps synthesis takes.
 pub const SYNTH_STEPS: usize = 200;
 
+/// Most work (MACs, forward and backward over every probe and step) `auto` spends on
+/// synthesis: about half a minute on one core.
+pub const AUTO_SYNTH_WORK_MACS: u64 = 60_000_000_000;
+
 /// Resolve `source` for `g`. Synthesized probes are read from, or written to, `cache`.
 pub fn resolve(
     g: &Graph,
@@ -83,12 +87,31 @@ pub fn resolve(
         ProbeSource::Auto => synth::auto_method(g),
     };
     let count = settings.count_for(g);
+    // `auto` never spends more than a bounded effort: on models too costly to invert in that
+    // budget it keeps uniform probes (and says so); `invert`/`bn` asked explicitly always run.
+    let macs = paoding_core::cost::ModelCost::new(g, Default::default())
+        .macs
+        .max(1);
+    let synthesis_work = (count * SYNTH_STEPS) as u64 * 3 * macs;
+    let method = if *source == ProbeSource::Auto
+        && method != SynthMethod::Uniform
+        && synthesis_work > AUTO_SYNTH_WORK_MACS
+    {
+        SynthMethod::Uniform
+    } else {
+        method
+    };
     let name = method_name(method);
     if method == SynthMethod::Uniform {
+        let why = if *source == ProbeSource::Auto && synth::auto_method(g) != SynthMethod::Uniform {
+            " (auto: synthesis would exceed its work budget on this model)"
+        } else {
+            ""
+        };
         return Ok(ResolvedProbes {
             probes: settings.refit_probes(g),
             description: format!(
-                "{count} uniform probes in [{}, {}], seed {}",
+                "{count} uniform probes in [{}, {}], seed {}{why}",
                 settings.input_range.0, settings.input_range.1, settings.seed
             ),
             method: name.into(),

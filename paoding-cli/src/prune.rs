@@ -34,7 +34,7 @@ pub struct ProbeSettings {
 impl Default for ProbeSettings {
     fn default() -> Self {
         ProbeSettings {
-            count: 1000,
+            count: 512,
             input_range: (0.0, 1.0),
             seed: 0,
             source: crate::probes::ProbeSource::Auto,

@@ -359,3 +359,79 @@ fn synthesized_probes_are_cached_and_reused() {
     );
     assert_eq!(std::fs::read_dir(&cache).expect("cache").count(), 1);
 }
+
+#[test]
+fn eval_sweep_and_report_run_through_the_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |name: &str| dir.path().join(name).display().to_string();
+    let o = paoding(&[
+        "prune",
+        &fixture("mlp_torch.onnx"),
+        "--ratio",
+        "0.5",
+        "--probes",
+        "uniform",
+        "-o",
+        &d("p.onnx"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = paoding(&[
+        "eval",
+        &fixture("mlp_torch.onnx"),
+        &d("p.onnx"),
+        "--data",
+        &fixture("digits_test_x_nchw.npy"),
+        "--labels",
+        &fixture("digits_test_y.npy"),
+        "--fgsm",
+        "0.05",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["schema"], "paoding.eval/1");
+
+    let o = paoding(&[
+        "sweep",
+        &fixture("mlp_torch.onnx"),
+        "--ratios",
+        "0.25,0.5",
+        "--methods",
+        "merge,magnitude",
+        "--plot",
+        &d("s.svg"),
+        "--csv",
+        &d("s.csv"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let svg = std::fs::read_to_string(d("s.svg")).expect("svg");
+    assert!(svg.contains("<svg") && svg.contains("merge") && svg.contains("magnitude"));
+
+    let o = paoding(&[
+        "fit",
+        &fixture("mlp_torch.onnx"),
+        "--profile",
+        "cortex-m7",
+        "--flash",
+        "40K",
+        "--probes",
+        "uniform",
+        "--report",
+        &d("fit.json"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = paoding(&[
+        "report",
+        &d("fit.json"),
+        "--sweep",
+        &d("s.csv"),
+        "-o",
+        &d("r.html"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let html = std::fs::read_to_string(d("r.html")).expect("html");
+    assert!(
+        html.contains("<svg") && html.contains("headroom") && !html.contains("<script"),
+        "self-contained page"
+    );
+}

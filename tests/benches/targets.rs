@@ -102,7 +102,8 @@ fn main() {
 
     println!("\n== speed (release build, median of 5)");
     let (mlp, xs, ys) = load("mlp_torch.onnx");
-    let probes = Probes::uniform(64, 1000, 0.0, 1.0, 0);
+    // The default probe count.
+    let probes = Probes::uniform(64, 512, 0.0, 1.0, 0);
     let times: Vec<Duration> = (0..5)
         .map(|_| {
             let t = Instant::now();
@@ -114,7 +115,7 @@ fn main() {
             t.elapsed()
         })
         .collect();
-    println!("prune digits MLP (merge + refit, 1000 probes, 42.6 % params): {:?}   target <= 50 ms, PAODING 25.7 s", median(times));
+    println!("prune digits MLP (merge + refit, 512 uniform probes, 42.6 % params): {:?}   target <= 50 ms, PAODING 25.7 s", median(times));
     let _ = (xs, ys);
 
     let cnn = synthetic_cnn_1m(1);

@@ -181,3 +181,46 @@ fn layout_and_activation_operators_match_tract() {
     b.node("Clip", &["a", "lo", "hi"], "y", &[]);
     check(&b, "y", &[1, 2, 5, 5], "batchnorm/conv/residual add/clip");
 }
+
+#[test]
+fn nhwc_inputs_with_a_transpose_in_front_of_the_first_conv_match_tract() {
+    // tf2onnx's pattern for a Keras model with several input channels: the NHWC input is
+    // transposed to NCHW, convolved, and transposed back before the flatten.
+    let mut b = OnnxBuilder::new(&[1, 6, 5, 3], 13);
+    b.node(
+        "Transpose",
+        &["x"],
+        "nchw",
+        &[("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+    );
+    b.weight("W", &[4, 3, 3, 3], seeded_uniform(108, 21, -1.0, 1.0));
+    b.weight("B", &[4], seeded_uniform(4, 22, -1.0, 1.0));
+    b.node(
+        "Conv",
+        &["nchw", "W", "B"],
+        "c",
+        &[
+            ("kernel_shape", Attr::Ints(vec![3, 3])),
+            ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+        ],
+    );
+    b.node("Relu", &["c"], "r", &[]);
+    b.node(
+        "Transpose",
+        &["r"],
+        "nhwc",
+        &[("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+    );
+    b.ints("shape", &[1, 120]);
+    b.node("Reshape", &["nhwc", "shape"], "f", &[]);
+    b.weight("D", &[120, 5], seeded_uniform(600, 23, -0.3, 0.3));
+    b.node("MatMul", &["f", "D"], "m", &[]);
+    b.weight("DB", &[5], seeded_uniform(5, 24, -1.0, 1.0));
+    b.node("Add", &["m", "DB"], "y", &[]);
+    check(
+        &b,
+        "y",
+        &[1, 6, 5, 3],
+        "NHWC transpose -> conv -> transpose -> flatten -> matmul+add",
+    );
+}
