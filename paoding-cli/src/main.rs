@@ -94,26 +94,12 @@ struct PruneArgs {
     /// uniform (the same ratio per layer) or global (ranked across layers).
     #[arg(long, default_value = "uniform", value_parser = prune_cmd::parse_scope)]
     scope: paoding_core::prune::Scope,
-    /// Skip the least-squares refit of the merge method.
-    #[arg(long)]
-    no_refit: bool,
-    /// Keep every layer's width a multiple of N (for SIMD kernels).
-    #[arg(long, default_value_t = 1)]
-    round_to: usize,
-    /// Fewest units any layer keeps.
-    #[arg(long, default_value_t = 1)]
-    min_units: usize,
-    /// Largest fraction of one layer --scope global may remove.
-    #[arg(long, default_value_t = 0.9)]
-    max_layer_ratio: f64,
+    #[command(flatten)]
+    widths: WidthArgs,
     #[command(flatten)]
     probes: ProbeArgs,
-    /// Real inputs to measure fidelity on (.npy, first axis = batch).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Labels of --data (.npy of class indices), for accuracy before and after.
-    #[arg(long, requires = "data")]
-    labels: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Where to write the pruned ONNX model.
     #[arg(short, long)]
     output: PathBuf,
@@ -159,13 +145,24 @@ struct FitArgs {
     /// global (importance per unit of the binding resource, the default) or uniform.
     #[arg(long, default_value = "global", value_parser = prune_cmd::parse_scope)]
     scope: paoding_core::prune::Scope,
-    /// Skip the least-squares refit.
-    #[arg(long)]
-    no_refit: bool,
     /// Refuse a result whose top-1 agreement with the original falls below this (0..1).
     #[arg(long)]
     min_agreement: Option<f64>,
-    /// Keep every layer's width a multiple of N.
+    #[command(flatten)]
+    widths: WidthArgs,
+    #[command(flatten)]
+    probes: ProbeArgs,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+/// How far pruning may go in each layer, shared by `prune` and `fit`.
+#[derive(Args)]
+struct WidthArgs {
+    /// Skip the least-squares refit.
+    #[arg(long)]
+    no_refit: bool,
+    /// Keep every layer's width a multiple of N (for SIMD kernels).
     #[arg(long, default_value_t = 1)]
     round_to: usize,
     /// Fewest units any layer keeps.
@@ -174,12 +171,15 @@ struct FitArgs {
     /// Largest fraction of one layer global allocation may remove.
     #[arg(long, default_value_t = 0.9)]
     max_layer_ratio: f64,
-    #[command(flatten)]
-    probes: ProbeArgs,
-    /// Real inputs to measure fidelity on (.npy).
+}
+
+/// Real data to measure fidelity on, shared by `prune` and `fit`.
+#[derive(Args)]
+struct DataArgs {
+    /// Real inputs to measure fidelity on (.npy, first axis = batch).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Labels of --data.
+    /// Labels of --data (.npy of class indices), for accuracy before and after.
     #[arg(long, requires = "data")]
     labels: Option<PathBuf>,
 }
@@ -359,7 +359,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         .collect::<Result<Vec<_>, _>>()?;
     let imported = import::import_onnx(a.model.as_ref())?;
     let g = &imported.graph;
-    let data = load_data(g, a.data.as_ref(), a.labels.as_ref())?;
+    let data = load_data(g, a.data.data.as_ref(), a.data.labels.as_ref())?;
     let options = FitOptions {
         overrides: BudgetOverrides {
             flash_bytes: a.flash,
@@ -369,12 +369,12 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         },
         method: a.method,
         scope: a.scope,
-        refit: a.no_refit.then_some(false),
+        refit: a.widths.no_refit.then_some(false),
         min_agreement: a.min_agreement,
         probes: a.probes.settings(),
-        min_units: a.min_units,
-        round_to: a.round_to.max(1),
-        max_layer_ratio: a.max_layer_ratio,
+        min_units: a.widths.min_units,
+        round_to: a.widths.round_to.max(1),
+        max_layer_ratio: a.widths.max_layer_ratio,
     };
     let show_progress = !a.json && std::io::stderr().is_terminal();
     let mut reports = Vec::new();
@@ -465,10 +465,10 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
         method: a.method,
         scope: a.scope,
         ratio: a.ratio,
-        refit: a.no_refit.then_some(false),
-        min_units: a.min_units,
-        round_to: a.round_to.max(1),
-        max_layer_ratio: a.max_layer_ratio,
+        refit: a.widths.no_refit.then_some(false),
+        min_units: a.widths.min_units,
+        round_to: a.widths.round_to.max(1),
+        max_layer_ratio: a.widths.max_layer_ratio,
         input_range: a.probes.input_range,
         ..Default::default()
     };
@@ -476,32 +476,13 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
         return Err(CliError::Usage("--probe-count must be at least 1".into()));
     }
     let probes = a.probes.settings();
-    let data = match &a.data {
-        Some(path) => {
-            let sample = g.values[g.input].len();
-            let (n, xs) = npy::read_batch(path, sample)?;
-            let labels = a
-                .labels
-                .as_deref()
-                .map(|l| npy::read_labels(l, n))
-                .transpose()?;
-            Some(EvalData {
-                inputs: Probes::from_batch(xs, sample)?,
-                labels,
-                source: format!("{} ({n} samples)", path.display()),
-            })
-        }
-        None => None,
-    };
+    let data = load_data(g, a.data.data.as_ref(), a.data.labels.as_ref())?;
     let (pruned, report) = prune_cmd::prune(&a.model, g, &options, &probes, data.as_ref())?;
-    let bytes = export::write_onnx(
+    export::save_onnx(
         &pruned,
         &format!("pruned from {} by paoding prune", a.model),
+        &a.output,
     )?;
-    output::write_atomic(&a.output, &bytes).map_err(|source| CliError::Io {
-        path: a.output.clone(),
-        source,
-    })?;
     if a.json {
         println!(
             "{}",

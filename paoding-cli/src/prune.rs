@@ -60,26 +60,17 @@ impl ProbeSettings {
 
     /// The probes the refit uses.
     pub fn refit_probes(&self, g: &Graph) -> Probes {
-        let (lo, hi) = self.input_range;
-        Probes::uniform(
-            g.values[g.input].len(),
-            self.count_for(g),
-            lo,
-            hi,
-            self.seed,
-        )
+        self.uniform(g, self.seed)
     }
 
     /// Fresh probes (another seed) to measure fidelity on inputs the refit never saw.
     pub fn check_probes(&self, g: &Graph) -> Probes {
+        self.uniform(g, self.seed ^ 0x5EED_F1DE)
+    }
+
+    fn uniform(&self, g: &Graph, seed: u64) -> Probes {
         let (lo, hi) = self.input_range;
-        Probes::uniform(
-            g.values[g.input].len(),
-            self.count_for(g),
-            lo,
-            hi,
-            self.seed ^ 0x5EED_F1DE,
-        )
+        Probes::uniform(g.values[g.input].len(), self.count_for(g), lo, hi, seed)
     }
 }
 

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use paoding_cli::fit::{fit_graph, BudgetOverrides, FitOptions};
-use paoding_cli::import::import_onnx;
 use paoding_cli::profile;
 use paoding_core::fidelity;
 use paoding_core::fit::Usage;
@@ -15,23 +14,6 @@ use paoding_core::ir::Graph;
 use paoding_core::probes::Probes;
 use paoding_core::prune::{Method, PruneOptions, Pruner};
 use paoding_tests::*;
-
-fn load(file: &str) -> (Graph, Vec<f32>, Vec<usize>) {
-    let f = fixtures()
-        .into_iter()
-        .find(|f| f.file == file)
-        .expect("fixture");
-    let g = import_onnx(&fixtures_dir().join(file))
-        .expect("imports")
-        .graph;
-    let xs = read_npy(&fixtures_dir().join(&f.test_x)).1;
-    let ys = read_npy(&fixtures_dir().join(&f.test_y))
-        .1
-        .iter()
-        .map(|&y| y as usize)
-        .collect();
-    (g, xs, ys)
-}
 
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
@@ -89,7 +71,7 @@ fn main() {
         ("dscnn_torch.onnx", 0.39, Method::Magnitude, "(TP 42-50 %)"),
     ];
     for (file, fraction, method, target) in rows {
-        let (g, xs, ys) = load(file);
+        let (g, xs, ys) = load_fixture(file);
         let probes = Probes::uniform(g.values[g.input].len(), 1000, 0.0, 1.0, 0);
         let (acc, removed, _) = prune_at(&g, &xs, &ys, method, fraction, &probes);
         println!(
@@ -101,7 +83,7 @@ fn main() {
     }
 
     println!("\n== speed (release build, median of 5)");
-    let (mlp, xs, ys) = load("mlp_torch.onnx");
+    let (mlp, xs, ys) = load_fixture("mlp_torch.onnx");
     // The default probe count.
     let probes = Probes::uniform(64, 512, 0.0, 1.0, 0);
     let times: Vec<Duration> = (0..5)

@@ -218,3 +218,27 @@ pub fn synthetic_cnn_1m(seed: u64) -> paoding_core::ir::Graph {
     g.check().expect("valid");
     g
 }
+
+/// A fixture model imported, with its test inputs and labels.
+pub fn load_fixture(file: &str) -> (paoding_core::ir::Graph, Vec<f32>, Vec<usize>) {
+    let f = fixtures()
+        .into_iter()
+        .find(|f| f.file == file)
+        .expect("fixture");
+    let g = paoding_cli::import::import_onnx(&fixtures_dir().join(file))
+        .expect("imports")
+        .graph;
+    let xs = read_npy(&fixtures_dir().join(&f.test_x)).1;
+    let ys = read_npy(&fixtures_dir().join(&f.test_y))
+        .1
+        .iter()
+        .map(|&y| y as usize)
+        .collect();
+    (g, xs, ys)
+}
+
+/// Top-1 accuracy of a graph on labelled inputs (ten classes or more read from the output).
+pub fn accuracy_on(g: &paoding_core::ir::Graph, xs: &[f32], ys: &[usize]) -> f64 {
+    let out = paoding_core::interp::run_batch(g, xs).expect("runs");
+    paoding_core::fidelity::accuracy(&out, g.values[g.output].len(), ys)
+}

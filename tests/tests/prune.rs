@@ -1,34 +1,11 @@
 //! The pruning engine on real models: sizes exact, surgery correct through every structure
 //! (flatten, transpose, residual Add, depthwise), and fidelity at the targets of the spec.
 
-use paoding_cli::import::import_onnx;
-use paoding_core::fidelity;
 use paoding_core::interp;
 use paoding_core::ir::{Graph, Op};
 use paoding_core::probes::Probes;
 use paoding_core::prune::{Method, PruneOptions, Pruner, Scope};
 use paoding_tests::*;
-
-fn load(file: &str) -> (Graph, Vec<f32>, Vec<usize>) {
-    let f = fixtures()
-        .into_iter()
-        .find(|f| f.file == file)
-        .expect("fixture");
-    let g = import_onnx(&fixtures_dir().join(file))
-        .expect("imports")
-        .graph;
-    let xs = read_npy(&fixtures_dir().join(&f.test_x)).1;
-    let ys = read_npy(&fixtures_dir().join(&f.test_y))
-        .1
-        .iter()
-        .map(|&y| y as usize)
-        .collect();
-    (g, xs, ys)
-}
-
-fn accuracy(g: &Graph, xs: &[f32], ys: &[usize]) -> f64 {
-    fidelity::accuracy(&interp::run_batch(g, xs).expect("runs"), 10, ys)
-}
 
 /// Prune `fraction` of the parameters with `method` and return (accuracy, removed fraction).
 fn prune_to(g: &Graph, xs: &[f32], ys: &[usize], method: Method, fraction: f64) -> (f64, f64) {
@@ -43,12 +20,12 @@ fn prune_to(g: &Graph, xs: &[f32], ys: &[usize], method: Method, fraction: f64) 
         .apply(&pruner.counts_for_ratio(ratio), &probes)
         .expect("prunes");
     let removed = 1.0 - p.graph.param_count() as f64 / g.param_count() as f64;
-    (accuracy(&p.graph, xs, ys), removed)
+    (accuracy_on(&p.graph, xs, ys), removed)
 }
 
 #[test]
 fn digits_mlp_meets_the_paoding_comparison_targets() {
-    let (g, xs, ys) = load("mlp_torch.onnx");
+    let (g, xs, ys) = load_fixture("mlp_torch.onnx");
     assert_eq!(g.param_count(), 33_738);
     let (acc, removed) = prune_to(&g, &xs, &ys, Method::Merge, 0.426);
     assert!((0.426..0.45).contains(&removed), "removed {removed}");
@@ -77,7 +54,7 @@ fn residual_and_depthwise_cnns_beat_torch_pruning_by_ten_points() {
         ("cnn_residual_bn_torch.onnx", 0.43, 0.55),
         ("dscnn_torch.onnx", 0.39, 0.50),
     ] {
-        let (g, xs, ys) = load(file);
+        let (g, xs, ys) = load_fixture(file);
         let (acc, removed) = prune_to(&g, &xs, &ys, Method::Merge, fraction);
         assert!(
             removed >= fraction && removed < fraction + 0.05,
@@ -93,7 +70,7 @@ fn residual_and_depthwise_cnns_beat_torch_pruning_by_ten_points() {
 #[test]
 fn uniform_ratios_are_exact_per_layer_and_never_touch_the_output() {
     for f in fixtures() {
-        let (g, _, _) = load(&f.file);
+        let (g, _, _) = load_fixture(&f.file);
         for ratio in [0.1, 0.25, 0.5, 0.8] {
             let pruner = Pruner::new(
                 &g,
@@ -135,7 +112,7 @@ fn uniform_ratios_are_exact_per_layer_and_never_touch_the_output() {
 
 #[test]
 fn round_to_keeps_widths_multiples_of_n() {
-    let (g, _, _) = load("cnn_pool_torch.onnx");
+    let (g, _, _) = load_fixture("cnn_pool_torch.onnx");
     let pruner = Pruner::new(
         &g,
         &PruneOptions {
@@ -172,7 +149,7 @@ fn surgery_equals_silencing_the_removed_units() {
         "cnn_keras_tf2onnx.onnx",
         "cnn_dynamo_torch.onnx",
     ] {
-        let (g, xs, _) = load(file);
+        let (g, xs, _) = load_fixture(file);
         let opts = PruneOptions {
             method: Method::Magnitude,
             ..Default::default()
@@ -235,7 +212,7 @@ fn silence(g: &mut Graph, node: usize, channel: usize) {
 
 #[test]
 fn residual_channels_are_pruned_together() {
-    let (g, _, _) = load("cnn_residual_bn_torch.onnx");
+    let (g, _, _) = load_fixture("cnn_residual_bn_torch.onnx");
     let pruner = Pruner::new(&g, &PruneOptions::default());
     let s = pruner.structure();
     let tied: Vec<_> = s.layers.iter().filter(|l| l.producers.len() > 1).collect();
@@ -263,7 +240,7 @@ fn residual_channels_are_pruned_together() {
 
 #[test]
 fn global_scope_respects_the_per_layer_cap_and_minimum() {
-    let (g, _, _) = load("mlp_torch.onnx");
+    let (g, _, _) = load_fixture("mlp_torch.onnx");
     let opts = PruneOptions {
         scope: Scope::Global,
         max_layer_ratio: 0.6,
@@ -289,7 +266,7 @@ fn global_scope_respects_the_per_layer_cap_and_minimum() {
 
 #[test]
 fn pruning_is_deterministic() {
-    let (g, _, _) = load("cnn_pool_torch.onnx");
+    let (g, _, _) = load_fixture("cnn_pool_torch.onnx");
     let probes = Probes::uniform(64, 300, 0.0, 1.0, 3);
     let run = || {
         let pruner = Pruner::new(&g, &PruneOptions::default());
@@ -307,7 +284,7 @@ fn pruning_is_deterministic() {
 fn pruned_models_export_to_onnx_that_tract_agrees_with() {
     let dir = tempfile::tempdir().expect("tempdir");
     for f in fixtures() {
-        let (g, xs, _) = load(&f.file);
+        let (g, xs, _) = load_fixture(&f.file);
         for method in [Method::Merge, Method::Paoding, Method::Magnitude] {
             let pruner = Pruner::new(
                 &g,

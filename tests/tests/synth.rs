@@ -5,9 +5,6 @@
 
 use std::time::Instant;
 
-use paoding_cli::import::import_onnx;
-use paoding_core::fidelity;
-use paoding_core::interp;
 use paoding_core::ir::Graph;
 use paoding_core::probes::Probes;
 use paoding_core::prune::{PruneOptions, Pruner};
@@ -17,27 +14,6 @@ use paoding_tests::*;
 /// A fixture graph with its test images and labels.
 type Model = (Graph, Vec<f32>, Vec<usize>);
 
-fn load(file: &str) -> Model {
-    let f = fixtures()
-        .into_iter()
-        .find(|f| f.file == file)
-        .expect("fixture");
-    let g = import_onnx(&fixtures_dir().join(file))
-        .expect("imports")
-        .graph;
-    let xs = read_npy(&fixtures_dir().join(&f.test_x)).1;
-    let ys = read_npy(&fixtures_dir().join(&f.test_y))
-        .1
-        .iter()
-        .map(|&y| y as usize)
-        .collect();
-    (g, xs, ys)
-}
-
-fn accuracy(g: &Graph, xs: &[f32], ys: &[usize]) -> f64 {
-    fidelity::accuracy(&interp::run_batch(g, xs).expect("runs"), 10, ys)
-}
-
 /// Accuracy after removing `fraction` of the parameters (merge + refit) with `probes`.
 fn pruned_accuracy(g: &Graph, xs: &[f32], ys: &[usize], fraction: f64, probes: &Probes) -> f64 {
     let pruner = Pruner::new(g, &PruneOptions::default());
@@ -45,7 +21,7 @@ fn pruned_accuracy(g: &Graph, xs: &[f32], ys: &[usize], fraction: f64, probes: &
     let p = pruner
         .apply(&pruner.counts_for_ratio(ratio), probes)
         .expect("prunes");
-    accuracy(&p.graph, xs, ys)
+    accuracy_on(&p.graph, xs, ys)
 }
 
 const MODELS: [(&str, f64); 3] = [
@@ -97,7 +73,7 @@ fn table_row(
 /// probes) against real test images as probes (the ceiling), over three seeds.
 #[test]
 fn accuracy_table() {
-    let models: Vec<_> = MODELS.iter().map(|(f, r)| (load(f), *r)).collect();
+    let models: Vec<_> = MODELS.iter().map(|(f, r)| (load_fixture(f), *r)).collect();
     let seeds = [0, 1, 2];
     println!("512 probes    | residual CNN @40 %      | depthwise CNN @40 %     | MLP @73.7 %");
     let uniform = table_row(
@@ -164,7 +140,7 @@ fn time_synthesis(name: &str, g: &Graph, opts: &SynthOptions) -> f64 {
 fn synthesis_speed_on_fixtures() {
     let only = std::env::var("SYNTH_ONLY").unwrap_or_default();
     for (file, _) in MODELS.iter().filter(|(f, _)| f.contains(&only)) {
-        let (g, _, _) = load(file);
+        let (g, _, _) = load_fixture(file);
         time_synthesis(file, &g, &SynthOptions::default());
     }
 }
