@@ -49,7 +49,7 @@ fn prune_at(
 
 fn main() {
     println!(
-        "== accuracy at the specification's sizes (uniform probes, 1000, seed 0; 450 test images)"
+        "== accuracy at the specification's sizes (512 uniform probes, the default; seed 0; 450 test images)"
     );
     println!(
         "{:<28} {:<10} {:>9} {:>9} {:>10}",
@@ -72,7 +72,7 @@ fn main() {
     ];
     for (file, fraction, method, target) in rows {
         let (g, xs, ys) = load_fixture(file);
-        let probes = Probes::uniform(g.values[g.input].len(), 1000, 0.0, 1.0, 0);
+        let probes = Probes::uniform(g.values[g.input].len(), 512, 0.0, 1.0, 0);
         let (acc, removed, _) = prune_at(&g, &xs, &ys, method, fraction, &probes);
         println!(
             "{file:<28} {:<10} {:>8.1}% {:>8.1}% {target:>10}",
