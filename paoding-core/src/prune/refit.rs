@@ -149,24 +149,7 @@ fn fit_node(
                 }
                 eq.add_row(&row, &y);
             }
-            // The compensated weights are the prior: probes refine them, not replace them.
-            let prior: Vec<f64> = (0..=k)
-                .flat_map(|input| (0..u).map(move |unit| (input, unit)))
-                .map(|(input, unit)| {
-                    if input < k {
-                        d.weights[unit * k + input] as f64
-                    } else {
-                        d.bias[unit] as f64
-                    }
-                })
-                .collect();
-            let w = eq.solve(ridge, Some(&prior));
-            for unit in 0..u {
-                for input in 0..k {
-                    d.weights[unit * k + input] = w[input * u + unit] as f32;
-                }
-                d.bias[unit] = w[k * u + unit] as f32;
-            }
+            solve_into(&eq, ridge, &mut d.weights, &mut d.bias);
         }
         Op::Conv2d(c) => {
             let (ci, [kh, kw]) = (c.in_channels, c.kernel);
@@ -229,26 +212,35 @@ fn fit_node(
                 }
                 eq.add_row(&patch, &y);
             }
-            let filter = features - 1;
-            let prior: Vec<f64> = (0..features)
-                .flat_map(|f| (0..co).map(move |o| (f, o)))
-                .map(|(f, o)| {
-                    if f < filter {
-                        c.weights[o * filter + f] as f64
-                    } else {
-                        c.bias[o] as f64
-                    }
-                })
-                .collect();
-            let w = eq.solve(ridge, Some(&prior));
-            for o in 0..co {
-                for f in 0..filter {
-                    c.weights[o * filter + f] = w[f * co + o] as f32;
-                }
-                c.bias[o] = w[filter * co + o] as f32;
-            }
+            solve_into(&eq, ridge, &mut c.weights, &mut c.bias);
         }
         _ => {}
+    }
+}
+
+/// Solve the refit and write it back. Dense rows and convolution filters share one layout —
+/// `[outputs][filter]` weights plus a bias per output — and the normal equations' unknowns are
+/// `filter + 1` features (the bias last) by `outputs` targets. The current (compensated)
+/// weights are the ridge's prior: probes refine them, not replace them.
+fn solve_into(eq: &NormalEquations, ridge: f64, weights: &mut [f32], bias: &mut [f32]) {
+    let outs = bias.len();
+    let filter = eq.features - 1;
+    let prior: Vec<f64> = (0..eq.features)
+        .flat_map(|f| (0..outs).map(move |o| (f, o)))
+        .map(|(f, o)| {
+            if f < filter {
+                weights[o * filter + f] as f64
+            } else {
+                bias[o] as f64
+            }
+        })
+        .collect();
+    let w = eq.solve(ridge, Some(&prior));
+    for o in 0..outs {
+        for f in 0..filter {
+            weights[o * filter + f] = w[f * outs + o] as f32;
+        }
+        bias[o] = w[filter * outs + o] as f32;
     }
 }
 
