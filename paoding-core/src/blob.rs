@@ -24,7 +24,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use paoding_runtime::format::{
-    blob_crc, Act, ConvRec, DescHead, Header, NodeRec, OpRec, Operand, PoolRec, Shape, WRef,
+    blob_crc, pack_filters, Act, ConvRec, DescHead, Header, NodeRec, OpRec, Operand, PoolRec, Shape, WRef,
     HEADER_LEN, MAX_INPUTS, MAX_RANK, VERSION, WEIGHTS_ALIGN,
 };
 
@@ -32,10 +32,24 @@ use crate::error::{Error, Result};
 use crate::ir::{Activation, Graph, Op, Pool, ValueId};
 use crate::plan::MemoryPlan;
 
+/// A run of the weights section, as the graph holds it.
+enum Run<'g> {
+    /// Stored as it is.
+    Plain(&'g [f32]),
+    /// Filters, stored in the order [`pack_filters`] defines.
+    Filters {
+        w: &'g [f32],
+        groups: usize,
+        per_group: usize,
+        inputs: usize,
+        taps: usize,
+    },
+}
+
 /// The encoded description and the weight runs, before assembly.
 struct Parts<'g> {
     desc: Vec<u8>,
-    weights: Vec<&'g [f32]>,
+    weights: Vec<Run<'g>>,
     weight_count: usize,
     header: Header,
 }
@@ -123,15 +137,18 @@ fn encode<'g>(graph: &'g Graph, plan: &MemoryPlan) -> Result<Parts<'g>> {
         })
     };
 
-    let mut weights: Vec<&'g [f32]> = Vec::new();
+    let mut weights: Vec<Run<'g>> = Vec::new();
     let mut weight_count = 0usize;
-    let mut wref = |w: &'g [f32]| -> Result<WRef> {
+    let mut push = |run: Run<'g>| -> Result<WRef> {
+        let len = match run {
+            Run::Plain(w) | Run::Filters { w, .. } => w.len(),
+        };
         let r = WRef {
             offset: u32_of(weight_count, "weight offset")?,
-            len: u32_of(w.len(), "weight count")?,
+            len: u32_of(len, "weight count")?,
         };
-        weight_count += w.len();
-        weights.push(w);
+        weight_count += len;
+        weights.push(run);
         Ok(r)
     };
 
@@ -147,8 +164,14 @@ fn encode<'g>(graph: &'g Graph, plan: &MemoryPlan) -> Result<Parts<'g>> {
             Op::Dense(d) => OpRec::Dense {
                 units: u32_of(d.units, "units")?,
                 inputs: u32_of(d.inputs, "inputs")?,
-                weights: wref(&d.weights)?,
-                bias: wref(&d.bias)?,
+                weights: push(Run::Filters {
+                    w: &d.weights,
+                    groups: 1,
+                    per_group: d.units,
+                    inputs: d.inputs,
+                    taps: 1,
+                })?,
+                bias: push(Run::Plain(&d.bias))?,
                 act: act_of(d.activation),
             },
             Op::Conv2d(c) => OpRec::Conv2d(ConvRec {
@@ -159,13 +182,19 @@ fn encode<'g>(graph: &'g Graph, plan: &MemoryPlan) -> Result<Parts<'g>> {
                 dilation: pair(c.dilation)?,
                 padding: quad(c.padding)?,
                 groups: u32_of(c.groups, "groups")?,
-                weights: wref(&c.weights)?,
-                bias: wref(&c.bias)?,
+                weights: push(Run::Filters {
+                    w: &c.weights,
+                    groups: c.groups,
+                    per_group: c.out_channels / c.groups.max(1),
+                    inputs: c.in_channels / c.groups.max(1),
+                    taps: c.kernel[0] * c.kernel[1],
+                })?,
+                bias: push(Run::Plain(&c.bias))?,
                 act: act_of(c.activation),
             }),
             Op::BatchNorm(b) => OpRec::BatchNorm {
-                scale: wref(&b.scale)?,
-                shift: wref(&b.shift)?,
+                scale: push(Run::Plain(&b.scale))?,
+                shift: push(Run::Plain(&b.shift))?,
             },
             Op::Activation(a) => OpRec::Activation(act_of(*a)),
             Op::Softmax { axis } => OpRec::Softmax {
@@ -268,7 +297,8 @@ fn flush_subnormal(w: f32) -> f32 {
 
 /// Encode a checked graph and its memory plan as a runtime blob.
 ///
-/// Weights are copied as they are, except magnitudes below 2^-100, which are written as zero.
+/// Filters are stored in the kernels' order ([`pack_filters`]), every other weight as it is;
+/// magnitudes below 2^-100 are written as zero.
 ///
 /// Fails (with [`Error::Graph`]) if the graph does not pass [`Graph::check`], if the plan is
 /// not for this graph, or if the model exceeds the format's limits (rank above
@@ -280,8 +310,26 @@ pub fn write_blob(graph: &Graph, plan: &MemoryPlan) -> Result<Vec<u8>> {
     blob.resize(HEADER_LEN, 0);
     blob.extend_from_slice(&parts.desc);
     blob.resize(parts.header.weights_offset as usize, 0);
+    let mut packed = Vec::new();
     for run in &parts.weights {
-        for &w in run.iter() {
+        let values: &[f32] = match *run {
+            Run::Plain(w) => w,
+            Run::Filters {
+                w,
+                groups,
+                per_group,
+                inputs,
+                taps,
+            } => {
+                packed.clear();
+                packed.resize(w.len(), 0.0);
+                if !pack_filters(w, groups, per_group, inputs, taps, &mut packed) {
+                    return Err(fail("filter count does not match the layer's shape"));
+                }
+                &packed
+            }
+        };
+        for &w in values {
             blob.extend_from_slice(&flush_subnormal(w).to_le_bytes());
         }
     }

@@ -27,6 +27,9 @@
 //!
 //! All integers are little-endian. Value ids: 0 is the graph input, node `i` writes value
 //! `i + 1`. Arena offsets are in f32 elements.
+//!
+//! Filters (convolution and dense weights) are stored in the order the kernels read them:
+//! see [`pack_filters`]. Every other weight run is stored as the operator defines it.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +38,7 @@ use crate::error::Error;
 /// First four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"PDNG";
 /// Format version this runtime reads and paoding-core writes.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 96;
 /// Alignment of the weights section, from the blob start.
@@ -98,7 +101,8 @@ pub struct ConvRec {
     pub padding: [u32; 4],
     /// Channel groups.
     pub groups: u32,
-    /// Filters.
+    /// Filters `[out_channels][in_channels / groups][kh][kw]`, stored as [`pack_filters`]
+    /// orders them.
     pub weights: WRef,
     /// One per output channel.
     pub bias: WRef,
@@ -122,7 +126,8 @@ pub struct PoolRec {
 /// One operator with its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OpRec {
-    /// `y = act(W x + b)`, weights `[units][inputs]`.
+    /// `y = act(W x + b)`, weights `[units][inputs]` stored as [`pack_filters`] orders them
+    /// (one group, one tap).
     Dense {
         /// Output neurons.
         units: u32,
@@ -476,4 +481,87 @@ pub fn blob_crc(blob: &[u8]) -> u32 {
     c.update(blob.get(..CRC_AT).unwrap_or(&[]));
     c.update(blob.get(HEADER_LEN..).unwrap_or(&[]));
     c.finish()
+}
+
+/// Most output channels the kernels accumulate at once: filters are stored in blocks of this
+/// many (the remainder in one block of 4 and single filters).
+pub const FILTER_BLOCK: usize = 8;
+
+/// Size of the next filter block when `left` filters of a group remain to be stored:
+/// [`FILTER_BLOCK`] while that many remain, then a block of 4 if at least 4 remain, then
+/// single filters.
+///
+/// ```
+/// use paoding_runtime::format::block_len;
+/// // 23 filters: 8, 8, 4, 1, 1, 1.
+/// let (mut left, mut blocks) = (23, vec![]);
+/// while left > 0 {
+///     blocks.push(block_len(left));
+///     left -= block_len(left);
+/// }
+/// assert_eq!(blocks, [8, 8, 4, 1, 1, 1]);
+/// ```
+pub const fn block_len(left: usize) -> usize {
+    if left >= FILTER_BLOCK {
+        FILTER_BLOCK
+    } else if left >= 4 {
+        4
+    } else {
+        1
+    }
+}
+
+/// Rearrange filters from ONNX order `[groups * per_group][inputs][taps]` (`taps` = kernel
+/// height x width; a dense layer is one group of `units` filters with one tap) into the
+/// stored order: per group, per block of filters ([`block_len`]),
+/// `[taps][inputs][block]`. A kernel then reads, for one input pixel, the weights of a whole
+/// block as one contiguous run, and walks the runs in order. Depthwise filters (one per
+/// group) keep their order. `src` and `dst` must both hold `groups * per_group * inputs * taps`
+/// values; otherwise nothing is written and `false` is returned.
+///
+/// ```
+/// use paoding_runtime::format::pack_filters;
+/// // Four 1x1 filters (one block of 4) over two inputs: the rows (1, 2), (3, 4), (5, 6),
+/// // (7, 8) become one run of four weights per input.
+/// let src = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+/// let mut dst = [0.0; 8];
+/// assert!(pack_filters(&src, 1, 4, 2, 1, &mut dst));
+/// assert_eq!(dst, [1.0, 3.0, 5.0, 7.0, 2.0, 4.0, 6.0, 8.0]);
+/// ```
+pub fn pack_filters(
+    src: &[f32],
+    groups: usize,
+    per_group: usize,
+    inputs: usize,
+    taps: usize,
+    dst: &mut [f32],
+) -> bool {
+    let filter = inputs * taps;
+    let total = groups
+        .checked_mul(per_group)
+        .and_then(|f| f.checked_mul(filter));
+    if total != Some(src.len()) || src.len() != dst.len() {
+        return false;
+    }
+    let mut out = dst.iter_mut();
+    let mut first = 0;
+    for _ in 0..groups {
+        let mut left = per_group;
+        while left > 0 {
+            let block = block_len(left);
+            left -= block;
+            for t in 0..taps {
+                for i in 0..inputs {
+                    for o in 0..block {
+                        let at = (first + o) * filter + i * taps + t;
+                        if let (Some(d), Some(&s)) = (out.next(), src.get(at)) {
+                            *d = s;
+                        }
+                    }
+                }
+            }
+            first += block;
+        }
+    }
+    true
 }

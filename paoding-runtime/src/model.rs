@@ -659,7 +659,7 @@ impl<'a> Model<'a> {
                 weights, bias, act, ..
             } => {
                 let (x, _) = slice(0)?;
-                kernels::dense::dense(x, w(*weights)?, w(*bias)?, *act, out);
+                kernels::conv::dense(x, w(*weights)?, w(*bias)?, *act, out);
             }
             OpRec::Conv2d(c) => {
                 let (x, id) = slice(0)?;

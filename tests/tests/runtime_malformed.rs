@@ -11,7 +11,7 @@ use paoding_core::{
     plan::MemoryPlan,
 };
 use paoding_runtime::format::{
-    blob_crc, DescHead, Header, NodeRec, OpRec, HEADER_LEN, WEIGHTS_ALIGN,
+    blob_crc, DescHead, Header, NodeRec, OpRec, HEADER_LEN, VERSION, WEIGHTS_ALIGN,
 };
 use paoding_runtime::{Error, Model};
 use paoding_tests::{fixtures_dir, seeded_uniform};
@@ -241,8 +241,8 @@ fn wrong_version_magic_flags_and_header_fields_are_errors() {
         c
     };
     assert_eq!(
-        Model::from_bytes(&with(4, &2u16.to_le_bytes())).unwrap_err(),
-        Error::UnsupportedVersion(2)
+        Model::from_bytes(&with(4, &(VERSION + 1).to_le_bytes())).unwrap_err(),
+        Error::UnsupportedVersion(VERSION + 1)
     );
     assert_eq!(
         Model::from_bytes(&with(0, b"PDNX")).unwrap_err(),

@@ -1,18 +1,19 @@
-//! 2-D convolution over NCHW, grouped and depthwise included, without im2col.
+//! 2-D convolution over NCHW (grouped and depthwise included) and dense layers, without
+//! im2col.
 //!
-//! Output-stationary and register-tiled: a tile is `OCB` output channels of one group times
-//! `PXB` consecutive output columns of one row, accumulated in registers over every tap
-//! (input channel, kernel row, kernel column) and stored once. For each tap the input values
-//! of the tile's columns are one contiguous (stride 1) or strided run of an input row; the
-//! columns whose tap falls into the padding are found once per tap in closed form, so the
-//! interior needs no bounds logic and the border only clears a few lanes. One input value
-//! feeds `OCB` filters and one filter weight feeds `PXB` columns.
+//! Output-stationary: for each output pixel, a block of up to [`FILTER_BLOCK`] filters
+//! accumulates in registers over every tap (kernel row, kernel column, input channel) and is
+//! stored once, activation applied. The filters are stored block by block as
+//! `[taps][inputs][block]` ([`crate::format::pack_filters`]), so the weights one input value
+//! meets are one contiguous run and the whole block walks its weights in order; the input
+//! channel is the innermost loop, so a tap costs one input load per `block` multiply-adds
+//! whatever the kernel size. The taps that fall into the padding are cut off once per pixel in
+//! closed form: no bounds logic inside the tap loops. A depthwise convolution (one filter per
+//! group and one input channel) has no channel loop to amortise and gets its own kernel.
 //!
-//! A 1x1 convolution with stride 1 and no padding is a matrix product over pixels: its planes
-//! are treated as one long row. Depthwise convolutions (one output channel per group) use a
-//! wider pixel tile with a single filter.
+//! A dense layer is a 1x1 convolution over a 1x1 image.
 
-use crate::format::Act;
+use crate::format::{block_len, Act, FILTER_BLOCK};
 
 /// Geometry of one convolution, proven consistent by validation.
 #[derive(Debug, Clone, Copy)]
@@ -36,163 +37,204 @@ pub(crate) struct ConvGeom {
     pub groups: usize,
 }
 
-// Tile sizes: the accumulators (`OCB * PXB` f32) must fit the FPU/SIMD registers. x86-64 and
-// AArch64 have 16+ vector registers; a Cortex-M4F/M7 has 32 single-precision registers.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-mod tile {
-    pub const OCB: usize = 4;
-    pub const PXB: usize = 8;
-    pub const DW_PXB: usize = 16;
-}
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-mod tile {
-    pub const OCB: usize = 2;
-    pub const PXB: usize = 4;
-    /// Unused: no separate depthwise instance.
-    pub const DW_PXB: usize = 1;
-}
-use tile::{DW_PXB, OCB, PXB};
-
-/// Hosts (x86-64, AArch64) get specialised instances; microcontrollers one generic path.
-const HOST: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
-
-/// Positions `p` in `0..n` whose input index `base + p * stride` lies in `0..size`, where
-/// `base = first - pad` may be negative: returns `(p0, p1)` (empty if `p0 >= p1`).
+/// Kernel positions `k` in `0..n` whose input index `first + k * step - pad` lies in
+/// `0..size`: returns `(k0, k1)` (empty if `k0 >= k1`).
 #[inline(always)]
-fn lanes(first: usize, pad: usize, stride: usize, size: usize, n: usize) -> (usize, usize) {
-    // p * stride + first >= pad  and  p * stride + first < size + pad.
-    let lim = size + pad;
+fn lanes(first: usize, pad: usize, step: usize, size: usize, n: usize) -> (usize, usize) {
+    // k * step + first >= pad  and  k * step + first < size + pad.
     let before = pad.saturating_sub(first);
-    let inside = lim.saturating_sub(first);
-    if stride == 1 {
+    let inside = (size + pad).saturating_sub(first);
+    if step == 1 {
         // The common case, without integer divisions.
         return (before, inside.min(n));
     }
-    (before.div_ceil(stride), inside.div_ceil(stride).min(n))
+    (before.div_ceil(step), inside.div_ceil(step).min(n))
 }
 
-/// One tile: `oc_n <= C` filters (`filters[o]` is filter `o`, `gi * kh * kw` weights) times
-/// the `n <= P` output columns starting at `ox0` of row `oy`; `planes` are the group's input
-/// planes. Returns the accumulated sums (bias not included).
-#[inline(always)]
-fn tile<const C: usize, const P: usize>(
-    g: &ConvGeom,
-    planes: &[f32],
-    filters: [&[f32]; C],
-    oy: usize,
-    ox0: usize,
-    n: usize,
-) -> [[f32; P]; C] {
-    let mut acc = [[0.0f32; P]; C];
-    let in_plane = g.ih * g.iw;
-    let taps = g.kh * g.kw;
-    // Kernel rows inside the input for this output row.
-    let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
-    for kx in 0..g.kw {
-        // Lanes of the tile whose column lands inside the input for this kernel column.
-        let first = ox0 * g.sx + kx * g.dx;
-        let (p0, p1) = lanes(first, g.pl, g.sx, g.iw, n);
-        if p0 >= p1 {
-            continue;
-        }
-        let start = first + p0 * g.sx - g.pl;
-        for ky in ky0..ky1 {
-            let iy = oy * g.sy + ky * g.dy - g.pt;
-            let Some(xs) = planes.get(iy * g.iw + start..) else {
-                continue;
-            };
-            let wi = ky * g.kw + kx;
-            // One step per input channel: the tap's weight in each filter, and the inputs.
-            let ws = filters.map(|f| f.get(wi..).unwrap_or(&[]).iter().step_by(taps));
-            if HOST && g.sx == 1 && p0 == 0 && p1 == P {
-                // Interior: P contiguous inputs, no bounds logic.
-                accumulate(&mut acc, ws, xs.chunks(in_plane), |row| {
-                    row.first_chunk::<P>().copied()
-                });
-            } else {
-                accumulate(&mut acc, ws, xs.chunks(in_plane), |row| {
-                    let mut x = [0.0f32; P];
-                    let dst = x.get_mut(p0..p1)?;
-                    for (d, s) in dst.iter_mut().zip(row.iter().step_by(g.sx)) {
-                        *d = *s;
-                    }
-                    Some(x)
-                });
+/// The accumulators of a block: one multiply-add per filter, written out lane by lane so that
+/// they stay in registers even where the optimiser does not unroll (opt-level "s").
+trait Lanes: Copy {
+    /// `self[o] += w[o] * x` for every lane.
+    fn mac(&mut self, w: &Self, x: f32);
+    /// `out[o * stride] = self[o]` for every lane (lanes past the end of `out` are dropped).
+    fn store(&self, out: &mut [f32], stride: usize);
+}
+
+macro_rules! lanes_impl {
+    ($n:literal: $($i:literal)*) => {
+        impl Lanes for [f32; $n] {
+            #[inline(always)]
+            fn mac(&mut self, w: &Self, x: f32) {
+                $( self[$i] += w[$i] * x; )*
             }
+
+            #[inline(always)]
+            fn store(&self, out: &mut [f32], stride: usize) {
+                $(
+                    if let Some(o) = out.get_mut($i * stride) {
+                        *o = self[$i];
+                    }
+                )*
+            }
+        }
+    };
+}
+lanes_impl!(8: 0 1 2 3 4 5 6 7);
+lanes_impl!(4: 0 1 2 3);
+lanes_impl!(1: 0);
+
+/// The taps of one output pixel that fall inside the input: kernel rows `ky0..ky1`, kernel
+/// columns `kx0..kx1`, and the input row and column of tap (0, 0) plus the padding (so tap
+/// `(ky, kx)` reads row `y + ky * dy - pt`, column `x + kx * dx - pl`, never negative).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    ky0: usize,
+    ky1: usize,
+    kx0: usize,
+    kx1: usize,
+    y: usize,
+    x: usize,
+}
+
+/// The filters of one block: `C` filters as runs of `C` weights (`[taps][gi]`), or one
+/// depthwise filter (`[taps]`, one input channel).
+#[derive(Clone, Copy)]
+enum Filters<'w> {
+    Eight(&'w [[f32; 8]], &'w [f32; 8]),
+    Four(&'w [[f32; 4]], &'w [f32; 4]),
+    One(&'w [[f32; 1]], &'w [f32; 1]),
+    Depthwise(&'w [f32], f32),
+}
+
+impl Filters<'_> {
+    /// Output channels, and the weights the block must hold for `weights_per_filter`.
+    fn channels_and_len(&self) -> (usize, usize) {
+        match self {
+            Filters::Eight(w, _) => (8, w.len()),
+            Filters::Four(w, _) => (4, w.len()),
+            Filters::One(w, _) => (1, w.len()),
+            Filters::Depthwise(w, _) => (1, w.len()),
+        }
+    }
+}
+
+/// One output pixel of a block of `C` filters: accumulate every tap in registers and store
+/// the `C` sums at `out[o * oh * ow]`.
+///
+/// # Safety
+/// `win` comes from [`lanes`] for this pixel (every tap it admits lies inside the input),
+/// `planes` holds the group's `gi` input planes and `w` at least `kh * kw * gi` runs.
+#[inline(never)]
+unsafe fn pixel<const C: usize>(
+    g: &ConvGeom,
+    gi: usize,
+    planes: &[f32],
+    w: &[[f32; C]],
+    bias: &[f32; C],
+    win: &Window,
+    out: &mut [f32],
+) where
+    [f32; C]: Lanes,
+{
+    let in_plane = g.ih * g.iw;
+    let mut acc = *bias;
+    for ky in win.ky0..win.ky1 {
+        let row = (win.y + ky * g.dy - g.pt) * g.iw;
+        for kx in win.kx0..win.kx1 {
+            let x0 = row + win.x + kx * g.dx - g.pl;
+            let w0 = (ky * g.kw + kx) * gi;
+            for c in 0..gi {
+                // SAFETY: x0 < in_plane (the window) and c < gi: below gi * in_plane <=
+                // planes.len(); w0 + c < kh * kw * gi <= w.len() (the caller's contract).
+                let (x, wc) = unsafe {
+                    (
+                        *planes.get_unchecked(x0 + c * in_plane),
+                        w.get_unchecked(w0 + c),
+                    )
+                };
+                acc.mac(wc, x);
+            }
+        }
+    }
+    acc.store(out, g.oh * g.ow);
+}
+
+/// One output pixel of a depthwise filter.
+///
+/// # Safety
+/// As for [`pixel`], with one input plane and `w` holding `kh * kw` weights.
+#[inline(never)]
+unsafe fn pixel_depthwise(g: &ConvGeom, plane: &[f32], w: &[f32], bias: f32, win: &Window) -> f32 {
+    let mut acc = bias;
+    for ky in win.ky0..win.ky1 {
+        let row = (win.y + ky * g.dy - g.pt) * g.iw;
+        for kx in win.kx0..win.kx1 {
+            // SAFETY: inside the input plane and the filter (the caller's contract).
+            acc += unsafe {
+                *w.get_unchecked(ky * g.kw + kx)
+                    * *plane.get_unchecked(row + win.x + kx * g.dx - g.pl)
+            };
         }
     }
     acc
 }
 
-/// `acc[o] += w_o * x` for each input channel: `rows` yields each channel's input run,
-/// `load` turns it into the tile's `P` inputs, `ws[o]` yields filter `o`'s weights.
-#[inline(always)]
-fn accumulate<'w, const C: usize, const P: usize>(
-    acc: &mut [[f32; P]; C],
-    mut ws: [core::iter::StepBy<core::slice::Iter<'w, f32>>; C],
-    rows: core::slice::Chunks<'_, f32>,
-    load: impl Fn(&[f32]) -> Option<[f32; P]>,
-) {
-    for row in rows {
-        let Some(x) = load(row) else {
-            return;
-        };
-        for (a, w) in acc.iter_mut().zip(ws.iter_mut()) {
-            let wv = w.next().copied().unwrap_or(0.0);
-            for (av, xv) in a.iter_mut().zip(x.iter()) {
-                *av += wv * *xv;
-            }
-        }
-    }
-}
-
-/// Every tile of one group for `C` filters at a time (`C` output planes of `out`).
+/// One block of filters over every output pixel of a group: `planes` are the group's `gi`
+/// input planes, `out` the block's output planes. The taps of each pixel are found here, once;
+/// the pixel kernels then trust them.
 #[inline(never)]
-fn conv_group<const C: usize, const P: usize>(
-    g: &ConvGeom,
-    planes: &[f32],
-    w: &[f32],
-    b: &[f32],
-    out: &mut [f32],
-) {
+fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, act: Act, out: &mut [f32]) {
+    let in_plane = g.ih * g.iw;
     let out_plane = g.oh * g.ow;
-    let filter_len = planes.len() / (g.ih * g.iw).max(1) * g.kh * g.kw;
-    if out_plane == 0 || filter_len == 0 {
+    let (c, w_len) = f.channels_and_len();
+    let depthwise = matches!(f, Filters::Depthwise(..));
+    // What the pixel kernels' safety contracts need, checked once for the whole block.
+    if planes.len() < gi * in_plane
+        || w_len < g.kh * g.kw * gi
+        || out.len() < c * out_plane
+        || (depthwise && gi != 1)
+    {
         return;
     }
-    for ((oblock, wblock), bblock) in out
-        .chunks_mut(C * out_plane)
-        .zip(w.chunks(C * filter_len))
-        .zip(b.chunks(C))
-    {
-        let mut filters: [&[f32]; C] = [&[]; C];
-        for (f, src) in filters.iter_mut().zip(wblock.chunks_exact(filter_len)) {
-            *f = src;
-        }
-        for oy in 0..g.oh {
-            let mut ox0 = 0;
-            while ox0 < g.ow {
-                let n = (g.ow - ox0).min(P);
-                let acc = tile::<C, P>(g, planes, filters, oy, ox0, n);
-                let at = oy * g.ow + ox0;
-                for ((a, oplane), &bias) in acc.iter().zip(oblock.chunks_mut(out_plane)).zip(bblock)
-                {
-                    if let Some(dst) = oplane.get_mut(at..at + n) {
-                        for (d, s) in dst.iter_mut().zip(a) {
-                            *d = *s + bias;
+    for oy in 0..g.oh {
+        let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
+        for ox in 0..g.ow {
+            let (kx0, kx1) = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
+            let win = Window {
+                ky0,
+                ky1,
+                kx0,
+                kx1,
+                y: oy * g.sy,
+                x: ox * g.sx,
+            };
+            let Some(at) = out.get_mut(oy * g.ow + ox..) else {
+                return;
+            };
+            // SAFETY: the window is `lanes`' for this pixel and the lengths were checked above.
+            unsafe {
+                match f {
+                    Filters::Eight(w, b) => pixel(g, gi, planes, w, b, &win, at),
+                    Filters::Four(w, b) => pixel(g, gi, planes, w, b, &win, at),
+                    Filters::One(w, b) => pixel(g, gi, planes, w, b, &win, at),
+                    Filters::Depthwise(w, b) => {
+                        if let Some(o) = at.first_mut() {
+                            *o = pixel_depthwise(g, planes, w, b, &win);
                         }
                     }
                 }
-                ox0 += n;
             }
         }
     }
+    // One pass over the block's planes: the activation's match stays out of the pixel loop.
+    act.apply_slice(out);
 }
 
 pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act, out: &mut [f32]) {
     let mut g = *g;
     if g.kh == 1 && g.kw == 1 && g.sy == 1 && g.sx == 1 && g.pt == 0 && g.pl == 0 {
-        // Pointwise (or any 1x1 without stride and padding, output = input plane): one row.
+        // A 1x1 convolution without stride and padding maps pixels one to one: one long row
+        // needs fewer window computations than rows of pixels.
         if g.ih == g.oh && g.iw == g.ow {
             g.iw *= g.ih;
             g.ow *= g.oh;
@@ -205,31 +247,64 @@ pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act
     let groups = g.groups.max(1);
     let gi = g.in_c / groups;
     let go = g.out_c / groups;
-    let filter_len = gi * g.kh * g.kw;
-    if in_plane == 0
-        || out_plane == 0
-        || filter_len == 0
-        || go == 0
-        || g.sx == 0
-        || g.sy == 0
-        || g.dx == 0
-        || g.dy == 0
-    {
+    let filter = gi * g.kh * g.kw;
+    if in_plane == 0 || out_plane == 0 || filter == 0 || go == 0 {
         return;
     }
-    for (((planes, wg), bg), og) in input
+    if g.sx == 0 || g.sy == 0 || g.dx == 0 || g.dy == 0 {
+        return;
+    }
+    let chunks = input
         .chunks_exact(gi * in_plane)
-        .zip(w.chunks_exact(go * filter_len))
+        .zip(w.chunks_exact(go * filter))
         .zip(b.chunks_exact(go))
-        .zip(out.chunks_exact_mut(go * out_plane))
-    {
-        // Depthwise gets its own wider single-filter tile where code size is cheap; on a
-        // microcontroller one instance serves both (flash is scarcer than the cycles).
-        if go == 1 && HOST {
-            conv_group::<1, DW_PXB>(&g, planes, wg, bg, og);
-        } else {
-            conv_group::<OCB, PXB>(&g, planes, wg, bg, og);
+        .zip(out.chunks_exact_mut(go * out_plane));
+    for (((planes, wg), bg), og) in chunks {
+        if go == 1 && gi == 1 {
+            if let Some(&bias) = bg.first() {
+                block(&g, gi, planes, Filters::Depthwise(wg, bias), act, og);
+            }
+            continue;
+        }
+        let mut f0 = 0;
+        while f0 < go {
+            let n = block_len(go - f0);
+            let wb = wg.get(f0 * filter..(f0 + n) * filter).unwrap_or(&[]);
+            let bb = bg.get(f0..).unwrap_or(&[]);
+            let ob = og.get_mut(f0 * out_plane..(f0 + n) * out_plane);
+            let f = match n {
+                FILTER_BLOCK => bb
+                    .first_chunk()
+                    .map(|b| Filters::Eight(wb.as_chunks().0, b)),
+                4 => bb.first_chunk().map(|b| Filters::Four(wb.as_chunks().0, b)),
+                _ => bb.first_chunk().map(|b| Filters::One(wb.as_chunks().0, b)),
+            };
+            if let (Some(f), Some(ob)) = (f, ob) {
+                block(&g, gi, planes, f, act, ob);
+            }
+            f0 += n;
         }
     }
-    act.apply_slice(out);
+}
+
+/// `out = act(W x + b)`: a 1x1 convolution of `x.len()` channels over one pixel.
+pub(crate) fn dense(x: &[f32], w: &[f32], b: &[f32], act: Act, out: &mut [f32]) {
+    let g = ConvGeom {
+        in_c: x.len(),
+        ih: 1,
+        iw: 1,
+        out_c: out.len(),
+        oh: 1,
+        ow: 1,
+        kh: 1,
+        kw: 1,
+        sy: 1,
+        sx: 1,
+        dy: 1,
+        dx: 1,
+        pt: 0,
+        pl: 0,
+        groups: 1,
+    };
+    conv2d(&g, x, w, b, act, out);
 }

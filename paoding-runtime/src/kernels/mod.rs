@@ -3,7 +3,6 @@
 //! walked with iterators and chunks, so a violated assumption computes garbage, not UB).
 
 pub(crate) mod conv;
-pub(crate) mod dense;
 pub(crate) mod eltwise;
 pub(crate) mod layout;
 pub(crate) mod pool;
@@ -51,8 +50,18 @@ impl Act {
                 }
             }
             Act::Clip { min, max } => clip(x, min, max),
+            Act::Sigmoid | Act::Tanh => self.apply_smooth(x),
+        }
+    }
+
+    /// Sigmoid and tanh, out of line: a kernel that stores through [`Act::apply`] keeps the
+    /// cheap activations inline without a copy of `expf`'s caller per kernel.
+    #[inline(never)]
+    fn apply_smooth(self, x: f32) -> f32 {
+        match self {
             Act::Sigmoid => 1.0 / (1.0 + libm::expf(-x)),
             Act::Tanh => tanh(x),
+            other => other.apply(x),
         }
     }
 
