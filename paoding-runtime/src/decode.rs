@@ -9,21 +9,22 @@
 use crate::error::Error;
 use crate::format::{Act, ConvRec, DescHead, NodeRec, OpRec, Operand, PoolRec, WRef};
 
-/// A cursor over encoded bytes; every read fails with [`Error::Decode`] past the end.
+/// A cursor over encoded bytes; every read fails past the end. The reads return `Option`
+/// (a one-register `?`); the two entry points turn `None` into [`Error::Decode`].
 pub(crate) struct Reader<'a> {
     pub rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Result<u8, Error> {
-        let (&b, rest) = self.rest.split_first().ok_or(Error::Decode)?;
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.rest.split_first()?;
         self.rest = rest;
-        Ok(b)
+        Some(b)
     }
 
     /// A LEB128 varint of an integer of `bits` bits (postcard rejects overlong encodings and
     /// bits beyond the type).
-    fn varint(&mut self, bits: u32) -> Result<u64, Error> {
+    fn varint(&mut self, bits: u32) -> Option<u64> {
         let max = bits.div_ceil(7);
         let last_max = (1u32 << (bits - 7 * (max - 1))) - 1;
         let mut v: u64 = 0;
@@ -34,56 +35,56 @@ impl<'a> Reader<'a> {
                 if i == max - 1 && u32::from(b) > last_max {
                     break;
                 }
-                return Ok(v);
+                return Some(v);
             }
         }
-        Err(Error::Decode)
+        None
     }
 
-    fn u32(&mut self) -> Result<u32, Error> {
-        Ok(self.varint(32)? as u32)
+    fn u32(&mut self) -> Option<u32> {
+        Some(self.varint(32)? as u32)
     }
 
-    fn f32(&mut self) -> Result<f32, Error> {
-        let (b, rest) = self.rest.split_first_chunk::<4>().ok_or(Error::Decode)?;
+    fn f32(&mut self) -> Option<f32> {
+        let (b, rest) = self.rest.split_first_chunk::<4>()?;
         self.rest = rest;
-        Ok(f32::from_le_bytes(*b))
+        Some(f32::from_le_bytes(*b))
     }
 
-    fn bool(&mut self) -> Result<bool, Error> {
+    fn bool(&mut self) -> Option<bool> {
         match self.byte()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(Error::Decode),
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
         }
     }
 
-    fn u32s<const N: usize>(&mut self) -> Result<[u32; N], Error> {
+    fn u32s<const N: usize>(&mut self) -> Option<[u32; N]> {
         let mut a = [0; N];
         for x in a.iter_mut() {
             *x = self.u32()?;
         }
-        Ok(a)
+        Some(a)
     }
 
     /// A sequence length, checked against the capacity `cap`.
-    fn len(&mut self, cap: usize) -> Result<usize, Error> {
+    fn len(&mut self, cap: usize) -> Option<usize> {
         let n = self.varint(usize::BITS)?;
         if n > cap as u64 {
-            return Err(Error::Decode);
+            return None;
         }
-        Ok(n as usize)
+        Some(n as usize)
     }
 
-    fn wref(&mut self) -> Result<WRef, Error> {
-        Ok(WRef {
+    fn wref(&mut self) -> Option<WRef> {
+        Some(WRef {
             offset: self.u32()?,
             len: self.u32()?,
         })
     }
 
-    fn act(&mut self) -> Result<Act, Error> {
-        Ok(match self.u32()? {
+    fn act(&mut self) -> Option<Act> {
+        Some(match self.u32()? {
             0 => Act::Identity,
             1 => Act::Relu,
             2 => Act::Clip {
@@ -92,12 +93,12 @@ impl<'a> Reader<'a> {
             },
             3 => Act::Sigmoid,
             4 => Act::Tanh,
-            _ => return Err(Error::Decode),
+            _ => return None,
         })
     }
 
-    fn pool(&mut self) -> Result<PoolRec, Error> {
-        Ok(PoolRec {
+    fn pool(&mut self) -> Option<PoolRec> {
+        Some(PoolRec {
             kernel: self.u32s()?,
             stride: self.u32s()?,
             padding: self.u32s()?,
@@ -105,18 +106,18 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn operand(&mut self) -> Result<Operand, Error> {
+    fn operand(&mut self) -> Option<Operand> {
         let id = self.u32()?;
         let offset = self.u32()?;
         let mut shape = heapless::Vec::new();
         for _ in 0..self.len(shape.capacity())? {
-            shape.push(self.u32()?).map_err(|_| Error::Decode)?;
+            shape.push(self.u32()?).ok()?;
         }
-        Ok(Operand { id, offset, shape })
+        Some(Operand { id, offset, shape })
     }
 
-    fn op(&mut self) -> Result<OpRec, Error> {
-        Ok(match self.u32()? {
+    fn op(&mut self) -> Option<OpRec> {
+        Some(match self.u32()? {
             0 => OpRec::Dense {
                 units: self.u32()?,
                 inputs: self.u32()?,
@@ -151,42 +152,49 @@ impl<'a> Reader<'a> {
             11 => {
                 let mut perm = heapless::Vec::new();
                 for _ in 0..self.len(perm.capacity())? {
-                    perm.push(self.byte()?).map_err(|_| Error::Decode)?;
+                    perm.push(self.byte()?).ok()?;
                 }
                 OpRec::Transpose { perm }
             }
             12 => {
                 let mut pads = heapless::Vec::new();
                 for _ in 0..self.len(pads.capacity())? {
-                    pads.push(self.u32s()?).map_err(|_| Error::Decode)?;
+                    pads.push(self.u32s()?).ok()?;
                 }
                 OpRec::Pad {
                     pads,
                     value: self.f32()?,
                 }
             }
-            _ => return Err(Error::Decode),
+            _ => return None,
         })
     }
 
     /// The description's first record.
     pub fn head(&mut self) -> Result<DescHead, Error> {
-        Ok(DescHead {
-            n_nodes: self.u32()?,
-            input: self.operand()?,
-            output: self.operand()?,
-        })
+        let mut head = || {
+            Some(DescHead {
+                n_nodes: self.u32()?,
+                input: self.operand()?,
+                output: self.operand()?,
+            })
+        };
+        head().ok_or(Error::Decode)
     }
 
     /// One node record.
     #[inline(never)]
     pub fn node(&mut self) -> Result<NodeRec, Error> {
+        self.node_rec().ok_or(Error::Decode)
+    }
+
+    fn node_rec(&mut self) -> Option<NodeRec> {
         let op = self.op()?;
         let mut inputs = heapless::Vec::new();
         for _ in 0..self.len(inputs.capacity())? {
-            inputs.push(self.operand()?).map_err(|_| Error::Decode)?;
+            inputs.push(self.operand()?).ok()?;
         }
-        Ok(NodeRec {
+        Some(NodeRec {
             op,
             inputs,
             output: self.operand()?,

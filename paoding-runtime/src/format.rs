@@ -255,14 +255,6 @@ pub struct Header {
 // The header readers are `const fn`, where `.get()` is not available: they index, after an
 // explicit length check on the same slice, so the indexing cannot panic.
 #[allow(clippy::indexing_slicing)]
-const fn le_u16(b: &[u8], at: usize) -> u16 {
-    if at > b.len() || b.len() - at < 2 {
-        return 0;
-    }
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-#[allow(clippy::indexing_slicing)]
 const fn le_u32(b: &[u8], at: usize) -> u32 {
     if at > b.len() || b.len() - at < 4 {
         return 0;
@@ -270,24 +262,29 @@ const fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-const fn shape_at(b: &[u8], at: usize) -> [u32; MAX_RANK] {
-    [
-        le_u32(b, at),
-        le_u32(b, at + 4),
-        le_u32(b, at + 8),
-        le_u32(b, at + 12),
-        le_u32(b, at + 16),
-        le_u32(b, at + 20),
-    ]
+/// The header as little-endian words, read in one loop (one copy of the reader in flash);
+/// words past the end of a short blob read 0.
+#[allow(clippy::indexing_slicing)] // `i < w.len()`.
+const fn header_words(b: &[u8]) -> [u32; HEADER_LEN / 4] {
+    let mut w = [0u32; HEADER_LEN / 4];
+    let mut i = 0;
+    while i < w.len() {
+        w[i] = le_u32(b, 4 * i);
+        i += 1;
+    }
+    w
 }
 
-#[allow(clippy::indexing_slicing)] // `at < b.len()` is checked first.
-const fn byte(b: &[u8], at: usize) -> u8 {
-    if at < b.len() {
-        b[at]
-    } else {
-        0
+/// The shape of `MAX_RANK` words starting at word `at`.
+#[allow(clippy::indexing_slicing)] // `at + MAX_RANK <= w.len()` at both call sites.
+const fn shape_at(w: &[u32; HEADER_LEN / 4], at: usize) -> [u32; MAX_RANK] {
+    let mut s = [0u32; MAX_RANK];
+    let mut i = 0;
+    while i < MAX_RANK && at + i < w.len() {
+        s[i] = w[at + i];
+        i += 1;
     }
+    s
 }
 
 impl Header {
@@ -298,21 +295,22 @@ impl Header {
         if blob.len() < HEADER_LEN {
             return Err(Error::Truncated);
         }
-        if le_u32(blob, 0) != u32::from_le_bytes(MAGIC) {
+        let w = header_words(blob);
+        if w[0] != u32::from_le_bytes(MAGIC) {
             return Err(Error::BadMagic);
         }
-        let version = le_u16(blob, 4);
+        let version = w[1] as u16;
         if version != VERSION {
             return Err(Error::UnsupportedVersion(version));
         }
-        let flags = le_u16(blob, 6);
+        let flags = (w[1] >> 16) as u16;
         if flags != 0 {
             return Err(Error::UnsupportedFlags(flags));
         }
-        if le_u16(blob, 8) as usize != HEADER_LEN {
+        if (w[2] & 0xFFFF) as usize != HEADER_LEN {
             return Err(Error::BadHeader("header length"));
         }
-        let (input_rank, output_rank) = (byte(blob, 10), byte(blob, 11));
+        let (input_rank, output_rank) = ((w[2] >> 16) as u8, (w[2] >> 24) as u8);
         if input_rank as usize > MAX_RANK
             || output_rank as usize > MAX_RANK
             || input_rank == 0
@@ -323,18 +321,18 @@ impl Header {
         let h = Header {
             version,
             flags,
-            payload_len: le_u32(blob, 12),
-            desc_len: le_u32(blob, 16),
-            weights_offset: le_u32(blob, 20),
-            weights_len: le_u32(blob, 24),
-            arena_bytes: le_u32(blob, 28),
-            input_len: le_u32(blob, 32),
-            output_len: le_u32(blob, 36),
+            payload_len: w[3],
+            desc_len: w[4],
+            weights_offset: w[5],
+            weights_len: w[6],
+            arena_bytes: w[7],
+            input_len: w[8],
+            output_len: w[9],
             input_rank,
             output_rank,
-            input_shape: shape_at(blob, 40),
-            output_shape: shape_at(blob, 64),
-            crc: le_u32(blob, CRC_AT),
+            input_shape: shape_at(&w, 10),
+            output_shape: shape_at(&w, 16),
+            crc: w[CRC_AT / 4],
         };
         if !h.arena_bytes.is_multiple_of(4) {
             return Err(Error::BadHeader("arena bytes"));

@@ -57,6 +57,18 @@ struct Around<'b> {
 }
 
 impl<'b> Around<'b> {
+    /// Input `k` of `node` and its dimensions.
+    #[inline(never)]
+    fn input(&self, node: &NodeRec, k: usize) -> Option<(Src<'b>, Dims)> {
+        let op = node.inputs.get(k)?;
+        let d = dims(&op.shape);
+        let r = Region {
+            off: op.offset as usize,
+            len: d.product(0, d.rank),
+        };
+        Some((self.get(r)?, d))
+    }
+
     fn get(&self, r: Region) -> Option<Src<'b>> {
         if r == self.out {
             Some(Src::Same)
@@ -294,11 +306,14 @@ impl<'a> Model<'a> {
         if w.len as usize != len {
             return Err(invalid(node, "weight count does not match the shapes"));
         }
-        let start = w.offset as usize;
-        start
-            .checked_add(len)
-            .and_then(|end| self.weights.get(start..end))
+        self.weights_of(w)
             .ok_or(invalid(node, "weights lie outside the weights section"))
+    }
+
+    /// The weights a reference names, if they lie inside the weights section.
+    #[inline(never)]
+    fn weights_of(&self, w: WRef) -> Option<&'a [f32]> {
+        self.weights.get(w.offset as usize..)?.get(..w.len as usize)
     }
 
     fn check_node(&self, j: usize, node: &NodeRec, input: &Operand) -> Result<(), Error> {
@@ -498,28 +513,26 @@ impl<'a> Model<'a> {
                 let d = self.definition(input, u as u32)?;
                 self.region(u as u32 - 1, &d)?
             };
-            let mut last = u;
-            if u == output_id {
-                last = n + 1;
-            } else {
-                for (j, node) in self.node_iter().enumerate().skip(u) {
-                    if node?.inputs.iter().any(|i| i.id as usize == u) {
-                        last = j + 1;
-                    }
+            // The last step that reads u (the graph's output is read after the last node).
+            let mut last = if u == output_id { n + 1 } else { u };
+            for (w, node) in (1..).zip(self.node_iter()) {
+                if w > u && node?.inputs.iter().any(|i| i.id as usize == u) {
+                    last = last.max(w);
                 }
             }
-            // Values w with u < w < last (value w is written at step w).
-            let later = self
-                .node_iter()
-                .enumerate()
-                .skip(u)
-                .take(last.saturating_sub(u + 1));
-            for (j, node) in later {
+            // Value w (node w - 1's output) is written at step w.
+            for (w, node) in (1..).zip(self.node_iter()) {
+                if w <= u || w >= last {
+                    continue;
+                }
                 let node = node?;
-                let reg_w = self.region(j as u32, &node.output)?;
+                let reg_w = self.region(w as u32 - 1, &node.output)?;
                 let view = matches!(node.op, OpRec::Reshape) && reg_w == reg_u;
                 if !reg_w.disjoint(reg_u) && !view {
-                    return Err(invalid(j as u32, "overwrites a value that is still read"));
+                    return Err(invalid(
+                        w as u32 - 1,
+                        "overwrites a value that is still read",
+                    ));
                 }
             }
         }
@@ -607,53 +620,45 @@ impl<'a> Model<'a> {
     }
 
     fn exec(&self, n: u32, node: &NodeRec, arena: &mut [f32]) -> Result<(), Error> {
+        self.exec_node(node, arena)
+            .ok_or(invalid(n, "inconsistent after validation"))
+    }
+
+    /// Run one node; `None` only if validation let an inconsistency through (an `Option`:
+    /// a one-register `?` on every step).
+    fn exec_node(&self, node: &NodeRec, arena: &mut [f32]) -> Option<()> {
         if let OpRec::Reshape = node.op {
-            return Ok(()); // A view: the output already is the input.
+            return Some(()); // A view: the output already is the input.
         }
         let od = dims(&node.output.shape);
         let out_reg = Region {
             off: node.output.offset as usize,
             len: od.product(0, od.rank),
         };
-        let broken = invalid(n, "inconsistent after validation");
-        let (head, rest) = arena.split_at_mut_checked(out_reg.off).ok_or(broken)?;
-        let (out, tail) = rest.split_at_mut_checked(out_reg.len).ok_or(broken)?;
+        let (head, rest) = arena.split_at_mut_checked(out_reg.off)?;
+        let (out, tail) = rest.split_at_mut_checked(out_reg.len)?;
         let around = Around {
             head,
             tail,
             out: out_reg,
         };
-        let src = |k: usize| -> Result<(Src<'_>, Dims), Error> {
-            let op = node.inputs.get(k).ok_or(broken)?;
-            let d = dims(&op.shape);
-            let r = Region {
-                off: op.offset as usize,
-                len: d.product(0, d.rank),
-            };
-            Ok((around.get(r).ok_or(broken)?, d))
-        };
+        let src = |k: usize| around.input(node, k);
         // The first input, which must lie elsewhere (non-in-place operators).
-        let slice = |k: usize| -> Result<(&[f32], Dims), Error> {
+        let slice = |k: usize| -> Option<(&[f32], Dims)> {
             match src(k)? {
-                (Src::Slice(s), d) => Ok((s, d)),
-                (Src::Same, _) => Err(broken),
+                (Src::Slice(s), d) => Some((s, d)),
+                (Src::Same, _) => None,
             }
         };
         // Element-wise operators start from a copy of their first input unless in place.
-        let prime = |out: &mut [f32]| -> Result<Dims, Error> {
+        let prime = |out: &mut [f32]| -> Option<Dims> {
             let (s, d) = src(0)?;
             if let Src::Slice(s) = s {
                 kernels::copy(out, s);
             }
-            Ok(d)
+            Some(d)
         };
-        let w = |r: WRef| -> Result<&[f32], Error> {
-            let start = r.offset as usize;
-            start
-                .checked_add(r.len as usize)
-                .and_then(|end| self.weights.get(start..end))
-                .ok_or(broken)
-        };
+        let w = |r: WRef| self.weights_of(r);
         match &node.op {
             OpRec::Dense {
                 weights, bias, act, ..
@@ -727,7 +732,7 @@ impl<'a> Model<'a> {
                     kernels::copy(out, a);
                     kernels::eltwise::add(out, b);
                 }
-                (Src::Same, Src::Same) => return Err(broken),
+                (Src::Same, Src::Same) => return None,
             },
             OpRec::Concat { axis } => {
                 let axis = *axis as usize;
@@ -750,10 +755,11 @@ impl<'a> Model<'a> {
                 kernels::layout::pad(&id, &od, pads, *value, x, out);
             }
         }
-        Ok(())
+        Some(())
     }
 }
 
+#[inline(never)]
 fn shape_dims(s: &[usize]) -> Dims {
     let mut d = Dims {
         d: [1; MAX_RANK],

@@ -394,7 +394,7 @@ fn firmware_on_qemu_matches_host_runtime() {
         .unwrap_or(0) as u64;
     let ram = s(".data") + s(".bss") + s(".uninit") + m7.stack_hwm as u64;
     println!(
-        "\nfirmware {} (thumbv7em-none-eabihf, opt-level 3, LTO):",
+        "\nfirmware {} (thumbv7em-none-eabihf, opt-level \"s\", LTO):",
         elf.display()
     );
     println!(

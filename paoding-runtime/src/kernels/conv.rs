@@ -3,13 +3,13 @@
 //!
 //! Output-stationary: for each output pixel, a block of up to [`FILTER_BLOCK`] filters
 //! accumulates in registers over every tap (kernel row, kernel column, input channel) and is
-//! stored once, activation applied. The filters are stored block by block as
-//! `[taps][inputs][block]` ([`crate::format::pack_filters`]), so the weights one input value
-//! meets are one contiguous run and the whole block walks its weights in order; the input
-//! channel is the innermost loop, so a tap costs one input load per `block` multiply-adds
-//! whatever the kernel size. The taps that fall into the padding are cut off once per pixel in
-//! closed form: no bounds logic inside the tap loops. A depthwise convolution (one filter per
-//! group and one input channel) has no channel loop to amortise and gets its own kernel.
+//! stored once. The filters are stored block by block as `[taps][inputs][block]`
+//! ([`crate::format::pack_filters`]), so the weights one input value meets are one contiguous
+//! run: a tap costs one input load per `block` multiply-adds. The innermost loop runs over the
+//! input channels, or over the kernel columns where there are fewer channels (a first layer,
+//! a depthwise filter, which is a block of one). The taps that fall into the padding are cut
+//! off once per pixel in closed form: no bounds logic inside the tap loops. The activation is
+//! one pass over the block's output planes afterwards.
 //!
 //! A dense layer is a 1x1 convolution over a 1x1 image.
 
@@ -96,30 +96,52 @@ struct Window {
     x: usize,
 }
 
-/// The filters of one block: `C` filters as runs of `C` weights (`[taps][gi]`), or one
-/// depthwise filter (`[taps]`, one input channel).
+/// The filters of one block: `C` filters as runs of `C` weights (`[taps][gi]`).
 #[derive(Clone, Copy)]
 enum Filters<'w> {
     Eight(&'w [[f32; 8]], &'w [f32; 8]),
     Four(&'w [[f32; 4]], &'w [f32; 4]),
     One(&'w [[f32; 1]], &'w [f32; 1]),
-    Depthwise(&'w [f32], f32),
 }
 
 impl Filters<'_> {
-    /// Output channels, and the weights the block must hold for `weights_per_filter`.
-    fn channels_and_len(&self) -> (usize, usize) {
+    /// Output channels, and the runs of weights the block holds.
+    fn channels_and_runs(&self) -> (usize, usize) {
         match self {
             Filters::Eight(w, _) => (8, w.len()),
             Filters::Four(w, _) => (4, w.len()),
             Filters::One(w, _) => (1, w.len()),
-            Filters::Depthwise(w, _) => (1, w.len()),
         }
     }
 }
 
+/// `acc[o] += w[k * w_step][o] * x[k * x_step]` for `k` in `0..n`: the inner loop, one input
+/// load per `C` multiply-adds, pointers stepped rather than indices recomputed.
+///
+/// # Safety
+/// For every `k < n`, `x + k * x_step` and `w + k * w_step` lie inside their slices.
+#[inline(always)]
+unsafe fn run<const C: usize>(
+    acc: &mut [f32; C],
+    mut x: *const f32,
+    x_step: usize,
+    mut w: *const [f32; C],
+    w_step: usize,
+    n: usize,
+) where
+    [f32; C]: Lanes,
+{
+    for _ in 0..n {
+        // SAFETY: the caller's contract.
+        unsafe { acc.mac(&*w, *x) };
+        x = x.wrapping_add(x_step);
+        w = w.wrapping_add(w_step);
+    }
+}
+
 /// One output pixel of a block of `C` filters: accumulate every tap in registers and store
-/// the `C` sums at `out[o * oh * ow]`.
+/// the `C` sums at `out[o * oh * ow]`. The inner loop runs over the input channels, or over
+/// the kernel columns when there are fewer channels (a first layer, a depthwise filter).
 ///
 /// # Safety
 /// `win` comes from [`lanes`] for this pixel (every tap it admits lies inside the input),
@@ -138,45 +160,34 @@ unsafe fn pixel<const C: usize>(
 {
     let in_plane = g.ih * g.iw;
     let mut acc = *bias;
-    for ky in win.ky0..win.ky1 {
-        let row = (win.y + ky * g.dy - g.pt) * g.iw;
-        for kx in win.kx0..win.kx1 {
-            let x0 = row + win.x + kx * g.dx - g.pl;
-            let w0 = (ky * g.kw + kx) * gi;
-            for c in 0..gi {
-                // SAFETY: x0 < in_plane (the window) and c < gi: below gi * in_plane <=
-                // planes.len(); w0 + c < kh * kw * gi <= w.len() (the caller's contract).
-                let (x, wc) = unsafe {
-                    (
-                        *planes.get_unchecked(x0 + c * in_plane),
-                        w.get_unchecked(w0 + c),
-                    )
-                };
-                acc.mac(wc, x);
+    if win.kx0 < win.kx1 {
+        let nkx = win.kx1 - win.kx0;
+        // The input column of the first admitted tap, and its weights' first run.
+        let x_col = win.x + win.kx0 * g.dx - g.pl;
+        for ky in win.ky0..win.ky1 {
+            let x_row = planes
+                .as_ptr()
+                .wrapping_add((win.y + ky * g.dy - g.pt) * g.iw + x_col);
+            let w_row = w.as_ptr().wrapping_add((ky * g.kw + win.kx0) * gi);
+            // SAFETY: tap (ky, kx0 + k) of channel c reads input row y + ky * dy - pt < ih,
+            // column x_col + k * dx < iw of plane c < gi, and run (ky * kw + kx0 + k) * gi + c
+            // < kh * kw * gi: all inside (the window and the caller's contract).
+            unsafe {
+                if gi >= nkx {
+                    for k in 0..nkx {
+                        let (x, w) = (x_row.wrapping_add(k * g.dx), w_row.wrapping_add(k * gi));
+                        run(&mut acc, x, in_plane, w, 1, gi);
+                    }
+                } else {
+                    for c in 0..gi {
+                        let (x, w) = (x_row.wrapping_add(c * in_plane), w_row.wrapping_add(c));
+                        run(&mut acc, x, g.dx, w, gi, nkx);
+                    }
+                }
             }
         }
     }
     acc.store(out, g.oh * g.ow);
-}
-
-/// One output pixel of a depthwise filter.
-///
-/// # Safety
-/// As for [`pixel`], with one input plane and `w` holding `kh * kw` weights.
-#[inline(never)]
-unsafe fn pixel_depthwise(g: &ConvGeom, plane: &[f32], w: &[f32], bias: f32, win: &Window) -> f32 {
-    let mut acc = bias;
-    for ky in win.ky0..win.ky1 {
-        let row = (win.y + ky * g.dy - g.pt) * g.iw;
-        for kx in win.kx0..win.kx1 {
-            // SAFETY: inside the input plane and the filter (the caller's contract).
-            acc += unsafe {
-                *w.get_unchecked(ky * g.kw + kx)
-                    * *plane.get_unchecked(row + win.x + kx * g.dx - g.pl)
-            };
-        }
-    }
-    acc
 }
 
 /// One block of filters over every output pixel of a group: `planes` are the group's `gi`
@@ -186,14 +197,9 @@ unsafe fn pixel_depthwise(g: &ConvGeom, plane: &[f32], w: &[f32], bias: f32, win
 fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, act: Act, out: &mut [f32]) {
     let in_plane = g.ih * g.iw;
     let out_plane = g.oh * g.ow;
-    let (c, w_len) = f.channels_and_len();
-    let depthwise = matches!(f, Filters::Depthwise(..));
-    // What the pixel kernels' safety contracts need, checked once for the whole block.
-    if planes.len() < gi * in_plane
-        || w_len < g.kh * g.kw * gi
-        || out.len() < c * out_plane
-        || (depthwise && gi != 1)
-    {
+    let (c, runs) = f.channels_and_runs();
+    // What the pixel kernel's safety contract needs, checked once for the whole block.
+    if planes.len() < gi * in_plane || runs < g.kh * g.kw * gi || out.len() < c * out_plane {
         return;
     }
     for oy in 0..g.oh {
@@ -217,11 +223,6 @@ fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, act: Act, out:
                     Filters::Eight(w, b) => pixel(g, gi, planes, w, b, &win, at),
                     Filters::Four(w, b) => pixel(g, gi, planes, w, b, &win, at),
                     Filters::One(w, b) => pixel(g, gi, planes, w, b, &win, at),
-                    Filters::Depthwise(w, b) => {
-                        if let Some(o) = at.first_mut() {
-                            *o = pixel_depthwise(g, planes, w, b, &win);
-                        }
-                    }
                 }
             }
         }
@@ -260,12 +261,6 @@ pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act
         .zip(b.chunks_exact(go))
         .zip(out.chunks_exact_mut(go * out_plane));
     for (((planes, wg), bg), og) in chunks {
-        if go == 1 && gi == 1 {
-            if let Some(&bias) = bg.first() {
-                block(&g, gi, planes, Filters::Depthwise(wg, bias), act, og);
-            }
-            continue;
-        }
         let mut f0 = 0;
         while f0 < go {
             let n = block_len(go - f0);

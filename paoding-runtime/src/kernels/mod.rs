@@ -61,7 +61,7 @@ impl Act {
         match self {
             Act::Sigmoid => 1.0 / (1.0 + libm::expf(-x)),
             Act::Tanh => tanh(x),
-            other => other.apply(x),
+            _ => x,
         }
     }
 
@@ -71,8 +71,7 @@ impl Act {
             Act::Identity => {}
             Act::Relu => xs.iter_mut().for_each(|x| *x = Act::Relu.apply(*x)),
             Act::Clip { min, max } => xs.iter_mut().for_each(|x| *x = clip(*x, min, max)),
-            Act::Sigmoid => xs.iter_mut().for_each(|x| *x = Act::Sigmoid.apply(*x)),
-            Act::Tanh => xs.iter_mut().for_each(|x| *x = tanh(*x)),
+            Act::Sigmoid | Act::Tanh => xs.iter_mut().for_each(|x| *x = self.apply_smooth(*x)),
         }
     }
 }
