@@ -7,6 +7,11 @@
 //! - **Class-conditional inversion** (classifiers): probe `k` is driven towards class
 //!   `k mod C` by softmax cross-entropy on the pre-softmax logits, with a small
 //!   total-variation prior on image inputs (squared differences of neighbours along H and W).
+//!   Each probe has its own confidence target, spread between p(target) ≈ 0.5 and 0.99 over
+//!   the probes so they cover borderline and confident inputs the way real data does; a
+//!   probe that reaches it is finished (it no longer moves nor costs anything), and synthesis
+//!   ends when every probe is (or after [`SynthOptions::steps`]). Freezing probes at their
+//!   targets, rather than letting momentum carry them past, keeps that spread.
 //! - **BatchNorm-statistics matching** (DeepInversion): for every [`Op::BatchNorm`] node that
 //!   kept its running statistics, the batch mean and variance of its input (per channel, over
 //!   all probes and positions) are pulled towards the running mean and variance, with the loss
@@ -17,8 +22,9 @@
 //! have shape `[1, C]` with `2 ≤ C ≤ 1000` ([`classes`]). [`auto_method`] picks the best the
 //! model allows.
 //!
-//! The same options give bit-identical probes, whatever the number of threads: each probe's
-//! gradient is computed independently and batch statistics are reduced in probe order.
+//! The same options give bit-identical probes on a machine, whatever the number of threads:
+//! each probe's gradient is computed independently (the matrix products are batch-invariant,
+//! see [`crate::grad`]) and batch statistics are reduced in probe order.
 //!
 //! ```
 //! use paoding_core::ir::{Activation, Dense, Graph, Op};
@@ -115,6 +121,9 @@ pub struct SynthReport {
     pub on_target: usize,
     /// Probes synthesized.
     pub count: usize,
+    /// Adam steps taken: [`SynthOptions::steps`], or fewer when every probe reached its
+    /// class target earlier (inversion without BN matching stops there).
+    pub steps: usize,
 }
 
 /// Number of classes if the model is a classifier: logits of shape `[1, C]`, `2 ≤ C ≤ 1000`.
@@ -229,6 +238,8 @@ struct ProbeStats {
     ce: f32,
     tv: f32,
     hit: bool,
+    /// The class term still pulls this probe (its cross-entropy is above its target).
+    pulling: bool,
 }
 
 /// Cross-entropy below which probe `k`'s class term stops pulling: spread between
@@ -243,7 +254,8 @@ fn confident(k: usize) -> f32 {
 /// Probes evaluated together (a batch of the matrix products).
 const CHUNK: usize = 32;
 
-/// `out[k] = f(k)` for every chunk `k`, over the available cores when `std` is on.
+/// `out[k] = f(k)` for every chunk `k`, over the available cores when `std` is on (chunks
+/// dealt out in turn, so that costly and cheap chunks spread evenly).
 fn for_each_probe<T, F>(out: &mut [T], f: F)
 where
     T: Send,
@@ -256,17 +268,27 @@ where
             .unwrap_or(1)
             .min(out.len());
         if threads > 1 {
-            let chunk = out.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                for (t, out) in out.chunks_mut(chunk).enumerate() {
-                    let f = &f;
-                    scope.spawn(move || {
-                        for (j, o) in out.iter_mut().enumerate() {
-                            *o = f(t * chunk + j);
-                        }
-                    });
-                }
+            let len = out.len();
+            let parts: Vec<Vec<(usize, T)>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let f = &f;
+                        scope.spawn(move || {
+                            (t..len)
+                                .step_by(threads)
+                                .map(|k| (k, f(k)))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .collect()
             });
+            for (k, v) in parts.into_iter().flatten() {
+                out[k] = v;
+            }
             return;
         }
     }
@@ -323,6 +345,7 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
         bn_loss: 0.0,
         on_target: 0,
         count,
+        steps: 0,
     };
     if count == 0 || n == 0 || method == SynthMethod::Uniform {
         return (probes, report);
@@ -345,6 +368,8 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
     let mut results: Vec<(Vec<ProbeStats>, Vec<f32>)> =
         alloc::vec![(Vec::new(), Vec::new()); count.div_ceil(CHUNK)];
     let mut bn_loss = 0.0f32;
+    let mut stats = alloc::vec![ProbeStats::default(); count];
+    let mut done = alloc::vec![false; count];
 
     // `steps` updates, then one more pass to measure the final probes.
     for step in 0..=opts.steps {
@@ -359,27 +384,41 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
         if last && !class_on {
             break;
         }
-        let data = &probes.data;
+        let (data, done_now, prev) = (&probes.data, &done, &stats);
         for_each_probe(&mut results, |chunk| {
             let first = chunk * CHUNK;
             let batch = CHUNK.min(count - first);
-            let xs = &data[first * n..(first + batch) * n];
+            let mut out = prev[first..first + batch].to_vec();
             let mut grad = alloc::vec![0.0f32; n * batch];
-            let mut out = alloc::vec![ProbeStats::default(); batch];
-            let Ok(values) = grad::forward_batch(g, xs, batch) else {
+            // Finished probes no longer move: their statistics stand, they cost nothing.
+            let live: Vec<usize> = (0..batch).filter(|&s| !done_now[first + s]).collect();
+            if live.is_empty() {
+                return (out, grad);
+            }
+            let xs: Vec<f32> = live
+                .iter()
+                .flat_map(|&s| data[(first + s) * n..(first + s + 1) * n].iter().copied())
+                .collect();
+            let Ok(values) = grad::forward_batch(g, &xs, live.len()) else {
                 return (out, grad);
             };
             let mut seeds = Vec::new();
+            // Samples the loss still pulls: all of them with BN matching (a batch statistic),
+            // else those above their class target; the others skip the backward pass.
+            let mut active = alloc::vec![bn_on; live.len()];
             if let (true, Some(c)) = (class_on, n_classes) {
-                let mut d_all = Vec::with_capacity(c * batch);
-                for (s, z) in values[logits].chunks_exact(c).enumerate() {
+                let mut d_all = Vec::with_capacity(c * live.len());
+                for ((j, z), &s) in values[logits].chunks_exact(c).enumerate().zip(&live) {
                     let target = (first + s) % c;
                     let (loss, mut d) = grad::cross_entropy(z, target);
-                    if loss < confident(first + s) {
+                    let pulling = loss >= confident(first + s);
+                    if !pulling {
                         d.fill(0.0);
                     }
                     out[s].ce = loss;
                     out[s].hit = crate::fidelity::argmax(z) == target;
+                    out[s].pulling = pulling;
+                    active[j] |= pulling;
                     // Flush what cannot matter: denormals downstream would cost 100× the time.
                     d.iter_mut()
                         .for_each(|v| *v = if v.abs() < 1e-12 { 0.0 } else { *v * inv_count });
@@ -388,42 +427,59 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
                 seeds.push((logits, d_all));
             }
             seeds.extend(bn_seeds(&targets, &values, opts.bn_weight));
-            if !last && !seeds.is_empty() {
-                grad = grad::backward_batch(g, &values, batch, seeds);
-            }
-            if let Some(axes) = tv_axes {
-                for ((o, x), grad) in out
-                    .iter_mut()
-                    .zip(xs.chunks_exact(n))
-                    .zip(grad.chunks_exact_mut(n))
-                {
-                    o.tv = total_variation(&in_shape, axes, x, opts.tv_weight * inv_count, grad);
+            let mut sub = if !last && !seeds.is_empty() {
+                backward_active(g, &values, &active, seeds)
+            } else {
+                alloc::vec![0.0f32; n * live.len()]
+            };
+            for ((&s, x), d) in live
+                .iter()
+                .zip(xs.chunks_exact(n))
+                .zip(sub.chunks_exact_mut(n))
+            {
+                if let Some(axes) = tv_axes {
+                    out[s].tv = total_variation(&in_shape, axes, x, opts.tv_weight * inv_count, d);
                 }
+                grad[s * n..(s + 1) * n].copy_from_slice(d);
             }
             (out, grad)
         });
-        if last {
+        stats = results.iter().flat_map(|r| r.0.iter().copied()).collect();
+        report.steps = step;
+        // Inversion alone: a probe is finished once the class term stops pulling it, and
+        // synthesis once every probe is.
+        if !bn_on {
+            done.iter_mut()
+                .zip(&stats)
+                .for_each(|(d, s)| *d |= !s.pulling);
+        }
+        if last || done.iter().all(|&d| d) {
             break;
         }
-        // Adam, then clamp to the input range.
+        // Adam on the probes still moving, then clamp to the input range.
         let t = (step + 1) as i32;
         let c1 = 1.0 - libm::powf(beta1, t as f32);
         let c2 = 1.0 - libm::powf(beta2, t as f32);
-        let grads = results.iter().flat_map(|(_, g)| g.iter());
-        for (((x, m), v), &g) in probes
+        let grads = results.iter().flat_map(|(_, g)| g.chunks_exact(n));
+        for ((((x, m), v), g), &done) in probes
             .data
-            .iter_mut()
-            .zip(m.iter_mut())
-            .zip(v.iter_mut())
+            .chunks_exact_mut(n)
+            .zip(m.chunks_exact_mut(n))
+            .zip(v.chunks_exact_mut(n))
             .zip(grads)
+            .zip(&done)
         {
-            *m = beta1 * *m + (1.0 - beta1) * g;
-            *v = beta2 * *v + (1.0 - beta2) * g * g;
-            let update = opts.lr * (*m / c1) / (libm::sqrtf(*v / c2) + eps);
-            *x = (*x - update).clamp(lo, hi);
+            if done {
+                continue;
+            }
+            for (((x, m), v), &g) in x.iter_mut().zip(m).zip(v).zip(g) {
+                *m = beta1 * *m + (1.0 - beta1) * g;
+                *v = beta2 * *v + (1.0 - beta2) * g * g;
+                let update = opts.lr * (*m / c1) / (libm::sqrtf(*v / c2) + eps);
+                *x = (*x - update).clamp(lo, hi);
+            }
         }
     }
-    let stats: Vec<ProbeStats> = results.iter().flat_map(|r| r.0.iter().copied()).collect();
     let ce = stats.iter().map(|s| s.ce).sum::<f32>() * inv_count;
     let tv = stats.iter().map(|s| s.tv).sum::<f32>() * inv_count;
     report.class_loss = if class_on { ce } else { 0.0 };
@@ -435,6 +491,49 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
     };
     report.final_loss = report.class_loss + opts.tv_weight * tv + opts.bn_weight * bn_loss;
     (probes, report)
+}
+
+/// dL/dx of the samples marked `active` (zero for the others), the backward pass running on
+/// those samples alone; per-sample results do not depend on the batch they are computed in.
+fn backward_active(
+    g: &Graph,
+    values: &[Vec<f32>],
+    active: &[bool],
+    seeds: Vec<(ValueId, Vec<f32>)>,
+) -> Vec<f32> {
+    let batch = active.len();
+    let n = g.values[g.input].len();
+    let idx: Vec<usize> = (0..batch).filter(|&s| active[s]).collect();
+    if idx.len() == batch {
+        return grad::backward_batch(g, values, batch, seeds);
+    }
+    let mut dx = alloc::vec![0.0f32; n * batch];
+    if idx.is_empty() {
+        return dx;
+    }
+    let pick = |v: ValueId, data: &[f32]| -> Vec<f32> {
+        let len = g.values[v].len();
+        idx.iter()
+            .flat_map(|&s| data[s * len..(s + 1) * len].iter().copied())
+            .collect()
+    };
+    let sub_values: Vec<Vec<f32>> = values
+        .iter()
+        .enumerate()
+        .map(|(v, data)| {
+            if data.is_empty() {
+                Vec::new()
+            } else {
+                pick(v, data)
+            }
+        })
+        .collect();
+    let sub_seeds = seeds.into_iter().map(|(v, d)| (v, pick(v, &d))).collect();
+    let sub = grad::backward_batch(g, &sub_values, idx.len(), sub_seeds);
+    for (&s, d) in idx.iter().zip(sub.chunks_exact(n)) {
+        dx[s * n..(s + 1) * n].copy_from_slice(d);
+    }
+    dx
 }
 
 /// Gradient seeds of the weighted BN loss on each BN input, for a chunk of probes.

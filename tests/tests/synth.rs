@@ -94,9 +94,9 @@ fn accuracy_table() {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     assert!(min(&inverted[0]) >= 0.95, "residual: {:?}", inverted[0]);
     assert!(min(&inverted[2]) >= 0.95, "MLP: {:?}", inverted[2]);
-    // The target for the depthwise CNN is 90 %: not reached. Inversion gives 77-89 %
+    // The target for the depthwise CNN is 90 %: not reached. Inversion gives 87-89 %
     // depending on the seed, well above noise (67-70 %) but below real images (96 %).
-    assert!(min(&inverted[1]) >= 0.75, "depthwise: {:?}", inverted[1]);
+    assert!(min(&inverted[1]) >= 0.85, "depthwise: {:?}", inverted[1]);
     assert!(
         mean(&inverted[1]) >= mean(&uniform[1]) + 0.12,
         "depthwise: {:?} vs uniform {:?}",
@@ -129,7 +129,7 @@ fn time_synthesis(name: &str, g: &Graph, opts: &SynthOptions) -> f64 {
         "{name:28} {:>8} params  {} probes x {} steps: {wall:6.2} s wall, {cpu:6.2} s CPU; {}/{} on target",
         g.param_count(),
         probes.count(),
-        opts.steps,
+        report.steps,
         report.on_target,
         report.count
     );
@@ -225,19 +225,69 @@ fn big_cnn() -> Graph {
 fn synthesis_speed_on_a_1m_parameter_cnn() {
     let g = big_cnn();
     assert!((900_000..1_100_000).contains(&g.param_count()));
-    let steps = 4;
+    // As many probes as the tool gives this model (convolutions see many positions per
+    // probe), the full schedule: probes stop as they reach their class targets.
+    let count = paoding_cli::prune::ProbeSettings::default().count_for(&g);
     let wall = time_synthesis(
         "random CNN 3x32x32",
         &g,
         &SynthOptions {
-            steps,
+            count,
             ..Default::default()
         },
     );
-    // One extra pass measures the final probes: per step, a forward and a backward.
     println!(
-        "  per step: {:.2} s wall; 200 steps would take about {:.0} s",
-        wall / (steps as f64 + 0.5),
-        wall / (steps as f64 + 0.5) * 200.0
+        "  {count} probes (the refit's count for this model): {wall:.1} s wall, target <= 30 s"
+    );
+}
+
+/// The importer keeps exporters' BatchNormalization statistics beside the folded graph: a
+/// model computing the same function, whose batch norms carry their running mean and
+/// variance, so `bn`/`auto` can match them.
+#[test]
+fn imported_batch_norm_statistics_drive_bn_matching() {
+    let dir = fixtures_dir();
+    let folded = paoding_cli::import::import_onnx(&dir.join("cnn_residual_folded_torch.onnx"))
+        .expect("imports");
+    assert!(folded.with_bn_stats.is_none(), "no BatchNormalization node");
+    let imported =
+        paoding_cli::import::import_onnx(&dir.join("cnn_residual_bn_torch.onnx")).expect("imports");
+    let (g, xs, _) = load_fixture("cnn_residual_bn_torch.onnx");
+    assert!(
+        synth::bn_layers(&g).is_empty(),
+        "the pruned graph is folded"
+    );
+    let kept = imported.with_bn_stats.expect("statistics kept");
+    assert_eq!(synth::bn_layers(&kept).len(), 6, "every BatchNormalization");
+    assert_eq!(synth::auto_method(&kept), SynthMethod::Both);
+    let a = paoding_core::interp::run_batch(&g, &xs).unwrap();
+    let b = paoding_core::interp::run_batch(&kept, &xs).unwrap();
+    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * scale, "{x} vs {y}");
+    }
+    // Matching pulls the probes' batch statistics towards the running ones.
+    let n = g.values[g.input].len();
+    let opts = SynthOptions {
+        count: 64,
+        steps: 100,
+        method: SynthMethod::Both,
+        ..Default::default()
+    };
+    let (_, start) = synth::synthesize_with_report(
+        &kept,
+        &SynthOptions {
+            steps: 1,
+            ..opts.clone()
+        },
+    );
+    let (probes, report) = synth::synthesize_with_report(&kept, &opts);
+    assert_eq!(report.method, SynthMethod::Both);
+    assert_eq!(probes.sample_len, n);
+    assert!(
+        report.bn_loss < 0.5 * start.bn_loss,
+        "BN loss {} from {}",
+        report.bn_loss,
+        start.bn_loss
     );
 }
