@@ -197,11 +197,13 @@ pub fn budget(profile: &Profile, o: &BudgetOverrides) -> Result<Budget, CliError
 pub fn fit(model: &Path, profile: &str, options: &FitOptions) -> Result<Fitted, CliError> {
     let profile = crate::profile::load(profile).map_err(|e| CliError::Usage(e.to_string()))?;
     let imported = crate::import::import_onnx(model)?;
+    let mut options = options.clone();
+    options.probes.with_bn_stats = imported.with_bn_stats.map(std::sync::Arc::new);
     fit_graph(
         &model.display().to_string(),
         &imported.graph,
         &profile,
-        options,
+        &options,
         None,
         &mut |_, _| {},
     )

@@ -223,6 +223,7 @@ impl ProbeArgs {
                 .cache_dir
                 .clone()
                 .or_else(paoding_cli::probes::default_cache_dir),
+            with_bn_stats: None,
         }
     }
 }
@@ -371,7 +372,10 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         scope: a.scope,
         refit: a.widths.no_refit.then_some(false),
         min_agreement: a.min_agreement,
-        probes: a.probes.settings(),
+        probes: ProbeSettings {
+            with_bn_stats: imported.with_bn_stats.clone().map(std::sync::Arc::new),
+            ..a.probes.settings()
+        },
         min_units: a.widths.min_units,
         round_to: a.widths.round_to.max(1),
         max_layer_ratio: a.widths.max_layer_ratio,
@@ -475,7 +479,10 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
     if a.probes.probe_count == 0 {
         return Err(CliError::Usage("--probe-count must be at least 1".into()));
     }
-    let probes = a.probes.settings();
+    let probes = ProbeSettings {
+        with_bn_stats: imported.with_bn_stats.clone().map(std::sync::Arc::new),
+        ..a.probes.settings()
+    };
     let data = load_data(g, a.data.data.as_ref(), a.data.labels.as_ref())?;
     let (pruned, report) = prune_cmd::prune(&a.model, g, &options, &probes, data.as_ref())?;
     export::save_onnx(

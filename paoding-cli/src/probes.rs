@@ -61,8 +61,9 @@ pub struct ResolvedProbes {
 pub const SYNTH_STEPS: usize = 200;
 
 /// Most work (MACs, forward and backward over every probe and step) `auto` spends on
-/// synthesis: about half a minute on one core.
-pub const AUTO_SYNTH_WORK_MACS: u64 = 60_000_000_000;
+/// synthesis: about half a minute on one core with AVX2/FMA (the batched passes run near
+/// 18 GMAC/s a core), usually much less as probes stop at their class targets.
+pub const AUTO_SYNTH_WORK_MACS: u64 = 500_000_000_000;
 
 /// Resolve `source` for `g`. Synthesized probes are read from, or written to, `cache`.
 pub fn resolve(
@@ -72,6 +73,13 @@ pub fn resolve(
     cache: Option<&Path>,
 ) -> Result<ResolvedProbes, CliError> {
     let sample = g.values[g.input].len();
+    // Synthesis runs on the model with its batch norms when the importer kept them (the same
+    // function, the same input).
+    let synth_graph = settings
+        .with_bn_stats
+        .as_deref()
+        .filter(|s| s.shape(s.input) == g.shape(g.input) && s.shape(s.output) == g.shape(g.output))
+        .unwrap_or(g);
     let method = match source {
         ProbeSource::File(path) => {
             let (n, xs) = crate::npy::read_batch(path, sample)?;
@@ -84,7 +92,7 @@ pub fn resolve(
         ProbeSource::Uniform => SynthMethod::Uniform,
         ProbeSource::Invert => SynthMethod::Invert,
         ProbeSource::Bn => SynthMethod::Bn,
-        ProbeSource::Auto => synth::auto_method(g),
+        ProbeSource::Auto => synth::auto_method(synth_graph),
     };
     let count = settings.count_for(g);
     // `auto` never spends more than a bounded effort: on models too costly to invert in that
@@ -92,7 +100,7 @@ pub fn resolve(
     let macs = paoding_core::cost::ModelCost::new(g, Default::default())
         .macs
         .max(1);
-    let synthesis_work = (count * SYNTH_STEPS) as u64 * 3 * macs;
+    let synthesis_work = (count * SYNTH_STEPS) as u64 * 2 * macs;
     let method = if *source == ProbeSource::Auto
         && method != SynthMethod::Uniform
         && synthesis_work > AUTO_SYNTH_WORK_MACS
@@ -103,7 +111,9 @@ pub fn resolve(
     };
     let name = method_name(method);
     if method == SynthMethod::Uniform {
-        let why = if *source == ProbeSource::Auto && synth::auto_method(g) != SynthMethod::Uniform {
+        let why = if *source == ProbeSource::Auto
+            && synth::auto_method(synth_graph) != SynthMethod::Uniform
+        {
             " (auto: synthesis would exceed its work budget on this model)"
         } else {
             ""
@@ -125,7 +135,7 @@ pub fn resolve(
         method,
         ..Default::default()
     };
-    let key = cache_key(g, &options)?;
+    let key = cache_key(synth_graph, &options)?;
     let file = cache.map(|dir| dir.join(format!("probes-{key:016x}.npy")));
     if let Some(f) = &file {
         if let Ok((n, xs)) = crate::npy::read_batch(f, sample) {
@@ -138,10 +148,11 @@ pub fn resolve(
             }
         }
     }
-    let (probes, report) = synth::synthesize_with_report(g, &options);
+    let (probes, report) = synth::synthesize_with_report(synth_graph, &options);
     let mut description = format!(
-        "{count} probes by {} ({SYNTH_STEPS} steps, seed {}; {} of {count} classified as their target)",
+        "{count} probes by {} ({} of at most {SYNTH_STEPS} steps, seed {}; {} of {count} classified as their target)",
         method_name(report.method),
+        report.steps,
         settings.seed,
         report.on_target
     );

@@ -29,6 +29,11 @@ pub struct ProbeSettings {
     pub source: crate::probes::ProbeSource,
     /// Where synthesized probes are cached (`None`: not cached).
     pub cache_dir: Option<std::path::PathBuf>,
+    /// The model with its batch norms and their running statistics
+    /// ([`crate::import::Imported::with_bn_stats`]): synthesis runs on it, so `bn` and `auto`
+    /// can match the statistics the folded graph no longer has.
+    #[serde(skip)]
+    pub with_bn_stats: Option<std::sync::Arc<Graph>>,
 }
 
 impl Default for ProbeSettings {
@@ -39,6 +44,7 @@ impl Default for ProbeSettings {
             seed: 0,
             source: crate::probes::ProbeSource::Auto,
             cache_dir: crate::probes::default_cache_dir(),
+            with_bn_stats: None,
         }
     }
 }

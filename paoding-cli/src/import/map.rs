@@ -37,7 +37,7 @@ pub(super) fn load_and_map(
     dir: &Path,
     proto: &ModelProto,
     onnx: &tract_onnx::Onnx,
-) -> Result<Graph, ImportError> {
+) -> Result<(Graph, Option<Graph>), ImportError> {
     let tract_err = |e: TractError| ImportError::Tract {
         path: path.to_path_buf(),
         reason: format!("{e:#}"),
@@ -93,6 +93,7 @@ pub(super) fn load_and_map(
     model
         .set_input_fact(0, f32::fact(&shape).into())
         .map_err(tract_err)?;
+    let bn_stats = bn_statistics(&model);
     let typed = model.into_typed().map_err(tract_err)?;
     let outputs = typed.output_outlets().map_err(tract_err)?.to_vec();
     if outputs.len() != 1 {
@@ -116,6 +117,7 @@ pub(super) fn load_and_map(
             .flat_map(|g| &g.node)
             .map(|n| (n.name.clone(), n.op_type.clone()))
             .collect(),
+        bn_stats,
     };
     for id in typed.eval_order().map_err(tract_err)? {
         mapper.map_node(id)?;
@@ -124,12 +126,51 @@ pub(super) fn load_and_map(
         Some(Mapped::Value(v)) => mapper.graph.output = *v,
         _ => return Err(model_err("the output does not depend on the input".into())),
     }
-    let mut graph = mapper.graph;
-    paoding_core::simplify::simplify(&mut graph).map_err(|source| ImportError::Graph {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(graph)
+    let simplify = |mut graph: Graph| {
+        paoding_core::simplify::simplify(&mut graph).map_err(|source| ImportError::Graph {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok::<_, ImportError>(graph)
+    };
+    let with_stats = mapper.graph;
+    let mut folded = with_stats.clone();
+    let mut kept = false;
+    for node in &mut folded.nodes {
+        if let Op::BatchNorm(b) = &mut node.op {
+            kept |= b.stats.take().is_some();
+        }
+    }
+    let graph = simplify(folded)?;
+    let with_stats = if kept {
+        Some(simplify(with_stats)?)
+    } else {
+        None
+    };
+    Ok((graph, with_stats))
+}
+
+/// Running mean and variance of every ONNX BatchNormalization whose statistics are constants,
+/// by node name. tract expands such a node into `{name}.mul` and `{name}` (an add), which
+/// [`Mapper::push`] merges back into one batch norm carrying them.
+fn bn_statistics(model: &InferenceModel) -> HashMap<String, (Vec<f32>, Vec<f32>)> {
+    let mut out = HashMap::new();
+    for node in model.nodes() {
+        if node.op.name() != "BatchNorm" || node.inputs.len() < 5 {
+            continue;
+        }
+        let read = |i: usize| -> Option<Vec<f32>> {
+            let fact = model.outlet_fact(node.inputs[i]).ok()?;
+            let t = fact.value.concretize()?;
+            f32s(&t)
+        };
+        if let (Some(mean), Some(var)) = (read(3), read(4)) {
+            if mean.len() == var.len() {
+                out.insert(node.name.clone(), (mean, var));
+            }
+        }
+    }
+    out
 }
 
 struct Mapper<'a> {
@@ -139,6 +180,8 @@ struct Mapper<'a> {
     mapped: HashMap<OutletId, Mapped>,
     /// ONNX node name → operator type, to name the source of a failing tract node.
     onnx_nodes: HashMap<String, String>,
+    /// Running statistics of the ONNX batch norms, by node name.
+    bn_stats: HashMap<String, (Vec<f32>, Vec<f32>)>,
 }
 
 impl Mapper<'_> {
@@ -277,6 +320,9 @@ impl Mapper<'_> {
     /// Add an IR node for tract node `id` and check its shape against tract's.
     fn push(&mut self, id: usize, op: Op, inputs: &[ValueId]) -> Result<ValueId, ImportError> {
         let name = self.typed.node(id).name.clone();
+        if let Some(v) = self.merge_batch_norm(&name, &op, inputs) {
+            return Ok(v);
+        }
         let expected = self.output_shape(id)?;
         let v = self
             .graph
@@ -295,6 +341,36 @@ impl Mapper<'_> {
             ));
         }
         Ok(v)
+    }
+
+    /// The add of tract's `{name}.mul` → `{name}` expansion of a batch norm with known
+    /// statistics: fold it into the mul node, which becomes the batch norm with its running
+    /// mean and variance (describing the mul's input). `None` when `op` is not that.
+    fn merge_batch_norm(&mut self, name: &str, op: &Op, inputs: &[ValueId]) -> Option<ValueId> {
+        let (Op::BatchNorm(add), [x]) = (op, inputs) else {
+            return None;
+        };
+        let stats = self.bn_stats.get(name)?;
+        let p = self.graph.producer(*x)?;
+        let mul_name = format!("{name}.mul");
+        let node = &mut self.graph.nodes[p];
+        let Op::BatchNorm(mul) = &mut node.op else {
+            return None;
+        };
+        if node.name != mul_name
+            || mul.stats.is_some()
+            || mul.scale.len() != add.scale.len()
+            || stats.0.len() != mul.scale.len()
+        {
+            return None;
+        }
+        for c in 0..mul.scale.len() {
+            mul.shift[c] = mul.shift[c] * add.scale[c] + add.shift[c];
+            mul.scale[c] *= add.scale[c];
+        }
+        mul.stats = Some(stats.clone());
+        node.name = name.to_string();
+        Some(*x)
     }
 
     fn output_shape(&self, id: usize) -> Result<Vec<usize>, ImportError> {

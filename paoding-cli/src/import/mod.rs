@@ -21,6 +21,11 @@ pub struct Imported {
     pub producer: String,
     /// Default-domain operator set version.
     pub opset: i64,
+    /// The model before its batch norms are folded, when the file has batch norms with
+    /// running statistics: each is one [`paoding_core::ir::Op::BatchNorm`] carrying its running
+    /// mean and variance (what BatchNorm-statistics matching needs). Same input and output as
+    /// `graph`, and the same function.
+    pub with_bn_stats: Option<Graph>,
 }
 
 /// Import an ONNX file into the IR.
@@ -59,7 +64,7 @@ pub fn import_onnx(path: &Path) -> Result<Imported, ImportError> {
         .to_string();
 
     // tract is third-party code: a panic inside it must become an error, never a crash.
-    let graph = catch_unwind(AssertUnwindSafe(|| {
+    let (graph, with_bn_stats) = catch_unwind(AssertUnwindSafe(|| {
         map::load_and_map(path, &dir, &proto, &onnx)
     }))
     .unwrap_or_else(|panic| {
@@ -77,6 +82,7 @@ pub fn import_onnx(path: &Path) -> Result<Imported, ImportError> {
         graph,
         producer,
         opset,
+        with_bn_stats,
     })
 }
 
