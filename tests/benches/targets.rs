@@ -13,6 +13,7 @@ use paoding_core::interp;
 use paoding_core::ir::Graph;
 use paoding_core::probes::Probes;
 use paoding_core::prune::{Method, PruneOptions, Pruner};
+use paoding_core::synth::{synthesize_with_report, SynthOptions};
 use paoding_tests::*;
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -138,4 +139,34 @@ fn main() {
         })
         .collect();
     println!("fit 1M-param CNN to half its flash (search + refit + fidelity check): {:?}   target <= 2 s", median(times));
+
+    println!("\n== probe synthesis (class-conditional inversion, release build, wall clock)");
+    for file in [
+        "mlp_torch.onnx",
+        "dscnn_torch.onnx",
+        "cnn_residual_bn_torch.onnx",
+    ] {
+        let (g, _, _) = load_fixture(file);
+        let t = Instant::now();
+        let (_, r) = synthesize_with_report(&g, &SynthOptions::default());
+        println!(
+            "synthesize 512 probes for {file}: {:?} ({} steps)   target <= 2 s",
+            t.elapsed(),
+            r.steps
+        );
+    }
+    let count = settings.count_for(&cnn);
+    let t = Instant::now();
+    let (_, r) = synthesize_with_report(
+        &cnn,
+        &SynthOptions {
+            count,
+            ..Default::default()
+        },
+    );
+    println!(
+        "synthesize {count} probes (the refit's count) for the 1M-param CNN: {:?} ({} steps)   target <= 30 s",
+        t.elapsed(),
+        r.steps
+    );
 }
