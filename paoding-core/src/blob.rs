@@ -24,8 +24,8 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use paoding_runtime::format::{
-    blob_crc, pack_filters, Act, ConvRec, DescHead, Header, NodeRec, OpRec, Operand, PoolRec, Shape, WRef,
-    HEADER_LEN, MAX_INPUTS, MAX_RANK, VERSION, WEIGHTS_ALIGN,
+    blob_crc, pack_filters, Act, ConvRec, DescHead, Header, NodeRec, OpRec, Operand, PoolRec,
+    Shape, WRef, HEADER_LEN, MAX_INPUTS, MAX_RANK, VERSION, WEIGHTS_ALIGN,
 };
 
 use crate::error::{Error, Result};

@@ -38,7 +38,7 @@ pub enum Error {
         /// Index of the offending node.
         node: u32,
         /// What is wrong.
-        reason: &'static str,
+        reason: Reason,
     },
     /// A documented limit of the runtime is exceeded (rank, inputs per node, node count).
     Limit(&'static str),
@@ -106,3 +106,135 @@ impl fmt::Display for Error {
 
 #[cfg(feature = "std")]
 impl std::error::Error for Error {}
+
+/// What is inconsistent in a graph description ([`Error::Invalid`]): a one-byte code, so that
+/// passing an error up costs little flash; [`Reason::as_str`] and `Display` give the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// Shape must start with a batch axis of 1.
+    NoBatchAxis,
+    /// Zero-sized dimension.
+    ZeroDimension,
+    /// Shape too large.
+    ShapeTooLarge,
+    /// Input value id must be 0.
+    InputId,
+    /// Input shape differs from the header.
+    InputShapeVsHeader,
+    /// Output shape differs from the header.
+    OutputShapeVsHeader,
+    /// Output does not match the value computed.
+    OutputVsValue,
+    /// More node records than declared.
+    ExtraNodes,
+    /// Fewer node records than declared.
+    MissingNodes,
+    /// Value lies outside the arena.
+    OutsideArena,
+    /// Reference to a value never computed.
+    NeverComputed,
+    /// Weight count does not match the shapes.
+    WeightCount,
+    /// Weights lie outside the weights section.
+    OutsideWeights,
+    /// Output value id must be node index + 1.
+    OutputId,
+    /// Wrong number of inputs.
+    Arity,
+    /// Reads a value not computed before it.
+    ReadsLater,
+    /// Input does not match its producer.
+    InputVsProducer,
+    /// Output partially overlaps an input.
+    PartialOverlap,
+    /// Output aliases an input where the operator cannot.
+    BadAlias,
+    /// Dense input shape.
+    DenseInput,
+    /// Dense too large.
+    DenseTooLarge,
+    /// BatchNorm needs a channel axis.
+    BatchNormRank,
+    /// Softmax axis.
+    SoftmaxAxis,
+    /// GlobalAveragePool needs NCHW.
+    GlobalPoolRank,
+    /// Add needs equal shapes.
+    AddShapes,
+    /// Concat axis.
+    ConcatAxis,
+    /// Concat shapes differ off the axis.
+    ConcatShapes,
+    /// Concat too large.
+    ConcatTooLarge,
+    /// Reshape changes the element count.
+    ReshapeCount,
+    /// Transpose permutation.
+    Permutation,
+    /// Pad must cover every axis but the batch.
+    PadAxes,
+    /// Pad too large.
+    PadTooLarge,
+    /// Output shape differs from the operator's.
+    OutputShape,
+    /// Conv2d parameters do not fit its input.
+    ConvParams,
+    /// Overwrites a value that is still read.
+    Overwrite,
+    /// Inconsistent after validation.
+    Inconsistent,
+    /// Pooling parameters do not fit its input.
+    PoolParams,
+}
+
+impl Reason {
+    /// The reason in words.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoBatchAxis => "shape must start with a batch axis of 1",
+            Reason::ZeroDimension => "zero-sized dimension",
+            Reason::ShapeTooLarge => "shape too large",
+            Reason::InputId => "input value id must be 0",
+            Reason::InputShapeVsHeader => "input shape differs from the header",
+            Reason::OutputShapeVsHeader => "output shape differs from the header",
+            Reason::OutputVsValue => "output does not match the value computed",
+            Reason::ExtraNodes => "more node records than declared",
+            Reason::MissingNodes => "fewer node records than declared",
+            Reason::OutsideArena => "value lies outside the arena",
+            Reason::NeverComputed => "reference to a value never computed",
+            Reason::WeightCount => "weight count does not match the shapes",
+            Reason::OutsideWeights => "weights lie outside the weights section",
+            Reason::OutputId => "output value id must be node index + 1",
+            Reason::Arity => "wrong number of inputs",
+            Reason::ReadsLater => "reads a value not computed before it",
+            Reason::InputVsProducer => "input does not match its producer",
+            Reason::PartialOverlap => "output partially overlaps an input",
+            Reason::BadAlias => "output aliases an input where the operator cannot",
+            Reason::DenseInput => "Dense input shape",
+            Reason::DenseTooLarge => "Dense too large",
+            Reason::BatchNormRank => "BatchNorm needs a channel axis",
+            Reason::SoftmaxAxis => "softmax axis",
+            Reason::GlobalPoolRank => "GlobalAveragePool needs NCHW",
+            Reason::AddShapes => "Add needs equal shapes",
+            Reason::ConcatAxis => "concat axis",
+            Reason::ConcatShapes => "concat shapes differ off the axis",
+            Reason::ConcatTooLarge => "concat too large",
+            Reason::ReshapeCount => "reshape changes the element count",
+            Reason::Permutation => "transpose permutation",
+            Reason::PadAxes => "pad must cover every axis but the batch",
+            Reason::PadTooLarge => "pad too large",
+            Reason::OutputShape => "output shape differs from the operator's",
+            Reason::ConvParams => "Conv2d parameters do not fit its input",
+            Reason::Overwrite => "overwrites a value that is still read",
+            Reason::Inconsistent => "inconsistent after validation",
+            Reason::PoolParams => "pooling parameters do not fit its input",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

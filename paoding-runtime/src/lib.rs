@@ -60,7 +60,7 @@ pub mod format;
 mod kernels;
 mod model;
 
-pub use error::Error;
+pub use error::{Error, Reason};
 pub use format::Header;
 pub use model::Model;
 

@@ -1,7 +1,7 @@
 //! [`Model`]: validate a blob once, then run it any number of times.
 
 use crate::decode::Reader;
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::format::{
     blob_crc, ConvRec, Header, NodeRec, OpRec, Operand, PoolRec, Shape, WRef, HEADER_LEN,
     MAX_NODES, MAX_RANK, WEIGHTS_ALIGN,
@@ -84,7 +84,7 @@ impl<'b> Around<'b> {
     }
 }
 
-fn invalid(node: u32, reason: &'static str) -> Error {
+fn invalid(node: u32, reason: Reason) -> Error {
     Error::Invalid { node, reason }
 }
 
@@ -104,17 +104,17 @@ fn dims(shape: &Shape) -> Dims {
 /// dimension, element count representable.
 fn checked_dims(node: u32, shape: &Shape) -> Result<(Dims, usize), Error> {
     if shape.is_empty() || shape.first() != Some(&1) {
-        return Err(invalid(node, "shape must start with a batch axis of 1"));
+        return Err(invalid(node, Reason::NoBatchAxis));
     }
     let mut len: usize = 1;
     for &s in shape.iter() {
         if s == 0 {
-            return Err(invalid(node, "zero-sized dimension"));
+            return Err(invalid(node, Reason::ZeroDimension));
         }
         len = len
             .checked_mul(s as usize)
             .filter(|&l| l <= u32::MAX as usize)
-            .ok_or(invalid(node, "shape too large"))?;
+            .ok_or(invalid(node, Reason::ShapeTooLarge))?;
     }
     Ok((dims(shape), len))
 }
@@ -218,7 +218,7 @@ impl<'a> Model<'a> {
             .ok_or(Error::BadHeader("description length"))?;
         let weights = as_f32(blob.get(w_off..).ok_or(Error::Truncated)?)?;
         let mut r = Reader { rest: desc };
-        let head = r.head()?;
+        let head = r.head().ok_or(Error::Decode)?;
         let nodes = r.rest;
         let n_nodes = head.n_nodes as usize;
         if n_nodes > MAX_NODES {
@@ -236,37 +236,37 @@ impl<'a> Model<'a> {
         };
         // The graph's input and output, against the header.
         if head.input.id != 0 {
-            return Err(invalid(GRAPH, "input value id must be 0"));
+            return Err(invalid(GRAPH, Reason::InputId));
         }
         model.input = model.region(GRAPH, &head.input)?;
         model.output = model.region(GRAPH, &head.output)?;
         if head.input.shape.as_slice() != header.input_shape()
             || model.input.len != header.input_len as usize
         {
-            return Err(invalid(GRAPH, "input shape differs from the header"));
+            return Err(invalid(GRAPH, Reason::InputShapeVsHeader));
         }
         if head.output.shape.as_slice() != header.output_shape()
             || model.output.len != header.output_len as usize
         {
-            return Err(invalid(GRAPH, "output shape differs from the header"));
+            return Err(invalid(GRAPH, Reason::OutputShapeVsHeader));
         }
         if head.output.id as usize > n_nodes
             || model.definition(&head.input, head.output.id)? != head.output
         {
-            return Err(invalid(GRAPH, "output does not match the value computed"));
+            return Err(invalid(GRAPH, Reason::OutputVsValue));
         }
         // Every node, in order.
         let mut count = 0usize;
         for (j, node) in model.node_iter().enumerate() {
             let node = node?;
             if j >= n_nodes {
-                return Err(invalid(GRAPH, "more node records than declared"));
+                return Err(invalid(GRAPH, Reason::ExtraNodes));
             }
             model.check_node(j, &node, &head.input)?;
             count += 1;
         }
         if count != n_nodes {
-            return Err(invalid(GRAPH, "fewer node records than declared"));
+            return Err(invalid(GRAPH, Reason::MissingNodes));
         }
         model.check_lifetimes(&head.input, head.output.id as usize)?;
         Ok(model)
@@ -285,7 +285,7 @@ impl<'a> Model<'a> {
         };
         match r.off.checked_add(len) {
             Some(end) if end <= self.arena_len => Ok(r),
-            _ => Err(invalid(node, "value lies outside the arena")),
+            _ => Err(invalid(node, Reason::OutsideArena)),
         }
     }
 
@@ -297,17 +297,17 @@ impl<'a> Model<'a> {
         match self.node_iter().nth(id as usize - 1) {
             Some(Ok(n)) => Ok(n.output),
             Some(Err(e)) => Err(e),
-            None => Err(invalid(GRAPH, "reference to a value never computed")),
+            None => Err(invalid(GRAPH, Reason::NeverComputed)),
         }
     }
 
     /// Weights of a reference, checked in bounds.
     fn wslice(&self, node: u32, w: WRef, len: usize) -> Result<&'a [f32], Error> {
         if w.len as usize != len {
-            return Err(invalid(node, "weight count does not match the shapes"));
+            return Err(invalid(node, Reason::WeightCount));
         }
         self.weights_of(w)
-            .ok_or(invalid(node, "weights lie outside the weights section"))
+            .ok_or(invalid(node, Reason::OutsideWeights))
     }
 
     /// The weights a reference names, if they lie inside the weights section.
@@ -319,7 +319,7 @@ impl<'a> Model<'a> {
     fn check_node(&self, j: usize, node: &NodeRec, input: &Operand) -> Result<(), Error> {
         let n = j as u32;
         if node.output.id as usize != j + 1 {
-            return Err(invalid(n, "output value id must be node index + 1"));
+            return Err(invalid(n, Reason::OutputId));
         }
         let out_reg = self.region(n, &node.output)?;
         let (od, _) = checked_dims(n, &node.output.shape)?;
@@ -329,7 +329,7 @@ impl<'a> Model<'a> {
             _ => node.inputs.len() == 1,
         };
         if !arity_ok {
-            return Err(invalid(n, "wrong number of inputs"));
+            return Err(invalid(n, Reason::Arity));
         }
         let in_place_op = matches!(
             node.op,
@@ -338,29 +338,23 @@ impl<'a> Model<'a> {
         let mut same = 0;
         for inp in &node.inputs {
             if inp.id as usize > j {
-                return Err(invalid(n, "reads a value not computed before it"));
+                return Err(invalid(n, Reason::ReadsLater));
             }
             if self.definition(input, inp.id)? != *inp {
-                return Err(invalid(n, "input does not match its producer"));
+                return Err(invalid(n, Reason::InputVsProducer));
             }
             let r = self.region(n, inp)?;
             if r == out_reg {
                 same += 1;
             } else if !r.disjoint(out_reg) {
-                return Err(invalid(n, "output partially overlaps an input"));
+                return Err(invalid(n, Reason::PartialOverlap));
             }
         }
         let is_reshape = matches!(node.op, OpRec::Reshape);
         if (is_reshape && same != 1) || (!is_reshape && same > usize::from(in_place_op)) {
-            return Err(invalid(
-                n,
-                "output aliases an input where the operator cannot",
-            ));
+            return Err(invalid(n, Reason::BadAlias));
         }
-        let first = node
-            .inputs
-            .first()
-            .ok_or(invalid(n, "wrong number of inputs"))?;
+        let first = node.inputs.first().ok_or(invalid(n, Reason::Arity))?;
         let (id, in_len) = checked_dims(n, &first.shape)?;
         let expected: Dims = match &node.op {
             OpRec::Dense {
@@ -371,11 +365,11 @@ impl<'a> Model<'a> {
                 act: _,
             } => {
                 if id.rank != 2 || id.at(1) != *inputs as usize || *units == 0 {
-                    return Err(invalid(n, "Dense input shape"));
+                    return Err(invalid(n, Reason::DenseInput));
                 }
                 let wl = (*units as usize)
                     .checked_mul(*inputs as usize)
-                    .ok_or(invalid(n, "Dense too large"))?;
+                    .ok_or(invalid(n, Reason::DenseTooLarge))?;
                 self.wslice(n, *weights, wl)?;
                 self.wslice(n, *bias, *units as usize)?;
                 shape_dims(&[1, *units as usize])
@@ -383,7 +377,7 @@ impl<'a> Model<'a> {
             OpRec::Conv2d(c) => self.check_conv(n, c, &id)?,
             OpRec::BatchNorm { scale, shift } => {
                 if id.rank < 2 {
-                    return Err(invalid(n, "BatchNorm needs a channel axis"));
+                    return Err(invalid(n, Reason::BatchNormRank));
                 }
                 self.wslice(n, *scale, id.at(1))?;
                 self.wslice(n, *shift, id.at(1))?;
@@ -392,31 +386,28 @@ impl<'a> Model<'a> {
             OpRec::Activation(_) => id,
             OpRec::Softmax { axis } => {
                 if *axis == 0 || *axis as usize >= id.rank {
-                    return Err(invalid(n, "softmax axis"));
+                    return Err(invalid(n, Reason::SoftmaxAxis));
                 }
                 id
             }
             OpRec::MaxPool(p) | OpRec::AveragePool(p) => check_pool(n, p, &id)?,
             OpRec::GlobalAveragePool => {
                 if id.rank != 4 {
-                    return Err(invalid(n, "GlobalAveragePool needs NCHW"));
+                    return Err(invalid(n, Reason::GlobalPoolRank));
                 }
                 shape_dims(&[1, id.at(1), 1, 1])
             }
             OpRec::Add => {
-                let other = node
-                    .inputs
-                    .get(1)
-                    .ok_or(invalid(n, "wrong number of inputs"))?;
+                let other = node.inputs.get(1).ok_or(invalid(n, Reason::Arity))?;
                 if other.shape != first.shape {
-                    return Err(invalid(n, "Add needs equal shapes"));
+                    return Err(invalid(n, Reason::AddShapes));
                 }
                 id
             }
             OpRec::Concat { axis } => {
                 let axis = *axis as usize;
                 if axis == 0 || axis >= id.rank {
-                    return Err(invalid(n, "concat axis"));
+                    return Err(invalid(n, Reason::ConcatAxis));
                 }
                 let mut e = id;
                 for other in node.inputs.iter().skip(1) {
@@ -424,12 +415,12 @@ impl<'a> Model<'a> {
                     let same_elsewhere =
                         d.rank == id.rank && (0..id.rank).all(|i| i == axis || d.at(i) == id.at(i));
                     if !same_elsewhere {
-                        return Err(invalid(n, "concat shapes differ off the axis"));
+                        return Err(invalid(n, Reason::ConcatShapes));
                     }
                     if let Some(x) = e.d.get_mut(axis) {
                         *x = x
                             .checked_add(d.at(axis))
-                            .ok_or(invalid(n, "concat too large"))?;
+                            .ok_or(invalid(n, Reason::ConcatTooLarge))?;
                     }
                 }
                 e
@@ -437,20 +428,20 @@ impl<'a> Model<'a> {
             OpRec::Reshape => {
                 let (_, out_len) = checked_dims(n, &node.output.shape)?;
                 if out_len != in_len {
-                    return Err(invalid(n, "reshape changes the element count"));
+                    return Err(invalid(n, Reason::ReshapeCount));
                 }
                 od
             }
             OpRec::Transpose { perm } => {
                 if perm.len() != id.rank || perm.first() != Some(&0) {
-                    return Err(invalid(n, "transpose permutation"));
+                    return Err(invalid(n, Reason::Permutation));
                 }
                 let mut seen = [false; MAX_RANK];
                 let mut e = id;
                 for (o, &p) in e.d.iter_mut().zip(perm.iter()) {
                     match seen.get_mut(p as usize) {
                         Some(s) if !*s && (p as usize) < id.rank => *s = true,
-                        _ => return Err(invalid(n, "transpose permutation")),
+                        _ => return Err(invalid(n, Reason::Permutation)),
                     }
                     *o = id.at(p as usize);
                 }
@@ -458,26 +449,26 @@ impl<'a> Model<'a> {
             }
             OpRec::Pad { pads, value: _ } => {
                 if pads.len() != id.rank || pads.first() != Some(&[0, 0]) {
-                    return Err(invalid(n, "pad must cover every axis but the batch"));
+                    return Err(invalid(n, Reason::PadAxes));
                 }
                 let mut e = id;
                 for (o, p) in e.d.iter_mut().zip(pads.iter()) {
                     *o = o
                         .checked_add(p[0] as usize)
                         .and_then(|x| x.checked_add(p[1] as usize))
-                        .ok_or(invalid(n, "pad too large"))?;
+                        .ok_or(invalid(n, Reason::PadTooLarge))?;
                 }
                 e
             }
         };
         if expected.dims() != od.dims() {
-            return Err(invalid(n, "output shape differs from the operator's"));
+            return Err(invalid(n, Reason::OutputShape));
         }
         Ok(())
     }
 
     fn check_conv(&self, n: u32, c: &ConvRec, id: &Dims) -> Result<Dims, Error> {
-        let bad = invalid(n, "Conv2d parameters do not fit its input");
+        let bad = invalid(n, Reason::ConvParams);
         if id.rank != 4 || id.at(1) != c.in_channels as usize {
             return Err(bad);
         }
@@ -529,10 +520,7 @@ impl<'a> Model<'a> {
                 let reg_w = self.region(w as u32 - 1, &node.output)?;
                 let view = matches!(node.op, OpRec::Reshape) && reg_w == reg_u;
                 if !reg_w.disjoint(reg_u) && !view {
-                    return Err(invalid(
-                        w as u32 - 1,
-                        "overwrites a value that is still read",
-                    ));
+                    return Err(invalid(w as u32 - 1, Reason::Overwrite));
                 }
             }
         }
@@ -602,7 +590,7 @@ impl<'a> Model<'a> {
                 got,
                 needed: self.arena_len,
             })?;
-        let gone = invalid(GRAPH, "value outside the arena");
+        let gone = invalid(GRAPH, Reason::OutsideArena);
         kernels::copy(
             arena
                 .get_mut(self.input.off..self.input.end())
@@ -621,7 +609,7 @@ impl<'a> Model<'a> {
 
     fn exec(&self, n: u32, node: &NodeRec, arena: &mut [f32]) -> Result<(), Error> {
         self.exec_node(node, arena)
-            .ok_or(invalid(n, "inconsistent after validation"))
+            .ok_or(invalid(n, Reason::Inconsistent))
     }
 
     /// Run one node; `None` only if validation let an inconsistency through (an `Option`:
@@ -772,7 +760,7 @@ fn shape_dims(s: &[usize]) -> Dims {
 }
 
 fn check_pool(n: u32, p: &PoolRec, id: &Dims) -> Result<Dims, Error> {
-    let bad = invalid(n, "pooling parameters do not fit its input");
+    let bad = invalid(n, Reason::PoolParams);
     if id.rank != 4 {
         return Err(bad);
     }

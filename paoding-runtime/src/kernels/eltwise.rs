@@ -33,7 +33,7 @@ pub(crate) fn softmax(x: &mut [f32], len: usize, inner: usize) {
                 .iter()
                 .skip(i)
                 .step_by(inner)
-                .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
             let mut sum = 0.0;
             for v in b.iter_mut().skip(i).step_by(inner) {
                 let e = libm::expf(*v - max);

@@ -52,7 +52,11 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, input: &[f32], out: &mut
                         }
                     } else {
                         for &v in row {
-                            acc = acc.max(v);
+                            // Not `f32::max`: an out-of-line `fmaxf` call on Cortex-M; the
+                            // comparison skips NaN the same way.
+                            if v > acc {
+                                acc = v;
+                            }
                         }
                     }
                 }
