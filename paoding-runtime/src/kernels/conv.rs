@@ -56,12 +56,31 @@ fn lanes(first: usize, pad: usize, step: usize, size: usize, n: usize) -> (usize
 trait Lanes: Copy {
     /// `self[o] += w[o] * x` for every lane.
     fn mac(&mut self, w: &Self, x: f32);
+
     /// `out[o * stride] = self[o]` for every lane (lanes past the end of `out` are dropped).
     fn store(&self, out: &mut [f32], stride: usize);
+
+    /// `self[o] += w[k * w_step + o] * x[k * x_step]` for `k` in `0..n` (steps in f32): the
+    /// inner loop, one input load per `LEN` multiply-adds.
+    ///
+    /// # Safety
+    /// Every element read (the lanes' weights at each `w + k * w_step`, one input at each
+    /// `x + k * x_step`, `k < n`) lies inside its slice.
+    #[inline(always)]
+    unsafe fn run(&mut self, x: *const f32, x_step: usize, w: *const f32, w_step: usize, n: usize) {
+        let (mut x, mut w) = (x, w);
+        for _ in 0..n {
+            // SAFETY: the caller's contract.
+            let (xv, wv) = unsafe { (*x, &*w.cast::<Self>()) };
+            self.mac(wv, xv);
+            x = x.wrapping_add(x_step);
+            w = w.wrapping_add(w_step);
+        }
+    }
 }
 
 macro_rules! lanes_impl {
-    ($n:literal: $($i:literal)*) => {
+    ($n:literal $(, $arm_run:ident)?: $($i:literal)*) => {
         impl Lanes for [f32; $n] {
             #[inline(always)]
             fn mac(&mut self, w: &Self, x: f32) {
@@ -76,12 +95,132 @@ macro_rules! lanes_impl {
                     }
                 )*
             }
+
+            $(
+                #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
+                #[inline(always)]
+                unsafe fn run(
+                    &mut self,
+                    x: *const f32,
+                    x_step: usize,
+                    w: *const f32,
+                    w_step: usize,
+                    n: usize,
+                ) {
+                    // SAFETY: the caller's contract.
+                    unsafe { arm::$arm_run(self, x, x_step, w, w_step, n) }
+                }
+            )?
         }
     };
 }
-lanes_impl!(8: 0 1 2 3 4 5 6 7);
-lanes_impl!(4: 0 1 2 3);
+lanes_impl!(8, run8: 0 1 2 3 4 5 6 7);
+lanes_impl!(4, run4: 0 1 2 3);
 lanes_impl!(1: 0);
+
+/// The inner loop for Cortex-M4F/M7 (FPv4-SP, hard-float ABI), written out because the
+/// compiler neither keeps a block's accumulators where `vldm` can feed them nor loads a run of
+/// weights with one `vldm`: per input, one `vldr`, one `vldm` for the block's weights, then one
+/// `vmla` per filter. `vmla` rounds the product before adding (it is not fused), so results
+/// are bit-identical to the portable loop's `a += w * x`. The floating-point registers are
+/// saved and restored inside (stable Rust cannot name them as operands on this target).
+#[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
+mod arm {
+    use core::arch::asm;
+
+    /// # Safety
+    /// As [`super::Lanes::run`].
+    #[inline(always)]
+    pub(super) unsafe fn run8(
+        acc: &mut [f32; 8],
+        x: *const f32,
+        xs: usize,
+        w: *const f32,
+        ws: usize,
+        n: usize,
+    ) {
+        if n == 0 {
+            return;
+        }
+        // SAFETY: reads `acc`, n inputs and n runs of 8 weights inside their slices (the
+        // caller's contract), writes `acc`; s0-s8 and s16-s23 are restored before the end.
+        unsafe {
+            asm!(
+                "vpush {{s0-s8}}",
+                "vpush {{s16-s23}}",
+                "vldmia {acc}, {{s16-s23}}",
+                "2:",
+                "vldr s8, [{x}]",
+                "vldmia {w}, {{s0-s7}}",
+                "add {x}, {xs}",
+                "add {w}, {ws}",
+                "vmla.f32 s16, s0, s8",
+                "vmla.f32 s17, s1, s8",
+                "vmla.f32 s18, s2, s8",
+                "vmla.f32 s19, s3, s8",
+                "vmla.f32 s20, s4, s8",
+                "vmla.f32 s21, s5, s8",
+                "vmla.f32 s22, s6, s8",
+                "vmla.f32 s23, s7, s8",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                "vstmia {acc}, {{s16-s23}}",
+                "vpop {{s16-s23}}",
+                "vpop {{s0-s8}}",
+                acc = in(reg) acc.as_mut_ptr(),
+                x = inout(reg) x => _,
+                xs = in(reg) xs * 4,
+                w = inout(reg) w => _,
+                ws = in(reg) ws * 4,
+                n = inout(reg) n => _,
+            );
+        }
+    }
+
+    /// # Safety
+    /// As [`super::Lanes::run`].
+    #[inline(always)]
+    pub(super) unsafe fn run4(
+        acc: &mut [f32; 4],
+        x: *const f32,
+        xs: usize,
+        w: *const f32,
+        ws: usize,
+        n: usize,
+    ) {
+        if n == 0 {
+            return;
+        }
+        // SAFETY: as in `run8`, with runs of 4 weights.
+        unsafe {
+            asm!(
+                "vpush {{s0-s4}}",
+                "vpush {{s16-s19}}",
+                "vldmia {acc}, {{s16-s19}}",
+                "2:",
+                "vldr s4, [{x}]",
+                "vldmia {w}, {{s0-s3}}",
+                "add {x}, {xs}",
+                "add {w}, {ws}",
+                "vmla.f32 s16, s0, s4",
+                "vmla.f32 s17, s1, s4",
+                "vmla.f32 s18, s2, s4",
+                "vmla.f32 s19, s3, s4",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                "vstmia {acc}, {{s16-s19}}",
+                "vpop {{s16-s19}}",
+                "vpop {{s0-s4}}",
+                acc = in(reg) acc.as_mut_ptr(),
+                x = inout(reg) x => _,
+                xs = in(reg) xs * 4,
+                w = inout(reg) w => _,
+                ws = in(reg) ws * 4,
+                n = inout(reg) n => _,
+            );
+        }
+    }
+}
 
 /// The taps of one output pixel that fall inside the input: kernel rows `ky0..ky1`, kernel
 /// columns `kx0..kx1`, and the input row and column of tap (0, 0) plus the padding (so tap
@@ -115,30 +254,6 @@ impl Filters<'_> {
     }
 }
 
-/// `acc[o] += w[k * w_step][o] * x[k * x_step]` for `k` in `0..n`: the inner loop, one input
-/// load per `C` multiply-adds, pointers stepped rather than indices recomputed.
-///
-/// # Safety
-/// For every `k < n`, `x + k * x_step` and `w + k * w_step` lie inside their slices.
-#[inline(always)]
-unsafe fn run<const C: usize>(
-    acc: &mut [f32; C],
-    mut x: *const f32,
-    x_step: usize,
-    mut w: *const [f32; C],
-    w_step: usize,
-    n: usize,
-) where
-    [f32; C]: Lanes,
-{
-    for _ in 0..n {
-        // SAFETY: the caller's contract.
-        unsafe { acc.mac(&*w, *x) };
-        x = x.wrapping_add(x_step);
-        w = w.wrapping_add(w_step);
-    }
-}
-
 /// One output pixel of a block of `C` filters: accumulate every tap in registers and store
 /// the `C` sums at `out[o * oh * ow]`. The inner loop runs over the input channels, or over
 /// the kernel columns when there are fewer channels (a first layer, a depthwise filter).
@@ -168,20 +283,24 @@ unsafe fn pixel<const C: usize>(
             let x_row = planes
                 .as_ptr()
                 .wrapping_add((win.y + ky * g.dy - g.pt) * g.iw + x_col);
-            let w_row = w.as_ptr().wrapping_add((ky * g.kw + win.kx0) * gi);
+            let w_row = w
+                .as_ptr()
+                .cast::<f32>()
+                .wrapping_add((ky * g.kw + win.kx0) * gi * C);
             // SAFETY: tap (ky, kx0 + k) of channel c reads input row y + ky * dy - pt < ih,
             // column x_col + k * dx < iw of plane c < gi, and run (ky * kw + kx0 + k) * gi + c
             // < kh * kw * gi: all inside (the window and the caller's contract).
             unsafe {
                 if gi >= nkx {
                     for k in 0..nkx {
-                        let (x, w) = (x_row.wrapping_add(k * g.dx), w_row.wrapping_add(k * gi));
-                        run(&mut acc, x, in_plane, w, 1, gi);
+                        let x = x_row.wrapping_add(k * g.dx);
+                        let w = w_row.wrapping_add(k * gi * C);
+                        acc.run(x, in_plane, w, C, gi);
                     }
                 } else {
                     for c in 0..gi {
-                        let (x, w) = (x_row.wrapping_add(c * in_plane), w_row.wrapping_add(c));
-                        run(&mut acc, x, g.dx, w, gi, nkx);
+                        let (x, w) = (x_row.wrapping_add(c * in_plane), w_row.wrapping_add(c * C));
+                        acc.run(x, g.dx, w, gi * C, nkx);
                     }
                 }
             }
