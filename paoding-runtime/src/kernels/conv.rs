@@ -374,30 +374,26 @@ pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act
     if g.sx == 0 || g.sy == 0 || g.dx == 0 || g.dy == 0 {
         return;
     }
-    let chunks = input
-        .chunks_exact(gi * in_plane)
-        .zip(w.chunks_exact(go * filter))
-        .zip(b.chunks_exact(go))
-        .zip(out.chunks_exact_mut(go * out_plane));
-    for (((planes, wg), bg), og) in chunks {
-        let mut f0 = 0;
-        while f0 < go {
-            let n = block_len(go - f0);
-            let wb = wg.get(f0 * filter..(f0 + n) * filter).unwrap_or(&[]);
-            let bb = bg.get(f0..).unwrap_or(&[]);
-            let ob = og.get_mut(f0 * out_plane..(f0 + n) * out_plane);
-            let f = match n {
-                FILTER_BLOCK => bb
-                    .first_chunk()
-                    .map(|b| Filters::Eight(wb.as_chunks().0, b)),
-                4 => bb.first_chunk().map(|b| Filters::Four(wb.as_chunks().0, b)),
-                _ => bb.first_chunk().map(|b| Filters::One(wb.as_chunks().0, b)),
-            };
-            if let (Some(f), Some(ob)) = (f, ob) {
-                block(&g, gi, planes, f, act, ob);
-            }
-            f0 += n;
+    // Filter f of the layer (group f / go) is the f % go-th of its group; blocks never span
+    // two groups.
+    let mut f0 = 0;
+    while f0 < g.out_c {
+        let (grp, first) = (f0 / go, f0 % go);
+        let n = block_len(go - first);
+        let planes = input.get(grp * gi * in_plane..).unwrap_or(&[]);
+        let wb = w.get(f0 * filter..(f0 + n) * filter).unwrap_or(&[]);
+        let bb = b.get(f0..).unwrap_or(&[]);
+        let f = match n {
+            FILTER_BLOCK => bb
+                .first_chunk()
+                .map(|b| Filters::Eight(wb.as_chunks().0, b)),
+            4 => bb.first_chunk().map(|b| Filters::Four(wb.as_chunks().0, b)),
+            _ => bb.first_chunk().map(|b| Filters::One(wb.as_chunks().0, b)),
+        };
+        if let (Some(f), Some(ob)) = (f, out.get_mut(f0 * out_plane..(f0 + n) * out_plane)) {
+            block(&g, gi, planes, f, act, ob);
         }
+        f0 += n;
     }
 }
 
