@@ -29,19 +29,26 @@ pub(crate) fn softmax(x: &mut [f32], len: usize, inner: usize) {
     }
     for b in x.chunks_exact_mut(block) {
         for i in 0..inner {
-            let max = b
-                .iter()
-                .skip(i)
-                .step_by(inner)
-                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-            let mut sum = 0.0;
-            for v in b.iter_mut().skip(i).step_by(inner) {
-                let e = libm::expf(*v - max);
-                *v = e;
-                sum += e;
+            // Element k of this softmax lies at i + k * inner.
+            let mut max = f32::NEG_INFINITY;
+            for k in 0..len {
+                if let Some(&v) = b.get(i + k * inner) {
+                    if v > max {
+                        max = v;
+                    }
+                }
             }
-            for v in b.iter_mut().skip(i).step_by(inner) {
-                *v /= sum;
+            let mut sum = 0.0;
+            for k in 0..len {
+                if let Some(v) = b.get_mut(i + k * inner) {
+                    *v = libm::expf(*v - max);
+                    sum += *v;
+                }
+            }
+            for k in 0..len {
+                if let Some(v) = b.get_mut(i + k * inner) {
+                    *v /= sum;
+                }
             }
         }
     }
