@@ -149,8 +149,17 @@ pub fn resolve(
         }
     }
     let (probes, report) = synth::synthesize_with_report(synth_graph, &options);
+    let derived = if report.optimised < count {
+        format!(
+            "; {} optimised within the work budget, {} derived from them by shifts, mixing and jitter",
+            report.optimised,
+            count - report.optimised
+        )
+    } else {
+        String::new()
+    };
     let mut description = format!(
-        "{count} probes by {} ({} of at most {SYNTH_STEPS} steps, seed {}; {} of {count} classified as their target)",
+        "{count} probes by {} ({} of at most {SYNTH_STEPS} steps, seed {}; {} of {count} classified as their target{derived})",
         method_name(report.method),
         report.steps,
         settings.seed,

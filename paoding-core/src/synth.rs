@@ -87,6 +87,11 @@ pub struct SynthOptions {
     /// Objective; one the model cannot support falls back to what it can (see
     /// [`SynthReport::method`]).
     pub method: SynthMethod,
+    /// Most work the optimisation may spend, in multiply-accumulates (forward and backward
+    /// passes, counted as three forwards, over every optimised probe and step). When `count`
+    /// probes would exceed it, only as many as fit are optimised and the others are derived
+    /// from them ([`derive_probes`]); `u64::MAX` optimises every probe.
+    pub work_macs: u64,
 }
 
 impl Default for SynthOptions {
@@ -100,8 +105,35 @@ impl Default for SynthOptions {
             input_range: (0.0, 1.0),
             seed: 0,
             method: SynthMethod::Invert,
+            work_macs: DEFAULT_WORK_MACS,
         }
     }
+}
+
+/// Default [`SynthOptions::work_macs`]: 10¹² MACs, about 20 s on one core of the batched
+/// passes (50 GMAC/s with AVX-512, half that with AVX2). Digits-sized models optimise all
+/// 512 probes well within it (the residual CNN needs 0.16·10¹²); a 1M-parameter CNN at
+/// 32×32 (49 M MACs a forward pass) optimises 34 and derives the rest.
+pub const DEFAULT_WORK_MACS: u64 = 1_000_000_000_000;
+
+/// Fewest probes optimised whatever the budget: two per class for a classifier (so that
+/// derived probes can mix two of their class), else 8, never more than asked for.
+fn min_optimised(classes: Option<usize>, count: usize) -> usize {
+    classes.map_or(8, |c| 2 * c).min(count)
+}
+
+/// How many of `opts.count` probes are optimised: all of them if the work budget allows,
+/// else as many as it pays for (at least [`min_optimised`]).
+pub fn optimised_count(g: &Graph, opts: &SynthOptions) -> usize {
+    if effective(g, opts.method) == SynthMethod::Uniform {
+        return 0;
+    }
+    let macs = crate::cost::ModelCost::new(g, Default::default())
+        .macs
+        .max(1);
+    let per_probe = (3 * macs).saturating_mul(opts.steps.max(1) as u64);
+    let fits = (opts.work_macs / per_probe).min(opts.count as u64) as usize;
+    fits.max(min_optimised(classes(g), opts.count))
 }
 
 /// What a synthesis achieved.
@@ -121,6 +153,9 @@ pub struct SynthReport {
     pub on_target: usize,
     /// Probes synthesized.
     pub count: usize,
+    /// Of those, probes optimised; the other `count - optimised` were derived from them by
+    /// shifts, mixing and jitter ([`derive_probes`]).
+    pub optimised: usize,
     /// Adam steps taken: [`SynthOptions::steps`], or fewer when every probe reached its
     /// class target earlier (inversion without BN matching stops there).
     pub steps: usize,
@@ -251,8 +286,15 @@ fn confident(k: usize) -> f32 {
     -libm::logf(p)
 }
 
-/// Probes evaluated together (a batch of the matrix products).
+/// Most probes evaluated together (a batch of the matrix products).
 const CHUNK: usize = 32;
+
+/// Probes per chunk for a batch of `count`: up to [`CHUNK`], but at least eight chunks when
+/// there are enough probes, so that a few costly probes (a large model optimises few) still
+/// keep every core busy. Results do not depend on it (the products are batch-invariant).
+fn chunk_len(count: usize) -> usize {
+    (count / 8).clamp(1, CHUNK)
+}
 
 /// `out[k] = f(k)` for every chunk `k`, over the available cores when `std` is on (chunks
 /// dealt out in turn, so that costly and cheap chunks spread evenly).
@@ -345,11 +387,19 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
         bn_loss: 0.0,
         on_target: 0,
         count,
+        optimised: count,
         steps: 0,
     };
     if count == 0 || n == 0 || method == SynthMethod::Uniform {
+        report.optimised = 0;
         return (probes, report);
     }
+    let asked = count;
+    // Beyond the work budget, optimise the first `count` probes (the same ones that would
+    // be optimised with no budget) and derive the others from them afterwards.
+    let count = optimised_count(g, opts);
+    report.optimised = count;
+    probes.data.truncate(count * n);
     let class_on = matches!(method, SynthMethod::Invert | SynthMethod::Both);
     let bn_on = matches!(method, SynthMethod::Bn | SynthMethod::Both);
     let bn = if bn_on { bn_layers(g) } else { Vec::new() };
@@ -366,7 +416,7 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
     let mut m = alloc::vec![0.0f32; probes.data.len()];
     let mut v = alloc::vec![0.0f32; probes.data.len()];
     let mut results: Vec<(Vec<ProbeStats>, Vec<f32>)> =
-        alloc::vec![(Vec::new(), Vec::new()); count.div_ceil(CHUNK)];
+        alloc::vec![(Vec::new(), Vec::new()); count.div_ceil(chunk_len(count))];
     let mut bn_loss = 0.0f32;
     let mut stats = alloc::vec![ProbeStats::default(); count];
     let mut done = alloc::vec![false; count];
@@ -386,8 +436,8 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
         }
         let (data, done_now, prev) = (&probes.data, &done, &stats);
         for_each_probe(&mut results, |chunk| {
-            let first = chunk * CHUNK;
-            let batch = CHUNK.min(count - first);
+            let first = chunk * chunk_len(count);
+            let batch = chunk_len(count).min(count - first);
             let mut out = prev[first..first + batch].to_vec();
             let mut grad = alloc::vec![0.0f32; n * batch];
             // Finished probes no longer move: their statistics stand, they cost nothing.
@@ -490,7 +540,126 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
         0
     };
     report.final_loss = report.class_loss + opts.tv_weight * tv + opts.bn_weight * bn_loss;
+    if asked > count {
+        let derived = derive_probes(
+            &probes,
+            asked - count,
+            n_classes.filter(|_| class_on),
+            spatial_axes(g).map(|axes| (in_shape.as_slice(), axes)),
+            opts,
+        );
+        if let Some(c) = n_classes.filter(|_| class_on) {
+            report.on_target += count_on_target(g, &derived, count, c);
+        }
+        probes.data.extend_from_slice(&derived.data);
+    }
     (probes, report)
+}
+
+/// `extra` probes derived from the optimised ones, DeepInversion-style cheap augmentation:
+/// derived probe `j` (overall index `k + j`, `k` optimised) takes class `(k + j) mod C` when
+/// the model is a classifier, and is a mix `(1 - a)·p + a·q` (`a` uniform in [0, 0.5)) of two
+/// optimised probes `p`, `q` of that class (any two otherwise), shifted by up to an eighth of
+/// the image along each spatial axis (edges repeated) when the input is an image, plus
+/// uniform jitter of ±2 % of the input range, clamped to it. Seeded by `opts.seed`.
+pub fn derive_probes(
+    optimised: &Probes,
+    extra: usize,
+    classes: Option<usize>,
+    image: Option<(&[usize], (usize, usize))>,
+    opts: &SynthOptions,
+) -> Probes {
+    let n = optimised.sample_len;
+    let k = optimised.count();
+    let (lo, hi) = opts.input_range;
+    let mut rng = crate::probes::SplitMix64(opts.seed ^ 0xD3E1_7ED0_0000_0001);
+    let pick = |class: Option<(usize, usize)>, rng: &mut crate::probes::SplitMix64| -> usize {
+        match class {
+            // Optimised probe i has class i mod C: the ones of `c` are c, c + C, ...
+            Some((c, of)) if c < k => {
+                let of_class = (k - c).div_ceil(of);
+                c + of * (rng.next_u64() % of_class as u64) as usize
+            }
+            _ => (rng.next_u64() % k as u64) as usize,
+        }
+    };
+    let mut data = Vec::with_capacity(extra * n);
+    let mut mixed = alloc::vec![0.0f32; n];
+    for j in 0..extra {
+        let class = classes.map(|c| ((k + j) % c, c));
+        let (p, q) = (pick(class, &mut rng), pick(class, &mut rng));
+        let a = 0.5 * rng.next_f32();
+        for ((m, &x), &y) in mixed
+            .iter_mut()
+            .zip(optimised.sample(p))
+            .zip(optimised.sample(q))
+        {
+            *m = (1.0 - a) * x + a * y;
+        }
+        let (dy, dx) = match image {
+            Some((shape, (ah, aw))) => {
+                let shift = |len: usize, r: u64| -> isize {
+                    let max = (len / 8) as isize;
+                    (r % (2 * max as u64 + 1)) as isize - max
+                };
+                (
+                    shift(shape[ah], rng.next_u64()),
+                    shift(shape[aw], rng.next_u64()),
+                )
+            }
+            None => (0, 0),
+        };
+        let start = data.len();
+        match image {
+            Some((shape, (ah, aw))) if dy != 0 || dx != 0 => {
+                let mut strides = [0usize; 4];
+                let mut acc = 1;
+                for axis in (0..4).rev() {
+                    strides[axis] = acc;
+                    acc *= shape[axis];
+                }
+                for i in 0..n {
+                    let (y, x) = ((i / strides[ah]) % shape[ah], (i / strides[aw]) % shape[aw]);
+                    let sy = (y as isize - dy).clamp(0, shape[ah] as isize - 1) as usize;
+                    let sx = (x as isize - dx).clamp(0, shape[aw] as isize - 1) as usize;
+                    let src =
+                        i - y * strides[ah] - x * strides[aw] + sy * strides[ah] + sx * strides[aw];
+                    data.push(mixed[src]);
+                }
+            }
+            _ => data.extend_from_slice(&mixed),
+        }
+        for v in &mut data[start..] {
+            let jitter = (hi - lo) * 0.02 * (2.0 * rng.next_f32() - 1.0);
+            *v = (*v + jitter).clamp(lo, hi);
+        }
+    }
+    Probes {
+        data,
+        sample_len: n,
+    }
+}
+
+/// Derived probes the model classifies as their class (`(first + j) mod classes`).
+fn count_on_target(g: &Graph, derived: &Probes, first: usize, classes: usize) -> usize {
+    let count = derived.count();
+    let n = derived.sample_len;
+    let logits = grad::logits_value(g);
+    let mut hits = alloc::vec![0usize; count.div_ceil(chunk_len(count))];
+    for_each_probe(&mut hits, |chunk| {
+        let start = chunk * chunk_len(count);
+        let batch = chunk_len(count).min(count - start);
+        let xs = &derived.data[start * n..(start + batch) * n];
+        let Ok(values) = grad::forward_batch(g, xs, batch) else {
+            return 0;
+        };
+        values[logits]
+            .chunks_exact(classes)
+            .enumerate()
+            .filter(|(s, z)| crate::fidelity::argmax(z) == (first + start + s) % classes)
+            .count()
+    });
+    hits.iter().sum()
 }
 
 /// dL/dx of the samples marked `active` (zero for the others), the backward pass running on
@@ -576,10 +745,10 @@ fn bn_targets(g: &Graph, bn: &[(usize, ValueId)], probes: &Probes) -> (Vec<BnTar
     // Per probe, for each layer: per-channel sums and sums of squares (f64), reduced in
     // probe order so the result does not depend on the chunking.
     let n_in = probes.sample_len;
-    let mut per_chunk: Vec<Vec<f64>> = alloc::vec![Vec::new(); count.div_ceil(CHUNK)];
+    let mut per_chunk: Vec<Vec<f64>> = alloc::vec![Vec::new(); count.div_ceil(chunk_len(count))];
     for_each_probe(&mut per_chunk, |chunk| {
-        let first = chunk * CHUNK;
-        let batch = CHUNK.min(count - first);
+        let first = chunk * chunk_len(count);
+        let batch = chunk_len(count).min(count - first);
         let mut acc = alloc::vec![0.0f64; width * batch];
         let xs = &probes.data[first * n_in..(first + batch) * n_in];
         let Ok(values) = grad::forward_batch(g, xs, batch) else {
@@ -872,6 +1041,50 @@ mod tests {
         assert_eq!(a, b, "same options, same probes");
         let c = synthesize(&g, &SynthOptions { seed: 6, ..opts });
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn beyond_the_work_budget_probes_are_derived_from_optimised_ones() {
+        let mut g = bn_graph(4);
+        for n in &mut g.nodes {
+            if let Op::BatchNorm(b) = &mut n.op {
+                b.stats = None;
+            }
+        }
+        let full = SynthOptions {
+            count: 8,
+            steps: 60,
+            lr: 0.05,
+            input_range: (-3.0, 3.0),
+            seed: 3,
+            work_macs: u64::MAX,
+            ..Default::default()
+        };
+        // A budget that pays for no probe: the minimum (two per class) is optimised.
+        let capped = SynthOptions {
+            count: 40,
+            work_macs: 1,
+            ..full.clone()
+        };
+        assert_eq!(optimised_count(&g, &capped), 8);
+        let (a, r) = synthesize_with_report(&g, &capped);
+        assert_eq!((r.count, r.optimised, a.count()), (40, 8, 40));
+        // The optimised ones are exactly those an unbudgeted synthesis of 8 gives.
+        let (b, rb) = synthesize_with_report(&g, &full);
+        assert_eq!(&a.data[..8 * 72], &b.data[..]);
+        assert!(
+            r.on_target >= rb.on_target,
+            "derived probes add hits: {r:?}"
+        );
+        assert!(a.data.iter().all(|v| (-3.0..=3.0).contains(v)));
+        // Derived probes are new inputs, not copies.
+        for j in 8..40 {
+            assert!(
+                (0..8).all(|i| a.sample(i) != a.sample(j)),
+                "probe {j} is a copy"
+            );
+        }
+        assert_eq!(a, synthesize(&g, &capped), "same options, same probes");
     }
 
     #[test]
