@@ -61,10 +61,18 @@ impl<'a> Reader<'a> {
 
     fn u32s<const N: usize>(&mut self) -> Option<[u32; N]> {
         let mut a = [0; N];
-        for x in a.iter_mut() {
+        self.fill(&mut a)?;
+        Some(a)
+    }
+
+    /// Consecutive `u32` fields into `out` (one loop for a record's integers: less flash
+    /// than a call and a check per field).
+    #[inline(never)]
+    fn fill(&mut self, out: &mut [u32]) -> Option<()> {
+        for x in out.iter_mut() {
             *x = self.u32()?;
         }
-        Some(a)
+        Some(())
     }
 
     /// A sequence length, checked against the capacity `cap`.
@@ -74,13 +82,6 @@ impl<'a> Reader<'a> {
             return None;
         }
         Some(n as usize)
-    }
-
-    fn wref(&mut self) -> Option<WRef> {
-        Some(WRef {
-            offset: self.u32()?,
-            len: self.u32()?,
-        })
     }
 
     fn act(&mut self) -> Option<Act> {
@@ -98,10 +99,11 @@ impl<'a> Reader<'a> {
     }
 
     fn pool(&mut self) -> Option<PoolRec> {
+        let [k0, k1, s0, s1, p0, p1, p2, p3] = self.u32s()?;
         Some(PoolRec {
-            kernel: self.u32s()?,
-            stride: self.u32s()?,
-            padding: self.u32s()?,
+            kernel: [k0, k1],
+            stride: [s0, s1],
+            padding: [p0, p1, p2, p3],
             count_include_pad: self.bool()?,
         })
     }
@@ -118,29 +120,57 @@ impl<'a> Reader<'a> {
 
     fn op(&mut self) -> Option<OpRec> {
         Some(match self.u32()? {
-            0 => OpRec::Dense {
-                units: self.u32()?,
-                inputs: self.u32()?,
-                weights: self.wref()?,
-                bias: self.wref()?,
-                act: self.act()?,
-            },
-            1 => OpRec::Conv2d(ConvRec {
-                out_channels: self.u32()?,
-                in_channels: self.u32()?,
-                kernel: self.u32s()?,
-                stride: self.u32s()?,
-                dilation: self.u32s()?,
-                padding: self.u32s()?,
-                groups: self.u32()?,
-                weights: self.wref()?,
-                bias: self.wref()?,
-                act: self.act()?,
-            }),
-            2 => OpRec::BatchNorm {
-                scale: self.wref()?,
-                shift: self.wref()?,
-            },
+            0 => {
+                let [units, inputs, w0, w1, b0, b1] = self.u32s()?;
+                OpRec::Dense {
+                    units,
+                    inputs,
+                    weights: WRef {
+                        offset: w0,
+                        len: w1,
+                    },
+                    bias: WRef {
+                        offset: b0,
+                        len: b1,
+                    },
+                    act: self.act()?,
+                }
+            }
+            1 => {
+                let [oc, ic, kh, kw, sy, sx, dy, dx, pt, pl, pb, pr, groups, w0, w1, b0, b1] =
+                    self.u32s()?;
+                OpRec::Conv2d(ConvRec {
+                    out_channels: oc,
+                    in_channels: ic,
+                    kernel: [kh, kw],
+                    stride: [sy, sx],
+                    dilation: [dy, dx],
+                    padding: [pt, pl, pb, pr],
+                    groups,
+                    weights: WRef {
+                        offset: w0,
+                        len: w1,
+                    },
+                    bias: WRef {
+                        offset: b0,
+                        len: b1,
+                    },
+                    act: self.act()?,
+                })
+            }
+            2 => {
+                let [s0, s1, t0, t1] = self.u32s()?;
+                OpRec::BatchNorm {
+                    scale: WRef {
+                        offset: s0,
+                        len: s1,
+                    },
+                    shift: WRef {
+                        offset: t0,
+                        len: t1,
+                    },
+                }
+            }
             3 => OpRec::Activation(self.act()?),
             4 => OpRec::Softmax { axis: self.byte()? },
             5 => OpRec::MaxPool(self.pool()?),

@@ -89,6 +89,7 @@ fn invalid(node: u32, reason: Reason) -> Error {
 }
 
 /// Dimensions of a shape, unchecked (for the executor, after validation).
+#[inline(never)]
 fn dims(shape: &Shape) -> Dims {
     let mut d = Dims {
         d: [1; MAX_RANK],

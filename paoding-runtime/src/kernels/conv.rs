@@ -39,7 +39,7 @@ pub(crate) struct ConvGeom {
 
 /// Kernel positions `k` in `0..n` whose input index `first + k * step - pad` lies in
 /// `0..size`: returns `(k0, k1)` (empty if `k0 >= k1`).
-#[inline(always)]
+#[inline(never)]
 fn lanes(first: usize, pad: usize, step: usize, size: usize, n: usize) -> (usize, usize) {
     // k * step + first >= pad  and  k * step + first < size + pad.
     let before = pad.saturating_sub(first);
@@ -68,14 +68,30 @@ trait Lanes: Copy {
     /// `x + k * x_step`, `k < n`) lies inside its slice.
     #[inline(always)]
     unsafe fn run(&mut self, x: *const f32, x_step: usize, w: *const f32, w_step: usize, n: usize) {
-        let (mut x, mut w) = (x, w);
-        for _ in 0..n {
-            // SAFETY: the caller's contract.
-            let (xv, wv) = unsafe { (*x, &*w.cast::<Self>()) };
-            self.mac(wv, xv);
-            x = x.wrapping_add(x_step);
-            w = w.wrapping_add(w_step);
-        }
+        // SAFETY: the caller's contract.
+        unsafe { run_portable(self, x, x_step, w, w_step, n) }
+    }
+}
+
+/// [`Lanes::run`] in plain Rust.
+///
+/// # Safety
+/// As [`Lanes::run`].
+#[inline(always)]
+unsafe fn run_portable<L: Lanes>(
+    acc: &mut L,
+    mut x: *const f32,
+    x_step: usize,
+    mut w: *const f32,
+    w_step: usize,
+    n: usize,
+) {
+    for _ in 0..n {
+        // SAFETY: the caller's contract.
+        let (xv, wv) = unsafe { (*x, &*w.cast::<L>()) };
+        acc.mac(wv, xv);
+        x = x.wrapping_add(x_step);
+        w = w.wrapping_add(w_step);
     }
 }
 
@@ -309,11 +325,69 @@ unsafe fn pixel<const C: usize>(
     acc.store(out, g.oh * g.ow);
 }
 
+/// One depthwise channel (one filter over one input plane): no channel loop to share an
+/// input between filters, so pixels share the weights instead. At stride 1, runs of 4
+/// adjacent output pixels whose windows lie wholly inside the input columns stream each
+/// weight past four accumulators ([`Lanes::run`] with the roles of weights and inputs
+/// swapped); the other pixels go through [`pixel`]. Either way a pixel's sum is formed in the
+/// same order (bias, kernel rows, kernel columns).
+#[inline(never)]
+fn depthwise(g: &ConvGeom, plane: &[f32], w: &[[f32; 1]], bias: &[f32; 1], out: &mut [f32]) {
+    if plane.len() < g.ih * g.iw || w.len() < g.kh * g.kw || out.len() < g.oh * g.ow {
+        return;
+    }
+    // Interior columns at stride 1: pl <= ox and ox - pl + (kw - 1) * dx < iw.
+    let hi = if g.sx == 1 {
+        (g.iw + g.pl).saturating_sub((g.kw - 1) * g.dx).min(g.ow)
+    } else {
+        0
+    };
+    let w = w.as_flattened();
+    for oy in 0..g.oh {
+        let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
+        let mut ox = 0;
+        while ox < g.ow {
+            let Some(at) = out.get_mut(oy * g.ow + ox..) else {
+                return;
+            };
+            if ox >= g.pl && ox + 4 <= hi {
+                let mut acc = [bias[0]; 4];
+                for ky in ky0..ky1 {
+                    let row = (oy * g.sy + ky * g.dy - g.pt) * g.iw + ox - g.pl;
+                    let (x, wk) = (
+                        plane.as_ptr().wrapping_add(row),
+                        w.as_ptr().wrapping_add(ky * g.kw),
+                    );
+                    // SAFETY: the row is inside the plane (lanes); for kernel column kx the four
+                    // pixels read columns ox - pl + kx * dx + 0..4, inside for interior pixels;
+                    // the weights ky * kw + kx lie below kh * kw (checked above).
+                    unsafe { run_portable(&mut acc, wk, 1, x, g.dx, g.kw) };
+                }
+                acc.store(at, 1);
+                ox += 4;
+                continue;
+            }
+            let (kx0, kx1) = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
+            let win = Window {
+                ky0,
+                ky1,
+                kx0,
+                kx1,
+                y: oy * g.sy,
+                x: ox * g.sx,
+            };
+            // SAFETY: the window is `lanes`' for this pixel; lengths checked above.
+            unsafe { pixel(g, 1, plane, w.as_chunks().0, bias, &win, at) };
+            ox += 1;
+        }
+    }
+}
+
 /// One block of filters over every output pixel of a group: `planes` are the group's `gi`
 /// input planes, `out` the block's output planes. The taps of each pixel are found here, once;
 /// the pixel kernels then trust them.
 #[inline(never)]
-fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, act: Act, out: &mut [f32]) {
+fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, out: &mut [f32]) {
     let in_plane = g.ih * g.iw;
     let out_plane = g.oh * g.ow;
     let (c, runs) = f.channels_and_runs();
@@ -346,55 +420,42 @@ fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, act: Act, out:
             }
         }
     }
-    // One pass over the block's planes: the activation's match stays out of the pixel loop.
-    act.apply_slice(out);
 }
 
 pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act, out: &mut [f32]) {
-    let mut g = *g;
-    if g.kh == 1 && g.kw == 1 && g.sy == 1 && g.sx == 1 && g.pt == 0 && g.pl == 0 {
-        // A 1x1 convolution without stride and padding maps pixels one to one: one long row
-        // needs fewer window computations than rows of pixels.
-        if g.ih == g.oh && g.iw == g.ow {
-            g.iw *= g.ih;
-            g.ow *= g.oh;
-            g.ih = 1;
-            g.oh = 1;
-        }
-    }
-    let in_plane = g.ih * g.iw;
-    let out_plane = g.oh * g.ow;
     let groups = g.groups.max(1);
-    let gi = g.in_c / groups;
-    let go = g.out_c / groups;
-    let filter = gi * g.kh * g.kw;
+    let (gi, go) = (g.in_c / groups, g.out_c / groups);
+    let (in_plane, out_plane, filter) = (g.ih * g.iw, g.oh * g.ow, gi * g.kh * g.kw);
     if in_plane == 0 || out_plane == 0 || filter == 0 || go == 0 {
         return;
     }
     if g.sx == 0 || g.sy == 0 || g.dx == 0 || g.dy == 0 {
         return;
     }
-    // Filter f of the layer (group f / go) is the f % go-th of its group; blocks never span
-    // two groups.
+    let depthwise_layer = go == 1 && gi == 1;
+    // Filter f0 is the (f0 % go)-th of group f0 / go; a block never spans two groups.
     let mut f0 = 0;
     while f0 < g.out_c {
-        let (grp, first) = (f0 / go, f0 % go);
-        let n = block_len(go - first);
-        let planes = input.get(grp * gi * in_plane..).unwrap_or(&[]);
-        let wb = w.get(f0 * filter..(f0 + n) * filter).unwrap_or(&[]);
+        let n = block_len(go - f0 % go);
+        let planes = input.get(f0 / go * gi * in_plane..).unwrap_or(&[]);
+        let wb = w.get(f0 * filter..).unwrap_or(&[]);
         let bb = b.get(f0..).unwrap_or(&[]);
-        let f = match n {
-            FILTER_BLOCK => bb
-                .first_chunk()
-                .map(|b| Filters::Eight(wb.as_chunks().0, b)),
-            4 => bb.first_chunk().map(|b| Filters::Four(wb.as_chunks().0, b)),
-            _ => bb.first_chunk().map(|b| Filters::One(wb.as_chunks().0, b)),
-        };
-        if let (Some(f), Some(ob)) = (f, out.get_mut(f0 * out_plane..(f0 + n) * out_plane)) {
-            block(&g, gi, planes, f, act, ob);
+        let ob = out.get_mut(f0 * out_plane..).unwrap_or(&mut []);
+        match (n, bb.first_chunk(), bb.first_chunk(), bb.first_chunk()) {
+            (FILTER_BLOCK, Some(b8), _, _) => {
+                block(g, gi, planes, Filters::Eight(wb.as_chunks().0, b8), ob)
+            }
+            (4, _, Some(b4), _) => block(g, gi, planes, Filters::Four(wb.as_chunks().0, b4), ob),
+            (_, _, _, Some(b1)) if depthwise_layer => {
+                depthwise(g, planes, wb.as_chunks().0, b1, ob)
+            }
+            (_, _, _, Some(b1)) => block(g, gi, planes, Filters::One(wb.as_chunks().0, b1), ob),
+            _ => {}
         }
         f0 += n;
     }
+    // One pass over the output: the activation's match stays out of the pixel loops.
+    act.apply_slice(out);
 }
 
 /// `out = act(W x + b)`: a 1x1 convolution of `x.len()` channels over one pixel.
