@@ -140,8 +140,10 @@ pub fn resolve(
     if let Some(f) = &file {
         if let Ok((n, xs)) = crate::npy::read_batch(f, sample) {
             if n == count {
+                let mut probes = Probes::from_batch(xs, sample)?;
+                probes.synthesized = true;
                 return Ok(ResolvedProbes {
-                    probes: Probes::from_batch(xs, sample)?,
+                    probes,
                     description: format!("{count} probes by {name} (cached {})", f.display()),
                     method: name.into(),
                 });

@@ -13,6 +13,9 @@ pub struct Probes {
     pub data: Vec<f32>,
     /// Values in one sample (the model input's element count).
     pub sample_len: usize,
+    /// Made by synthesis ([`crate::synth`]): plausible to the model but off the data's
+    /// distribution, so the refit trusts them less (see [`crate::prune::SYNTHESIZED_RIDGE`]).
+    pub synthesized: bool,
 }
 
 impl Probes {
@@ -29,7 +32,11 @@ impl Probes {
         let data = (0..sample_len * count)
             .map(|_| lo + (hi - lo) * rng.next_f32())
             .collect();
-        Probes { data, sample_len }
+        Probes {
+            data,
+            sample_len,
+            synthesized: false,
+        }
     }
 
     /// Wrap a caller's batch; its length must be a whole number of samples.
@@ -41,7 +48,11 @@ impl Probes {
                 shape: alloc::vec![sample_len],
             });
         }
-        Ok(Probes { data, sample_len })
+        Ok(Probes {
+            data,
+            sample_len,
+            synthesized: false,
+        })
     }
 
     /// Number of samples.

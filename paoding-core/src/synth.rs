@@ -553,6 +553,7 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
         }
         probes.data.extend_from_slice(&derived.data);
     }
+    probes.synthesized = true;
     (probes, report)
 }
 
@@ -637,6 +638,7 @@ pub fn derive_probes(
     Probes {
         data,
         sample_len: n,
+        synthesized: true,
     }
 }
 

@@ -92,11 +92,30 @@ pub struct PruneOptions {
     pub round_to: usize,
     /// Largest fraction of a layer `Global` may remove.
     pub max_layer_ratio: f64,
-    /// Ridge term of the refit, relative to the mean diagonal of the normal equations.
+    /// Ridge term of the refit, relative to the mean diagonal of the normal equations: the
+    /// weight of the prior (the compensated weights) against the probes. Synthesized probes
+    /// get at least [`SYNTHESIZED_RIDGE`].
     pub ridge: f64,
     /// Input range for PAODING's interval propagation.
     pub input_range: (f32, f32),
 }
+
+/// Least ridge of the refit when its probes are synthesized ([`Probes::synthesized`]).
+///
+/// The refit pulls towards the data-free compensated weights with a strength relative to the
+/// probes' mean energy per feature. Real inputs only need a numerical ridge
+/// ([`PruneOptions::ridge`], 10⁻³): the fit to them is what the model will see. Synthesized
+/// probes are what the model *believes* its classes look like, not the data: fitting them
+/// exactly moves the weights in directions real inputs do not confirm. At 0.1 the prior
+/// weighs a tenth of the observations along every direction, so the probes refine the
+/// compensation where they clearly speak and leave it where they barely do. Measured over
+/// the three digits fixtures (residual CNN, depthwise CNN, MLP at 40/40/73.7 % of the
+/// parameters removed, three seeds each): mean accuracy 94.6 % with 0.1, 94.0 % with 10⁻³,
+/// 94.1 % with 0.3 (the depthwise CNN alone would prefer 0.3) — and per-layer generalized
+/// cross-validation, which judges the fit on the probes' own distribution, does no better
+/// than 10⁻³. Uniform noise keeps the default: it
+/// covers every direction evenly, and a stronger prior measured worse with it.
+pub const SYNTHESIZED_RIDGE: f64 = 0.1;
 
 impl Default for PruneOptions {
     fn default() -> Self {

@@ -34,6 +34,12 @@ pub fn refit(
     ridge: f64,
 ) {
     let n = probes.count();
+    // Off-distribution probes are trusted less (see `SYNTHESIZED_RIDGE`).
+    let ridge = if probes.synthesized {
+        ridge.max(super::SYNTHESIZED_RIDGE)
+    } else {
+        ridge
+    };
     let mut orig_vals: Vec<Vec<f32>> = alloc::vec![Vec::new(); original.values.len()];
     let mut new_vals: Vec<Vec<f32>> = alloc::vec![Vec::new(); pruned.values.len()];
     orig_vals[original.input] = probes.data.clone();
