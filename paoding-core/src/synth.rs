@@ -415,8 +415,6 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
     let (beta1, beta2, eps) = (0.9f32, 0.999f32, 1e-8f32);
     let mut m = alloc::vec![0.0f32; probes.data.len()];
     let mut v = alloc::vec![0.0f32; probes.data.len()];
-    let mut results: Vec<(Vec<ProbeStats>, Vec<f32>)> =
-        alloc::vec![(Vec::new(), Vec::new()); count.div_ceil(chunk_len(count))];
     let mut bn_loss = 0.0f32;
     let mut stats = alloc::vec![ProbeStats::default(); count];
     let mut done = alloc::vec![false; count];
@@ -434,40 +432,40 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
         if last && !class_on {
             break;
         }
-        let (data, done_now, prev) = (&probes.data, &done, &stats);
+        // Finished probes no longer move: their statistics stand, they cost nothing. The
+        // probes still moving are dealt out in chunks afresh every step, so that the last few
+        // slow ones still spread over the cores (per-probe results do not depend on the batch).
+        let moving: Vec<usize> = (0..count).filter(|&k| !done[k]).collect();
+        let per = chunk_len(moving.len());
+        let mut results: Vec<(Vec<ProbeStats>, Vec<f32>)> =
+            alloc::vec![(Vec::new(), Vec::new()); moving.len().div_ceil(per)];
+        let (data, prev) = (&probes.data, &stats);
         for_each_probe(&mut results, |chunk| {
-            let first = chunk * chunk_len(count);
-            let batch = chunk_len(count).min(count - first);
-            let mut out = prev[first..first + batch].to_vec();
-            let mut grad = alloc::vec![0.0f32; n * batch];
-            // Finished probes no longer move: their statistics stand, they cost nothing.
-            let live: Vec<usize> = (0..batch).filter(|&s| !done_now[first + s]).collect();
-            if live.is_empty() {
-                return (out, grad);
-            }
-            let xs: Vec<f32> = live
+            let ids = &moving[chunk * per..((chunk + 1) * per).min(moving.len())];
+            let mut out: Vec<ProbeStats> = ids.iter().map(|&k| prev[k]).collect();
+            let xs: Vec<f32> = ids
                 .iter()
-                .flat_map(|&s| data[(first + s) * n..(first + s + 1) * n].iter().copied())
+                .flat_map(|&k| data[k * n..(k + 1) * n].iter().copied())
                 .collect();
-            let Ok(values) = grad::forward_batch(g, &xs, live.len()) else {
-                return (out, grad);
+            let Ok(values) = grad::forward_batch(g, &xs, ids.len()) else {
+                return (out, alloc::vec![0.0f32; n * ids.len()]);
             };
             let mut seeds = Vec::new();
             // Samples the loss still pulls: all of them with BN matching (a batch statistic),
             // else those above their class target; the others skip the backward pass.
-            let mut active = alloc::vec![bn_on; live.len()];
+            let mut active = alloc::vec![bn_on; ids.len()];
             if let (true, Some(c)) = (class_on, n_classes) {
-                let mut d_all = Vec::with_capacity(c * live.len());
-                for ((j, z), &s) in values[logits].chunks_exact(c).enumerate().zip(&live) {
-                    let target = (first + s) % c;
+                let mut d_all = Vec::with_capacity(c * ids.len());
+                for (j, z) in values[logits].chunks_exact(c).enumerate() {
+                    let target = ids[j] % c;
                     let (loss, mut d) = grad::cross_entropy(z, target);
-                    let pulling = loss >= confident(first + s);
+                    let pulling = loss >= confident(ids[j]);
                     if !pulling {
                         d.fill(0.0);
                     }
-                    out[s].ce = loss;
-                    out[s].hit = crate::fidelity::argmax(z) == target;
-                    out[s].pulling = pulling;
+                    out[j].ce = loss;
+                    out[j].hit = crate::fidelity::argmax(z) == target;
+                    out[j].pulling = pulling;
                     active[j] |= pulling;
                     // Flush what cannot matter: denormals downstream would cost 100× the time.
                     d.iter_mut()
@@ -477,24 +475,25 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
                 seeds.push((logits, d_all));
             }
             seeds.extend(bn_seeds(&targets, &values, opts.bn_weight));
-            let mut sub = if !last && !seeds.is_empty() {
+            let mut grad = if !last && !seeds.is_empty() {
                 backward_active(g, &values, &active, seeds)
             } else {
-                alloc::vec![0.0f32; n * live.len()]
+                alloc::vec![0.0f32; n * ids.len()]
             };
-            for ((&s, x), d) in live
-                .iter()
-                .zip(xs.chunks_exact(n))
-                .zip(sub.chunks_exact_mut(n))
-            {
-                if let Some(axes) = tv_axes {
-                    out[s].tv = total_variation(&in_shape, axes, x, opts.tv_weight * inv_count, d);
+            if let Some(axes) = tv_axes {
+                for ((o, x), d) in out
+                    .iter_mut()
+                    .zip(xs.chunks_exact(n))
+                    .zip(grad.chunks_exact_mut(n))
+                {
+                    o.tv = total_variation(&in_shape, axes, x, opts.tv_weight * inv_count, d);
                 }
-                grad[s * n..(s + 1) * n].copy_from_slice(d);
             }
             (out, grad)
         });
-        stats = results.iter().flat_map(|r| r.0.iter().copied()).collect();
+        for (&k, s) in moving.iter().zip(results.iter().flat_map(|r| r.0.iter())) {
+            stats[k] = *s;
+        }
         report.steps = step;
         // Inversion alone: a probe is finished once the class term stops pulling it, and
         // synthesis once every probe is.
@@ -511,17 +510,12 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
         let c1 = 1.0 - libm::powf(beta1, t as f32);
         let c2 = 1.0 - libm::powf(beta2, t as f32);
         let grads = results.iter().flat_map(|(_, g)| g.chunks_exact(n));
-        for ((((x, m), v), g), &done) in probes
-            .data
-            .chunks_exact_mut(n)
-            .zip(m.chunks_exact_mut(n))
-            .zip(v.chunks_exact_mut(n))
-            .zip(grads)
-            .zip(&done)
-        {
-            if done {
+        for (&k, g) in moving.iter().zip(grads) {
+            if done[k] {
                 continue;
             }
+            let x = &mut probes.data[k * n..(k + 1) * n];
+            let (m, v) = (&mut m[k * n..(k + 1) * n], &mut v[k * n..(k + 1) * n]);
             for (((x, m), v), &g) in x.iter_mut().zip(m).zip(v).zip(g) {
                 *m = beta1 * *m + (1.0 - beta1) * g;
                 *v = beta2 * *v + (1.0 - beta2) * g * g;
