@@ -710,8 +710,22 @@ impl<'a> Model<'a> {
                 kernels::pool::pool(&g, average, x, out);
             }
             OpRec::GlobalAveragePool => {
+                // An average over one window covering the whole plane.
                 let (x, id) = slice(0)?;
-                kernels::pool::global_average(id.at(2) * id.at(3), x, out);
+                let (h, w) = (id.at(2), id.at(3));
+                let g = PoolGeom {
+                    ih: h,
+                    iw: w,
+                    oh: 1,
+                    ow: 1,
+                    kh: h,
+                    kw: w,
+                    sy: 1,
+                    sx: 1,
+                    pt: 0,
+                    pl: 0,
+                };
+                kernels::pool::pool(&g, Some(true), x, out);
             }
             OpRec::Add => match (src(0)?.0, src(1)?.0) {
                 (Src::Same, Src::Slice(b)) | (Src::Slice(b), Src::Same) => {

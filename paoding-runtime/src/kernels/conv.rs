@@ -238,19 +238,6 @@ mod arm {
     }
 }
 
-/// The taps of one output pixel that fall inside the input: kernel rows `ky0..ky1`, kernel
-/// columns `kx0..kx1`, and the input row and column of tap (0, 0) plus the padding (so tap
-/// `(ky, kx)` reads row `y + ky * dy - pt`, column `x + kx * dx - pl`, never negative).
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    ky0: usize,
-    ky1: usize,
-    kx0: usize,
-    kx1: usize,
-    y: usize,
-    x: usize,
-}
-
 /// The filters of one block: `C` filters as runs of `C` weights (`[taps][gi]`).
 #[derive(Clone, Copy)]
 enum Filters<'w> {
@@ -270,153 +257,129 @@ impl Filters<'_> {
     }
 }
 
-/// One output pixel of a block of `C` filters: accumulate every tap in registers and store
-/// the `C` sums at `out[o * oh * ow]`. The inner loop runs over the input channels, or over
-/// the kernel columns when there are fewer channels (a first layer, a depthwise filter).
+/// Output pixels `xs` of row `oy` for a block of `C` filters: each pixel accumulates every
+/// tap in registers and stores its `C` sums at `out[ox + o * oh * ow]` (`out` starts at the
+/// row in the block's first plane). The taps that fall into the padding are cut off once per
+/// pixel ([`lanes`]); the inner loop runs over the input channels, or over the kernel columns
+/// when there are fewer channels (a first layer, a depthwise filter).
 ///
 /// # Safety
-/// `win` comes from [`lanes`] for this pixel (every tap it admits lies inside the input),
 /// `planes` holds the group's `gi` input planes and `w` at least `kh * kw * gi` runs.
 #[inline(never)]
-unsafe fn pixel<const C: usize>(
+unsafe fn row<const C: usize>(
     g: &ConvGeom,
     gi: usize,
     planes: &[f32],
-    w: &[[f32; C]],
-    bias: &[f32; C],
-    win: &Window,
+    (w, bias): (&[[f32; C]], &[f32; C]),
+    oy: usize,
+    xs: core::ops::Range<usize>,
     out: &mut [f32],
 ) where
     [f32; C]: Lanes,
 {
     let in_plane = g.ih * g.iw;
-    let mut acc = *bias;
-    if win.kx0 < win.kx1 {
-        let nkx = win.kx1 - win.kx0;
-        // The input column of the first admitted tap, and its weights' first run.
-        let x_col = win.x + win.kx0 * g.dx - g.pl;
-        for ky in win.ky0..win.ky1 {
-            let x_row = planes
-                .as_ptr()
-                .wrapping_add((win.y + ky * g.dy - g.pt) * g.iw + x_col);
-            let w_row = w
-                .as_ptr()
-                .cast::<f32>()
-                .wrapping_add((ky * g.kw + win.kx0) * gi * C);
-            // SAFETY: tap (ky, kx0 + k) of channel c reads input row y + ky * dy - pt < ih,
-            // column x_col + k * dx < iw of plane c < gi, and run (ky * kw + kx0 + k) * gi + c
-            // < kh * kw * gi: all inside (the window and the caller's contract).
-            unsafe {
-                if gi >= nkx {
-                    for k in 0..nkx {
-                        let x = x_row.wrapping_add(k * g.dx);
-                        let w = w_row.wrapping_add(k * gi * C);
-                        acc.run(x, in_plane, w, C, gi);
-                    }
+    let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
+    for ox in xs {
+        let (kx0, kx1) = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
+        let mut acc = *bias;
+        if kx0 < kx1 {
+            let nkx = kx1 - kx0;
+            // The input column of the first admitted tap.
+            let x_col = ox * g.sx + kx0 * g.dx - g.pl;
+            for ky in ky0..ky1 {
+                let x_row = planes
+                    .as_ptr()
+                    .wrapping_add((oy * g.sy + ky * g.dy - g.pt) * g.iw + x_col);
+                let w_row = w
+                    .as_ptr()
+                    .cast::<f32>()
+                    .wrapping_add((ky * g.kw + kx0) * gi * C);
+                // The longer of the two loops innermost: (outer count, outer input step,
+                // outer weight step, inner input step, inner weight step, inner count).
+                let (outer, oxs, ows, ixs, iws, n) = if gi >= nkx {
+                    (nkx, g.dx, gi * C, in_plane, C, gi)
                 } else {
-                    for c in 0..gi {
-                        let (x, w) = (x_row.wrapping_add(c * in_plane), w_row.wrapping_add(c * C));
-                        acc.run(x, g.dx, w, gi * C, nkx);
-                    }
+                    (gi, in_plane, C, g.dx, gi * C, nkx)
+                };
+                for k in 0..outer {
+                    let (x, w) = (x_row.wrapping_add(k * oxs), w_row.wrapping_add(k * ows));
+                    // SAFETY: tap (ky, kx0 + k) of channel c reads input row
+                    // oy * sy + ky * dy - pt < ih and column x_col + k * dx < iw (both from
+                    // `lanes`) of plane c < gi, and run (ky * kw + kx0 + k) * gi + c of
+                    // kh * kw * gi: all inside (the caller's contract).
+                    unsafe { acc.run(x, ixs, w, iws, n) };
                 }
             }
         }
+        acc.store(out.get_mut(ox..).unwrap_or(&mut []), g.oh * g.ow);
     }
-    acc.store(out, g.oh * g.ow);
 }
 
 /// One depthwise channel (one filter over one input plane): no channel loop to share an
 /// input between filters, so pixels share the weights instead. At stride 1, runs of 4
 /// adjacent output pixels whose windows lie wholly inside the input columns stream each
 /// weight past four accumulators ([`Lanes::run`] with the roles of weights and inputs
-/// swapped); the other pixels go through [`pixel`]. Either way a pixel's sum is formed in the
+/// swapped); the border pixels go through [`row`]. Either way a pixel's sum is formed in the
 /// same order (bias, kernel rows, kernel columns).
 #[inline(never)]
-fn depthwise(g: &ConvGeom, plane: &[f32], w: &[[f32; 1]], bias: &[f32; 1], out: &mut [f32]) {
-    if plane.len() < g.ih * g.iw || w.len() < g.kh * g.kw || out.len() < g.oh * g.ow {
+fn depthwise(g: &ConvGeom, plane: &[f32], f: (&[[f32; 1]], &[f32; 1]), out: &mut [f32]) {
+    if plane.len() < g.ih * g.iw || f.0.len() < g.kh * g.kw || out.len() < g.oh * g.ow {
         return;
     }
-    // Interior columns at stride 1: pl <= ox and ox - pl + (kw - 1) * dx < iw.
-    let hi = if g.sx == 1 {
-        (g.iw + g.pl).saturating_sub((g.kw - 1) * g.dx).min(g.ow)
-    } else {
-        0
-    };
-    let w = w.as_flattened();
+    // Interior columns at stride 1: pl <= ox and ox - pl + (kw - 1) * dx < iw; tiles of 4
+    // cover lo..lo + 4 * tiles.
+    let hi = (g.iw + g.pl).saturating_sub((g.kw - 1) * g.dx).min(g.ow);
+    let lo = g.pl.min(hi);
+    let tiles = if g.sx == 1 { (hi - lo) / 4 } else { 0 };
+    let w = f.0.as_flattened();
     for oy in 0..g.oh {
+        let Some(out_row) = out.get_mut(oy * g.ow..) else {
+            return;
+        };
         let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
-        let mut ox = 0;
-        while ox < g.ow {
-            let Some(at) = out.get_mut(oy * g.ow + ox..) else {
-                return;
-            };
-            if ox >= g.pl && ox + 4 <= hi {
-                let mut acc = [bias[0]; 4];
-                for ky in ky0..ky1 {
-                    let row = (oy * g.sy + ky * g.dy - g.pt) * g.iw + ox - g.pl;
-                    let (x, wk) = (
-                        plane.as_ptr().wrapping_add(row),
-                        w.as_ptr().wrapping_add(ky * g.kw),
-                    );
-                    // SAFETY: the row is inside the plane (lanes); for kernel column kx the four
-                    // pixels read columns ox - pl + kx * dx + 0..4, inside for interior pixels;
-                    // the weights ky * kw + kx lie below kh * kw (checked above).
-                    unsafe { run_portable(&mut acc, wk, 1, x, g.dx, g.kw) };
-                }
-                acc.store(at, 1);
-                ox += 4;
-                continue;
+        for t in 0..tiles {
+            let ox = lo + 4 * t;
+            let mut acc = [f.1[0]; 4];
+            for ky in ky0..ky1 {
+                let x = (oy * g.sy + ky * g.dy - g.pt) * g.iw + ox - g.pl;
+                let (x, wk) = (
+                    plane.as_ptr().wrapping_add(x),
+                    w.as_ptr().wrapping_add(ky * g.kw),
+                );
+                // SAFETY: the row is inside the plane (lanes); for kernel column kx the four
+                // pixels read columns ox - pl + kx * dx + 0..4, inside for interior pixels;
+                // the weights ky * kw + kx lie below kh * kw (checked above).
+                unsafe { run_portable(&mut acc, wk, 1, x, g.dx, g.kw) };
             }
-            let (kx0, kx1) = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
-            let win = Window {
-                ky0,
-                ky1,
-                kx0,
-                kx1,
-                y: oy * g.sy,
-                x: ox * g.sx,
-            };
-            // SAFETY: the window is `lanes`' for this pixel; lengths checked above.
-            unsafe { pixel(g, 1, plane, w.as_chunks().0, bias, &win, at) };
-            ox += 1;
+            acc.store(out_row.get_mut(ox..).unwrap_or(&mut []), 1);
+        }
+        // SAFETY: one plane, kh * kw weights (checked above).
+        unsafe {
+            row(g, 1, plane, f, oy, 0..lo.min(g.ow), out_row);
+            row(g, 1, plane, f, oy, lo + 4 * tiles..g.ow, out_row);
         }
     }
 }
 
 /// One block of filters over every output pixel of a group: `planes` are the group's `gi`
-/// input planes, `out` the block's output planes. The taps of each pixel are found here, once;
-/// the pixel kernels then trust them.
+/// input planes, `out` the block's output planes.
 #[inline(never)]
 fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, out: &mut [f32]) {
-    let in_plane = g.ih * g.iw;
-    let out_plane = g.oh * g.ow;
     let (c, runs) = f.channels_and_runs();
-    // What the pixel kernel's safety contract needs, checked once for the whole block.
-    if planes.len() < gi * in_plane || runs < g.kh * g.kw * gi || out.len() < c * out_plane {
+    // What the row kernel's safety contract needs, checked once for the whole block.
+    if planes.len() < gi * g.ih * g.iw || runs < g.kh * g.kw * gi || out.len() < c * g.oh * g.ow {
         return;
     }
     for oy in 0..g.oh {
-        let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
-        for ox in 0..g.ow {
-            let (kx0, kx1) = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
-            let win = Window {
-                ky0,
-                ky1,
-                kx0,
-                kx1,
-                y: oy * g.sy,
-                x: ox * g.sx,
-            };
-            let Some(at) = out.get_mut(oy * g.ow + ox..) else {
-                return;
-            };
-            // SAFETY: the window is `lanes`' for this pixel and the lengths were checked above.
-            unsafe {
-                match f {
-                    Filters::Eight(w, b) => pixel(g, gi, planes, w, b, &win, at),
-                    Filters::Four(w, b) => pixel(g, gi, planes, w, b, &win, at),
-                    Filters::One(w, b) => pixel(g, gi, planes, w, b, &win, at),
-                }
+        let Some(at) = out.get_mut(oy * g.ow..) else {
+            return;
+        };
+        // SAFETY: the lengths were checked above.
+        unsafe {
+            match f {
+                Filters::Eight(w, b) => row(g, gi, planes, (w, b), oy, 0..g.ow, at),
+                Filters::Four(w, b) => row(g, gi, planes, (w, b), oy, 0..g.ow, at),
+                Filters::One(w, b) => row(g, gi, planes, (w, b), oy, 0..g.ow, at),
             }
         }
     }
@@ -447,7 +410,7 @@ pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act
             }
             (4, _, Some(b4), _) => block(g, gi, planes, Filters::Four(wb.as_chunks().0, b4), ob),
             (_, _, _, Some(b1)) if depthwise_layer => {
-                depthwise(g, planes, wb.as_chunks().0, b1, ob)
+                depthwise(g, planes, (wb.as_chunks().0, b1), ob)
             }
             (_, _, _, Some(b1)) => block(g, gi, planes, Filters::One(wb.as_chunks().0, b1), ob),
             _ => {}

@@ -69,13 +69,3 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, input: &[f32], out: &mut
         }
     }
 }
-
-/// Mean of each `plane`-long channel.
-pub(crate) fn global_average(plane: usize, input: &[f32], out: &mut [f32]) {
-    if plane == 0 {
-        return;
-    }
-    for (o, chunk) in out.iter_mut().zip(input.chunks_exact(plane)) {
-        *o = chunk.iter().sum::<f32>() / plane as f32;
-    }
-}
