@@ -141,7 +141,7 @@ pub fn resolve(
         if let Ok((n, xs)) = crate::npy::read_batch(f, sample) {
             if n == count {
                 let mut probes = Probes::from_batch(xs, sample)?;
-                probes.synthesized = true;
+                probes.off_distribution = !matches!(method, SynthMethod::Bn | SynthMethod::Both);
                 return Ok(ResolvedProbes {
                     probes,
                     description: format!("{count} probes by {name} (cached {})", f.display()),

@@ -13,9 +13,12 @@ pub struct Probes {
     pub data: Vec<f32>,
     /// Values in one sample (the model input's element count).
     pub sample_len: usize,
-    /// Made by synthesis ([`crate::synth`]): plausible to the model but off the data's
-    /// distribution, so the refit trusts them less (see [`crate::prune::SYNTHESIZED_RIDGE`]).
-    pub synthesized: bool,
+    /// Synthesized from the model alone ([`crate::synth`], class inversion without
+    /// BatchNorm statistics): plausible to the model but off the data's distribution, so the
+    /// refit trusts them less (see [`crate::prune::SYNTHESIZED_RIDGE`]). Probes that matched
+    /// the training data's BatchNorm statistics are not: the refit's normal equations are
+    /// the layers' second moments, which such probes were fitted to.
+    pub off_distribution: bool,
 }
 
 impl Probes {
@@ -35,7 +38,7 @@ impl Probes {
         Probes {
             data,
             sample_len,
-            synthesized: false,
+            off_distribution: false,
         }
     }
 
@@ -51,7 +54,7 @@ impl Probes {
         Ok(Probes {
             data,
             sample_len,
-            synthesized: false,
+            off_distribution: false,
         })
     }
 

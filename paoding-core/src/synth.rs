@@ -547,7 +547,8 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
         }
         probes.data.extend_from_slice(&derived.data);
     }
-    probes.synthesized = true;
+    // Without the data's BatchNorm statistics, the probes are only the model's idea of them.
+    probes.off_distribution = !bn_on;
     (probes, report)
 }
 
@@ -632,7 +633,7 @@ pub fn derive_probes(
     Probes {
         data,
         sample_len: n,
-        synthesized: true,
+        off_distribution: true,
     }
 }
 
@@ -1001,6 +1002,7 @@ mod tests {
                 r.bn_loss
             );
             assert!(p.data.iter().all(|v| (0.0..=1.0).contains(v)));
+            assert!(!p.off_distribution, "fitted to the data's statistics");
             if classes > 1 {
                 assert_eq!(r.method, SynthMethod::Both);
                 assert!(r.on_target >= 48, "{} of 64 on target", r.on_target);
@@ -1028,6 +1030,7 @@ mod tests {
         };
         let (a, r) = synthesize_with_report(&g, &opts);
         assert_eq!(r.method, SynthMethod::Invert);
+        assert!(a.off_distribution, "the model's idea of its classes, not the data");
         // A random model: some class regions are small, but most probes reach theirs (noise
         // hits about one in four).
         assert!(r.on_target >= 28, "{} of 40 on target: {r:?}", r.on_target);

@@ -35,7 +35,7 @@ pub fn refit(
 ) {
     let n = probes.count();
     // Off-distribution probes are trusted less (see `SYNTHESIZED_RIDGE`).
-    let ridge = if probes.synthesized {
+    let ridge = if probes.off_distribution {
         ridge.max(super::SYNTHESIZED_RIDGE)
     } else {
         ridge
