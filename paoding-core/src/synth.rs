@@ -1030,7 +1030,10 @@ mod tests {
         };
         let (a, r) = synthesize_with_report(&g, &opts);
         assert_eq!(r.method, SynthMethod::Invert);
-        assert!(a.off_distribution, "the model's idea of its classes, not the data");
+        assert!(
+            a.off_distribution,
+            "the model's idea of its classes, not the data"
+        );
         // A random model: some class regions are small, but most probes reach theirs (noise
         // hits about one in four).
         assert!(r.on_target >= 28, "{} of 40 on target: {r:?}", r.on_target);
