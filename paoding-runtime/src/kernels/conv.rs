@@ -144,98 +144,62 @@ lanes_impl!(1: 0);
 mod arm {
     use core::arch::asm;
 
-    /// # Safety
-    /// As [`super::Lanes::run`].
-    #[inline(always)]
-    pub(super) unsafe fn run8(
-        acc: &mut [f32; 8],
-        x: *const f32,
-        xs: usize,
-        w: *const f32,
-        ws: usize,
-        n: usize,
-    ) {
-        if n == 0 {
-            return;
-        }
-        // SAFETY: reads `acc`, n inputs and n runs of 8 weights inside their slices (the
-        // caller's contract), writes `acc`; s0-s8 and s16-s23 are restored before the end.
-        unsafe {
-            asm!(
-                "vpush {{s0-s8}}",
-                "vpush {{s16-s23}}",
-                "vldmia {acc}, {{s16-s23}}",
-                "2:",
-                "vldr s8, [{x}]",
-                "vldmia {w}, {{s0-s7}}",
-                "add {x}, {xs}",
-                "add {w}, {ws}",
-                "vmla.f32 s16, s0, s8",
-                "vmla.f32 s17, s1, s8",
-                "vmla.f32 s18, s2, s8",
-                "vmla.f32 s19, s3, s8",
-                "vmla.f32 s20, s4, s8",
-                "vmla.f32 s21, s5, s8",
-                "vmla.f32 s22, s6, s8",
-                "vmla.f32 s23, s7, s8",
-                "subs {n}, {n}, #1",
-                "bne 2b",
-                "vstmia {acc}, {{s16-s23}}",
-                "vpop {{s16-s23}}",
-                "vpop {{s0-s8}}",
-                acc = in(reg) acc.as_mut_ptr(),
-                x = inout(reg) x => _,
-                xs = in(reg) xs * 4,
-                w = inout(reg) w => _,
-                ws = in(reg) ws * 4,
-                n = inout(reg) n => _,
-            );
-        }
+    /// `run8` / `run4`: the inner loop for a block of 8 / 4 filters. `$w` names the weight
+    /// registers, `$x` the input's, `$acc` the accumulators' (s16 up, callee-saved, so saved
+    /// and restored here with the others) and `$mla` is one `vmla` line per filter.
+    macro_rules! run_n {
+        ($name:ident, $n:literal, $w:literal, $x:literal, $acc:literal, $($mla:literal)*) => {
+            /// # Safety
+            /// As [`super::Lanes::run`].
+            #[inline(always)]
+            pub(super) unsafe fn $name(
+                acc: &mut [f32; $n],
+                x: *const f32,
+                xs: usize,
+                w: *const f32,
+                ws: usize,
+                n: usize,
+            ) {
+                if n == 0 {
+                    return;
+                }
+                // SAFETY: reads `acc`, n inputs and n runs of weights inside their slices
+                // (the caller's contract), writes `acc`; every register it uses is restored.
+                unsafe {
+                    asm!(
+                        concat!("vpush {{", $w, ", ", $x, "}}"),
+                        concat!("vpush {{", $acc, "}}"),
+                        concat!("vldmia {acc}, {{", $acc, "}}"),
+                        "2:",
+                        concat!("vldr ", $x, ", [{x}]"),
+                        concat!("vldmia {w}, {{", $w, "}}"),
+                        "add {x}, {xs}",
+                        "add {w}, {ws}",
+                        $($mla,)*
+                        "subs {n}, {n}, #1",
+                        "bne 2b",
+                        concat!("vstmia {acc}, {{", $acc, "}}"),
+                        concat!("vpop {{", $acc, "}}"),
+                        concat!("vpop {{", $w, ", ", $x, "}}"),
+                        acc = in(reg) acc.as_mut_ptr(),
+                        x = inout(reg) x => _,
+                        xs = in(reg) xs * 4,
+                        w = inout(reg) w => _,
+                        ws = in(reg) ws * 4,
+                        n = inout(reg) n => _,
+                    );
+                }
+            }
+        };
     }
 
-    /// # Safety
-    /// As [`super::Lanes::run`].
-    #[inline(always)]
-    pub(super) unsafe fn run4(
-        acc: &mut [f32; 4],
-        x: *const f32,
-        xs: usize,
-        w: *const f32,
-        ws: usize,
-        n: usize,
-    ) {
-        if n == 0 {
-            return;
-        }
-        // SAFETY: as in `run8`, with runs of 4 weights.
-        unsafe {
-            asm!(
-                "vpush {{s0-s4}}",
-                "vpush {{s16-s19}}",
-                "vldmia {acc}, {{s16-s19}}",
-                "2:",
-                "vldr s4, [{x}]",
-                "vldmia {w}, {{s0-s3}}",
-                "add {x}, {xs}",
-                "add {w}, {ws}",
-                "vmla.f32 s16, s0, s4",
-                "vmla.f32 s17, s1, s4",
-                "vmla.f32 s18, s2, s4",
-                "vmla.f32 s19, s3, s4",
-                "subs {n}, {n}, #1",
-                "bne 2b",
-                "vstmia {acc}, {{s16-s19}}",
-                "vpop {{s16-s19}}",
-                "vpop {{s0-s4}}",
-                acc = in(reg) acc.as_mut_ptr(),
-                x = inout(reg) x => _,
-                xs = in(reg) xs * 4,
-                w = inout(reg) w => _,
-                ws = in(reg) ws * 4,
-                n = inout(reg) n => _,
-            );
-        }
-    }
+    run_n!(run8, 8, "s0-s7", "s8", "s16-s23",
+        "vmla.f32 s16, s0, s8" "vmla.f32 s17, s1, s8" "vmla.f32 s18, s2, s8"
+        "vmla.f32 s19, s3, s8" "vmla.f32 s20, s4, s8" "vmla.f32 s21, s5, s8"
+        "vmla.f32 s22, s6, s8" "vmla.f32 s23, s7, s8");
+    run_n!(run4, 4, "s0-s3", "s4", "s16-s19",
+        "vmla.f32 s16, s0, s4" "vmla.f32 s17, s1, s4" "vmla.f32 s18, s2, s4"
+        "vmla.f32 s19, s3, s4");
 }
 
 /// The filters of one block: `C` filters as runs of `C` weights (`[taps][gi]`).
