@@ -9,6 +9,11 @@
 use crate::error::Error;
 use crate::format::{Act, ConvRec, DescHead, NodeRec, OpRec, Operand, PoolRec, WRef};
 
+/// A weights reference from its two fields.
+fn wref(offset: u32, len: u32) -> WRef {
+    WRef { offset, len }
+}
+
 /// A cursor over encoded bytes; every read fails past the end. The reads return `Option`
 /// (a one-register `?`); the two entry points turn `None` into [`Error::Decode`].
 pub(crate) struct Reader<'a> {
@@ -125,14 +130,8 @@ impl<'a> Reader<'a> {
                 OpRec::Dense {
                     units,
                     inputs,
-                    weights: WRef {
-                        offset: w0,
-                        len: w1,
-                    },
-                    bias: WRef {
-                        offset: b0,
-                        len: b1,
-                    },
+                    weights: wref(w0, w1),
+                    bias: wref(b0, b1),
                     act: self.act()?,
                 }
             }
@@ -147,28 +146,16 @@ impl<'a> Reader<'a> {
                     dilation: [dy, dx],
                     padding: [pt, pl, pb, pr],
                     groups,
-                    weights: WRef {
-                        offset: w0,
-                        len: w1,
-                    },
-                    bias: WRef {
-                        offset: b0,
-                        len: b1,
-                    },
+                    weights: wref(w0, w1),
+                    bias: wref(b0, b1),
                     act: self.act()?,
                 })
             }
             2 => {
                 let [s0, s1, t0, t1] = self.u32s()?;
                 OpRec::BatchNorm {
-                    scale: WRef {
-                        offset: s0,
-                        len: s1,
-                    },
-                    shift: WRef {
-                        offset: t0,
-                        len: t1,
-                    },
+                    scale: wref(s0, s1),
+                    shift: wref(t0, t1),
                 }
             }
             3 => OpRec::Activation(self.act()?),
