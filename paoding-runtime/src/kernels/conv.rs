@@ -1,15 +1,17 @@
 //! 2-D convolution over NCHW (grouped and depthwise included) and dense layers, without
 //! im2col.
 //!
-//! Output-stationary: for each output pixel, a block of up to [`FILTER_BLOCK`] filters
-//! accumulates in registers over every tap (kernel row, kernel column, input channel) and is
-//! stored once. The filters are stored block by block as `[taps][inputs][block]`
-//! ([`crate::format::pack_filters`]), so the weights one input value meets are one contiguous
-//! run: a tap costs one input load per `block` multiply-adds. The innermost loop runs over the
-//! input channels, or over the kernel columns where there are fewer channels (a first layer,
-//! a depthwise filter, which is a block of one). The taps that fall into the padding are cut
-//! off once per pixel in closed form: no bounds logic inside the tap loops. The activation is
-//! one pass over the block's output planes afterwards.
+//! Output-stationary, a row of output pixels per call: for each pixel, a block of up to
+//! [`FILTER_BLOCK`] filters accumulates in registers over every tap (kernel row, kernel
+//! column, input channel) and is stored once. The filters are stored block by block as
+//! `[taps][inputs][block]` ([`crate::format::pack_filters`]), so the weights one input value
+//! meets are one contiguous run: a tap costs one input load per `block` multiply-adds (on
+//! Cortex-M4F/M7 an assembly loop, see `arm`). The innermost loop runs over the input
+//! channels, or over the kernel columns where there are fewer channels (a first layer). The
+//! taps that fall into the padding are cut off once per pixel in closed form: no bounds logic
+//! inside the tap loops. A depthwise filter has no channel loop to amortise an input load, so
+//! its kernel shares each weight between 4 adjacent pixels instead. The activation is one pass
+//! over the output afterwards.
 //!
 //! A dense layer is a 1x1 convolution over a 1x1 image.
 

@@ -54,8 +54,8 @@ impl Act {
         }
     }
 
-    /// Sigmoid and tanh, out of line: a kernel that stores through [`Act::apply`] keeps the
-    /// cheap activations inline without a copy of `expf`'s caller per kernel.
+    /// Sigmoid and tanh, out of line, so that every caller of [`Act::apply`] keeps the cheap
+    /// activations inline without its own copy of the `expf` path (only those two reach it).
     #[inline(never)]
     fn apply_smooth(self, x: f32) -> f32 {
         match self {
