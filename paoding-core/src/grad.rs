@@ -902,12 +902,6 @@ mod tests {
     use crate::ir::{BatchNorm, Dense};
     use crate::probes::SplitMix64;
 
-    fn rand_vec(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| (rng.next_f32() * 2.0 - 1.0) * scale)
-            .collect()
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn conv(
         rng: &mut SplitMix64,
@@ -929,8 +923,8 @@ mod tests {
             dilation,
             padding,
             groups,
-            weights: rand_vec(rng, n, 0.6),
-            bias: rand_vec(rng, cout, 0.3),
+            weights: rng.vec(n, 0.6),
+            bias: rng.vec(cout, 0.3),
             activation,
         })
     }
@@ -939,8 +933,8 @@ mod tests {
         Op::Dense(Dense {
             units,
             inputs,
-            weights: rand_vec(rng, units * inputs, 0.5),
-            bias: rand_vec(rng, units, 0.3),
+            weights: rng.vec(units * inputs, 0.5),
+            bias: rng.vec(units, 0.3),
             activation,
         })
     }
@@ -958,7 +952,7 @@ mod tests {
         let mut rng = SplitMix64(seed ^ 0xABCD);
         let n = x.len();
         let x = x.to_vec();
-        let r = rand_vec(&mut rng, g.values[g.output].len(), 1.0);
+        let r = rng.vec(g.values[g.output].len(), 1.0);
         let loss = |x: &[f32]| -> f64 {
             interp::run(g, x)
                 .unwrap()
@@ -1065,8 +1059,8 @@ mod tests {
     fn gemm_is_batch_invariant_and_agrees_with_the_portable_loop() {
         let mut rng = SplitMix64(21);
         let (m, n, k) = (37, 301, 700);
-        let a = rand_vec(&mut rng, m * k, 1.0);
-        let b = rand_vec(&mut rng, k * n, 1.0);
+        let a = rng.vec(m * k, 1.0);
+        let b = rng.vec(k * n, 1.0);
         let mut c = alloc::vec![0.0f32; m * n];
         gemm(m, n, k, &a, &b, &mut c);
         let mut reference = alloc::vec![0.0f32; m * n];
@@ -1162,8 +1156,8 @@ mod tests {
         g.check().unwrap();
         check(&g, 70, -1.0, 1.0);
         let batch = 7;
-        let xs = rand_vec(&mut rng, 108 * batch, 1.0);
-        let seeds = rand_vec(&mut rng, 5 * batch, 1.0);
+        let xs = rng.vec(108 * batch, 1.0);
+        let seeds = rng.vec(5 * batch, 1.0);
         let values = forward_batch(&g, &xs, batch).unwrap();
         let dx = backward_batch(&g, &values, batch, alloc::vec![(g.output, seeds.clone())]);
         for s in 0..batch {
@@ -1233,8 +1227,8 @@ mod tests {
             .push(
                 "bn",
                 Op::BatchNorm(BatchNorm {
-                    scale: rand_vec(&mut rng, 3, 1.5),
-                    shift: rand_vec(&mut rng, 3, 0.5),
+                    scale: rng.vec(3, 1.5),
+                    shift: rng.vec(3, 0.5),
                     stats: Some((alloc::vec![0.0; 3], alloc::vec![1.0; 3])),
                 }),
                 &[c1],
@@ -1319,7 +1313,7 @@ mod tests {
         let plain = g.clone();
         g.output = g.push("sm", Op::Softmax { axis: 1 }, &[fc]).unwrap();
         assert_eq!(logits_value(&g), fc);
-        let x = rand_vec(&mut rng, 6, 1.0);
+        let x = rng.vec(6, 1.0);
         let (l1, d1, _) = class_gradient(&plain, &x, 2).unwrap();
         let (l2, d2, _) = class_gradient(&g, &x, 2).unwrap();
         assert_eq!((l1, &d1), (l2, &d2));
@@ -1357,7 +1351,7 @@ mod tests {
             )
             .unwrap();
         g.output = g.push("r", Op::Activation(Activation::Relu), &[c]).unwrap();
-        let x = rand_vec(&mut rng, 32, 1.0);
+        let x = rng.vec(32, 1.0);
         let values = forward(&g, &x).unwrap();
         // Seeding dL/dc = values of c is the gradient of ½‖c‖².
         let seed = values[c].clone();

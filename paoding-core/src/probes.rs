@@ -87,4 +87,12 @@ impl SplitMix64 {
     pub fn next_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
+
+    /// `n` values uniform in `[-scale, scale)` (test data for this crate's unit tests).
+    #[cfg(test)]
+    pub(crate) fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| (self.next_f32() * 2.0 - 1.0) * scale)
+            .collect()
+    }
 }

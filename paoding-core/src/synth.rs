@@ -816,12 +816,6 @@ mod tests {
     use crate::ir::{Activation, BatchNorm, Conv2d, Dense};
     use crate::probes::SplitMix64;
 
-    fn rand_vec(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| (rng.next_f32() * 2.0 - 1.0) * scale)
-            .collect()
-    }
-
     /// conv → BatchNorm (with running stats) → ReLU → conv → BatchNorm → ReLU → GAP → dense,
     /// with `classes` outputs (a non-classifier when 1).
     fn bn_graph(classes: usize) -> Graph {
@@ -836,13 +830,13 @@ mod tests {
                 dilation: [1, 1],
                 padding: [1, 1, 1, 1],
                 groups: 1,
-                weights: rand_vec(rng, cout * cin * 9, 0.5),
+                weights: rng.vec(cout * cin * 9, 0.5),
                 bias: alloc::vec![0.0; cout],
                 activation: Activation::Identity,
             })
         };
         let bn = |rng: &mut SplitMix64, c: usize| {
-            let mean = rand_vec(rng, c, 0.5);
+            let mean = rng.vec(c, 0.5);
             let var: Vec<f32> = (0..c).map(|_| 0.2 + rng.next_f32()).collect();
             Op::BatchNorm(BatchNorm {
                 scale: var.iter().map(|v| 1.0 / libm::sqrtf(v + 1e-5)).collect(),
@@ -880,7 +874,7 @@ mod tests {
                 Op::Dense(Dense {
                     units: classes,
                     inputs: 5,
-                    weights: rand_vec(&mut rng, classes * 5, 2.0),
+                    weights: rng.vec(classes * 5, 2.0),
                     bias: alloc::vec![0.0; classes],
                     activation: Activation::Identity,
                 }),
@@ -1093,7 +1087,7 @@ mod tests {
     fn total_variation_gradient_matches_finite_differences() {
         let shape = [1, 2, 4, 3];
         let mut rng = SplitMix64(4);
-        let x = rand_vec(&mut rng, 24, 1.0);
+        let x = rng.vec(24, 1.0);
         let mut grad = alloc::vec![0.0; 24];
         let tv = total_variation(&shape, (2, 3), &x, 1.0, &mut grad);
         assert!(tv > 0.0);

@@ -149,13 +149,36 @@ pub fn argmax(v: &[f32]) -> usize {
         .fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
 }
 
+/// A 3×3 convolution, stride 1, padded to keep the size, followed by ReLU (`weights`:
+/// `cout * cin * 9`, `bias`: `cout`).
+pub fn conv3x3_relu(
+    cin: usize,
+    cout: usize,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+) -> paoding_core::ir::Op {
+    use paoding_core::ir::{Activation, Conv2d, Op};
+    Op::Conv2d(Conv2d {
+        out_channels: cout,
+        in_channels: cin,
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        padding: [1, 1, 1, 1],
+        groups: 1,
+        weights,
+        bias,
+        activation: Activation::Relu,
+    })
+}
+
 /// A CNN of about one million parameters on a 3×32×32 input (CIFAR-sized), with seeded
 /// random weights: for speed measurements only (its outputs mean nothing).
 ///
 /// conv 3→32, pool, conv 32→64, pool, conv 64→128, conv 128→256, pool, conv 256→256,
 /// global average pool, dense 256→10; ReLU after every convolution.
 pub fn synthetic_cnn_1m(seed: u64) -> paoding_core::ir::Graph {
-    use paoding_core::ir::{Activation, Conv2d, Dense, Graph, Op, Pool};
+    use paoding_core::ir::{Activation, Dense, Graph, Op, Pool};
     let mut g = Graph::new("image", vec![1, 3, 32, 32]);
     let mut x = g.input;
     let mut s = seed;
@@ -166,18 +189,12 @@ pub fn synthetic_cnn_1m(seed: u64) -> paoding_core::ir::Graph {
             .iter()
             .map(|w| w * (6.0 / fan_in).sqrt())
             .collect();
-        let op = Op::Conv2d(Conv2d {
-            out_channels: cout,
-            in_channels: cin,
-            kernel: [3, 3],
-            stride: [1, 1],
-            dilation: [1, 1],
-            padding: [1, 1, 1, 1],
-            groups: 1,
+        let op = conv3x3_relu(
+            cin,
+            cout,
             weights,
-            bias: seeded_uniform(cout, s + 1000, -0.1, 0.1),
-            activation: Activation::Relu,
-        });
+            seeded_uniform(cout, s + 1000, -0.1, 0.1),
+        );
         g.push(name, op, &[x]).expect("conv")
     };
     let pool = |g: &mut Graph, x: usize, name: &str| {

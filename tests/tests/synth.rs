@@ -151,7 +151,7 @@ fn synthesis_speed_on_fixtures() {
 /// A 1M-parameter CNN at 32×32 with random weights: conv 3→64→128→256→256 (3×3, ReLU) with
 /// 2×2 max pools, global average pool, dense 256→10.
 fn big_cnn() -> Graph {
-    use paoding_core::ir::{Activation, Conv2d, Dense, Op, Pool};
+    use paoding_core::ir::{Activation, Dense, Op, Pool};
     let mut g = Graph::new("x", vec![1, 3, 32, 32]);
     let mut v = g.input;
     let mut seed = 1;
@@ -165,18 +165,12 @@ fn big_cnn() -> Graph {
         v = g
             .push(
                 format!("conv{i}"),
-                Op::Conv2d(Conv2d {
-                    out_channels: cout,
-                    in_channels: cin,
-                    kernel: [3, 3],
-                    stride: [1, 1],
-                    dilation: [1, 1],
-                    padding: [1, 1, 1, 1],
-                    groups: 1,
-                    weights: seeded_uniform(n, seed, -scale, scale),
-                    bias: vec![0.01; cout],
-                    activation: Activation::Relu,
-                }),
+                conv3x3_relu(
+                    cin,
+                    cout,
+                    seeded_uniform(n, seed, -scale, scale),
+                    vec![0.01; cout],
+                ),
                 &[v],
             )
             .unwrap();
