@@ -59,8 +59,11 @@ trait Lanes: Copy {
     /// `self[o] += w[o] * x` for every lane.
     fn mac(&mut self, w: &Self, x: f32);
 
-    /// `out[o * stride] = self[o]` for every lane (lanes past the end of `out` are dropped).
-    fn store(&self, out: &mut [f32], stride: usize);
+    /// `out[o * stride] = self[o]` for every lane.
+    ///
+    /// # Safety
+    /// Every `out + o * stride` lies inside one slice.
+    unsafe fn store(&self, out: *mut f32, stride: usize);
 
     /// `self[o] += w[k * w_step + o] * x[k * x_step]` for `k` in `0..n` (steps in f32): the
     /// inner loop, one input load per `LEN` multiply-adds.
@@ -106,12 +109,9 @@ macro_rules! lanes_impl {
             }
 
             #[inline(always)]
-            fn store(&self, out: &mut [f32], stride: usize) {
-                $(
-                    if let Some(o) = out.get_mut($i * stride) {
-                        *o = self[$i];
-                    }
-                )*
+            unsafe fn store(&self, out: *mut f32, stride: usize) {
+                // SAFETY: the caller's contract.
+                $( unsafe { *out.add($i * stride) = self[$i] }; )*
             }
 
             $(
@@ -195,6 +195,141 @@ mod arm {
         };
     }
 
+    /// # Safety
+    /// As [`super::taps8`].
+    #[inline(always)]
+    pub(super) unsafe fn taps8(
+        bias: f32,
+        x: *const f32,
+        offsets: *const u32,
+        w: *const f32,
+        n: usize,
+        out: *mut f32,
+    ) {
+        // SAFETY: reads n offsets, n weights and 8 inputs per tap inside their slices, writes
+        // 8 floats at `out` (the caller's contract); every register it uses is restored.
+        unsafe {
+            asm!(
+                "vpush {{s0-s8}}",
+                "vpush {{s16-s23}}",
+                "vmov s16, {b}",
+                "vmov.f32 s17, s16",
+                "vmov.f32 s18, s16",
+                "vmov.f32 s19, s16",
+                "vmov.f32 s20, s16",
+                "vmov.f32 s21, s16",
+                "vmov.f32 s22, s16",
+                "vmov.f32 s23, s16",
+                "cbz {n}, 3f",
+                "2:",
+                "ldr {t}, [{o}], #4",
+                "add {t}, {x}",
+                "vldmia {t}, {{s0-s7}}",
+                "vldmia {w}!, {{s8}}",
+                "vmla.f32 s16, s0, s8",
+                "vmla.f32 s17, s1, s8",
+                "vmla.f32 s18, s2, s8",
+                "vmla.f32 s19, s3, s8",
+                "vmla.f32 s20, s4, s8",
+                "vmla.f32 s21, s5, s8",
+                "vmla.f32 s22, s6, s8",
+                "vmla.f32 s23, s7, s8",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                "3:",
+                "vstmia {out}, {{s16-s23}}",
+                "vpop {{s16-s23}}",
+                "vpop {{s0-s8}}",
+                b = in(reg) bias.to_bits(),
+                out = in(reg) out,
+                x = in(reg) x,
+                o = inout(reg) offsets => _,
+                w = inout(reg) w => _,
+                n = inout(reg) n => _,
+                t = out(reg) _,
+            );
+        }
+    }
+
+    /// # Safety
+    /// As [`super::pair8`].
+    #[inline(always)]
+    pub(super) unsafe fn pair8(
+        bias: *const f32,
+        x: *const f32,
+        xs: usize,
+        w: *const f32,
+        n: usize,
+        out: *mut f32,
+        os: usize,
+    ) {
+        // SAFETY: reads 8 biases, n runs of 8 weights and two inputs per channel, writes two
+        // pixels of 8 planes (the caller's contract); every register it uses is restored.
+        unsafe {
+            asm!(
+                "vpush {{s0-s9}}",
+                "vpush {{s16-s31}}",
+                "vldmia {b}, {{s16-s23}}",
+                "vldmia {b}, {{s24-s31}}",
+                "2:",
+                "vldr s8, [{x}]",
+                "vldr s9, [{x}, #4]",
+                "vldmia {w}!, {{s0-s7}}",
+                "add {x}, {xs}",
+                "vmla.f32 s16, s0, s8",
+                "vmla.f32 s17, s1, s8",
+                "vmla.f32 s18, s2, s8",
+                "vmla.f32 s19, s3, s8",
+                "vmla.f32 s20, s4, s8",
+                "vmla.f32 s21, s5, s8",
+                "vmla.f32 s22, s6, s8",
+                "vmla.f32 s23, s7, s8",
+                "vmla.f32 s24, s0, s9",
+                "vmla.f32 s25, s1, s9",
+                "vmla.f32 s26, s2, s9",
+                "vmla.f32 s27, s3, s9",
+                "vmla.f32 s28, s4, s9",
+                "vmla.f32 s29, s5, s9",
+                "vmla.f32 s30, s6, s9",
+                "vmla.f32 s31, s7, s9",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                "vstr s16, [{o}]",
+                "vstr s24, [{o}, #4]",
+                "add {o}, {os}",
+                "vstr s17, [{o}]",
+                "vstr s25, [{o}, #4]",
+                "add {o}, {os}",
+                "vstr s18, [{o}]",
+                "vstr s26, [{o}, #4]",
+                "add {o}, {os}",
+                "vstr s19, [{o}]",
+                "vstr s27, [{o}, #4]",
+                "add {o}, {os}",
+                "vstr s20, [{o}]",
+                "vstr s28, [{o}, #4]",
+                "add {o}, {os}",
+                "vstr s21, [{o}]",
+                "vstr s29, [{o}, #4]",
+                "add {o}, {os}",
+                "vstr s22, [{o}]",
+                "vstr s30, [{o}, #4]",
+                "add {o}, {os}",
+                "vstr s23, [{o}]",
+                "vstr s31, [{o}, #4]",
+                "vpop {{s16-s31}}",
+                "vpop {{s0-s9}}",
+                b = in(reg) bias,
+                x = inout(reg) x => _,
+                xs = in(reg) xs * 4,
+                w = inout(reg) w => _,
+                n = inout(reg) n => _,
+                o = inout(reg) out => _,
+                os = in(reg) os * 4,
+            );
+        }
+    }
+
     run_n!(run8, 8, "s0-s7", "s8", "s16-s23",
         "vmla.f32 s16, s0, s8" "vmla.f32 s17, s1, s8" "vmla.f32 s18, s2, s8"
         "vmla.f32 s19, s3, s8" "vmla.f32 s20, s4, s8" "vmla.f32 s21, s5, s8"
@@ -204,126 +339,330 @@ mod arm {
         "vmla.f32 s19, s3, s4");
 }
 
-/// The filters of one block: `C` filters as runs of `C` weights (`[taps][gi]`).
+/// The filters of one block: `c` (8, 4 or 1) filters stored as runs of `c` weights
+/// (`[taps][gi][c]`), and their biases.
 #[derive(Clone, Copy)]
-enum Filters<'w> {
-    Eight(&'w [[f32; 8]], &'w [f32; 8]),
-    Four(&'w [[f32; 4]], &'w [f32; 4]),
-    One(&'w [[f32; 1]], &'w [f32; 1]),
+struct Filters<'w> {
+    c: usize,
+    w: &'w [f32],
+    bias: &'w [f32],
 }
 
-impl Filters<'_> {
-    /// Output channels, and the runs of weights the block holds.
-    fn channels_and_runs(&self) -> (usize, usize) {
-        match self {
-            Filters::Eight(w, _) => (8, w.len()),
-            Filters::Four(w, _) => (4, w.len()),
-            Filters::One(w, _) => (1, w.len()),
-        }
-    }
-}
-
-/// Output pixels `xs` of row `oy` for a block of `C` filters: each pixel accumulates every
-/// tap in registers and stores its `C` sums at `out[ox + o * oh * ow]` (`out` starts at the
-/// row in the block's first plane). The taps that fall into the padding are cut off once per
-/// pixel ([`lanes`]); the inner loop runs over the input channels, or over the kernel columns
-/// when there are fewer channels (a first layer, a depthwise filter).
+/// `acc[..c] += w[k * w_step + o] * x[k * x_step]` for `k < n`: [`Lanes::run`] for a block of
+/// `c` filters (8, 4 or 1).
 ///
 /// # Safety
-/// `planes` holds the group's `gi` input planes and `w` at least `kh * kw * gi` runs.
-#[inline(never)]
-unsafe fn row<const C: usize>(
-    g: &ConvGeom,
-    gi: usize,
-    planes: &[f32],
-    (w, bias): (&[[f32; C]], &[f32; C]),
-    oy: usize,
-    xs: core::ops::Range<usize>,
-    out: &mut [f32],
-) where
-    [f32; C]: Lanes,
-{
-    let in_plane = g.ih * g.iw;
-    let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
-    for ox in xs {
-        let (kx0, kx1) = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
-        let mut acc = *bias;
-        if kx0 < kx1 {
-            let nkx = kx1 - kx0;
-            // The input column of the first admitted tap.
-            let x_col = ox * g.sx + kx0 * g.dx - g.pl;
-            for ky in ky0..ky1 {
-                let x_row = planes
-                    .as_ptr()
-                    .wrapping_add((oy * g.sy + ky * g.dy - g.pt) * g.iw + x_col);
-                let w_row = w
-                    .as_ptr()
-                    .cast::<f32>()
-                    .wrapping_add((ky * g.kw + kx0) * gi * C);
-                // The longer of the two loops innermost: (outer count, outer input step,
-                // outer weight step, inner input step, inner weight step, inner count).
-                let (outer, oxs, ows, ixs, iws, n) = if gi >= nkx {
-                    (nkx, g.dx, gi * C, in_plane, C, gi)
-                } else {
-                    (gi, in_plane, C, g.dx, gi * C, nkx)
-                };
-                for k in 0..outer {
-                    let (x, w) = (x_row.wrapping_add(k * oxs), w_row.wrapping_add(k * ows));
-                    // SAFETY: tap (ky, kx0 + k) of channel c reads input row
-                    // oy * sy + ky * dy - pt < ih and column x_col + k * dx < iw (both from
-                    // `lanes`) of plane c < gi, and run (ky * kw + kx0 + k) * gi + c of
-                    // kh * kw * gi: all inside (the caller's contract).
-                    unsafe { acc.run(x, ixs, w, iws, n) };
+/// As [`Lanes::run`] for `c` lanes.
+#[inline(always)]
+unsafe fn run_block(
+    acc: &mut [f32; 8],
+    c: usize,
+    x: *const f32,
+    xs: usize,
+    w: *const f32,
+    ws: usize,
+    n: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match c {
+            8 => acc.run(x, xs, w, ws, n),
+            4 => {
+                if let Some(a) = acc.first_chunk_mut::<4>() {
+                    a.run(x, xs, w, ws, n)
+                }
+            }
+            _ => {
+                if let Some(a) = acc.first_chunk_mut::<1>() {
+                    a.run(x, xs, w, ws, n)
                 }
             }
         }
-        acc.store(out.get_mut(ox..).unwrap_or(&mut []), g.oh * g.ow);
     }
 }
 
-/// One depthwise channel (one filter over one input plane): no channel loop to share an
-/// input between filters, so pixels share the weights instead. At stride 1, runs of 4
-/// adjacent output pixels whose windows lie wholly inside the input columns stream each
-/// weight past four accumulators ([`Lanes::run`] with the roles of weights and inputs
-/// swapped); the border pixels go through [`row`]. Either way a pixel's sum is formed in the
-/// same order (bias, kernel rows, kernel columns).
+/// Output pixels `xs` of row `oy` for a block of filters: each pixel accumulates every tap in
+/// registers and stores its sums at `out[ox + o * oh * ow]` (`out` starts at the row in the
+/// block's first plane). The taps that fall into the padding are cut off once per pixel
+/// ([`lanes`]); the inner loop runs over the input channels, or over the kernel columns when
+/// there are fewer channels (a first layer).
+///
+/// # Safety
+/// `planes` holds the group's `gi` input planes, `f.w` at least `kh * kw * gi * c` weights
+/// and `f.bias` `c`, and `out` at least `(c - 1) * oh * ow + xs.end` floats.
 #[inline(never)]
-fn depthwise(g: &ConvGeom, plane: &[f32], f: (&[[f32; 1]], &[f32; 1]), out: &mut [f32]) {
-    if plane.len() < g.ih * g.iw || f.0.len() < g.kh * g.kw || out.len() < g.oh * g.ow {
-        return;
+unsafe fn row(
+    g: &ConvGeom,
+    gi: usize,
+    planes: &[f32],
+    f: Filters<'_>,
+    oy: usize,
+    xs: core::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let (c, in_plane) = (f.c, g.ih * g.iw);
+    // The longer of the two tap loops innermost, for `nkx` admitted kernel columns: (outer
+    // count, outer input step, outer weight step, inner input step, inner weight step, inner
+    // count).
+    let loops = |nkx: usize| {
+        if gi >= nkx {
+            (nkx, g.dx, gi * c, in_plane, c, gi)
+        } else {
+            (gi, in_plane, c, g.dx, gi * c, nkx)
+        }
+    };
+    let whole = loops(g.kw);
+    let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
+    // Input row and weights of kernel row ky0, and their steps per kernel row.
+    let x_top = planes
+        .as_ptr()
+        .wrapping_add((oy * g.sy + ky0 * g.dy).wrapping_sub(g.pt) * g.iw);
+    let w_top = f.w.as_ptr().wrapping_add(ky0 * g.kw * gi * c);
+    let (x_step, w_step) = (g.dy * g.iw, g.kw * gi * c);
+    let span = (g.kw - 1) * g.dx;
+    for ox in xs {
+        // Most pixels' windows lie inside the input columns.
+        let (kx0, (outer, oxs, ows, ixs, iws, n)) =
+            if ox * g.sx >= g.pl && ox * g.sx + span < g.iw + g.pl {
+                (0, whole)
+            } else {
+                let (kx0, kx1) = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
+                (kx0, loops(kx1.saturating_sub(kx0)))
+            };
+        // Lanes past `c` are computed but never stored.
+        let mut acc = match f.bias.first_chunk() {
+            Some(b) => *b,
+            None => core::array::from_fn(|o| f.bias.get(o).copied().unwrap_or(0.0)),
+        };
+        // The first admitted tap's input and weights.
+        let mut x = x_top.wrapping_add((ox * g.sx + kx0 * g.dx).wrapping_sub(g.pl));
+        let mut w = w_top.wrapping_add(kx0 * gi * c);
+        for _ in ky0..ky1 {
+            for k in 0..outer {
+                // SAFETY: tap (ky, kx0 + k) of channel ch reads input row
+                // oy * sy + ky * dy - pt < ih and column ox * sx + (kx0 + k) * dx - pl < iw
+                // (both from `lanes`) of plane ch < gi, and run (ky * kw + kx0 + k) * gi + ch
+                // of kh * kw * gi: all inside (the caller's contract).
+                unsafe {
+                    run_block(
+                        &mut acc,
+                        c,
+                        x.wrapping_add(k * oxs),
+                        ixs,
+                        w.wrapping_add(k * ows),
+                        iws,
+                        n,
+                    )
+                };
+            }
+            x = x.wrapping_add(x_step);
+            w = w.wrapping_add(w_step);
+        }
+        let (at, stride) = (out.as_mut_ptr().wrapping_add(ox), g.oh * g.ow);
+        // SAFETY: lane o < c of pixel ox < xs.end goes to o * oh * ow + ox (the caller's
+        // contract).
+        unsafe {
+            match (c, acc.first_chunk::<4>(), acc.first_chunk::<1>()) {
+                (FILTER_BLOCK, _, _) => acc.store(at, stride),
+                (4, Some(a), _) => a.store(at, stride),
+                (_, _, Some(a)) => a.store(at, stride),
+                _ => {}
+            }
+        }
     }
-    // Interior columns at stride 1: pl <= ox and ox - pl + (kw - 1) * dx < iw; tiles of 4
-    // cover lo..lo + 4 * tiles.
-    let hi = (g.iw + g.pl).saturating_sub((g.kw - 1) * g.dx).min(g.ow);
-    let lo = g.pl.min(hi);
-    let tiles = if g.sx == 1 { (hi - lo) / 4 } else { 0 };
-    let w = f.0.as_flattened();
-    for oy in 0..g.oh {
-        let Some(out_row) = out.get_mut(oy * g.ow..) else {
+}
+
+/// Floats of the depthwise kernel's zero-padded input window (2 KiB, on the stack).
+const WINDOW: usize = 512;
+
+/// Most kernel taps (height x width) the depthwise kernel's tap table holds; larger depthwise
+/// filters take the row kernel.
+const MAX_TAPS: usize = 64;
+
+/// A depthwise convolution (one filter over each input plane). Without a channel loop to
+/// share an input load between filters, adjacent output pixels share each weight load
+/// instead: a tile of 8 pixels streams one weight past its 8 accumulators per tap
+/// ([`taps8`]). So that every pixel of a tile reads a full window, the kernel first copies a
+/// band of output rows' inputs into `window` ([`fill_window`]), zero over the padding, each
+/// input row split into `sx` phases (column `c` goes to phase `c % sx`): the inputs one tap
+/// reads for adjacent pixels are then adjacent at any stride, and every tap of a tile sits at
+/// a fixed offset from the tile, computed once per layer. Padding costs multiplications by
+/// zero instead of a window computation per pixel (with finite weights they add exact
+/// zeros), and a row's last tile computes up to 7 pixels past its end into lanes that are not
+/// stored. Rows too wide for the window and filters of more than [`MAX_TAPS`] taps take
+/// [`row`] instead.
+#[inline(never)]
+fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32]) {
+    let (in_plane, out_plane, taps) = (g.ih * g.iw, g.oh * g.ow, g.kh * g.kw);
+    // A phase holds the columns `ox + kx * dx / sx` that whole tiles read; a window row, the
+    // input row's `sx` phases.
+    let phase = g.ow + (FILTER_BLOCK - 1) + (g.kw - 1) * g.dx / g.sx;
+    let width = phase * g.sx;
+    let span = (g.kh - 1) * g.dy + 1;
+    // Output rows per band: as many as the window holds (0: not even one).
+    let band = if taps > MAX_TAPS {
+        0
+    } else {
+        (WINDOW / width).saturating_sub(span) / g.sy + usize::from(span * width <= WINDOW)
+    };
+    // Offset of tap (ky, kx) from its tile's first input, in bytes.
+    let mut offsets = [0u32; MAX_TAPS];
+    for (t, o) in offsets.iter_mut().take(taps).enumerate() {
+        let (ky, kx) = (t / g.kw, t % g.kw);
+        let at = ky * g.dy * width + (kx * g.dx % g.sx) * phase + kx * g.dx / g.sx;
+        *o = (at * 4) as u32;
+    }
+    let mut window = [0.0; WINDOW];
+    let mut tail = [0.0; FILTER_BLOCK];
+    for c in 0..g.out_c {
+        let (Some(plane), Some(f), Some(bias), Some(out)) = (
+            input.get(c * in_plane..(c + 1) * in_plane),
+            w.get(c * taps..(c + 1) * taps),
+            b.get(c),
+            out.get_mut(c * out_plane..(c + 1) * out_plane),
+        ) else {
             return;
         };
-        let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
-        for t in 0..tiles {
-            let ox = lo + 4 * t;
-            let mut acc = [f.1[0]; 4];
-            for ky in ky0..ky1 {
-                let x = (oy * g.sy + ky * g.dy - g.pt) * g.iw + ox - g.pl;
-                let (x, wk) = (
-                    plane.as_ptr().wrapping_add(x),
-                    w.as_ptr().wrapping_add(ky * g.kw),
-                );
-                // SAFETY: the row is inside the plane (lanes); for kernel column kx the four
-                // pixels read columns ox - pl + kx * dx + 0..4, inside for interior pixels;
-                // the weights ky * kw + kx lie below kh * kw (checked above).
-                unsafe { run_portable(&mut acc, wk, 1, x, g.dx, g.kw) };
+        let mut oy0 = 0;
+        while oy0 < g.oh {
+            let Some(out_rows) = out.get_mut(oy0 * g.ow..) else {
+                return;
+            };
+            if band == 0 {
+                // SAFETY: `plane` holds the channel's plane, `f` its kh * kw weights and
+                // `out_rows` the rows from oy0 on, at least ow floats.
+                unsafe {
+                    row(
+                        g,
+                        1,
+                        plane,
+                        Filters {
+                            c: 1,
+                            w: f,
+                            bias: core::slice::from_ref(bias),
+                        },
+                        oy0,
+                        0..g.ow,
+                        out_rows,
+                    )
+                };
+                oy0 += 1;
+                continue;
             }
-            acc.store(out_row.get_mut(ox..).unwrap_or(&mut []), 1);
+            let rows = band.min(g.oh - oy0);
+            let rows_in = (rows - 1) * g.sy + span;
+            fill_window(
+                g,
+                plane,
+                oy0,
+                phase,
+                window.get_mut(..rows_in * width).unwrap_or(&mut []),
+            );
+            for (ly, out_row) in out_rows.chunks_mut(g.ow).take(rows).enumerate() {
+                for ox in (0..g.ow).step_by(FILTER_BLOCK) {
+                    let at = out_row.get_mut(ox..).unwrap_or(&mut []);
+                    let full = at.len() >= FILTER_BLOCK;
+                    let to = if full {
+                        at.as_mut_ptr()
+                    } else {
+                        tail.as_mut_ptr()
+                    };
+                    // SAFETY: pixel ox + i (i < 8), tap (ky, kx) reads window row
+                    // ly * sy + ky * dy < rows_in, phase (kx * dx) % sx, column
+                    // ox + i + kx * dx / sx < phase: inside rows_in * width <= WINDOW floats;
+                    // `f` and `offsets` hold kh * kw <= MAX_TAPS entries; `to` has room for 8.
+                    unsafe {
+                        taps8(
+                            *bias,
+                            window.as_ptr().wrapping_add(ly * g.sy * width + ox),
+                            offsets.as_ptr(),
+                            f.as_ptr(),
+                            taps,
+                            to,
+                        )
+                    };
+                    if !full {
+                        at.iter_mut().zip(tail).for_each(|(o, v)| *o = v);
+                    }
+                }
+            }
+            oy0 += rows;
         }
-        // SAFETY: one plane, kh * kw weights (checked above).
-        unsafe {
-            row(g, 1, plane, f, oy, 0..lo.min(g.ow), out_row);
-            row(g, 1, plane, f, oy, lo + 4 * tiles..g.ow, out_row);
+    }
+}
+
+/// Copy the input rows of the band of output rows from `oy0` into `window` (see
+/// [`depthwise`]): rows of `sx` phases of `phase` columns, zero over the padding. `window`
+/// starts zeroed and only ever holds this layer's bands.
+fn fill_window(g: &ConvGeom, plane: &[f32], oy0: usize, phase: usize, window: &mut [f32]) {
+    let width = phase * g.sx;
+    let rows = window.len() / width;
+    let (r0, r1) = lanes(oy0 * g.sy, g.pt, 1, g.ih, rows);
+    // Rows over the padding are zero. The columns over the padding are never written, so they
+    // keep the zeros the window started with.
+    for (r, row) in window.chunks_mut(width).enumerate() {
+        if r < r0 || r >= r1 {
+            row.fill(0.0);
         }
+    }
+    if plane.len() < g.ih * g.iw {
+        return;
+    }
+    for p in 0..g.sx {
+        // Column j of phase p is input column j * sx + p - pl.
+        let (j0, j1) = lanes(p, g.pl, g.sx, g.iw, phase);
+        if j0 >= j1 {
+            continue;
+        }
+        for r in r0..r1 {
+            let src = (oy0 * g.sy + r - g.pt) * g.iw + j0 * g.sx + p - g.pl;
+            let mut s = plane.as_ptr().wrapping_add(src);
+            let at = r * width + p * phase;
+            for d in window.get_mut(at + j0..at + j1).unwrap_or(&mut []) {
+                // SAFETY: row oy0 * sy + r - pt < ih and column j * sx + p - pl < iw for
+                // j0 <= j < j1 (both from `lanes`): inside the plane (checked above).
+                *d = unsafe { *s };
+                s = s.wrapping_add(g.sx);
+            }
+        }
+    }
+}
+
+/// `out[i] = bias + sum over t < n of w[t] * x[offsets[t] / 4 + i]` for `i < 8`, summed in
+/// tap order: the depthwise tile.
+///
+/// # Safety
+/// `offsets` and `w` hold `n` entries, every `x + offsets[t] / 4 + i` (`i < 8`) lies inside one
+/// slice, and `out` has room for 8 floats.
+#[inline(always)]
+unsafe fn taps8(
+    bias: f32,
+    x: *const f32,
+    offsets: *const u32,
+    w: *const f32,
+    n: usize,
+    out: *mut f32,
+) {
+    #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        arm::taps8(bias, x, offsets, w, n, out)
+    }
+    #[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
+    {
+        let mut acc = [bias; 8];
+        for t in 0..n {
+            // SAFETY: the caller's contract.
+            let (xs, wt) = unsafe {
+                (
+                    &*x.add(*offsets.add(t) as usize / 4).cast::<[f32; 8]>(),
+                    *w.add(t),
+                )
+            };
+            acc.mac(xs, wt);
+        }
+        // SAFETY: the caller's contract.
+        unsafe { out.cast::<[f32; 8]>().write_unaligned(acc) };
     }
 }
 
@@ -331,9 +670,41 @@ fn depthwise(g: &ConvGeom, plane: &[f32], f: (&[[f32; 1]], &[f32; 1]), out: &mut
 /// input planes, `out` the block's output planes.
 #[inline(never)]
 fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, out: &mut [f32]) {
-    let (c, runs) = f.channels_and_runs();
     // What the row kernel's safety contract needs, checked once for the whole block.
-    if planes.len() < gi * g.ih * g.iw || runs < g.kh * g.kw * gi || out.len() < c * g.oh * g.ow {
+    let runs = g.kh * g.kw * gi;
+    if planes.len() < gi * g.ih * g.iw
+        || f.w.len() < runs * f.c
+        || f.bias.len() < f.c
+        || out.len() < f.c * g.oh * g.ow
+    {
+        return;
+    }
+    // A 1x1 convolution at stride 1 without padding reads input pixel q of every plane for
+    // output pixel q: a block of 8 filters runs over the planes two pixels at a time, the odd
+    // last pixel through the row kernel.
+    let plane = g.oh * g.ow;
+    let pointwise = g.kh == 1 && g.kw == 1 && g.sy == 1 && g.sx == 1 && g.pt == 0 && g.pl == 0;
+    if f.c == FILTER_BLOCK && pointwise && g.ih * g.iw == plane {
+        for q in (0..plane - 1).step_by(2) {
+            // SAFETY: pixels q, q + 1 < plane of gi input and 8 output planes, gi runs of 8
+            // weights and 8 biases (checked above); gi >= 1.
+            unsafe {
+                pair8(
+                    f.bias.as_ptr(),
+                    planes.as_ptr().add(q),
+                    plane,
+                    f.w.as_ptr(),
+                    gi,
+                    out.as_mut_ptr().add(q),
+                    plane,
+                )
+            };
+        }
+        if !plane.is_multiple_of(2) {
+            let last = out.get_mut((g.oh - 1) * g.ow..).unwrap_or(&mut []);
+            // SAFETY: the lengths were checked above.
+            unsafe { row(g, gi, planes, f, g.oh - 1, g.ow - 1..g.ow, last) };
+        }
         return;
     }
     for oy in 0..g.oh {
@@ -341,12 +712,43 @@ fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, out: &mut [f32
             return;
         };
         // SAFETY: the lengths were checked above.
-        unsafe {
-            match f {
-                Filters::Eight(w, b) => row(g, gi, planes, (w, b), oy, 0..g.ow, at),
-                Filters::Four(w, b) => row(g, gi, planes, (w, b), oy, 0..g.ow, at),
-                Filters::One(w, b) => row(g, gi, planes, (w, b), oy, 0..g.ow, at),
+        unsafe { row(g, gi, planes, f, oy, 0..g.ow, at) };
+    }
+}
+
+/// Two adjacent output pixels of a pointwise block of 8 filters: `out[o * os + i] = bias[o] +
+/// sum over ch < n of w[ch * 8 + o] * x[ch * xs + i]` for `o < 8`, `i < 2`, summed in channel
+/// order (as [`Lanes::run`] sums one pixel).
+///
+/// # Safety
+/// `bias` holds 8 floats, `w` `8 * n`, `x` and `out` the pixels named, and `n >= 1`.
+#[inline(always)]
+unsafe fn pair8(
+    bias: *const f32,
+    x: *const f32,
+    xs: usize,
+    w: *const f32,
+    n: usize,
+    out: *mut f32,
+    os: usize,
+) {
+    #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        arm::pair8(bias, x, xs, w, n, out, os)
+    }
+    #[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut acc = [*bias.cast::<[f32; 8]>(); 2];
+        for ch in 0..n {
+            let wc = &*w.add(ch * 8).cast::<[f32; 8]>();
+            for (i, a) in acc.iter_mut().enumerate() {
+                a.mac(wc, *x.add(ch * xs + i));
             }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            a.store(out.add(i), os);
         }
     }
 }
@@ -361,26 +763,26 @@ pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act
     if g.sx == 0 || g.sy == 0 || g.dx == 0 || g.dy == 0 {
         return;
     }
-    let depthwise_layer = go == 1 && gi == 1;
+    if go == 1 && gi == 1 {
+        depthwise(g, input, w, b, out);
+    }
     // Filter f0 is the (f0 % go)-th of group f0 / go; a block never spans two groups.
     let mut f0 = 0;
-    while f0 < g.out_c {
+    while f0 < g.out_c && !(go == 1 && gi == 1) {
         let n = block_len(go - f0 % go);
         let planes = input.get(f0 / go * gi * in_plane..).unwrap_or(&[]);
-        let wb = w.get(f0 * filter..).unwrap_or(&[]);
-        let bb = b.get(f0..).unwrap_or(&[]);
-        let ob = out.get_mut(f0 * out_plane..).unwrap_or(&mut []);
-        match (n, bb.first_chunk(), bb.first_chunk(), bb.first_chunk()) {
-            (FILTER_BLOCK, Some(b8), _, _) => {
-                block(g, gi, planes, Filters::Eight(wb.as_chunks().0, b8), ob)
-            }
-            (4, _, Some(b4), _) => block(g, gi, planes, Filters::Four(wb.as_chunks().0, b4), ob),
-            (_, _, _, Some(b1)) if depthwise_layer => {
-                depthwise(g, planes, (wb.as_chunks().0, b1), ob)
-            }
-            (_, _, _, Some(b1)) => block(g, gi, planes, Filters::One(wb.as_chunks().0, b1), ob),
-            _ => {}
-        }
+        let f = Filters {
+            c: n,
+            w: w.get(f0 * filter..).unwrap_or(&[]),
+            bias: b.get(f0..).unwrap_or(&[]),
+        };
+        block(
+            g,
+            gi,
+            planes,
+            f,
+            out.get_mut(f0 * out_plane..).unwrap_or(&mut []),
+        );
         f0 += n;
     }
     // One pass over the output: the activation's match stays out of the pixel loops.
@@ -407,4 +809,144 @@ pub(crate) fn dense(x: &[f32], w: &[f32], b: &[f32], act: Act, out: &mut [f32]) 
         groups: 1,
     };
     conv2d(&g, x, w, b, act, out);
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::format::pack_filters;
+    use std::vec::Vec;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// The definition, tap by tap, in f64, from ONNX-ordered weights.
+    fn reference(g: &ConvGeom, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f64> {
+        let (gi, go) = (g.in_c / g.groups, g.out_c / g.groups);
+        let mut out = Vec::new();
+        for f in 0..g.out_c {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let mut acc = f64::from(b[f]);
+                    for c in 0..gi {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy = (oy * g.sy + ky * g.dy) as isize - g.pt as isize;
+                                let ix = (ox * g.sx + kx * g.dx) as isize - g.pl as isize;
+                                if iy < 0 || ix < 0 || iy >= g.ih as isize || ix >= g.iw as isize {
+                                    continue;
+                                }
+                                let plane = f / go * gi + c;
+                                let xv = x[(plane * g.ih + iy as usize) * g.iw + ix as usize];
+                                let wv = w[((f * gi + c) * g.kh + ky) * g.kw + kx];
+                                acc += f64::from(xv) * f64::from(wv);
+                            }
+                        }
+                    }
+                    out.push(acc);
+                }
+            }
+        }
+        out
+    }
+
+    /// conv2d against the reference for one geometry (padding: top, left, bottom, right).
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        (in_c, ih, iw): (usize, usize, usize),
+        (out_c, groups): (usize, usize),
+        (kh, kw): (usize, usize),
+        (sy, sx): (usize, usize),
+        (dy, dx): (usize, usize),
+        [pt, pl, pb, pr]: [usize; 4],
+    ) {
+        let oh = (ih + pt + pb - (kh - 1) * dy - 1) / sy + 1;
+        let ow = (iw + pl + pr - (kw - 1) * dx - 1) / sx + 1;
+        let g = ConvGeom {
+            in_c,
+            ih,
+            iw,
+            out_c,
+            oh,
+            ow,
+            kh,
+            kw,
+            sy,
+            sx,
+            dy,
+            dx,
+            pt,
+            pl,
+            groups,
+        };
+        let gi = in_c / groups;
+        let x = values(in_c * ih * iw, 1);
+        let w = values(out_c * gi * kh * kw, 2);
+        let b = values(out_c, 3);
+        let mut packed = std::vec![0.0; w.len()];
+        assert!(pack_filters(
+            &w,
+            groups,
+            out_c / groups,
+            gi,
+            kh * kw,
+            &mut packed
+        ));
+        let mut out = std::vec![f32::NAN; out_c * oh * ow];
+        conv2d(&g, &x, &packed, &b, Act::Identity, &mut out);
+        let want = reference(&g, &x, &w, &b);
+        for (i, (got, want)) in out.iter().zip(&want).enumerate() {
+            let err = (f64::from(*got) - want).abs();
+            assert!(
+                err <= 1e-4 * (1.0 + want.abs()),
+                "{g:?}: output {i}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn depthwise_matches_the_definition() {
+        // 3x3 same padding at strides 1 and 2, dilation, uneven padding, a 5x5 kernel.
+        check((16, 8, 8), (16, 16), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
+        check((32, 8, 8), (32, 32), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]);
+        check((5, 9, 7), (5, 5), (3, 3), (1, 2), (2, 1), [2, 0, 1, 2]);
+        check((3, 11, 13), (3, 3), (5, 5), (3, 2), (1, 1), [2, 2, 2, 2]);
+        check((2, 25, 5), (2, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn depthwise_falls_back_past_the_window() {
+        // Rows too wide for the window, and a filter of more than MAX_TAPS taps.
+        check((2, 3, 300), (2, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
+        check((2, 12, 12), (2, 2), (9, 9), (1, 1), (1, 1), [4, 4, 4, 4]);
+    }
+
+    #[test]
+    fn pointwise_matches_the_definition() {
+        // Blocks of 8, 4 and 1 filters; even and odd planes; a dense-like 1x1 image.
+        check((16, 8, 8), (32, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]);
+        check((7, 5, 3), (13, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]);
+        check((64, 1, 1), (10, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]);
+        // Strided and padded 1x1 convolutions take the row kernel.
+        check((4, 7, 7), (9, 1), (1, 1), (2, 2), (1, 1), [0, 0, 0, 0]);
+        check((4, 5, 5), (8, 1), (1, 1), (1, 1), (1, 1), [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn standard_convolutions_match_the_definition() {
+        check((1, 8, 8), (16, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
+        check((3, 9, 10), (12, 1), (5, 5), (2, 1), (1, 2), [2, 1, 0, 3]);
+        check((8, 6, 6), (8, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
+    }
 }
