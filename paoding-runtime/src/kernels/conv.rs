@@ -558,19 +558,20 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
                 phase,
                 window.get_mut(..rows_in * width).unwrap_or(&mut []),
             );
-            for (ly, out_row) in out_rows.chunks_mut(g.ow).take(rows).enumerate() {
+            let first = out_rows.as_mut_ptr();
+            for ly in 0..rows {
                 for ox in (0..g.ow).step_by(FILTER_BLOCK) {
-                    let at = out_row.get_mut(ox..).unwrap_or(&mut []);
-                    let full = at.len() >= FILTER_BLOCK;
-                    let to = if full {
-                        at.as_mut_ptr()
+                    let (at, left) = (first.wrapping_add(ly * g.ow + ox), g.ow - ox);
+                    let to = if left >= FILTER_BLOCK {
+                        at
                     } else {
                         tail.as_mut_ptr()
                     };
                     // SAFETY: pixel ox + i (i < 8), tap (ky, kx) reads window row
                     // ly * sy + ky * dy < rows_in, phase (kx * dx) % sx, column
                     // ox + i + kx * dx / sx < phase: inside rows_in * width <= WINDOW floats;
-                    // `f` and `offsets` hold kh * kw <= MAX_TAPS entries; `to` has room for 8.
+                    // `f` and `offsets` hold kh * kw <= MAX_TAPS entries; `to` has room for 8
+                    // (pixels ox.. of row oy0 + ly < oh of the channel's plane, or `tail`).
                     unsafe {
                         taps8(
                             *bias,
@@ -581,8 +582,11 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
                             to,
                         )
                     };
-                    if !full {
-                        at.iter_mut().zip(tail).for_each(|(o, v)| *o = v);
+                    if left < FILTER_BLOCK {
+                        for (i, v) in tail.iter().take(left).enumerate() {
+                            // SAFETY: pixel ox + i < ow of row oy0 + ly < oh.
+                            unsafe { *at.add(i) = *v };
+                        }
                     }
                 }
             }
@@ -600,29 +604,26 @@ fn fill_window(g: &ConvGeom, plane: &[f32], oy0: usize, phase: usize, window: &m
     let (r0, r1) = lanes(oy0 * g.sy, g.pt, 1, g.ih, rows);
     // Rows over the padding are zero. The columns over the padding are never written, so they
     // keep the zeros the window started with.
-    for (r, row) in window.chunks_mut(width).enumerate() {
-        if r < r0 || r >= r1 {
-            row.fill(0.0);
-        }
-    }
-    if plane.len() < g.ih * g.iw {
+    let (r0, r1) = (r0.min(rows), r1.min(rows).max(r0.min(rows)));
+    window.get_mut(..r0 * width).unwrap_or(&mut []).fill(0.0);
+    window.get_mut(r1 * width..).unwrap_or(&mut []).fill(0.0);
+    if plane.len() < g.ih * g.iw || window.len() < rows * width {
         return;
     }
     for p in 0..g.sx {
         // Column j of phase p is input column j * sx + p - pl.
         let (j0, j1) = lanes(p, g.pl, g.sx, g.iw, phase);
-        if j0 >= j1 {
-            continue;
-        }
         for r in r0..r1 {
-            let src = (oy0 * g.sy + r - g.pt) * g.iw + j0 * g.sx + p - g.pl;
-            let mut s = plane.as_ptr().wrapping_add(src);
-            let at = r * width + p * phase;
-            for d in window.get_mut(at + j0..at + j1).unwrap_or(&mut []) {
-                // SAFETY: row oy0 * sy + r - pt < ih and column j * sx + p - pl < iw for
-                // j0 <= j < j1 (both from `lanes`): inside the plane (checked above).
-                *d = unsafe { *s };
-                s = s.wrapping_add(g.sx);
+            let mut s = plane
+                .as_ptr()
+                .wrapping_add((oy0 * g.sy + r - g.pt) * g.iw + (j0 * g.sx + p).wrapping_sub(g.pl));
+            let mut d = window.as_mut_ptr().wrapping_add(r * width + p * phase + j0);
+            for _ in j0..j1 {
+                // SAFETY: row oy0 * sy + r - pt < ih and column j * sx + p - pl < iw (both
+                // from `lanes`): inside the plane; r < rows, p < sx and j < phase: inside the
+                // window (both checked above).
+                unsafe { *d = *s };
+                (d, s) = (d.wrapping_add(1), s.wrapping_add(g.sx));
             }
         }
     }
