@@ -340,12 +340,12 @@ mod arm {
 }
 
 /// The filters of one block: `c` (8, 4 or 1) filters stored as runs of `c` weights
-/// (`[taps][gi][c]`), and their biases.
+/// (`[taps][gi][c]`), and their biases (lanes past `c` unused).
 #[derive(Clone, Copy)]
 struct Filters<'w> {
     c: usize,
     w: &'w [f32],
-    bias: &'w [f32],
+    bias: [f32; FILTER_BLOCK],
 }
 
 /// `acc[..c] += w[k * w_step + o] * x[k * x_step]` for `k < n`: [`Lanes::run`] for a block of
@@ -389,7 +389,7 @@ unsafe fn run_block(
 ///
 /// # Safety
 /// `planes` holds the group's `gi` input planes, `f.w` at least `kh * kw * gi * c` weights
-/// and `f.bias` `c`, and `out` at least `(c - 1) * oh * ow + xs.end` floats.
+/// and `out` at least `(c - 1) * oh * ow + xs.end` floats.
 #[inline(never)]
 unsafe fn row(
     g: &ConvGeom,
@@ -430,10 +430,7 @@ unsafe fn row(
                 (kx0, loops(kx1.saturating_sub(kx0)))
             };
         // Lanes past `c` are computed but never stored.
-        let mut acc = match f.bias.first_chunk() {
-            Some(b) => *b,
-            None => core::array::from_fn(|o| f.bias.get(o).copied().unwrap_or(0.0)),
-        };
+        let mut acc = f.bias;
         // The first admitted tap's input and weights.
         let mut x = x_top.wrapping_add((ox * g.sx + kx0 * g.dx).wrapping_sub(g.pl));
         let mut w = w_top.wrapping_add(kx0 * gi * c);
@@ -539,7 +536,7 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
                         Filters {
                             c: 1,
                             w: f,
-                            bias: core::slice::from_ref(bias),
+                            bias: [*bias; FILTER_BLOCK],
                         },
                         oy0,
                         0..g.ow,
@@ -673,11 +670,7 @@ unsafe fn taps8(
 fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, out: &mut [f32]) {
     // What the row kernel's safety contract needs, checked once for the whole block.
     let runs = g.kh * g.kw * gi;
-    if planes.len() < gi * g.ih * g.iw
-        || f.w.len() < runs * f.c
-        || f.bias.len() < f.c
-        || out.len() < f.c * g.oh * g.ow
-    {
+    if planes.len() < gi * g.ih * g.iw || f.w.len() < runs * f.c || out.len() < f.c * g.oh * g.ow {
         return;
     }
     // A 1x1 convolution at stride 1 without padding reads input pixel q of every plane for
@@ -688,7 +681,7 @@ fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, out: &mut [f32
     if f.c == FILTER_BLOCK && pointwise && g.ih * g.iw == plane {
         for q in (0..plane - 1).step_by(2) {
             // SAFETY: pixels q, q + 1 < plane of gi input and 8 output planes, gi runs of 8
-            // weights and 8 biases (checked above); gi >= 1.
+            // weights (checked above); gi >= 1.
             unsafe {
                 pair8(
                     f.bias.as_ptr(),
@@ -766,25 +759,25 @@ pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act
     }
     if go == 1 && gi == 1 {
         depthwise(g, input, w, b, out);
-    }
-    // Filter f0 is the (f0 % go)-th of group f0 / go; a block never spans two groups.
-    let mut f0 = 0;
-    while f0 < g.out_c && !(go == 1 && gi == 1) {
-        let n = block_len(go - f0 % go);
-        let planes = input.get(f0 / go * gi * in_plane..).unwrap_or(&[]);
-        let f = Filters {
-            c: n,
-            w: w.get(f0 * filter..).unwrap_or(&[]),
-            bias: b.get(f0..).unwrap_or(&[]),
-        };
-        block(
-            g,
-            gi,
-            planes,
-            f,
-            out.get_mut(f0 * out_plane..).unwrap_or(&mut []),
-        );
-        f0 += n;
+    } else {
+        // Filter f0 is the (f0 % go)-th of group f0 / go; a block never spans two groups.
+        let mut f0 = 0;
+        while f0 < g.out_c {
+            let n = block_len(go - f0 % go);
+            let mut bias = [0.0; FILTER_BLOCK];
+            for (d, s) in bias.iter_mut().zip(b.get(f0..f0 + n).unwrap_or(&[])) {
+                *d = *s;
+            }
+            let f = Filters {
+                c: n,
+                w: w.get(f0 * filter..).unwrap_or(&[]),
+                bias,
+            };
+            let planes = input.get(f0 / go * gi * in_plane..).unwrap_or(&[]);
+            let out = out.get_mut(f0 * out_plane..).unwrap_or(&mut []);
+            block(g, gi, planes, f, out);
+            f0 += n;
+        }
     }
     // One pass over the output: the activation's match stays out of the pixel loops.
     act.apply_slice(out);
