@@ -29,6 +29,15 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, input: &[f32], out: &mut
         return;
     }
     let full = (g.kh * g.kw) as f32;
+    let whole_plane = g.kh == g.ih && g.kw == g.iw && g.pt == 0 && g.pl == 0 && out_plane == 1;
+    if average.is_some() && whole_plane {
+        // A global average (one window, exactly the plane): a plain sum, in the order the
+        // window loop below would add.
+        for (plane, o) in input.chunks_exact(in_plane).zip(out.iter_mut()) {
+            *o = plane.iter().sum::<f32>() / full;
+        }
+        return;
+    }
     for (plane, oplane) in input
         .chunks_exact(in_plane)
         .zip(out.chunks_exact_mut(out_plane))
@@ -46,17 +55,14 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, input: &[f32], out: &mut
                     let row = plane
                         .get(y * g.iw + xs.start..y * g.iw + xs.end)
                         .unwrap_or(&[]);
-                    if average.is_some() {
-                        for &v in row {
+                    for &v in row {
+                        // Not `f32::max`: an out-of-line `fmaxf` call on Cortex-M; the
+                        // comparison skips NaN the same way. One loop for both kinds (less
+                        // flash); the branch is predictable.
+                        if average.is_some() {
                             acc += v;
-                        }
-                    } else {
-                        for &v in row {
-                            // Not `f32::max`: an out-of-line `fmaxf` call on Cortex-M; the
-                            // comparison skips NaN the same way.
-                            if v > acc {
-                                acc = v;
-                            }
+                        } else if v > acc {
+                            acc = v;
                         }
                     }
                 }
