@@ -496,18 +496,21 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
     let phase = g.ow + (FILTER_BLOCK - 1) + (g.kw - 1) * g.dx / g.sx;
     let width = phase * g.sx;
     let span = (g.kh - 1) * g.dy + 1;
-    // Output rows per band: as many as the window holds (0: not even one).
-    let band = if taps > MAX_TAPS {
-        0
-    } else {
-        (WINDOW / width).saturating_sub(span) / g.sy + usize::from(span * width <= WINDOW)
-    };
+    // Output rows per band: as many as the window holds (0: not even one, or more taps than
+    // the table holds).
+    let mut band =
+        (WINDOW / width).saturating_sub(span) / g.sy + usize::from(span * width <= WINDOW);
     // Offset of tap (ky, kx) from its tile's first input, in bytes.
     let mut offsets = [0u32; MAX_TAPS];
-    for (t, o) in offsets.iter_mut().take(taps).enumerate() {
-        let (ky, kx) = (t / g.kw, t % g.kw);
-        let at = ky * g.dy * width + (kx * g.dx % g.sx) * phase + kx * g.dx / g.sx;
-        *o = (at * 4) as u32;
+    let mut t = offsets.iter_mut();
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let at = ky * g.dy * width + (kx * g.dx % g.sx) * phase + kx * g.dx / g.sx;
+            match t.next() {
+                Some(o) => *o = (at * 4) as u32,
+                None => band = 0,
+            }
+        }
     }
     let mut window = [0.0; WINDOW];
     let mut tail = [0.0; FILTER_BLOCK];
