@@ -82,6 +82,30 @@ impl NormalEquations {
     }
 }
 
+/// `(A + λ·mean(diag A)·I)⁻¹` of a symmetric positive semi-definite `n × n` matrix given by
+/// its upper triangle (row-major), as a full matrix; λ grows tenfold until the factorisation
+/// succeeds, as in [`NormalEquations::solve`].
+///
+/// ```
+/// let inv = paoding_core::linalg::ridge_inverse(&[4.0, 2.0, 0.0, 3.0], 2, 0.0);
+/// // [[4, 2], [2, 3]]⁻¹ = [[3, -2], [-2, 4]] / 8
+/// for (a, b) in inv.iter().zip([0.375, -0.25, -0.25, 0.5]) {
+///     assert!((a - b).abs() < 1e-12);
+/// }
+/// ```
+pub fn ridge_inverse(upper: &[f64], n: usize, ridge: f64) -> Vec<f64> {
+    let mean_diag = (0..n).map(|i| upper[i * n + i]).sum::<f64>() / n.max(1) as f64;
+    let mut lambda = ridge * mean_diag.max(1e-12);
+    loop {
+        if let Some(l) = cholesky(upper, n, lambda) {
+            let mut identity = alloc::vec![0.0; n * n];
+            (0..n).for_each(|i| identity[i * n + i] = 1.0);
+            return solve_with(&l, n, &identity, n);
+        }
+        lambda = (lambda * 10.0).max(1e-9);
+    }
+}
+
 /// Lower-triangular `L` with `L Lᵀ = A + λI` (A given by its upper triangle), or `None` if it
 /// is not positive definite.
 fn cholesky(upper: &[f64], n: usize, lambda: f64) -> Option<Vec<f64>> {

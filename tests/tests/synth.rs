@@ -94,10 +94,11 @@ fn accuracy_table() {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     assert!(min(&inverted[0]) >= 0.95, "residual: {:?}", inverted[0]);
     assert!(min(&inverted[2]) >= 0.95, "MLP: {:?}", inverted[2]);
-    // The target for the depthwise CNN is 90 %: not reached. Inversion (refitted with
-    // the synthesized probes' stronger ridge) gives 88-90 % depending on the seed, well above
-    // noise (68-70 %) but below real images (96 %).
-    assert!(min(&inverted[1]) >= 0.85, "depthwise: {:?}", inverted[1]);
+    // The target for the depthwise CNN (its batch norms folded, so inversion alone):
+    // 90 %. Jittered inversion to p >= 0.99, with the probes choosing the channels that reach
+    // their consumers through depthwise convolutions, gives 95 %, against 78 % for noise and
+    // 97 % for real images.
+    assert!(min(&inverted[1]) >= 0.90, "depthwise: {:?}", inverted[1]);
     assert!(
         mean(&inverted[1]) >= mean(&uniform[1]) + 0.12,
         "depthwise: {:?} vs uniform {:?}",

@@ -3,7 +3,9 @@
 //! 1. **Sampling** ([`Pruner::new`]): trace which channels can go ([`structure`]) and score
 //!    them with the chosen [`Method`].
 //! 2. **Surgery** ([`Pruner::apply`]): remove the lowest-scored items per layer; the merge
-//!    methods fold each removed unit's outgoing weights into its most similar survivor.
+//!    methods fold each removed unit's outgoing weights into its most similar survivor. Where
+//!    no exact merge exists because a depthwise convolution or batch norm is on the way, the
+//!    merge method lets the probes choose the units the refit absorbs best ([`select`]).
 //! 3. **Reconstruction** ([`surgery`]): rebuild a smaller, valid graph, then (by default)
 //!    refit each layer that lost inputs on probe inputs ([`refit`]).
 //!
@@ -29,6 +31,7 @@
 
 pub mod paoding;
 pub mod refit;
+pub mod select;
 pub mod structure;
 pub mod surgery;
 pub mod weights;
@@ -47,7 +50,9 @@ use weights::Outgoing;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// Scaled merge into the most similar survivor, then least-squares refit (the default).
+    /// Scaled merge into the most similar survivor, then least-squares refit (the default);
+    /// where a depthwise convolution or batch norm keeps a merge from being exact, the probes
+    /// choose the units the refit absorbs best.
     #[default]
     Merge,
     /// PAODING's criteria (pair saliency, interval-bounded impact, L1 for convolutions),
@@ -308,24 +313,66 @@ impl<'g> Pruner<'g> {
                 s.layers.len()
             )));
         }
+        let counts: Vec<usize> = counts
+            .iter()
+            .zip(&s.layers)
+            .map(|(&c, layer)| self.clamp_count(layer, c))
+            .collect();
+        let refit = self
+            .options
+            .refit
+            .unwrap_or(self.options.method.refits_by_default());
+        // Before a refit, the merge method lets the probes choose the units that no merge can
+        // compensate, being alone in their items but reaching their consumers through a
+        // depthwise convolution or a batch norm: their data-free score rated a merge that
+        // will not happen. The probes pick those the refit absorbs best (`select`); their
+        // consumers' inputs are measured once, on the original model. Tied residual channels
+        // keep their score, a magnitude one (no merge partner enters it): on the residual
+        // digits CNN the probes chose them better at 33 % of the parameters removed but worse
+        // from 52 % on, with real images as probes too.
+        let by_probes: Vec<bool> = (0..s.layers.len())
+            .map(|l| {
+                refit
+                    && self.options.method == Method::Merge
+                    && counts[l] > 0
+                    && self.single_units(l)
+                    && !self.mergeable(l)
+            })
+            .collect();
+        let mut wanted = alloc::vec![false; self.graph.nodes.len()];
+        for (l, _) in by_probes.iter().enumerate().filter(|(_, &p)| p) {
+            for c in select::consumers_of(s, &self.outgoing, &s.layers[l]) {
+                wanted[c] = true;
+            }
+        }
+        let grams = select::consumer_grams(self.graph, &wanted, probes);
         let mut g = self.graph.clone();
         let mut removed = alloc::vec![false; s.items.len()];
         for (l, &count) in counts.iter().enumerate() {
-            let count = self.clamp_count(&s.layers[l], count);
             if count == 0 {
                 continue;
             }
             match self.options.method {
                 Method::Magnitude => self.remove_lowest(l, count, &mut removed),
-                Method::Merge => self.merge_layer(&mut g, l, count, &mut removed),
+                Method::Merge if self.mergeable(l) => {
+                    self.merge_layer(&mut g, l, count, &mut removed)
+                }
+                Method::Merge => {
+                    let layer = &s.layers[l];
+                    let chosen = if by_probes[l] {
+                        select::least_error(self.graph, s, &self.outgoing, layer, count, &grams)
+                    } else {
+                        None
+                    };
+                    match chosen {
+                        Some(items) => items.into_iter().for_each(|i| removed[i] = true),
+                        None => self.remove_lowest(l, count, &mut removed),
+                    }
+                }
                 Method::Paoding => paoding::prune_layer(self, &mut g, l, count, &mut removed),
             }
         }
         let mut pruned = surgery::remove(&g, s, &removed)?;
-        let refit = self
-            .options
-            .refit
-            .unwrap_or(self.options.method.refits_by_default());
         if refit && removed.iter().any(|&r| r) {
             let kept = surgery::kept_slices(self.graph, s, &removed);
             let kept_out: Vec<Vec<usize>> = self
@@ -453,22 +500,33 @@ impl<'g> Pruner<'g> {
         best
     }
 
-    /// Greedy scaled merge inside layer `l`: remove the unit whose best merge leaves the least
-    /// output error, fold its outgoing weights (scaled by the norm ratio) into its partner,
-    /// update the scores that changed, repeat.
+    /// Whether every item of layer `l` is a single unit (no tied residual channels).
+    fn single_units(&self, l: usize) -> bool {
+        let s = &self.structure;
+        s.layers[l]
+            .items
+            .iter()
+            .all(|&i| s.items[i].units.len() == 1)
+    }
+
+    /// Whether layer `l`'s units can be merged exactly: single units reaching their consumers
+    /// through a positively homogeneous path.
+    fn mergeable(&self, l: usize) -> bool {
+        let s = &self.structure;
+        self.single_units(l)
+            && s.layers[l].items.iter().all(|&i| {
+                self.outgoing[s.items[i].units[0]]
+                    .iter()
+                    .all(|o| o.homogeneous)
+            })
+    }
+
+    /// Greedy scaled merge inside a [`Self::mergeable`] layer `l`: remove the unit whose best
+    /// merge leaves the least output error, fold its outgoing weights (scaled by the norm
+    /// ratio) into its partner, update the scores that changed, repeat.
     fn merge_layer(&self, g: &mut Graph, l: usize, count: usize, removed: &mut [bool]) {
         let s = &self.structure;
         let layer = &s.layers[l];
-        let single = layer.items.iter().all(|&i| s.items[i].units.len() == 1);
-        let exact = layer.items.iter().all(|&i| {
-            self.outgoing[s.items[i].units[0]]
-                .iter()
-                .all(|o| o.homogeneous)
-        });
-        if !single || !exact {
-            // Tied residual channels or a non-homogeneous path: no exact merge exists.
-            return self.remove_lowest(l, count, removed);
-        }
         let units: Vec<usize> = layer.items.iter().map(|&i| s.items[i].units[0]).collect();
         let n = units.len();
         let vecs: Vec<Vec<f32>> = units.iter().map(|&u| weights::incoming(g, s, u)).collect();

@@ -18,8 +18,9 @@ use crate::probes::Probes;
 const CONV_REFIT_BUDGET: usize = 200_000_000;
 /// Widest convolution refitted by least squares (input channels × kernel area + 1); wider
 /// ones only get their bias corrected, since their normal equations alone would cost
-/// features² × rows and the factorisation features³.
-const MAX_REFIT_FEATURES: usize = 800;
+/// features² × rows and the factorisation features³. Also the widest consumer whose least
+/// squares choose the units to remove ([`super::select`]).
+pub(crate) const MAX_REFIT_FEATURES: usize = 800;
 /// Observations per feature a convolution refit always gets, whatever it costs.
 const MIN_ROWS_PER_FEATURE: usize = 16;
 
@@ -81,7 +82,8 @@ pub fn refit(
     }
 }
 
-fn last_uses(g: &Graph) -> Vec<usize> {
+/// Per value, the last node reading it (`usize::MAX` for none).
+pub(crate) fn last_uses(g: &Graph) -> Vec<usize> {
     let mut last = alloc::vec![usize::MAX; g.values.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         for &v in &n.inputs {
@@ -140,57 +142,92 @@ fn fit_node(
 ) {
     let in_shape = g.shape(g.nodes[i].inputs[0]).to_vec();
     let orig_out_len = targets.len() / n.max(1);
+    let op = &g.nodes[i].op;
+    let (features, positions) = layer_features(op, &in_shape);
+    if let (Op::Conv2d(_), true) = (op, features > MAX_REFIT_FEATURES) {
+        // Too wide for least squares within the budget: correct the mean only.
+        if let Op::Conv2d(c) = &mut g.nodes[i].op {
+            bias_correction(c, x, targets, kept, n, &in_shape, orig_out_len);
+        }
+        return;
+    }
+    let mut eq = NormalEquations::new(features, kept.len());
+    let mut y = alloc::vec![0.0f64; kept.len()];
+    for_each_observation(op, &in_shape, x, n, |row, s, p| {
+        for (t, &o) in y.iter_mut().zip(kept) {
+            *t = targets[s * orig_out_len + o * positions + p] as f64;
+        }
+        eq.add_row(row, &y);
+    });
     match &mut g.nodes[i].op {
+        Op::Dense(d) => solve_into(&eq, ridge, &mut d.weights, &mut d.bias),
+        Op::Conv2d(c) => solve_into(&eq, ridge, &mut c.weights, &mut c.bias),
+        _ => {}
+    }
+}
+
+/// Least-squares features of a dense layer or ungrouped convolution reading inputs of
+/// `in_shape` — its filter's inputs and the bias, last — and output positions per probe (1
+/// for a dense layer). `(0, 0)` for other operators.
+pub(crate) fn layer_features(op: &Op, in_shape: &[usize]) -> (usize, usize) {
+    match op {
+        Op::Dense(d) => (d.inputs + 1, 1),
+        Op::Conv2d(c) if c.groups == 1 => {
+            let out = |axis: usize, pad: [usize; 2]| {
+                let k = c.kernel[axis - 2];
+                let span = c.dilation[axis - 2] * (k - 1) + 1;
+                ops::conv_output_hw(in_shape[axis], span, c.stride[axis - 2], pad[0], pad[1])
+                    .unwrap_or(0)
+            };
+            let positions =
+                out(2, [c.padding[0], c.padding[2]]) * out(3, [c.padding[1], c.padding[3]]);
+            (c.filter_len() + 1, positions)
+        }
+        _ => (0, 0),
+    }
+}
+
+/// The observations a least-squares fit of layer `op` (a dense layer or ungrouped
+/// convolution) sees on its inputs `x` (`n` probes of `in_shape`): `f(row, probe, position)`
+/// for one row of [`layer_features`] per probe (a dense layer's inputs) or per output
+/// position of every probe (a convolution's input patch, zero outside the image), the bias
+/// feature (1) last. A convolution's positions are sampled evenly beyond
+/// [`CONV_REFIT_BUDGET`].
+pub(crate) fn for_each_observation(
+    op: &Op,
+    in_shape: &[usize],
+    x: &[f32],
+    n: usize,
+    mut f: impl FnMut(&[f64], usize, usize),
+) {
+    let (features, positions) = layer_features(op, in_shape);
+    let mut row = alloc::vec![1.0f64; features];
+    match op {
         Op::Dense(d) => {
-            let (k, u) = (d.inputs, d.units);
-            let mut eq = NormalEquations::new(k + 1, u);
-            let mut row = alloc::vec![1.0f64; k + 1];
-            let mut y = alloc::vec![0.0f64; u];
+            let k = d.inputs;
             for s in 0..n {
                 for (r, &v) in row.iter_mut().zip(&x[s * k..(s + 1) * k]) {
                     *r = v as f64;
                 }
-                for (t, &o) in y.iter_mut().zip(kept) {
-                    *t = targets[s * orig_out_len + o] as f64;
-                }
-                eq.add_row(&row, &y);
+                f(&row, s, 0);
             }
-            solve_into(&eq, ridge, &mut d.weights, &mut d.bias);
         }
-        Op::Conv2d(c) => {
+        Op::Conv2d(c) if features > 0 => {
             let (ci, [kh, kw]) = (c.in_channels, c.kernel);
             let (ih, iw) = (in_shape[2], in_shape[3]);
             let in_len = ci * ih * iw;
-            let oh = crate::ops::conv_output_hw(
-                ih,
-                c.dilation[0] * (kh - 1) + 1,
-                c.stride[0],
-                c.padding[0],
-                c.padding[2],
-            )
-            .unwrap_or(0);
-            let ow = crate::ops::conv_output_hw(
+            let ow = ops::conv_output_hw(
                 iw,
                 c.dilation[1] * (kw - 1) + 1,
                 c.stride[1],
                 c.padding[1],
                 c.padding[3],
             )
-            .unwrap_or(0);
-            let positions = oh * ow;
-            let orig_plane = positions;
-            let features = ci * kh * kw + 1;
-            let co = c.out_channels;
-            if features > MAX_REFIT_FEATURES {
-                // Too wide for least squares within the budget: correct the mean only.
-                return bias_correction(c, x, targets, kept, n, &in_shape, orig_out_len);
-            }
+            .unwrap_or(1)
+            .max(1);
             let rows =
                 (CONV_REFIT_BUDGET / (features * features)).max(MIN_ROWS_PER_FEATURE * features);
             let step = (n * positions).div_ceil(rows).max(1);
-            let mut eq = NormalEquations::new(features, co);
-            let mut patch = alloc::vec![0.0f64; features];
-            let mut y = alloc::vec![0.0f64; co];
             for r in (0..n * positions).step_by(step) {
                 let (s, p) = (r / positions, r % positions);
                 let (oy, ox) = (p / ow, p % ow);
@@ -204,7 +241,7 @@ fn fit_node(
                                 - c.padding[1] as isize;
                             let inside =
                                 yy >= 0 && xx >= 0 && (yy as usize) < ih && (xx as usize) < iw;
-                            patch[(ch * kh + ky) * kw + kx] = if inside {
+                            row[(ch * kh + ky) * kw + kx] = if inside {
                                 input[(ch * ih + yy as usize) * iw + xx as usize] as f64
                             } else {
                                 0.0
@@ -212,13 +249,8 @@ fn fit_node(
                         }
                     }
                 }
-                patch[features - 1] = 1.0;
-                for (t, &o) in y.iter_mut().zip(kept) {
-                    *t = targets[s * orig_out_len + o * orig_plane + p] as f64;
-                }
-                eq.add_row(&patch, &y);
+                f(&row, s, p);
             }
-            solve_into(&eq, ridge, &mut c.weights, &mut c.bias);
         }
         _ => {}
     }
