@@ -79,8 +79,9 @@ pub struct SynthOptions {
     pub count: usize,
     /// Adam steps.
     pub steps: usize,
-    /// Adam learning rate, in input units. The default, 0.1, moves a value by up to a tenth
-    /// of a [0, 1] range a step, enough for probes to leave their starting noise well within
+    /// Adam learning rate, as a fraction of the input range (so that it means the same for
+    /// inputs in [0, 1], [-1, 1] or [0, 255]). The default, 0.1, moves a value by up to a tenth
+    /// of its range a step, enough for probes to leave their starting noise well within
     /// the steps: on the depthwise digits CNN (jittered, pruned as in [`CONFIDENT_CE`]) 0.01
     /// gave 88.6 %, 0.1 92.4 %; with BatchNorm matching on the residual CNN, 0.1 also cut the
     /// final BN loss of 0.01 threefold (99.6 % against 99.4 %).
@@ -604,6 +605,7 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
             break;
         }
         // Adam on the probes still moving, then clamp to the input range.
+        let step_size = opts.lr * (hi - lo);
         let t = (step + 1) as i32;
         let c1 = 1.0 - libm::powf(beta1, t as f32);
         let c2 = 1.0 - libm::powf(beta2, t as f32);
@@ -617,7 +619,7 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
             for (((x, m), v), &g) in x.iter_mut().zip(m).zip(v).zip(g) {
                 *m = beta1 * *m + (1.0 - beta1) * g;
                 *v = beta2 * *v + (1.0 - beta2) * g * g;
-                let update = opts.lr * (*m / c1) / (libm::sqrtf(*v / c2) + eps);
+                let update = step_size * (*m / c1) / (libm::sqrtf(*v / c2) + eps);
                 *x = (*x - update).clamp(lo, hi);
             }
         }
@@ -1115,7 +1117,7 @@ mod tests {
         let opts = SynthOptions {
             count: 40,
             steps: 100,
-            lr: 0.05,
+            lr: 0.05 / 6.0,
             input_range: (-3.0, 3.0),
             seed: 5,
             ..Default::default()
@@ -1148,7 +1150,7 @@ mod tests {
         let full = SynthOptions {
             count: 8,
             steps: 60,
-            lr: 0.05,
+            lr: 0.05 / 6.0,
             input_range: (-3.0, 3.0),
             seed: 3,
             work_macs: u64::MAX,
