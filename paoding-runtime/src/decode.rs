@@ -6,8 +6,9 @@
 //! 1, `f32` four little-endian bytes, enum variants a varint index, sequences (`heapless::Vec`)
 //! a varint length then the elements, arrays and structs their fields in order.
 
-use crate::error::Error;
-use crate::format::{Act, ConvRec, DescHead, NodeRec, OpRec, Operand, PoolRec, WRef};
+use crate::format::{
+    Act, ConvRec, DescHead, NodeRec, OpRec, Operand, PoolRec, WRef, MAX_INPUTS, MAX_RANK,
+};
 
 /// A weights reference from its two fields.
 fn wref(offset: u32, len: u32) -> WRef {
@@ -113,18 +114,20 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn operand(&mut self) -> Option<Operand> {
-        let id = self.u32()?;
-        let offset = self.u32()?;
-        let mut shape = heapless::Vec::new();
-        for _ in 0..self.len(shape.capacity())? {
-            shape.push(self.u32()?).ok()?;
+    /// An operand, decoded over `out`.
+    fn operand_into(&mut self, out: &mut Operand) -> Option<()> {
+        out.id = self.u32()?;
+        out.offset = self.u32()?;
+        out.shape.clear();
+        for _ in 0..self.len(MAX_RANK)? {
+            out.shape.push(self.u32()?).ok()?;
         }
-        Some(Operand { id, offset, shape })
+        Some(())
     }
 
-    fn op(&mut self) -> Option<OpRec> {
-        Some(match self.u32()? {
+    /// An operator, decoded over `out`.
+    fn op_into(&mut self, out: &mut OpRec) -> Option<()> {
+        *out = match self.u32()? {
             0 => {
                 let [units, inputs, w0, w1, b0, b1] = self.u32s()?;
                 OpRec::Dense {
@@ -184,35 +187,48 @@ impl<'a> Reader<'a> {
                 }
             }
             _ => return None,
-        })
+        };
+        Some(())
     }
 
-    /// The description's first record.
-    pub fn head(&mut self) -> Option<DescHead> {
-        Some(DescHead {
-            n_nodes: self.u32()?,
-            input: self.operand()?,
-            output: self.operand()?,
-        })
+    /// The description's first record, decoded over `out`.
+    pub fn head_into(&mut self, out: &mut DescHead) -> Option<()> {
+        out.n_nodes = self.u32()?;
+        self.operand_into(&mut out.input)?;
+        self.operand_into(&mut out.output)
     }
 
-    /// One node record.
+    /// One node record, decoded over `out` (in place: a record is some 400 bytes, and every
+    /// move of one through an `Option` or a `Result` is a copy). On `None` `out` holds a
+    /// partly decoded record.
     #[inline(never)]
-    pub fn node(&mut self) -> Result<NodeRec, Error> {
-        self.node_rec().ok_or(Error::Decode)
-    }
-
-    fn node_rec(&mut self) -> Option<NodeRec> {
-        let op = self.op()?;
-        let mut inputs = heapless::Vec::new();
-        for _ in 0..self.len(inputs.capacity())? {
-            inputs.push(self.operand()?).ok()?;
+    pub fn node_into(&mut self, out: &mut NodeRec) -> Option<()> {
+        self.op_into(&mut out.op)?;
+        out.inputs.clear();
+        for _ in 0..self.len(MAX_INPUTS)? {
+            out.inputs.push(empty_operand()).ok()?;
+            self.operand_into(out.inputs.last_mut()?)?;
         }
-        Some(NodeRec {
-            op,
-            inputs,
-            output: self.operand()?,
-        })
+        self.operand_into(&mut out.output)
+    }
+}
+
+/// An operand with no dimensions, to decode into.
+pub(crate) fn empty_operand() -> Operand {
+    Operand {
+        id: 0,
+        offset: 0,
+        shape: heapless::Vec::new(),
+    }
+}
+
+/// A node record to decode into (built field by field: a `const` record would be a
+/// 400-byte constant copied from flash).
+pub(crate) fn empty_node() -> NodeRec {
+    NodeRec {
+        op: OpRec::Add,
+        inputs: heapless::Vec::new(),
+        output: empty_operand(),
     }
 }
 
@@ -220,6 +236,7 @@ impl<'a> Reader<'a> {
 mod tests {
     extern crate std;
     use super::*;
+    use crate::error::Error;
     use std::vec::Vec;
 
     fn operand(id: u32, offset: u32, dims: &[u32]) -> Operand {
@@ -228,6 +245,12 @@ mod tests {
             offset,
             shape: dims.iter().copied().collect(),
         }
+    }
+
+    /// A node decoded over `into` (whatever it held), as a value.
+    fn node(r: &mut Reader, into: &mut NodeRec) -> Result<NodeRec, Error> {
+        r.node_into(into).ok_or(Error::Decode)?;
+        Ok(into.clone())
     }
 
     /// postcard's encoding; an encoding failure leaves nothing to decode, which the
@@ -303,8 +326,17 @@ mod tests {
         };
         let bytes = encode(&head);
         let mut r = Reader { rest: &bytes };
-        assert_eq!(r.head(), Some(head));
+        // Decoded over a head that holds other values.
+        let mut got = DescHead {
+            n_nodes: 7,
+            input: operand(9, 9, &[1, 2, 3, 4, 5, 6]),
+            output: operand(9, 9, &[1, 2, 3, 4, 5, 6]),
+        };
+        assert_eq!(r.head_into(&mut got), Some(()));
+        assert_eq!(got, head);
         assert!(r.rest.is_empty());
+        // One record decoded into, over and over: each decode overwrites all of it.
+        let mut into = empty_node();
         for (i, op) in all_ops().into_iter().enumerate() {
             let rec = NodeRec {
                 op,
@@ -318,14 +350,14 @@ mod tests {
             };
             let bytes = encode(&rec);
             let mut r = Reader { rest: &bytes };
-            assert_eq!(r.node(), Ok(rec));
+            assert_eq!(node(&mut r, &mut into), Ok(rec));
             assert!(r.rest.is_empty());
             // Every truncation fails, and agrees with postcard.
             for cut in 0..bytes.len() {
                 let mut r = Reader {
                     rest: &bytes[..cut],
                 };
-                assert_eq!(r.node(), Err(Error::Decode));
+                assert_eq!(node(&mut r, &mut into), Err(Error::Decode));
                 assert!(postcard::from_bytes::<NodeRec>(&bytes[..cut]).is_err());
             }
         }
@@ -336,6 +368,9 @@ mod tests {
         // A small xorshift over byte strings: both decoders accept the same prefixes and
         // produce the same records.
         let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
+        // One record decoded into throughout, holding what earlier (possibly failed) decodes
+        // left.
+        let mut into = empty_node();
         for _ in 0..200_000 {
             let mut bytes = [0u8; 48];
             let len = (s % 48) as usize;
@@ -350,7 +385,7 @@ mod tests {
             }
             let bytes = &bytes[..len];
             let mut r = Reader { rest: bytes };
-            let ours = r.node().ok().map(|n| (n, r.rest.len()));
+            let ours = node(&mut r, &mut into).ok().map(|n| (n, r.rest.len()));
             let theirs = postcard::take_from_bytes::<NodeRec>(bytes)
                 .ok()
                 .map(|(n, rest)| (n, rest.len()));

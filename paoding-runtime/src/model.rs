@@ -1,9 +1,9 @@
 //! [`Model`]: validate a blob once, then run it any number of times.
 
-use crate::decode::Reader;
+use crate::decode::{empty_node, empty_operand, Reader};
 use crate::error::{Error, Reason};
 use crate::format::{
-    blob_crc, ConvRec, Header, NodeRec, OpRec, Operand, PoolRec, Shape, WRef, HEADER_LEN,
+    blob_crc, ConvRec, DescHead, Header, NodeRec, OpRec, Operand, PoolRec, Shape, WRef, HEADER_LEN,
     MAX_NODES, MAX_RANK, WEIGHTS_ALIGN,
 };
 use crate::kernels::{self, conv::ConvGeom, pool::PoolGeom, Dims};
@@ -136,22 +136,26 @@ fn window_out(size: usize, k: u32, dil: u32, stride: u32, p0: u32, p1: u32) -> O
     Some((padded - span) / stride as usize + 1)
 }
 
-/// Iterates the node records of a description.
+/// A cursor over the node records of a description. Each record is decoded in place into a
+/// caller-owned [`NodeRec`] (some 400 bytes: an iterator yielding records by value would copy
+/// each one several times).
+#[derive(Clone, Copy)]
 struct Nodes<'a> {
     rest: &'a [u8],
 }
 
-impl<'a> Iterator for Nodes<'a> {
-    type Item = Result<NodeRec, Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl Nodes<'_> {
+    /// Decode the next record over `out`: `Ok(false)` past the last one, [`Error::Decode`]
+    /// if it cannot be decoded (`out` then holds part of it, and the cursor must not be used
+    /// again).
+    fn next_into(&mut self, out: &mut NodeRec) -> Result<bool, Error> {
         if self.rest.is_empty() {
-            return None;
+            return Ok(false);
         }
         let mut r = Reader { rest: self.rest };
-        let n = r.node();
-        self.rest = if n.is_ok() { r.rest } else { &[] };
-        Some(n)
+        r.node_into(out).ok_or(Error::Decode)?;
+        self.rest = r.rest;
+        Ok(true)
     }
 }
 
@@ -219,7 +223,12 @@ impl<'a> Model<'a> {
             .ok_or(Error::BadHeader("description length"))?;
         let weights = as_f32(blob.get(w_off..).ok_or(Error::Truncated)?)?;
         let mut r = Reader { rest: desc };
-        let head = r.head().ok_or(Error::Decode)?;
+        let mut head = DescHead {
+            n_nodes: 0,
+            input: empty_operand(),
+            output: empty_operand(),
+        };
+        r.head_into(&mut head).ok_or(Error::Decode)?;
         let nodes = r.rest;
         let n_nodes = head.n_nodes as usize;
         if n_nodes > MAX_NODES {
@@ -251,25 +260,28 @@ impl<'a> Model<'a> {
         {
             return Err(invalid(GRAPH, Reason::OutputShapeVsHeader));
         }
+        // Two records to decode into: the node being checked, and its inputs' producers.
+        let mut node = empty_node();
+        let mut producer = empty_node();
         if head.output.id as usize > n_nodes
-            || model.definition(&head.input, head.output.id)? != head.output
+            || *model.definition(&head.input, head.output.id, &mut producer)? != head.output
         {
             return Err(invalid(GRAPH, Reason::OutputVsValue));
         }
         // Every node, in order.
+        let mut nodes = model.node_iter();
         let mut count = 0usize;
-        for (j, node) in model.node_iter().enumerate() {
-            let node = node?;
-            if j >= n_nodes {
+        while nodes.next_into(&mut node)? {
+            if count >= n_nodes {
                 return Err(invalid(GRAPH, Reason::ExtraNodes));
             }
-            model.check_node(j, &node, &head.input)?;
+            model.check_node(count, &node, &head.input, &mut producer)?;
             count += 1;
         }
         if count != n_nodes {
             return Err(invalid(GRAPH, Reason::MissingNodes));
         }
-        model.check_lifetimes(&head.input, head.output.id as usize)?;
+        model.check_lifetimes(&head.input, head.output.id as usize, &mut node)?;
         Ok(model)
     }
 
@@ -290,15 +302,29 @@ impl<'a> Model<'a> {
         }
     }
 
-    /// The operand of value `id` as its producer wrote it.
-    fn definition(&self, input: &Operand, id: u32) -> Result<Operand, Error> {
+    /// The operand of value `id` as its producer wrote it: `input` for id 0, else decoded
+    /// into `producer`. A producer that cannot be decoded is [`Error::Decode`]; a record
+    /// before it that cannot be decoded, or no producer, is [`Reason::NeverComputed`].
+    fn definition<'b>(
+        &self,
+        input: &'b Operand,
+        id: u32,
+        producer: &'b mut NodeRec,
+    ) -> Result<&'b Operand, Error> {
         if id == 0 {
-            return Ok(input.clone());
+            return Ok(input);
         }
-        match self.node_iter().nth(id as usize - 1) {
-            Some(Ok(n)) => Ok(n.output),
-            Some(Err(e)) => Err(e),
-            None => Err(invalid(GRAPH, Reason::NeverComputed)),
+        let never = invalid(GRAPH, Reason::NeverComputed);
+        let mut nodes = self.node_iter();
+        for _ in 1..id {
+            if !matches!(nodes.next_into(producer), Ok(true)) {
+                return Err(never);
+            }
+        }
+        if nodes.next_into(producer)? {
+            Ok(&producer.output)
+        } else {
+            Err(never)
         }
     }
 
@@ -317,7 +343,13 @@ impl<'a> Model<'a> {
         self.weights.get(w.offset as usize..)?.get(..w.len as usize)
     }
 
-    fn check_node(&self, j: usize, node: &NodeRec, input: &Operand) -> Result<(), Error> {
+    fn check_node(
+        &self,
+        j: usize,
+        node: &NodeRec,
+        input: &Operand,
+        producer: &mut NodeRec,
+    ) -> Result<(), Error> {
         let n = j as u32;
         if node.output.id as usize != j + 1 {
             return Err(invalid(n, Reason::OutputId));
@@ -341,7 +373,7 @@ impl<'a> Model<'a> {
             if inp.id as usize > j {
                 return Err(invalid(n, Reason::ReadsLater));
             }
-            if self.definition(input, inp.id)? != *inp {
+            if self.definition(input, inp.id, producer)? != inp {
                 return Err(invalid(n, Reason::InputVsProducer));
             }
             let r = self.region(n, inp)?;
@@ -495,29 +527,41 @@ impl<'a> Model<'a> {
 
     /// No value may be overwritten while a later node still reads it: for every value `u`,
     /// each value written after `u` and before `u`'s last read lies elsewhere in the arena,
-    /// unless it is a view (Reshape) of exactly the same region.
-    fn check_lifetimes(&self, input: &Operand, output_id: usize) -> Result<(), Error> {
+    /// unless it is a view (Reshape) of exactly the same region. `node` is a record to decode
+    /// into.
+    #[inline(never)]
+    fn check_lifetimes(
+        &self,
+        input: &Operand,
+        output_id: usize,
+        node: &mut NodeRec,
+    ) -> Result<(), Error> {
         let n = self.n_nodes;
         for u in 0..=n {
             let reg_u = if u == 0 {
                 self.region(GRAPH, input)?
             } else {
-                let d = self.definition(input, u as u32)?;
-                self.region(u as u32 - 1, &d)?
+                let d = self.definition(input, u as u32, node)?;
+                self.region(u as u32 - 1, d)?
             };
             // The last step that reads u (the graph's output is read after the last node).
             let mut last = if u == output_id { n + 1 } else { u };
-            for (w, node) in (1..).zip(self.node_iter()) {
-                if w > u && node?.inputs.iter().any(|i| i.id as usize == u) {
+            let mut nodes = self.node_iter();
+            let mut w = 0;
+            while nodes.next_into(node)? {
+                w += 1;
+                if w > u && node.inputs.iter().any(|i| i.id as usize == u) {
                     last = last.max(w);
                 }
             }
             // Value w (node w - 1's output) is written at step w.
-            for (w, node) in (1..).zip(self.node_iter()) {
+            let mut nodes = self.node_iter();
+            let mut w = 0;
+            while nodes.next_into(node)? {
+                w += 1;
                 if w <= u || w >= last {
                     continue;
                 }
-                let node = node?;
                 let reg_w = self.region(w as u32 - 1, &node.output)?;
                 let view = matches!(node.op, OpRec::Reshape) && reg_w == reg_u;
                 if !reg_w.disjoint(reg_u) && !view {
@@ -598,8 +642,12 @@ impl<'a> Model<'a> {
                 .ok_or(gone)?,
             input,
         );
-        for (j, node) in self.node_iter().enumerate() {
-            self.exec(j as u32, &node?, arena)?;
+        let mut node = empty_node();
+        let mut nodes = self.node_iter();
+        let mut j = 0;
+        while nodes.next_into(&mut node)? {
+            self.exec(j, &node, arena)?;
+            j += 1;
         }
         kernels::copy(
             output,
