@@ -281,7 +281,7 @@ impl<'a> Model<'a> {
         if count != n_nodes {
             return Err(invalid(GRAPH, Reason::MissingNodes));
         }
-        model.check_lifetimes(&head.input, head.output.id as usize, &mut node)?;
+        model.check_lifetimes(head.output.id as usize, &mut node)?;
         Ok(model)
     }
 
@@ -527,46 +527,43 @@ impl<'a> Model<'a> {
 
     /// No value may be overwritten while a later node still reads it: for every value `u`,
     /// each value written after `u` and before `u`'s last read lies elsewhere in the arena,
-    /// unless it is a view (Reshape) of exactly the same region. `node` is a record to decode
-    /// into.
+    /// unless it is a view (Reshape) of exactly the same region. Runs after every node has
+    /// been decoded and checked; `node` is a record to decode into.
+    ///
+    /// One pass over the nodes after `u` per value: the first write over `u`'s region is an
+    /// error as soon as a later node reads `u` (or at the end, if `u` is the graph's output).
     #[inline(never)]
-    fn check_lifetimes(
-        &self,
-        input: &Operand,
-        output_id: usize,
-        node: &mut NodeRec,
-    ) -> Result<(), Error> {
-        let n = self.n_nodes;
-        for u in 0..=n {
-            let reg_u = if u == 0 {
-                self.region(GRAPH, input)?
-            } else {
-                let d = self.definition(input, u as u32, node)?;
-                self.region(u as u32 - 1, d)?
-            };
-            // The last step that reads u (the graph's output is read after the last node).
-            let mut last = if u == output_id { n + 1 } else { u };
-            let mut nodes = self.node_iter();
-            let mut w = 0;
-            while nodes.next_into(node)? {
+    fn check_lifetimes(&self, output_id: usize, node: &mut NodeRec) -> Result<(), Error> {
+        // `after` is positioned after value `u`'s producer, `reg_u` is u's region.
+        let mut after = self.node_iter();
+        let mut reg_u = self.input;
+        for u in 0..=self.n_nodes {
+            // The node that first overwrites u's region, if any.
+            let mut over: Option<u32> = None;
+            let mut later = after;
+            // Node w - 1 writes value w at step w.
+            let mut w = u as u32;
+            while later.next_into(node)? {
                 w += 1;
-                if w > u && node.inputs.iter().any(|i| i.id as usize == u) {
-                    last = last.max(w);
-                }
-            }
-            // Value w (node w - 1's output) is written at step w.
-            let mut nodes = self.node_iter();
-            let mut w = 0;
-            while nodes.next_into(node)? {
-                w += 1;
-                if w <= u || w >= last {
+                if let Some(k) = over {
+                    if node.inputs.iter().any(|i| i.id as usize == u) {
+                        return Err(invalid(k, Reason::Overwrite));
+                    }
                     continue;
                 }
-                let reg_w = self.region(w as u32 - 1, &node.output)?;
+                let reg_w = self.region(w - 1, &node.output)?;
                 let view = matches!(node.op, OpRec::Reshape) && reg_w == reg_u;
                 if !reg_w.disjoint(reg_u) && !view {
-                    return Err(invalid(w as u32 - 1, Reason::Overwrite));
+                    over = Some(w - 1);
                 }
+            }
+            // The graph's output is read after the last node.
+            if let (Some(k), true) = (over, u == output_id) {
+                return Err(invalid(k, Reason::Overwrite));
+            }
+            // Value u + 1: the next record (all `n_nodes` of them decoded in `from_bytes`).
+            if after.next_into(node)? {
+                reg_u = self.region(u as u32, &node.output)?;
             }
         }
         Ok(())
