@@ -29,7 +29,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A LEB128 varint of an integer of `bits` bits (postcard rejects overlong encodings and
-    /// bits beyond the type).
+    /// bits beyond the type). Only for `usize` on targets where it is not 32 bits wide.
     fn varint(&mut self, bits: u32) -> Option<u64> {
         let max = bits.div_ceil(7);
         let last_max = (1u32 << (bits - 7 * (max - 1))) - 1;
@@ -47,8 +47,43 @@ impl<'a> Reader<'a> {
         None
     }
 
+    /// A `u32` varint: at most 5 bytes, the fifth holding the top 4 bits (`varint(32)` in
+    /// 32-bit arithmetic). Every integer of a record comes through here, most of them one
+    /// byte long: that case takes no stack frame.
     fn u32(&mut self) -> Option<u32> {
-        Some(self.varint(32)? as u32)
+        match self.rest.split_first() {
+            Some((&b, rest)) if b < 0x80 => {
+                self.rest = rest;
+                Some(u32::from(b))
+            }
+            _ => self.u32_long(),
+        }
+    }
+
+    /// [`Reader::u32`] of more than one byte (or none).
+    #[inline(never)]
+    fn u32_long(&mut self) -> Option<u32> {
+        let mut bytes = self.rest.iter();
+        let mut v: u32 = 0;
+        let mut shift = 0;
+        loop {
+            let b = *bytes.next()?;
+            v |= u32::from(b & 0x7F) << shift;
+            if b < 0x80 {
+                break;
+            }
+            shift += 7;
+            if shift == 28 {
+                let b = *bytes.next()?;
+                if b > 0x0F {
+                    return None;
+                }
+                v |= u32::from(b) << 28;
+                break;
+            }
+        }
+        self.rest = bytes.as_slice();
+        Some(v)
     }
 
     fn f32(&mut self) -> Option<f32> {
@@ -83,7 +118,11 @@ impl<'a> Reader<'a> {
 
     /// A sequence length, checked against the capacity `cap`.
     fn len(&mut self, cap: usize) -> Option<usize> {
-        let n = self.varint(usize::BITS)?;
+        let n = if usize::BITS == 32 {
+            u64::from(self.u32()?)
+        } else {
+            self.varint(usize::BITS)?
+        };
         if n > cap as u64 {
             return None;
         }
@@ -395,6 +434,35 @@ mod tests {
                 std::format!("{theirs:?}"),
                 "{bytes:?}"
             );
+        }
+    }
+
+    #[test]
+    fn integers_agree_with_postcard() {
+        // Every string of up to 6 bytes over values around the varint boundaries (one byte,
+        // continuation, the fifth byte's 4 bits): same value, same bytes consumed, or both
+        // refused.
+        let values = [0x00u8, 0x01, 0x0F, 0x10, 0x7F, 0x80, 0x8F, 0xFF];
+        for len in 0..=6u32 {
+            for mut k in 0..values.len().pow(len) {
+                let mut bytes = Vec::new();
+                for _ in 0..len {
+                    bytes.push(values[k % values.len()]);
+                    k /= values.len();
+                }
+                let mut r = Reader { rest: &bytes };
+                let ours = r.u32().map(|v| (v, r.rest.len()));
+                let theirs = postcard::take_from_bytes::<u32>(&bytes)
+                    .ok()
+                    .map(|(v, rest)| (v, rest.len()));
+                assert_eq!(ours, theirs, "u32 {bytes:02x?}");
+                let mut r = Reader { rest: &bytes };
+                let ours = r.len(usize::MAX).map(|v| (v, r.rest.len()));
+                let theirs = postcard::take_from_bytes::<usize>(&bytes)
+                    .ok()
+                    .map(|(v, rest)| (v, rest.len()));
+                assert_eq!(ours, theirs, "usize {bytes:02x?}");
+            }
         }
     }
 }
