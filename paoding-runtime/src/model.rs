@@ -91,14 +91,11 @@ fn invalid(node: u32, reason: Reason) -> Error {
 /// Dimensions of a shape, unchecked (for the executor, after validation).
 #[inline(never)]
 fn dims(shape: &Shape) -> Dims {
-    let mut d = Dims {
-        d: [1; MAX_RANK],
+    // Per axis: a loop copying the shape's prefix becomes a memcpy call.
+    Dims {
+        d: core::array::from_fn(|i| shape.get(i).map_or(1, |&s| s as usize)),
         rank: shape.len(),
-    };
-    for (o, &s) in d.d.iter_mut().zip(shape.iter()) {
-        *o = s as usize;
     }
-    d
 }
 
 /// Dimensions and element count of a shape, checked: rank 1..=MAX_RANK, batch 1, no zero
@@ -809,14 +806,10 @@ impl<'a> Model<'a> {
 
 #[inline(never)]
 fn shape_dims(s: &[usize]) -> Dims {
-    let mut d = Dims {
-        d: [1; MAX_RANK],
+    Dims {
+        d: core::array::from_fn(|i| s.get(i).copied().unwrap_or(1)),
         rank: s.len().min(MAX_RANK),
-    };
-    for (o, &x) in d.d.iter_mut().zip(s) {
-        *o = x;
     }
-    d
 }
 
 fn check_pool(n: u32, p: &PoolRec, id: &Dims) -> Result<Dims, Error> {
