@@ -166,21 +166,23 @@ impl<'a> Reader<'a> {
 
     /// An operator, decoded over `out`.
     fn op_into(&mut self, out: &mut OpRec) -> Option<()> {
-        *out = match self.u32()? {
+        match self.u32()? {
             0 => {
                 let [units, inputs, w0, w1, b0, b1] = self.u32s()?;
-                OpRec::Dense {
+                let act = self.act()?;
+                *out = OpRec::Dense {
                     units,
                     inputs,
                     weights: wref(w0, w1),
                     bias: wref(b0, b1),
-                    act: self.act()?,
-                }
+                    act,
+                };
             }
             1 => {
                 let [oc, ic, kh, kw, sy, sx, dy, dx, pt, pl, pb, pr, groups, w0, w1, b0, b1] =
                     self.u32s()?;
-                OpRec::Conv2d(ConvRec {
+                let act = self.act()?;
+                *out = OpRec::Conv2d(ConvRec {
                     out_channels: oc,
                     in_channels: ic,
                     kernel: [kh, kw],
@@ -190,43 +192,50 @@ impl<'a> Reader<'a> {
                     groups,
                     weights: wref(w0, w1),
                     bias: wref(b0, b1),
-                    act: self.act()?,
-                })
+                    act,
+                });
             }
             2 => {
                 let [s0, s1, t0, t1] = self.u32s()?;
-                OpRec::BatchNorm {
+                *out = OpRec::BatchNorm {
                     scale: wref(s0, s1),
                     shift: wref(t0, t1),
-                }
+                };
             }
-            3 => OpRec::Activation(self.act()?),
-            4 => OpRec::Softmax { axis: self.byte()? },
-            5 => OpRec::MaxPool(self.pool()?),
-            6 => OpRec::AveragePool(self.pool()?),
-            7 => OpRec::GlobalAveragePool,
-            8 => OpRec::Add,
-            9 => OpRec::Concat { axis: self.byte()? },
-            10 => OpRec::Reshape,
+            3 => *out = OpRec::Activation(self.act()?),
+            4 => *out = OpRec::Softmax { axis: self.byte()? },
+            5 => *out = OpRec::MaxPool(self.pool()?),
+            6 => *out = OpRec::AveragePool(self.pool()?),
+            7 => *out = OpRec::GlobalAveragePool,
+            8 => *out = OpRec::Add,
+            9 => *out = OpRec::Concat { axis: self.byte()? },
+            10 => *out = OpRec::Reshape,
             11 => {
-                let mut perm = heapless::Vec::new();
-                for _ in 0..self.len(perm.capacity())? {
+                *out = OpRec::Transpose {
+                    perm: heapless::Vec::new(),
+                };
+                let OpRec::Transpose { perm } = out else {
+                    return None;
+                };
+                for _ in 0..self.len(MAX_RANK)? {
                     perm.push(self.byte()?).ok()?;
                 }
-                OpRec::Transpose { perm }
             }
             12 => {
-                let mut pads = heapless::Vec::new();
-                for _ in 0..self.len(pads.capacity())? {
+                *out = OpRec::Pad {
+                    pads: heapless::Vec::new(),
+                    value: 0.0,
+                };
+                let OpRec::Pad { pads, value } = out else {
+                    return None;
+                };
+                for _ in 0..self.len(MAX_RANK)? {
                     pads.push(self.u32s()?).ok()?;
                 }
-                OpRec::Pad {
-                    pads,
-                    value: self.f32()?,
-                }
+                *value = self.f32()?;
             }
             _ => return None,
-        };
+        }
         Some(())
     }
 
