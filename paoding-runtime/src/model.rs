@@ -98,9 +98,9 @@ fn dims(shape: &Shape) -> Dims {
     }
 }
 
-/// Dimensions and element count of a shape, checked: rank 1..=MAX_RANK, batch 1, no zero
-/// dimension, element count representable.
-fn checked_dims(node: u32, shape: &Shape) -> Result<(Dims, usize), Error> {
+/// Element count of a shape, checked: batch 1 (so rank at least 1; the decoder bounds it by
+/// MAX_RANK), no zero dimension, element count representable in a `u32`.
+fn checked_len(node: u32, shape: &Shape) -> Result<usize, Error> {
     if shape.is_empty() || shape.first() != Some(&1) {
         return Err(invalid(node, Reason::NoBatchAxis));
     }
@@ -114,7 +114,7 @@ fn checked_dims(node: u32, shape: &Shape) -> Result<(Dims, usize), Error> {
             .filter(|&l| l <= u32::MAX as usize)
             .ok_or(invalid(node, Reason::ShapeTooLarge))?;
     }
-    Ok((dims(shape), len))
+    Ok(len)
 }
 
 /// Output size of a window `k` (dilated by `dil`) sliding by `stride` over `size` padded by
@@ -288,7 +288,7 @@ impl<'a> Model<'a> {
 
     /// The arena region of an operand, checked inside the arena.
     fn region(&self, node: u32, op: &Operand) -> Result<Region, Error> {
-        let (_, len) = checked_dims(node, &op.shape)?;
+        let len = checked_len(node, &op.shape)?;
         let r = Region {
             off: op.offset as usize,
             len,
@@ -351,8 +351,10 @@ impl<'a> Model<'a> {
         if node.output.id as usize != j + 1 {
             return Err(invalid(n, Reason::OutputId));
         }
+        // Every shape below passed `region` (checked), so its dimensions and element count are
+        // read unchecked.
         let out_reg = self.region(n, &node.output)?;
-        let (od, _) = checked_dims(n, &node.output.shape)?;
+        let od = dims(&node.output.shape);
         let arity_ok = match node.op {
             OpRec::Add => node.inputs.len() == 2,
             OpRec::Concat { .. } => !node.inputs.is_empty(),
@@ -385,7 +387,7 @@ impl<'a> Model<'a> {
             return Err(invalid(n, Reason::BadAlias));
         }
         let first = node.inputs.first().ok_or(invalid(n, Reason::Arity))?;
-        let (id, in_len) = checked_dims(n, &first.shape)?;
+        let id = dims(&first.shape);
         let expected: Dims = match &node.op {
             OpRec::Dense {
                 units,
@@ -441,7 +443,7 @@ impl<'a> Model<'a> {
                 }
                 let mut e = id;
                 for other in node.inputs.iter().skip(1) {
-                    let (d, _) = checked_dims(n, &other.shape)?;
+                    let d = dims(&other.shape);
                     let same_elsewhere =
                         d.rank == id.rank && (0..id.rank).all(|i| i == axis || d.at(i) == id.at(i));
                     if !same_elsewhere {
@@ -456,8 +458,7 @@ impl<'a> Model<'a> {
                 e
             }
             OpRec::Reshape => {
-                let (_, out_len) = checked_dims(n, &node.output.shape)?;
-                if out_len != in_len {
+                if out_reg.len != id.product(0, id.rank) {
                     return Err(invalid(n, Reason::ReshapeCount));
                 }
                 od
