@@ -6,8 +6,9 @@
 //! 1, `f32` four little-endian bytes, enum variants a varint index, sequences (`heapless::Vec`)
 //! a varint length then the elements, arrays and structs their fields in order.
 
-use crate::error::Error;
-use crate::format::{Act, ConvRec, DescHead, NodeRec, OpRec, Operand, PoolRec, WRef};
+use crate::format::{
+    Act, ConvRec, DescHead, NodeRec, OpRec, Operand, PoolRec, WRef, MAX_INPUTS, MAX_RANK,
+};
 
 /// A weights reference from its two fields.
 fn wref(offset: u32, len: u32) -> WRef {
@@ -28,7 +29,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A LEB128 varint of an integer of `bits` bits (postcard rejects overlong encodings and
-    /// bits beyond the type).
+    /// bits beyond the type). Only for `usize` on targets where it is not 32 bits wide.
     fn varint(&mut self, bits: u32) -> Option<u64> {
         let max = bits.div_ceil(7);
         let last_max = (1u32 << (bits - 7 * (max - 1))) - 1;
@@ -46,8 +47,43 @@ impl<'a> Reader<'a> {
         None
     }
 
+    /// A `u32` varint: at most 5 bytes, the fifth holding the top 4 bits (`varint(32)` in
+    /// 32-bit arithmetic). Every integer of a record comes through here, most of them one
+    /// byte long: that case takes no stack frame.
     fn u32(&mut self) -> Option<u32> {
-        Some(self.varint(32)? as u32)
+        match self.rest.split_first() {
+            Some((&b, rest)) if b < 0x80 => {
+                self.rest = rest;
+                Some(u32::from(b))
+            }
+            _ => self.u32_long(),
+        }
+    }
+
+    /// [`Reader::u32`] of more than one byte (or none).
+    #[inline(never)]
+    fn u32_long(&mut self) -> Option<u32> {
+        let mut bytes = self.rest.iter();
+        let mut v: u32 = 0;
+        let mut shift = 0;
+        loop {
+            let b = *bytes.next()?;
+            v |= u32::from(b & 0x7F) << shift;
+            if b < 0x80 {
+                break;
+            }
+            shift += 7;
+            if shift == 28 {
+                let b = *bytes.next()?;
+                if b > 0x0F {
+                    return None;
+                }
+                v |= u32::from(b) << 28;
+                break;
+            }
+        }
+        self.rest = bytes.as_slice();
+        Some(v)
     }
 
     fn f32(&mut self) -> Option<f32> {
@@ -82,7 +118,11 @@ impl<'a> Reader<'a> {
 
     /// A sequence length, checked against the capacity `cap`.
     fn len(&mut self, cap: usize) -> Option<usize> {
-        let n = self.varint(usize::BITS)?;
+        let n = if usize::BITS == 32 {
+            u64::from(self.u32()?)
+        } else {
+            self.varint(usize::BITS)?
+        };
         if n > cap as u64 {
             return None;
         }
@@ -113,32 +153,36 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn operand(&mut self) -> Option<Operand> {
-        let id = self.u32()?;
-        let offset = self.u32()?;
-        let mut shape = heapless::Vec::new();
-        for _ in 0..self.len(shape.capacity())? {
-            shape.push(self.u32()?).ok()?;
+    /// An operand, decoded over `out`.
+    fn operand_into(&mut self, out: &mut Operand) -> Option<()> {
+        out.id = self.u32()?;
+        out.offset = self.u32()?;
+        out.shape.clear();
+        for _ in 0..self.len(MAX_RANK)? {
+            out.shape.push(self.u32()?).ok()?;
         }
-        Some(Operand { id, offset, shape })
+        Some(())
     }
 
-    fn op(&mut self) -> Option<OpRec> {
-        Some(match self.u32()? {
+    /// An operator, decoded over `out`.
+    fn op_into(&mut self, out: &mut OpRec) -> Option<()> {
+        match self.u32()? {
             0 => {
                 let [units, inputs, w0, w1, b0, b1] = self.u32s()?;
-                OpRec::Dense {
+                let act = self.act()?;
+                *out = OpRec::Dense {
                     units,
                     inputs,
                     weights: wref(w0, w1),
                     bias: wref(b0, b1),
-                    act: self.act()?,
-                }
+                    act,
+                };
             }
             1 => {
                 let [oc, ic, kh, kw, sy, sx, dy, dx, pt, pl, pb, pr, groups, w0, w1, b0, b1] =
                     self.u32s()?;
-                OpRec::Conv2d(ConvRec {
+                let act = self.act()?;
+                *out = OpRec::Conv2d(ConvRec {
                     out_channels: oc,
                     in_channels: ic,
                     kernel: [kh, kw],
@@ -148,71 +192,91 @@ impl<'a> Reader<'a> {
                     groups,
                     weights: wref(w0, w1),
                     bias: wref(b0, b1),
-                    act: self.act()?,
-                })
+                    act,
+                });
             }
             2 => {
                 let [s0, s1, t0, t1] = self.u32s()?;
-                OpRec::BatchNorm {
+                *out = OpRec::BatchNorm {
                     scale: wref(s0, s1),
                     shift: wref(t0, t1),
-                }
+                };
             }
-            3 => OpRec::Activation(self.act()?),
-            4 => OpRec::Softmax { axis: self.byte()? },
-            5 => OpRec::MaxPool(self.pool()?),
-            6 => OpRec::AveragePool(self.pool()?),
-            7 => OpRec::GlobalAveragePool,
-            8 => OpRec::Add,
-            9 => OpRec::Concat { axis: self.byte()? },
-            10 => OpRec::Reshape,
+            3 => *out = OpRec::Activation(self.act()?),
+            4 => *out = OpRec::Softmax { axis: self.byte()? },
+            5 => *out = OpRec::MaxPool(self.pool()?),
+            6 => *out = OpRec::AveragePool(self.pool()?),
+            7 => *out = OpRec::GlobalAveragePool,
+            8 => *out = OpRec::Add,
+            9 => *out = OpRec::Concat { axis: self.byte()? },
+            10 => *out = OpRec::Reshape,
             11 => {
-                let mut perm = heapless::Vec::new();
-                for _ in 0..self.len(perm.capacity())? {
+                *out = OpRec::Transpose {
+                    perm: heapless::Vec::new(),
+                };
+                let OpRec::Transpose { perm } = out else {
+                    return None;
+                };
+                for _ in 0..self.len(MAX_RANK)? {
                     perm.push(self.byte()?).ok()?;
                 }
-                OpRec::Transpose { perm }
             }
             12 => {
-                let mut pads = heapless::Vec::new();
-                for _ in 0..self.len(pads.capacity())? {
+                *out = OpRec::Pad {
+                    pads: heapless::Vec::new(),
+                    value: 0.0,
+                };
+                let OpRec::Pad { pads, value } = out else {
+                    return None;
+                };
+                for _ in 0..self.len(MAX_RANK)? {
                     pads.push(self.u32s()?).ok()?;
                 }
-                OpRec::Pad {
-                    pads,
-                    value: self.f32()?,
-                }
+                *value = self.f32()?;
             }
             _ => return None,
-        })
-    }
-
-    /// The description's first record.
-    pub fn head(&mut self) -> Option<DescHead> {
-        Some(DescHead {
-            n_nodes: self.u32()?,
-            input: self.operand()?,
-            output: self.operand()?,
-        })
-    }
-
-    /// One node record.
-    #[inline(never)]
-    pub fn node(&mut self) -> Result<NodeRec, Error> {
-        self.node_rec().ok_or(Error::Decode)
-    }
-
-    fn node_rec(&mut self) -> Option<NodeRec> {
-        let op = self.op()?;
-        let mut inputs = heapless::Vec::new();
-        for _ in 0..self.len(inputs.capacity())? {
-            inputs.push(self.operand()?).ok()?;
         }
-        Some(NodeRec {
-            op,
-            inputs,
-            output: self.operand()?,
-        })
+        Some(())
+    }
+
+    /// The description's first record, decoded over `out`.
+    pub fn head_into(&mut self, out: &mut DescHead) -> Option<()> {
+        out.n_nodes = self.u32()?;
+        self.operand_into(&mut out.input)?;
+        self.operand_into(&mut out.output)
+    }
+
+    /// One node record, decoded over `out` (in place: a record is some 400 bytes, and every
+    /// move of one through an `Option` or a `Result` is a copy). On `None` `out` holds a
+    /// partly decoded record.
+    #[inline(never)]
+    pub fn node_into(&mut self, out: &mut NodeRec) -> Option<()> {
+        self.op_into(&mut out.op)?;
+        out.inputs.clear();
+        for _ in 0..self.len(MAX_INPUTS)? {
+            out.inputs.push(empty_operand()).ok()?;
+            self.operand_into(out.inputs.last_mut()?)?;
+        }
+        self.operand_into(&mut out.output)
+    }
+}
+
+/// An operand with no dimensions, to decode into.
+pub(crate) fn empty_operand() -> Operand {
+    Operand {
+        id: 0,
+        offset: 0,
+        shape: heapless::Vec::new(),
+    }
+}
+
+/// A node record to decode into (built field by field: a `const` record would be a
+/// 400-byte constant copied from flash).
+pub(crate) fn empty_node() -> NodeRec {
+    NodeRec {
+        op: OpRec::Add,
+        inputs: heapless::Vec::new(),
+        output: empty_operand(),
     }
 }
 
@@ -220,6 +284,7 @@ impl<'a> Reader<'a> {
 mod tests {
     extern crate std;
     use super::*;
+    use crate::error::Error;
     use std::vec::Vec;
 
     fn operand(id: u32, offset: u32, dims: &[u32]) -> Operand {
@@ -228,6 +293,12 @@ mod tests {
             offset,
             shape: dims.iter().copied().collect(),
         }
+    }
+
+    /// A node decoded over `into` (whatever it held), as a value.
+    fn node(r: &mut Reader, into: &mut NodeRec) -> Result<NodeRec, Error> {
+        r.node_into(into).ok_or(Error::Decode)?;
+        Ok(into.clone())
     }
 
     /// postcard's encoding; an encoding failure leaves nothing to decode, which the
@@ -303,8 +374,17 @@ mod tests {
         };
         let bytes = encode(&head);
         let mut r = Reader { rest: &bytes };
-        assert_eq!(r.head(), Some(head));
+        // Decoded over a head that holds other values.
+        let mut got = DescHead {
+            n_nodes: 7,
+            input: operand(9, 9, &[1, 2, 3, 4, 5, 6]),
+            output: operand(9, 9, &[1, 2, 3, 4, 5, 6]),
+        };
+        assert_eq!(r.head_into(&mut got), Some(()));
+        assert_eq!(got, head);
         assert!(r.rest.is_empty());
+        // One record decoded into, over and over: each decode overwrites all of it.
+        let mut into = empty_node();
         for (i, op) in all_ops().into_iter().enumerate() {
             let rec = NodeRec {
                 op,
@@ -318,14 +398,14 @@ mod tests {
             };
             let bytes = encode(&rec);
             let mut r = Reader { rest: &bytes };
-            assert_eq!(r.node(), Ok(rec));
+            assert_eq!(node(&mut r, &mut into), Ok(rec));
             assert!(r.rest.is_empty());
             // Every truncation fails, and agrees with postcard.
             for cut in 0..bytes.len() {
                 let mut r = Reader {
                     rest: &bytes[..cut],
                 };
-                assert_eq!(r.node(), Err(Error::Decode));
+                assert_eq!(node(&mut r, &mut into), Err(Error::Decode));
                 assert!(postcard::from_bytes::<NodeRec>(&bytes[..cut]).is_err());
             }
         }
@@ -336,6 +416,9 @@ mod tests {
         // A small xorshift over byte strings: both decoders accept the same prefixes and
         // produce the same records.
         let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
+        // One record decoded into throughout, holding what earlier (possibly failed) decodes
+        // left.
+        let mut into = empty_node();
         for _ in 0..200_000 {
             let mut bytes = [0u8; 48];
             let len = (s % 48) as usize;
@@ -350,7 +433,7 @@ mod tests {
             }
             let bytes = &bytes[..len];
             let mut r = Reader { rest: bytes };
-            let ours = r.node().ok().map(|n| (n, r.rest.len()));
+            let ours = node(&mut r, &mut into).ok().map(|n| (n, r.rest.len()));
             let theirs = postcard::take_from_bytes::<NodeRec>(bytes)
                 .ok()
                 .map(|(n, rest)| (n, rest.len()));
@@ -360,6 +443,35 @@ mod tests {
                 std::format!("{theirs:?}"),
                 "{bytes:?}"
             );
+        }
+    }
+
+    #[test]
+    fn integers_agree_with_postcard() {
+        // Every string of up to 6 bytes over values around the varint boundaries (one byte,
+        // continuation, the fifth byte's 4 bits): same value, same bytes consumed, or both
+        // refused.
+        let values = [0x00u8, 0x01, 0x0F, 0x10, 0x7F, 0x80, 0x8F, 0xFF];
+        for len in 0..=6u32 {
+            for mut k in 0..values.len().pow(len) {
+                let mut bytes = Vec::new();
+                for _ in 0..len {
+                    bytes.push(values[k % values.len()]);
+                    k /= values.len();
+                }
+                let mut r = Reader { rest: &bytes };
+                let ours = r.u32().map(|v| (v, r.rest.len()));
+                let theirs = postcard::take_from_bytes::<u32>(&bytes)
+                    .ok()
+                    .map(|(v, rest)| (v, rest.len()));
+                assert_eq!(ours, theirs, "u32 {bytes:02x?}");
+                let mut r = Reader { rest: &bytes };
+                let ours = r.len(usize::MAX).map(|v| (v, r.rest.len()));
+                let theirs = postcard::take_from_bytes::<usize>(&bytes)
+                    .ok()
+                    .map(|(v, rest)| (v, rest.len()));
+                assert_eq!(ours, theirs, "usize {bytes:02x?}");
+            }
         }
     }
 }

@@ -1,9 +1,9 @@
 //! [`Model`]: validate a blob once, then run it any number of times.
 
-use crate::decode::Reader;
+use crate::decode::{empty_node, empty_operand, Reader};
 use crate::error::{Error, Reason};
 use crate::format::{
-    blob_crc, ConvRec, Header, NodeRec, OpRec, Operand, PoolRec, Shape, WRef, HEADER_LEN,
+    blob_crc, ConvRec, DescHead, Header, NodeRec, OpRec, Operand, PoolRec, Shape, WRef, HEADER_LEN,
     MAX_NODES, MAX_RANK, WEIGHTS_ALIGN,
 };
 use crate::kernels::{self, conv::ConvGeom, pool::PoolGeom, Dims};
@@ -91,19 +91,16 @@ fn invalid(node: u32, reason: Reason) -> Error {
 /// Dimensions of a shape, unchecked (for the executor, after validation).
 #[inline(never)]
 fn dims(shape: &Shape) -> Dims {
-    let mut d = Dims {
-        d: [1; MAX_RANK],
+    // Per axis: a loop copying the shape's prefix becomes a memcpy call.
+    Dims {
+        d: core::array::from_fn(|i| shape.get(i).map_or(1, |&s| s as usize)),
         rank: shape.len(),
-    };
-    for (o, &s) in d.d.iter_mut().zip(shape.iter()) {
-        *o = s as usize;
     }
-    d
 }
 
-/// Dimensions and element count of a shape, checked: rank 1..=MAX_RANK, batch 1, no zero
-/// dimension, element count representable.
-fn checked_dims(node: u32, shape: &Shape) -> Result<(Dims, usize), Error> {
+/// Element count of a shape, checked: batch 1 (so rank at least 1; the decoder bounds it by
+/// MAX_RANK), no zero dimension, element count representable in a `u32`.
+fn checked_len(node: u32, shape: &Shape) -> Result<usize, Error> {
     if shape.is_empty() || shape.first() != Some(&1) {
         return Err(invalid(node, Reason::NoBatchAxis));
     }
@@ -117,7 +114,7 @@ fn checked_dims(node: u32, shape: &Shape) -> Result<(Dims, usize), Error> {
             .filter(|&l| l <= u32::MAX as usize)
             .ok_or(invalid(node, Reason::ShapeTooLarge))?;
     }
-    Ok((dims(shape), len))
+    Ok(len)
 }
 
 /// Output size of a window `k` (dilated by `dil`) sliding by `stride` over `size` padded by
@@ -136,22 +133,26 @@ fn window_out(size: usize, k: u32, dil: u32, stride: u32, p0: u32, p1: u32) -> O
     Some((padded - span) / stride as usize + 1)
 }
 
-/// Iterates the node records of a description.
+/// A cursor over the node records of a description. Each record is decoded in place into a
+/// caller-owned [`NodeRec`] (some 400 bytes: an iterator yielding records by value would copy
+/// each one several times).
+#[derive(Clone, Copy)]
 struct Nodes<'a> {
     rest: &'a [u8],
 }
 
-impl<'a> Iterator for Nodes<'a> {
-    type Item = Result<NodeRec, Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl Nodes<'_> {
+    /// Decode the next record over `out`: `Ok(false)` past the last one, [`Error::Decode`]
+    /// if it cannot be decoded (`out` then holds part of it, and the cursor must not be used
+    /// again).
+    fn next_into(&mut self, out: &mut NodeRec) -> Result<bool, Error> {
         if self.rest.is_empty() {
-            return None;
+            return Ok(false);
         }
         let mut r = Reader { rest: self.rest };
-        let n = r.node();
-        self.rest = if n.is_ok() { r.rest } else { &[] };
-        Some(n)
+        r.node_into(out).ok_or(Error::Decode)?;
+        self.rest = r.rest;
+        Ok(true)
     }
 }
 
@@ -219,7 +220,12 @@ impl<'a> Model<'a> {
             .ok_or(Error::BadHeader("description length"))?;
         let weights = as_f32(blob.get(w_off..).ok_or(Error::Truncated)?)?;
         let mut r = Reader { rest: desc };
-        let head = r.head().ok_or(Error::Decode)?;
+        let mut head = DescHead {
+            n_nodes: 0,
+            input: empty_operand(),
+            output: empty_operand(),
+        };
+        r.head_into(&mut head).ok_or(Error::Decode)?;
         let nodes = r.rest;
         let n_nodes = head.n_nodes as usize;
         if n_nodes > MAX_NODES {
@@ -251,25 +257,28 @@ impl<'a> Model<'a> {
         {
             return Err(invalid(GRAPH, Reason::OutputShapeVsHeader));
         }
+        // Two records to decode into: the node being checked, and its inputs' producers.
+        let mut node = empty_node();
+        let mut producer = empty_node();
         if head.output.id as usize > n_nodes
-            || model.definition(&head.input, head.output.id)? != head.output
+            || *model.definition(&head.input, head.output.id, &mut producer)? != head.output
         {
             return Err(invalid(GRAPH, Reason::OutputVsValue));
         }
         // Every node, in order.
+        let mut nodes = model.node_iter();
         let mut count = 0usize;
-        for (j, node) in model.node_iter().enumerate() {
-            let node = node?;
-            if j >= n_nodes {
+        while nodes.next_into(&mut node)? {
+            if count >= n_nodes {
                 return Err(invalid(GRAPH, Reason::ExtraNodes));
             }
-            model.check_node(j, &node, &head.input)?;
+            model.check_node(count, &node, &head.input, &mut producer)?;
             count += 1;
         }
         if count != n_nodes {
             return Err(invalid(GRAPH, Reason::MissingNodes));
         }
-        model.check_lifetimes(&head.input, head.output.id as usize)?;
+        model.check_lifetimes(head.output.id as usize, &mut node)?;
         Ok(model)
     }
 
@@ -279,7 +288,7 @@ impl<'a> Model<'a> {
 
     /// The arena region of an operand, checked inside the arena.
     fn region(&self, node: u32, op: &Operand) -> Result<Region, Error> {
-        let (_, len) = checked_dims(node, &op.shape)?;
+        let len = checked_len(node, &op.shape)?;
         let r = Region {
             off: op.offset as usize,
             len,
@@ -290,15 +299,29 @@ impl<'a> Model<'a> {
         }
     }
 
-    /// The operand of value `id` as its producer wrote it.
-    fn definition(&self, input: &Operand, id: u32) -> Result<Operand, Error> {
+    /// The operand of value `id` as its producer wrote it: `input` for id 0, else decoded
+    /// into `producer`. A producer that cannot be decoded is [`Error::Decode`]; a record
+    /// before it that cannot be decoded, or no producer, is [`Reason::NeverComputed`].
+    fn definition<'b>(
+        &self,
+        input: &'b Operand,
+        id: u32,
+        producer: &'b mut NodeRec,
+    ) -> Result<&'b Operand, Error> {
         if id == 0 {
-            return Ok(input.clone());
+            return Ok(input);
         }
-        match self.node_iter().nth(id as usize - 1) {
-            Some(Ok(n)) => Ok(n.output),
-            Some(Err(e)) => Err(e),
-            None => Err(invalid(GRAPH, Reason::NeverComputed)),
+        let never = invalid(GRAPH, Reason::NeverComputed);
+        let mut nodes = self.node_iter();
+        for _ in 1..id {
+            if !matches!(nodes.next_into(producer), Ok(true)) {
+                return Err(never);
+            }
+        }
+        if nodes.next_into(producer)? {
+            Ok(&producer.output)
+        } else {
+            Err(never)
         }
     }
 
@@ -317,13 +340,21 @@ impl<'a> Model<'a> {
         self.weights.get(w.offset as usize..)?.get(..w.len as usize)
     }
 
-    fn check_node(&self, j: usize, node: &NodeRec, input: &Operand) -> Result<(), Error> {
+    fn check_node(
+        &self,
+        j: usize,
+        node: &NodeRec,
+        input: &Operand,
+        producer: &mut NodeRec,
+    ) -> Result<(), Error> {
         let n = j as u32;
         if node.output.id as usize != j + 1 {
             return Err(invalid(n, Reason::OutputId));
         }
+        // Every shape below passed `region` (checked), so its dimensions and element count are
+        // read unchecked.
         let out_reg = self.region(n, &node.output)?;
-        let (od, _) = checked_dims(n, &node.output.shape)?;
+        let od = dims(&node.output.shape);
         let arity_ok = match node.op {
             OpRec::Add => node.inputs.len() == 2,
             OpRec::Concat { .. } => !node.inputs.is_empty(),
@@ -341,7 +372,7 @@ impl<'a> Model<'a> {
             if inp.id as usize > j {
                 return Err(invalid(n, Reason::ReadsLater));
             }
-            if self.definition(input, inp.id)? != *inp {
+            if self.definition(input, inp.id, producer)? != inp {
                 return Err(invalid(n, Reason::InputVsProducer));
             }
             let r = self.region(n, inp)?;
@@ -356,7 +387,7 @@ impl<'a> Model<'a> {
             return Err(invalid(n, Reason::BadAlias));
         }
         let first = node.inputs.first().ok_or(invalid(n, Reason::Arity))?;
-        let (id, in_len) = checked_dims(n, &first.shape)?;
+        let id = dims(&first.shape);
         let expected: Dims = match &node.op {
             OpRec::Dense {
                 units,
@@ -412,7 +443,7 @@ impl<'a> Model<'a> {
                 }
                 let mut e = id;
                 for other in node.inputs.iter().skip(1) {
-                    let (d, _) = checked_dims(n, &other.shape)?;
+                    let d = dims(&other.shape);
                     let same_elsewhere =
                         d.rank == id.rank && (0..id.rank).all(|i| i == axis || d.at(i) == id.at(i));
                     if !same_elsewhere {
@@ -427,8 +458,7 @@ impl<'a> Model<'a> {
                 e
             }
             OpRec::Reshape => {
-                let (_, out_len) = checked_dims(n, &node.output.shape)?;
-                if out_len != in_len {
+                if out_reg.len != id.product(0, id.rank) {
                     return Err(invalid(n, Reason::ReshapeCount));
                 }
                 od
@@ -495,34 +525,43 @@ impl<'a> Model<'a> {
 
     /// No value may be overwritten while a later node still reads it: for every value `u`,
     /// each value written after `u` and before `u`'s last read lies elsewhere in the arena,
-    /// unless it is a view (Reshape) of exactly the same region.
-    fn check_lifetimes(&self, input: &Operand, output_id: usize) -> Result<(), Error> {
-        let n = self.n_nodes;
-        for u in 0..=n {
-            let reg_u = if u == 0 {
-                self.region(GRAPH, input)?
-            } else {
-                let d = self.definition(input, u as u32)?;
-                self.region(u as u32 - 1, &d)?
-            };
-            // The last step that reads u (the graph's output is read after the last node).
-            let mut last = if u == output_id { n + 1 } else { u };
-            for (w, node) in (1..).zip(self.node_iter()) {
-                if w > u && node?.inputs.iter().any(|i| i.id as usize == u) {
-                    last = last.max(w);
-                }
-            }
-            // Value w (node w - 1's output) is written at step w.
-            for (w, node) in (1..).zip(self.node_iter()) {
-                if w <= u || w >= last {
+    /// unless it is a view (Reshape) of exactly the same region. Runs after every node has
+    /// been decoded and checked; `node` is a record to decode into.
+    ///
+    /// One pass over the nodes after `u` per value: the first write over `u`'s region is an
+    /// error as soon as a later node reads `u` (or at the end, if `u` is the graph's output).
+    #[inline(never)]
+    fn check_lifetimes(&self, output_id: usize, node: &mut NodeRec) -> Result<(), Error> {
+        // `after` is positioned after value `u`'s producer, `reg_u` is u's region.
+        let mut after = self.node_iter();
+        let mut reg_u = self.input;
+        for u in 0..=self.n_nodes {
+            // The node that first overwrites u's region, if any.
+            let mut over: Option<u32> = None;
+            let mut later = after;
+            // Node w - 1 writes value w at step w.
+            let mut w = u as u32;
+            while later.next_into(node)? {
+                w += 1;
+                if let Some(k) = over {
+                    if node.inputs.iter().any(|i| i.id as usize == u) {
+                        return Err(invalid(k, Reason::Overwrite));
+                    }
                     continue;
                 }
-                let node = node?;
-                let reg_w = self.region(w as u32 - 1, &node.output)?;
+                let reg_w = self.region(w - 1, &node.output)?;
                 let view = matches!(node.op, OpRec::Reshape) && reg_w == reg_u;
                 if !reg_w.disjoint(reg_u) && !view {
-                    return Err(invalid(w as u32 - 1, Reason::Overwrite));
+                    over = Some(w - 1);
                 }
+            }
+            // The graph's output is read after the last node.
+            if let (Some(k), true) = (over, u == output_id) {
+                return Err(invalid(k, Reason::Overwrite));
+            }
+            // Value u + 1: the next record (all `n_nodes` of them decoded in `from_bytes`).
+            if after.next_into(node)? {
+                reg_u = self.region(u as u32, &node.output)?;
             }
         }
         Ok(())
@@ -598,8 +637,12 @@ impl<'a> Model<'a> {
                 .ok_or(gone)?,
             input,
         );
-        for (j, node) in self.node_iter().enumerate() {
-            self.exec(j as u32, &node?, arena)?;
+        let mut node = empty_node();
+        let mut nodes = self.node_iter();
+        let mut j = 0;
+        while nodes.next_into(&mut node)? {
+            self.exec(j, &node, arena)?;
+            j += 1;
         }
         kernels::copy(
             output,
@@ -764,14 +807,10 @@ impl<'a> Model<'a> {
 
 #[inline(never)]
 fn shape_dims(s: &[usize]) -> Dims {
-    let mut d = Dims {
-        d: [1; MAX_RANK],
+    Dims {
+        d: core::array::from_fn(|i| s.get(i).copied().unwrap_or(1)),
         rank: s.len().min(MAX_RANK),
-    };
-    for (o, &x) in d.d.iter_mut().zip(s) {
-        *o = x;
     }
-    d
 }
 
 fn check_pool(n: u32, p: &PoolRec, id: &Dims) -> Result<Dims, Error> {
