@@ -131,6 +131,25 @@ pub struct Conv2d {
     pub activation: Activation,
 }
 
+#[cfg(test)]
+impl Conv2d {
+    /// A 3×3, stride-1, same-padded convolution without bias or activation (unit tests).
+    pub(crate) fn same_3x3(cin: usize, cout: usize, groups: usize, weights: Vec<f32>) -> Op {
+        Op::Conv2d(Conv2d {
+            out_channels: cout,
+            in_channels: cin,
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            padding: [1, 1, 1, 1],
+            groups,
+            weights,
+            bias: alloc::vec![0.0; cout],
+            activation: Activation::Identity,
+        })
+    }
+}
+
 impl Conv2d {
     /// Input channels seen by each output channel.
     pub fn group_inputs(&self) -> usize {

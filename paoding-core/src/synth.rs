@@ -922,18 +922,7 @@ mod tests {
         let mut rng = SplitMix64(3);
         let mut g = Graph::new("x", alloc::vec![1, 2, 6, 6]);
         let conv = |rng: &mut SplitMix64, cin: usize, cout: usize| {
-            Op::Conv2d(Conv2d {
-                out_channels: cout,
-                in_channels: cin,
-                kernel: [3, 3],
-                stride: [1, 1],
-                dilation: [1, 1],
-                padding: [1, 1, 1, 1],
-                groups: 1,
-                weights: rng.vec(cout * cin * 9, 0.5),
-                bias: alloc::vec![0.0; cout],
-                activation: Activation::Identity,
-            })
+            Conv2d::same_3x3(cin, cout, 1, rng.vec(cout * cin * 9, 0.5))
         };
         let bn = |rng: &mut SplitMix64, c: usize| {
             let mean = rng.vec(c, 0.5);

@@ -320,25 +320,9 @@ pub(crate) fn consumers_of(s: &Structure, outgoing: &[Vec<Outgoing>], layer: &La
 mod tests {
     use alloc::vec::Vec;
 
-    use crate::ir::{Activation, Conv2d, Graph, Op};
+    use crate::ir::{Conv2d, Graph, Op};
     use crate::probes::{Probes, SplitMix64};
     use crate::prune::{Method, PruneOptions, Pruner};
-
-    /// 3×3 convolution, `groups` 1 or depthwise, without bias.
-    fn conv(cin: usize, cout: usize, groups: usize, weights: Vec<f32>) -> Op {
-        Op::Conv2d(Conv2d {
-            out_channels: cout,
-            in_channels: cin,
-            kernel: [3, 3],
-            stride: [1, 1],
-            dilation: [1, 1],
-            padding: [1, 1, 1, 1],
-            groups,
-            weights,
-            bias: alloc::vec![0.0; cout],
-            activation: Activation::Identity,
-        })
-    }
 
     /// Channel 3 of the first layer is channel 0 plus channel 1, and they reach their
     /// consumer through a depthwise convolution that treats all channels alike: the refit can
@@ -353,11 +337,19 @@ mod tests {
             first[2 * 18 + k] *= 0.2;
             first[3 * 18 + k] = first[k] + first[18 + k];
         }
-        let a = g.push("a", conv(2, 4, 1, first), &[g.input]).unwrap();
+        let a = g
+            .push("a", Conv2d::same_3x3(2, 4, 1, first), &[g.input])
+            .unwrap();
         let same = rng.vec(9, 0.5);
-        let dw = g.push("dw", conv(4, 4, 4, same.repeat(4)), &[a]).unwrap();
+        let dw = g
+            .push("dw", Conv2d::same_3x3(4, 4, 4, same.repeat(4)), &[a])
+            .unwrap();
         g.output = g
-            .push("b", conv(4, 3, 1, rng.vec(3 * 4 * 9, 0.5)), &[dw])
+            .push(
+                "b",
+                Conv2d::same_3x3(4, 3, 1, rng.vec(3 * 4 * 9, 0.5)),
+                &[dw],
+            )
             .unwrap();
         g.check().unwrap();
         let pruner = Pruner::new(&g, &PruneOptions::default());

@@ -858,9 +858,33 @@ mod tests {
         out
     }
 
-    /// conv2d against the reference for one geometry (padding: top, left, bottom, right).
-    #[allow(clippy::too_many_arguments)]
-    fn check(
+    /// One geometry: (in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), padding
+    /// (top, left, bottom, right).
+    type Case = (
+        (usize, usize, usize),
+        (usize, usize),
+        (usize, usize),
+        (usize, usize),
+        (usize, usize),
+        [usize; 4],
+    );
+
+    /// conv2d against the reference for every geometry of `cases`.
+    fn check(cases: &[Case]) {
+        for &((in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), pads) in cases {
+            check_one(
+                (in_c, ih, iw),
+                (out_c, groups),
+                (kh, kw),
+                (sy, sx),
+                (dy, dx),
+                pads,
+            );
+        }
+    }
+
+    /// conv2d against the reference for one geometry.
+    fn check_one(
         (in_c, ih, iw): (usize, usize, usize),
         (out_c, groups): (usize, usize),
         (kh, kw): (usize, usize),
@@ -915,35 +939,43 @@ mod tests {
     #[test]
     fn depthwise_matches_the_definition() {
         // 3x3 same padding at strides 1 and 2, dilation, uneven padding, a 5x5 kernel.
-        check((16, 8, 8), (16, 16), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
-        check((32, 8, 8), (32, 32), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]);
-        check((5, 9, 7), (5, 5), (3, 3), (1, 2), (2, 1), [2, 0, 1, 2]);
-        check((3, 11, 13), (3, 3), (5, 5), (3, 2), (1, 1), [2, 2, 2, 2]);
-        check((2, 25, 5), (2, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
+        check(&[
+            ((16, 8, 8), (16, 16), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((32, 8, 8), (32, 32), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]),
+            ((5, 9, 7), (5, 5), (3, 3), (1, 2), (2, 1), [2, 0, 1, 2]),
+            ((3, 11, 13), (3, 3), (5, 5), (3, 2), (1, 1), [2, 2, 2, 2]),
+            ((2, 25, 5), (2, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+        ]);
     }
 
     #[test]
     fn depthwise_falls_back_past_the_window() {
         // Rows too wide for the window, and a filter of more than MAX_TAPS taps.
-        check((2, 3, 300), (2, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
-        check((2, 12, 12), (2, 2), (9, 9), (1, 1), (1, 1), [4, 4, 4, 4]);
+        check(&[
+            ((2, 3, 300), (2, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((2, 12, 12), (2, 2), (9, 9), (1, 1), (1, 1), [4, 4, 4, 4]),
+        ]);
     }
 
     #[test]
     fn pointwise_matches_the_definition() {
-        // Blocks of 8, 4 and 1 filters; even and odd planes; a dense-like 1x1 image.
-        check((16, 8, 8), (32, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]);
-        check((7, 5, 3), (13, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]);
-        check((64, 1, 1), (10, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]);
-        // Strided and padded 1x1 convolutions take the row kernel.
-        check((4, 7, 7), (9, 1), (1, 1), (2, 2), (1, 1), [0, 0, 0, 0]);
-        check((4, 5, 5), (8, 1), (1, 1), (1, 1), (1, 1), [1, 1, 1, 1]);
+        // Blocks of 8, 4 and 1 filters; even and odd planes; a dense-like 1x1 image; strided
+        // and padded 1x1 convolutions (the row kernel).
+        check(&[
+            ((16, 8, 8), (32, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]),
+            ((7, 5, 3), (13, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]),
+            ((64, 1, 1), (10, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]),
+            ((4, 7, 7), (9, 1), (1, 1), (2, 2), (1, 1), [0, 0, 0, 0]),
+            ((4, 5, 5), (8, 1), (1, 1), (1, 1), (1, 1), [1, 1, 1, 1]),
+        ]);
     }
 
     #[test]
     fn standard_convolutions_match_the_definition() {
-        check((1, 8, 8), (16, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
-        check((3, 9, 10), (12, 1), (5, 5), (2, 1), (1, 2), [2, 1, 0, 3]);
-        check((8, 6, 6), (8, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
+        check(&[
+            ((1, 8, 8), (16, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((3, 9, 10), (12, 1), (5, 5), (2, 1), (1, 2), [2, 1, 0, 3]),
+            ((8, 6, 6), (8, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+        ]);
     }
 }
