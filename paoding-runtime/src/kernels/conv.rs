@@ -9,9 +9,10 @@
 //! Cortex-M4F/M7 an assembly loop, see `arm`). The innermost loop runs over the input
 //! channels, or over the kernel columns where there are fewer channels (a first layer). The
 //! taps that fall into the padding are cut off once per pixel in closed form: no bounds logic
-//! inside the tap loops. A depthwise filter has no channel loop to amortise an input load, so
-//! its kernel shares each weight between 4 adjacent pixels instead. The activation is one pass
-//! over the output afterwards.
+//! inside the tap loops. A 1x1 convolution at stride 1 runs a block over two pixels at once. A
+//! depthwise filter has no channel loop to amortise an input load, so its kernel shares each
+//! weight between 8 adjacent pixels of a zero-padded window instead ([`depthwise`]). The
+//! activation is one pass over the output afterwards.
 //!
 //! A dense layer is a 1x1 convolution over a 1x1 image.
 
@@ -72,31 +73,21 @@ trait Lanes: Copy {
     /// Every element read (the lanes' weights at each `w + k * w_step`, one input at each
     /// `x + k * x_step`, `k < n`) lies inside its slice.
     #[inline(always)]
-    unsafe fn run(&mut self, x: *const f32, x_step: usize, w: *const f32, w_step: usize, n: usize) {
-        // SAFETY: the caller's contract.
-        unsafe { run_portable(self, x, x_step, w, w_step, n) }
-    }
-}
-
-/// [`Lanes::run`] in plain Rust.
-///
-/// # Safety
-/// As [`Lanes::run`].
-#[inline(always)]
-unsafe fn run_portable<L: Lanes>(
-    acc: &mut L,
-    mut x: *const f32,
-    x_step: usize,
-    mut w: *const f32,
-    w_step: usize,
-    n: usize,
-) {
-    for _ in 0..n {
-        // SAFETY: the caller's contract.
-        let (xv, wv) = unsafe { (*x, &*w.cast::<L>()) };
-        acc.mac(wv, xv);
-        x = x.wrapping_add(x_step);
-        w = w.wrapping_add(w_step);
+    unsafe fn run(
+        &mut self,
+        mut x: *const f32,
+        x_step: usize,
+        mut w: *const f32,
+        w_step: usize,
+        n: usize,
+    ) {
+        for _ in 0..n {
+            // SAFETY: the caller's contract.
+            let (xv, wv) = unsafe { (*x, &*w.cast::<Self>()) };
+            self.mac(wv, xv);
+            x = x.wrapping_add(x_step);
+            w = w.wrapping_add(w_step);
+        }
     }
 }
 
@@ -871,68 +862,51 @@ mod tests {
 
     /// conv2d against the reference for every geometry of `cases`.
     fn check(cases: &[Case]) {
-        for &((in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), pads) in cases {
-            check_one(
-                (in_c, ih, iw),
-                (out_c, groups),
-                (kh, kw),
-                (sy, sx),
-                (dy, dx),
-                pads,
-            );
-        }
-    }
-
-    /// conv2d against the reference for one geometry.
-    fn check_one(
-        (in_c, ih, iw): (usize, usize, usize),
-        (out_c, groups): (usize, usize),
-        (kh, kw): (usize, usize),
-        (sy, sx): (usize, usize),
-        (dy, dx): (usize, usize),
-        [pt, pl, pb, pr]: [usize; 4],
-    ) {
-        let oh = (ih + pt + pb - (kh - 1) * dy - 1) / sy + 1;
-        let ow = (iw + pl + pr - (kw - 1) * dx - 1) / sx + 1;
-        let g = ConvGeom {
-            in_c,
-            ih,
-            iw,
-            out_c,
-            oh,
-            ow,
-            kh,
-            kw,
-            sy,
-            sx,
-            dy,
-            dx,
-            pt,
-            pl,
-            groups,
-        };
-        let gi = in_c / groups;
-        let x = values(in_c * ih * iw, 1);
-        let w = values(out_c * gi * kh * kw, 2);
-        let b = values(out_c, 3);
-        let mut packed = std::vec![0.0; w.len()];
-        assert!(pack_filters(
-            &w,
-            groups,
-            out_c / groups,
-            gi,
-            kh * kw,
-            &mut packed
-        ));
-        let mut out = std::vec![f32::NAN; out_c * oh * ow];
-        conv2d(&g, &x, &packed, &b, Act::Identity, &mut out);
-        let want = reference(&g, &x, &w, &b);
-        for (i, (got, want)) in out.iter().zip(&want).enumerate() {
-            let err = (f64::from(*got) - want).abs();
-            assert!(
-                err <= 1e-4 * (1.0 + want.abs()),
-                "{g:?}: output {i}: {got} vs {want}"
-            );
+        for &((in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), [pt, pl, pb, pr]) in
+            cases
+        {
+            let oh = (ih + pt + pb - (kh - 1) * dy - 1) / sy + 1;
+            let ow = (iw + pl + pr - (kw - 1) * dx - 1) / sx + 1;
+            let g = ConvGeom {
+                in_c,
+                ih,
+                iw,
+                out_c,
+                oh,
+                ow,
+                kh,
+                kw,
+                sy,
+                sx,
+                dy,
+                dx,
+                pt,
+                pl,
+                groups,
+            };
+            let gi = in_c / groups;
+            let x = values(in_c * ih * iw, 1);
+            let w = values(out_c * gi * kh * kw, 2);
+            let b = values(out_c, 3);
+            let mut packed = std::vec![0.0; w.len()];
+            assert!(pack_filters(
+                &w,
+                groups,
+                out_c / groups,
+                gi,
+                kh * kw,
+                &mut packed
+            ));
+            let mut out = std::vec![f32::NAN; out_c * oh * ow];
+            conv2d(&g, &x, &packed, &b, Act::Identity, &mut out);
+            let want = reference(&g, &x, &w, &b);
+            for (i, (got, want)) in out.iter().zip(&want).enumerate() {
+                let err = (f64::from(*got) - want).abs();
+                assert!(
+                    err <= 1e-4 * (1.0 + want.abs()),
+                    "{g:?}: output {i}: {got} vs {want}"
+                );
+            }
         }
     }
 
