@@ -110,7 +110,7 @@ pub enum CliError {
     /// The result could not be exported.
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
-    /// A file could not be read or written.
+    /// A file could not be read.
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -118,4 +118,17 @@ pub enum CliError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// An output file could not be written, or (checked before any work) cannot be.
+    #[error(transparent)]
+    Write(#[from] crate::output::WriteError),
+    /// A profile could not be loaded.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// A runtime model could not be run.
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
+    /// Standard output could not be written; a closed pipe (`paoding ... | head`) is a
+    /// quiet success in `main`.
+    #[error("cannot write to standard output: {0}")]
+    Stdout(std::io::Error),
 }

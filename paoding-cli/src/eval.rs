@@ -88,7 +88,7 @@ impl DataArgs {
         let sample = g.values[g.input].len();
         match &self.data {
             Some(path) => {
-                let (n, xs) = crate::npy::read_batch(path, sample)?;
+                let (n, xs) = crate::npy::read_inputs(path, g.shape(g.input))?;
                 let labels = self
                     .labels
                     .as_deref()
@@ -634,12 +634,11 @@ pub fn run_eval(args: EvalArgs) -> Result<u8, CliError> {
         args.data.input_range,
     )?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| CliError::Usage(e.to_string()))?
-        );
+        let json =
+            serde_json::to_string_pretty(&report).map_err(|e| CliError::Usage(e.to_string()))?;
+        crate::output::print(&(json + "\n"))?;
     } else {
-        print!("{}", report.to_text());
+        crate::output::print(&report.to_text())?;
     }
     Ok(0)
 }

@@ -310,14 +310,12 @@ pub fn read_fit_report(path: &Path) -> Result<Value, CliError> {
 
 /// `paoding report`: write the page; exit code 0.
 pub fn run_report(args: ReportArgs) -> Result<u8, CliError> {
+    crate::output::check_writable(&args.output)?;
     let fit = read_fit_report(&args.fit_report)?;
     let sweep = args.sweep.as_deref().map(SweepReport::read).transpose()?;
     let page = render(&fit, sweep.as_ref())
         .map_err(|e| CliError::Usage(format!("{}: {e}", args.fit_report.display())))?;
-    crate::output::write_atomic(&args.output, page.as_bytes()).map_err(|source| CliError::Io {
-        path: args.output.clone(),
-        source,
-    })?;
-    println!("wrote {}", args.output.display());
+    crate::output::write_all(&[(args.output.clone(), page.into_bytes())])?;
+    crate::output::print(&format!("wrote {}\n", args.output.display()))?;
     Ok(0)
 }

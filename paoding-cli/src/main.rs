@@ -232,34 +232,36 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
-        Err(message) => {
-            eprintln!("error: {message}");
+        // The reader went away (`paoding ... | head`): nothing left to say to anyone.
+        Err(CliError::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::from(EXIT_INPUT_ERROR)
         }
     }
 }
 
-fn run(command: Command) -> Result<u8, String> {
+/// `serde_json`'s text of a report (which cannot fail for these types, but is not a panic).
+fn json_text(value: &impl serde::Serialize) -> Result<String, CliError> {
+    serde_json::to_string_pretty(value).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+fn run(command: Command) -> Result<u8, CliError> {
     match command {
         Command::Inspect {
             model,
             profile,
             json,
         } => {
-            let profile = profile
-                .map(|p| profile::load(&p))
-                .transpose()
-                .map_err(|e| e.to_string())?;
-            let imported = import::import_onnx(model.as_ref()).map_err(|e| e.to_string())?;
-            let report = InspectReport::new(&model, &imported, profile.as_ref())
-                .map_err(|e| e.to_string())?;
+            let profile = profile.map(|p| profile::load(&p)).transpose()?;
+            let imported = import::import_onnx(model.as_ref())?;
+            let report = InspectReport::new(&model, &imported, profile.as_ref())?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-                );
+                output::print(&(json_text(&report)? + "\n"))?;
             } else {
-                print!("{}", report.to_text());
+                output::print(&report.to_text())?;
             }
             Ok(if report.fits == Some(false) {
                 EXIT_DOES_NOT_FIT
@@ -267,11 +269,11 @@ fn run(command: Command) -> Result<u8, String> {
                 EXIT_OK
             })
         }
-        Command::Prune(args) => prune(args).map_err(|e| e.to_string()),
-        Command::Fit(args) => fit(args).map_err(|e| e.to_string()),
-        Command::Eval(args) => paoding_cli::eval::run_eval(args).map_err(|e| e.to_string()),
-        Command::Sweep(args) => paoding_cli::sweep::run_sweep(args).map_err(|e| e.to_string()),
-        Command::Report(args) => paoding_cli::html::run_report(args).map_err(|e| e.to_string()),
+        Command::Prune(args) => prune(args),
+        Command::Fit(args) => fit(args),
+        Command::Eval(args) => paoding_cli::eval::run_eval(args),
+        Command::Sweep(args) => paoding_cli::sweep::run_sweep(args),
+        Command::Report(args) => paoding_cli::html::run_report(args),
         Command::Run {
             model,
             input,
@@ -281,39 +283,38 @@ fn run(command: Command) -> Result<u8, String> {
                 model.as_ref(),
                 input.as_ref(),
                 output.as_deref().map(std::path::Path::new),
-            )
-            .map_err(|e| e.to_string())?;
-            if output.is_none() {
-                print!("{}", out.to_text());
+            )?;
+            match output {
+                Some(path) => output::print(&format!("wrote {path}\n"))?,
+                None => output::print(&out.to_text())?,
             }
             Ok(EXIT_OK)
         }
         Command::Profiles { json } => {
-            let profiles = profile::built_in().map_err(|e| e.to_string())?;
+            let profiles = profile::built_in()?;
+            let mut text = String::new();
             if json {
                 let list: Vec<_> = profiles
                     .iter()
                     .map(|p| serde_json::json!({"profile": p, "budget": p.budget().ok()}))
                     .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?
-                );
+                text = json_text(&list)? + "\n";
             } else {
-                println!(
-                    "{:<16} {:>10} {:>10} {:>12}  description",
+                text += &format!(
+                    "{:<16} {:>10} {:>10} {:>12}  description\n",
                     "name", "flash B", "ram B", "MACs"
                 );
                 for p in &profiles {
-                    let b = p.budget().map_err(|e| e.to_string())?;
+                    let b = p.budget()?;
                     let macs = b.macs.map_or("-".to_string(), |m| m.to_string());
-                    println!(
-                        "{:<16} {:>10} {:>10} {:>12}  {}",
+                    text += &format!(
+                        "{:<16} {:>10} {:>10} {:>12}  {}\n",
                         p.name, b.flash_bytes, b.ram_bytes, macs, p.description
                     );
                 }
-                println!("\n(budgets are what is left for the model after the firmware's reserved shares)");
+                text += "\n(budgets are what is left for the model after the firmware's reserved shares)\n";
             }
+            output::print(&text)?;
             Ok(EXIT_OK)
         }
     }
@@ -326,7 +327,7 @@ fn load_data(
 ) -> Result<Option<EvalData>, CliError> {
     let Some(path) = data else { return Ok(None) };
     let sample = g.values[g.input].len();
-    let (n, xs) = npy::read_batch(path, sample)?;
+    let (n, xs) = npy::read_inputs(path, g.shape(g.input))?;
     let labels = labels.map(|l| npy::read_labels(l, n)).transpose()?;
     Ok(Some(EvalData {
         inputs: Probes::from_batch(xs, sample)?,
@@ -356,8 +357,20 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     let profiles = a
         .profile
         .iter()
-        .map(|p| profile::load(p).map_err(|e| CliError::Usage(e.to_string())))
+        .map(|p| profile::load(p))
         .collect::<Result<Vec<_>, _>>()?;
+    // Every output location is checked before any work: a run writes all its files or none.
+    let name = |template: &str, p: &paoding_core::profile::Profile| {
+        PathBuf::from(template.replace("{profile}", &p.name))
+    };
+    for p in &profiles {
+        for template in [&a.output, &a.onnx].into_iter().flatten() {
+            output::check_writable(&name(template, p))?;
+        }
+    }
+    if let Some(path) = &a.report {
+        output::check_writable(path)?;
+    }
     let imported = import::import_onnx(a.model.as_ref())?;
     let g = &imported.graph;
     let data = load_data(g, a.data.data.as_ref(), a.data.labels.as_ref())?;
@@ -382,6 +395,8 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     };
     let show_progress = !a.json && std::io::stderr().is_terminal();
     let mut reports = Vec::new();
+    let mut files = Vec::new();
+    let mut text = String::new();
     let mut all_ok = true;
     for p in &profiles {
         let bar = show_progress.then(|| {
@@ -406,31 +421,23 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let name = |template: &str| template.replace("{profile}", &p.name);
         if let (Some(out), Some(blob)) = (&a.output, &fitted.blob) {
-            let path = PathBuf::from(name(out));
-            output::write_atomic(&path, blob).map_err(|source| CliError::Io { path, source })?;
+            files.push((name(out, p), blob.clone()));
         }
         if let (Some(onnx), Some(graph)) = (&a.onnx, &fitted.graph) {
-            let path = PathBuf::from(name(onnx));
-            export::save_onnx(
-                graph,
-                &format!("fitted to {} by paoding fit", p.name),
-                &path,
-            )?;
+            let note = format!("fitted to {} by paoding fit", p.name);
+            files.push((name(onnx, p), export::write_onnx(graph, &note)?));
         }
         all_ok &= fitted.ok();
-        if !a.json {
-            print!("{}", fitted.report.to_text());
-            if fleet {
-                println!();
-            }
+        text += &fitted.report.to_text();
+        if fleet {
+            text.push('\n');
         }
         reports.push(fitted.report);
     }
-    if fleet && !a.json {
-        println!(
-            "{:<16} {:<16} {:>10} {:>10} {:>12}",
+    if fleet {
+        text += &format!(
+            "{:<16} {:<16} {:>10} {:>10} {:>12}\n",
             "board", "status", "flash B", "RAM B", "MACs"
         );
         for r in &reports {
@@ -438,8 +445,8 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default();
-            println!(
-                "{:<16} {:<16} {:>10} {:>10} {:>12}",
+            text += &format!(
+                "{:<16} {:<16} {:>10} {:>10} {:>12}\n",
                 r.profile, status, r.fitted.flash_bytes, r.fitted.ram_bytes, r.fitted.macs
             );
         }
@@ -449,20 +456,28 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     } else {
         serde_json::to_value(&reports[0]).map_err(|e| CliError::Usage(e.to_string()))?
     };
-    let text = serde_json::to_string_pretty(&json).map_err(|e| CliError::Usage(e.to_string()))?;
+    let json = json_text(&json)?;
     if let Some(path) = &a.report {
-        output::write_atomic(path, text.as_bytes()).map_err(|source| CliError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        files.push((path.clone(), json.clone().into_bytes()));
     }
+    output::write_all(&files)?;
     if a.json {
-        println!("{text}");
+        output::print(&(json + "\n"))?;
+    } else {
+        text += "\n";
+        for (path, _) in &files {
+            text += &format!("wrote {}\n", path.display());
+        }
+        output::print(&text)?;
+    }
+    if a.output.is_none() {
+        eprintln!("note: no -o given: the runtime model (.pdg) was not written");
     }
     Ok(if all_ok { EXIT_OK } else { EXIT_DOES_NOT_FIT })
 }
 
 fn prune(a: PruneArgs) -> Result<u8, CliError> {
+    output::check_writable(&a.output)?;
     let imported = import::import_onnx(a.model.as_ref())?;
     let g = &imported.graph;
     let options = PruneOptions {
@@ -491,13 +506,13 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
         &a.output,
     )?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| CliError::Usage(e.to_string()))?
-        );
+        output::print(&(json_text(&report)? + "\n"))?;
     } else {
-        print!("{}", report.to_text());
-        println!("\nwrote {}", a.output.display());
+        output::print(&format!(
+            "{}\nwrote {}\n",
+            report.to_text(),
+            a.output.display()
+        ))?;
     }
     Ok(EXIT_OK)
 }

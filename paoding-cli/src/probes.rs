@@ -82,7 +82,7 @@ pub fn resolve(
         .unwrap_or(g);
     let method = match source {
         ProbeSource::File(path) => {
-            let (n, xs) = crate::npy::read_batch(path, sample)?;
+            let (n, xs) = crate::npy::read_inputs(path, g.shape(g.input))?;
             return Ok(ResolvedProbes {
                 probes: Probes::from_batch(xs, sample)?,
                 description: format!("{n} probes from {}", path.display()),
@@ -138,7 +138,7 @@ pub fn resolve(
     let key = cache_key(synth_graph, &options)?;
     let file = cache.map(|dir| dir.join(format!("probes-{key:016x}.npy")));
     if let Some(f) = &file {
-        if let Ok((n, xs)) = crate::npy::read_batch(f, sample) {
+        if let Ok((n, xs)) = crate::npy::read_inputs(f, g.shape(g.input)) {
             if n == count {
                 let mut probes = Probes::from_batch(xs, sample)?;
                 probes.off_distribution = !matches!(method, SynthMethod::Bn | SynthMethod::Both);

@@ -34,6 +34,9 @@ pub enum RunError {
         /// What is wrong.
         reason: String,
     },
+    /// The output file cannot be written (checked before running).
+    #[error(transparent)]
+    Write(#[from] crate::output::WriteError),
     /// The runtime refused to run a sample.
     #[error("sample {index}: {source}")]
     Run {
@@ -157,30 +160,32 @@ pub fn run_batch(model: &Model<'_>, inputs: &[f32]) -> Result<Vec<f32>, RunError
 }
 
 /// `paoding run MODEL.pdg --input x.npy [--output y.npy]`: validate the blob, run every
-/// sample of the batch (the first axis of `x.npy`; the remaining axes must hold the model's
-/// input element count), and write the outputs to `output` as a `.npy` of shape
+/// sample of the batch, and write the outputs to `output` as a `.npy` of shape
 /// `[batch, ...output shape without batch]` when given. Returns the outputs for printing.
+///
+/// `x.npy` holds float32 (or float64) values, C order, of shape `[N, model input without its
+/// batch axis...]` exactly ([`crate::npy::batch_len`]): an array with the right number of
+/// values per sample but other axes (NHWC for an NCHW model, flattened images) is refused.
+/// The output location is checked before anything runs.
 ///
 /// A corrupted blob is [`RunError::Blob`] (the command exits 2).
 pub fn run(model: &Path, input: &Path, output: Option<&Path>) -> Result<RunOutput, RunError> {
+    if let Some(path) = output {
+        crate::output::check_writable(path)?;
+    }
     let blob = read_blob(model)?;
     let m = Model::from_bytes(blob.as_bytes()).map_err(|source| RunError::Blob {
         path: model.to_path_buf(),
         source,
     })?;
     let (shape, xs) = read_npy_f32(input)?;
-    let per: usize = shape.iter().skip(1).product();
-    if shape.len() < 2 || per != m.input_len() {
-        return Err(RunError::Input {
-            path: input.to_path_buf(),
-            reason: format!(
-                "array of shape {shape:?} is not a batch of model inputs {:?} (first axis = batch)",
-                m.input_shape()
-            ),
-        });
-    }
+    let model_input: Vec<usize> = m.input_shape().iter().map(|&d| d as usize).collect();
+    let n = crate::npy::batch_len(&shape, &model_input).map_err(|reason| RunError::Input {
+        path: input.to_path_buf(),
+        reason,
+    })?;
     let data = run_batch(&m, &xs)?;
-    let mut out_shape = vec![shape[0]];
+    let mut out_shape = vec![n];
     out_shape.extend(m.output_shape().iter().skip(1).map(|&d| d as usize));
     if let Some(path) = output {
         write_npy(path, &out_shape, &data)?;
@@ -191,21 +196,22 @@ pub fn run(model: &Path, input: &Path, output: Option<&Path>) -> Result<RunOutpu
     })
 }
 
-/// Write an f32 `.npy` file.
+/// Write an f32 `.npy` file (atomically, see [`crate::output`]).
 pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), RunError> {
     use npyz::WriterBuilder;
     let io = |source| RunError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::create(path).map_err(io)?;
     let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut bytes = Vec::new();
     let mut w = npyz::WriteOptions::new()
         .default_dtype()
         .shape(&dims)
-        .writer(std::io::BufWriter::new(file))
+        .writer(&mut bytes)
         .begin_nd()
         .map_err(io)?;
     w.extend(data.iter().copied()).map_err(io)?;
-    w.finish().map_err(io)
+    w.finish().map_err(io)?;
+    crate::output::write_atomic(path, &bytes).map_err(io)
 }

@@ -506,6 +506,10 @@ pub fn run_sweep(args: SweepArgs) -> Result<u8, CliError> {
     if args.methods.is_empty() {
         return Err(CliError::Usage("--methods: no method".into()));
     }
+    // Every output location is checked before any work.
+    for path in [&args.plot, &args.csv].into_iter().flatten() {
+        crate::output::check_writable(path)?;
+    }
     let g = crate::import::import_onnx(&args.model)?.graph;
     let set = args.data.load(&g)?;
     let mut probes = args.data.probe_settings();
@@ -547,28 +551,24 @@ pub fn run_sweep(args: SweepArgs) -> Result<u8, CliError> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let write = |path: &PathBuf, bytes: &[u8]| {
-        crate::output::write_atomic(path, bytes).map_err(|source| CliError::Io {
-            path: path.clone(),
-            source,
-        })
-    };
+    let mut files = Vec::new();
     if let Some(path) = &args.plot {
-        write(path, crate::chart::sweep_svg(&report)?.as_bytes())?;
+        files.push((path.clone(), crate::chart::sweep_svg(&report)?.into_bytes()));
     }
     if let Some(path) = &args.csv {
-        write(path, report.to_csv().as_bytes())?;
+        files.push((path.clone(), report.to_csv().into_bytes()));
     }
+    crate::output::write_all(&files)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| CliError::Usage(e.to_string()))?
-        );
+        let json =
+            serde_json::to_string_pretty(&report).map_err(|e| CliError::Usage(e.to_string()))?;
+        crate::output::print(&(json + "\n"))?;
     } else {
-        print!("{}", report.to_text());
-        for path in [&args.plot, &args.csv].into_iter().flatten() {
-            println!("wrote {}", path.display());
+        let mut text = report.to_text();
+        for (path, _) in &files {
+            text += &format!("wrote {}\n", path.display());
         }
+        crate::output::print(&text)?;
     }
     Ok(0)
 }

@@ -435,3 +435,302 @@ fn eval_sweep_and_report_run_through_the_binary() {
         "self-contained page"
     );
 }
+
+/// `paoding` with a given umask, through the shell (the test process's own umask is whatever
+/// the harness has).
+#[cfg(unix)]
+fn paoding_with_umask(umask: &str, args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_paoding"))
+        .args(args)
+        .output()
+        .expect("runs paoding through sh")
+}
+
+#[cfg(unix)]
+#[test]
+fn written_files_get_the_mode_a_plain_create_would() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |name: &str| dir.path().join(name).display().to_string();
+    let mode = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let commands: [Vec<String>; 5] = [
+        vec![
+            "fit".into(),
+            fixture("mlp_torch.onnx"),
+            "--profile".into(),
+            "cortex-m7".into(),
+            "--flash".into(),
+            "40K".into(),
+            "--probes".into(),
+            "uniform".into(),
+            "-o".into(),
+            d("m.pdg"),
+            "--onnx".into(),
+            d("m.onnx"),
+            "--report".into(),
+            d("fit.json"),
+        ],
+        vec![
+            "prune".into(),
+            fixture("mlp_torch.onnx"),
+            "--ratio".into(),
+            "0.5".into(),
+            "--probes".into(),
+            "uniform".into(),
+            "-o".into(),
+            d("p.onnx"),
+        ],
+        vec![
+            "sweep".into(),
+            fixture("mlp_torch.onnx"),
+            "--ratios".into(),
+            "0.5".into(),
+            "--methods".into(),
+            "magnitude".into(),
+            "--plot".into(),
+            d("s.svg"),
+            "--csv".into(),
+            d("s.csv"),
+        ],
+        vec!["report".into(), d("fit.json"), "-o".into(), d("r.html")],
+        vec![
+            "run".into(),
+            d("m.pdg"),
+            "--input".into(),
+            fixture("digits_test_x_nchw.npy"),
+            "--output".into(),
+            d("y.npy"),
+        ],
+    ];
+    for args in &commands {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = paoding_with_umask("022", &args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    }
+    for name in [
+        "m.pdg", "m.onnx", "fit.json", "p.onnx", "s.svg", "s.csv", "r.html", "y.npy",
+    ] {
+        assert_eq!(mode(name), 0o644, "{name} under umask 022");
+    }
+    // The umask decides, not a fixed mode.
+    let o = paoding_with_umask("027", &["report", &d("fit.json"), "-o", &d("r.html")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(mode("r.html"), 0o640, "r.html under umask 027");
+}
+
+/// `paoding ... | head`: the reader is gone before paoding writes (its end of the pipe is
+/// closed before paoding starts, so every run meets the closed pipe).
+#[test]
+fn a_closed_stdout_is_a_quiet_success_not_a_panic() {
+    let commands: [&[&str]; 4] = [
+        &["profiles"],
+        &["profiles", "--json"],
+        &["inspect", "MODEL"],
+        &["inspect", "MODEL", "--json"],
+    ];
+    let model = fixture("mlp_torch.onnx");
+    for args in commands {
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| if *a == "MODEL" { model.as_str() } else { a })
+            .collect();
+        for _ in 0..10 {
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            drop(reader);
+            let o = Command::new(env!("CARGO_BIN_EXE_paoding"))
+                .args(&args)
+                .stdout(writer)
+                .output()
+                .expect("runs paoding");
+            assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+            assert_eq!(stderr(&o), "", "{args:?}: quiet");
+        }
+    }
+}
+
+#[test]
+fn run_takes_only_batches_of_the_models_input_shape() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |name: &str| dir.path().join(name).display().to_string();
+    // Both fit cortex-m7 unpruned: [1, 8, 8, 1] (NHWC, Keras) and [1, 1, 8, 8] (NCHW, PyTorch).
+    for (model, blob) in [
+        ("cnn_keras_tf2onnx.onnx", "nhwc.pdg"),
+        ("cnn_pool_torch.onnx", "nchw.pdg"),
+    ] {
+        let o = paoding(&[
+            "fit",
+            &fixture(model),
+            "--profile",
+            "cortex-m7",
+            "-o",
+            &d(blob),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{model}: {}", stderr(&o));
+    }
+    let run = |blob: &str, x: &str| paoding(&["run", &d(blob), "--input", &fixture(x)]);
+    for (blob, good) in [
+        ("nhwc.pdg", "digits_test_x_nhwc.npy"),
+        ("nchw.pdg", "digits_test_x_nchw.npy"),
+    ] {
+        let o = run(blob, good);
+        assert_eq!(o.status.code(), Some(0), "{blob}: {}", stderr(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 450);
+    }
+    // The same 64 values per sample, in other axes: refused, both shapes named.
+    for (blob, bad, names) in [
+        (
+            "nhwc.pdg",
+            "digits_test_x_nchw.npy",
+            &[
+                "[450, 1, 8, 8]",
+                "[N, 8, 8, 1]",
+                "NHWC",
+                "x.transpose(0, 2, 3, 1)",
+            ][..],
+        ),
+        (
+            "nhwc.pdg",
+            "digits_test_x_flat.npy",
+            &["[450, 64]", "[N, 8, 8, 1]"][..],
+        ),
+        (
+            "nchw.pdg",
+            "digits_test_x_nhwc.npy",
+            &[
+                "[450, 8, 8, 1]",
+                "[N, 1, 8, 8]",
+                "NCHW",
+                "x.transpose(0, 3, 1, 2)",
+            ][..],
+        ),
+        (
+            "nchw.pdg",
+            "digits_test_x_flat.npy",
+            &["[450, 64]", "[N, 1, 8, 8]"][..],
+        ),
+    ] {
+        let o = run(blob, bad);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{blob} with {bad}: {err}");
+        for name in names {
+            assert!(
+                err.contains(name),
+                "{blob} with {bad}: {name} missing from {err}"
+            );
+        }
+    }
+    // --data is held to the same rule.
+    let o = paoding(&[
+        "prune",
+        &fixture("mlp_torch.onnx"),
+        "--ratio",
+        "0.5",
+        "--probes",
+        "uniform",
+        "--data",
+        &fixture("digits_test_x_flat.npy"),
+        "-o",
+        &d("p.onnx"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("[N, 1, 8, 8]"), "{}", stderr(&o));
+}
+
+#[test]
+fn outputs_are_checked_before_any_work_and_written_all_or_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |name: &str| dir.path().join(name).display().to_string();
+    let o = paoding(&[
+        "fit",
+        &fixture("mlp_torch.onnx"),
+        "--profile",
+        "cortex-m7",
+        "-o",
+        &d("ok.pdg"),
+        "--report",
+        &d("nodir/r.json"),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot write")
+            && err.contains("nodir/r.json")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains(".paoding-"), "no temporary file named: {err}");
+    assert!(o.stdout.is_empty(), "no report before the error");
+    assert!(!dir.path().join("ok.pdg").exists(), "all outputs or none");
+    for args in [
+        vec!["prune", "MLP", "--ratio", "0.5", "-o", "@nodir/p.onnx"],
+        vec!["sweep", "MLP", "--csv", "@s.csv", "--plot", "@nodir/s.svg"],
+        vec!["report", "@fit.json", "-o", "@nodir/r.html"],
+        vec![
+            "run",
+            "@m.pdg",
+            "--input",
+            "@x.npy",
+            "--output",
+            "@nodir/y.npy",
+        ],
+    ] {
+        // `@name`: a file in the temporary folder (the inputs need not exist: the outputs
+        // are checked first).
+        let mlp = fixture("mlp_torch.onnx");
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| match a.strip_prefix('@') {
+                Some(name) => d(name),
+                None if *a == "MLP" => mlp.clone(),
+                None => a.to_string(),
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = paoding(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("does not exist") && err.contains("nodir"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("dir").count(),
+            0,
+            "{args:?}: nothing written"
+        );
+    }
+}
+
+#[test]
+fn fit_says_what_it_wrote_and_without_o_that_it_wrote_no_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blob = dir.path().join("m.pdg");
+    let o = paoding(&[
+        "fit",
+        &fixture("mlp_torch.onnx"),
+        "--profile",
+        "cortex-m7",
+        "-o",
+        &blob.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("wrote {}", blob.display())),
+        "{text}"
+    );
+    assert_eq!(stderr(&o), "");
+    let o = paoding(&["fit", &fixture("mlp_torch.onnx"), "--profile", "cortex-m7"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("wrote"));
+    assert!(stderr(&o).contains("no -o given"), "{}", stderr(&o));
+}
