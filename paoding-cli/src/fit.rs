@@ -387,6 +387,12 @@ fn least_pruning_keeping(
 }
 
 fn cannot_fit_message(model: &str, profile: &Profile, shortfalls: &[Shortfall]) -> String {
+    // The layers and tensors by their short names (the report's `shortfalls` has them in full).
+    let full: Vec<&str> = shortfalls
+        .iter()
+        .flat_map(|s| s.dominated_by.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    let mut short = crate::names::short_names(&full).into_iter();
     let mut parts = Vec::new();
     for s in shortfalls {
         let what = match s.resource {
@@ -402,7 +408,7 @@ fn cannot_fit_message(model: &str, profile: &Profile, shortfalls: &[Shortfall]) 
         let top: Vec<String> = s
             .dominated_by
             .iter()
-            .map(|(n, b)| format!("{n} ({b}{unit})"))
+            .map(|(_, b)| format!("{} ({b}{unit})", short.next().unwrap_or_default()))
             .collect();
         let floor = s
             .floor
@@ -450,8 +456,26 @@ impl FitReport {
         }
         if !self.layers.is_empty() {
             let _ = writeln!(out, "\n  layer widths:");
-            for l in self.layers.iter().filter(|l| l.before != l.after) {
-                let _ = writeln!(out, "    {:<40} {:>5} -> {}", l.layer, l.before, l.after);
+            let names = crate::names::short_names(
+                &self
+                    .layers
+                    .iter()
+                    .map(|l| l.layer.as_str())
+                    .collect::<Vec<_>>(),
+            );
+            let changed: Vec<_> = self
+                .layers
+                .iter()
+                .zip(&names)
+                .filter(|(l, _)| l.before != l.after)
+                .collect();
+            let width = changed
+                .iter()
+                .map(|(_, n)| n.chars().count())
+                .max()
+                .unwrap_or(0);
+            for (l, name) in changed {
+                let _ = writeln!(out, "    {name:<width$} {:>5} -> {}", l.before, l.after);
             }
         }
         if let Some(f) = &self.fidelity {

@@ -51,8 +51,7 @@ td:first-child,th:first-child{text-align:left}
 .ok{color:#1a7f37;font-weight:600}.bad{color:#c62828;font-weight:600}
 .muted{color:#666;font-size:.9em}.status{display:inline-block;padding:.1em .6em;border-radius:.8em;color:#fff}
 .status.ok{background:#1a7f37;color:#fff}.status.bad{background:#c62828;color:#fff}
-.bar{display:inline-block;height:.7em;background:#1f77b4;vertical-align:middle}
-.barbox{display:inline-block;width:120px;background:#e8eef5;margin-left:.5em}
+.bar{vertical-align:middle;margin-left:.5em}
 svg{max-width:100%;height:auto}
 code{background:#f4f4f4;padding:0 .3em}
 ";
@@ -98,6 +97,27 @@ fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2} %", 100.0 * v))
 }
 
+/// Width of a budget bar, in pixels.
+const BAR_WIDTH: f64 = 120.0;
+
+/// A budget bar: the share of the budget used, filled from the left (an inline SVG, so that
+/// no table alignment can move it), red beyond the budget.
+fn bar(share: f64, fits: bool) -> String {
+    format!(
+        "<svg class=\"bar\" width=\"{BAR_WIDTH}\" height=\"10\" viewBox=\"0 0 {BAR_WIDTH} 10\" role=\"img\" aria-label=\"{:.0} % of the budget\">\
+         <rect x=\"0\" y=\"0\" width=\"{BAR_WIDTH}\" height=\"10\" fill=\"#e8eef5\"/>\
+         <rect x=\"0\" y=\"0\" width=\"{:.0}\" height=\"10\" fill=\"{}\"/></svg>",
+        100.0 * share,
+        BAR_WIDTH * share.clamp(0.0, 1.0),
+        if fits { "#1f77b4" } else { "#c62828" }
+    )
+}
+
+/// A short layer name for a table, the full one as its tooltip.
+fn layer_cell(short: &str, full: &str) -> String {
+    format!("<td title=\"{}\">{}</td>", escape(full), escape(short))
+}
+
 /// One board of a fit report as HTML.
 fn board(out: &mut String, r: &Value) {
     let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
@@ -130,7 +150,7 @@ fn board(out: &mut String, r: &Value) {
         let _ = writeln!(
             out,
             "<tr><td>{}</td><td>{}{u}</td><td>{}{u}</td><td>{}{u}</td><td class=\"{}\">{}{u}</td>\
-             <td>{:.1} %<span class=\"barbox\"><span class=\"bar\" style=\"width:{:.0}px;background:{}\"></span></span></td><td class=\"{}\">{}</td></tr>",
+             <td>{:.1} % {}</td><td class=\"{}\">{}</td></tr>",
             escape(res),
             num(&r["original"][key]),
             num(&c["used"]),
@@ -138,8 +158,7 @@ fn board(out: &mut String, r: &Value) {
             if fits { "ok" } else { "bad" },
             num(&c["headroom"]),
             100.0 * share,
-            120.0 * share.min(1.0),
-            if fits { "#1f77b4" } else { "#c62828" },
+            bar(share, fits),
             if fits { "ok" } else { "bad" },
             if fits { "fits" } else { "OVER" }
         );
@@ -158,7 +177,15 @@ fn board(out: &mut String, r: &Value) {
             out,
             "<h3>Layers</h3>\n<table><tr><th>layer</th><th>units before</th><th>units after</th><th>removed</th></tr>"
         );
-        for l in layers {
+        let full: Vec<&str> = layers
+            .iter()
+            .map(|l| l["layer"].as_str().unwrap_or(""))
+            .collect();
+        for ((l, short), full) in layers
+            .iter()
+            .zip(crate::names::short_names(&full))
+            .zip(&full)
+        {
             let (b, a) = (
                 l["before"].as_f64().unwrap_or(0.0),
                 l["after"].as_f64().unwrap_or(0.0),
@@ -166,8 +193,8 @@ fn board(out: &mut String, r: &Value) {
             let removed = if b > 0.0 { 1.0 - a / b } else { 0.0 };
             let _ = writeln!(
                 out,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1} %</td></tr>",
-                escape(l["layer"].as_str().unwrap_or("")),
+                "<tr>{}<td>{}</td><td>{}</td><td>{:.1} %</td></tr>",
+                layer_cell(&short, full),
                 num(&l["before"]),
                 num(&l["after"]),
                 100.0 * removed
@@ -200,9 +227,63 @@ fn board(out: &mut String, r: &Value) {
         }
         let _ = writeln!(out, "</table>");
     }
-    for sf in r["shortfalls"].as_array().into_iter().flatten() {
-        let _ = writeln!(out, "<p class=\"bad\">{}</p>", escape(&sf.to_string()));
+    shortfalls(out, r);
+}
+
+/// Why a board cannot fit, as the text report says it: per failing resource, the use at
+/// maximum pruning, the budget, by how much it is over, and what dominates it.
+fn shortfalls(out: &mut String, r: &Value) {
+    let Some(list) = r["shortfalls"].as_array().filter(|l| !l.is_empty()) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "<h3>Why it cannot fit</h3>\n<table><tr><th>resource</th><th>use at maximum pruning</th><th>budget</th><th>over by</th><th>dominated by</th></tr>"
+    );
+    let full: Vec<&str> = list
+        .iter()
+        .flat_map(|s| s["dominated_by"].as_array().into_iter().flatten())
+        .map(|d| d[0].as_str().unwrap_or(""))
+        .collect();
+    let mut short = crate::names::short_names(&full)
+        .into_iter()
+        .zip(full.clone());
+    for s in list {
+        let res = s["resource"].as_str().unwrap_or("");
+        let u = unit(res);
+        let (used, budget) = (
+            s["used"].as_i64().unwrap_or(0),
+            s["budget"].as_i64().unwrap_or(0),
+        );
+        let dominated: Vec<String> = s["dominated_by"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                let (name, full) = short.next().unwrap_or_default();
+                format!(
+                    "<span title=\"{}\">{}</span> ({}{u})",
+                    escape(full),
+                    escape(&name),
+                    num(&d[1])
+                )
+            })
+            .collect();
+        let floor = s["floor"]
+            .as_str()
+            .map(|f| format!("<br><span class=\"bad\">{}</span>", escape(f)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}{u}</td><td>{}{u}</td><td class=\"bad\">{}{u}</td><td>{}{floor}</td></tr>",
+            escape(res),
+            group(used),
+            group(budget),
+            group(used - budget),
+            dominated.join(", ")
+        );
     }
+    let _ = writeln!(out, "</table>");
 }
 
 fn sweep_section(out: &mut String, sweep: &SweepReport) -> Result<(), CliError> {
@@ -260,9 +341,10 @@ pub fn render(fit: &Value, sweep: Option<&SweepReport>) -> Result<String, CliErr
         Some("paoding.fit/1") => vec![fit],
         Some("paoding.fit-fleet/1") => fit["boards"].as_array().into_iter().flatten().collect(),
         other => {
+            let found = other.map_or("no schema".to_string(), |s| format!("schema '{s}'"));
             return Err(CliError::Usage(format!(
-                "not a paoding fit report: schema {other:?} (expected paoding.fit/1 or paoding.fit-fleet/1)"
-            )))
+                "not a paoding fit report: {found} (expected paoding.fit/1 or paoding.fit-fleet/1)"
+            )));
         }
     };
     let model = boards
@@ -288,7 +370,14 @@ pub fn render(fit: &Value, sweep: Option<&SweepReport>) -> Result<String, CliErr
         board(&mut out, b);
     }
     if let Some(s) = sweep {
-        sweep_section(&mut out, s)?;
+        let original = boards.first().map_or(&Value::Null, |b| &b["original"]);
+        check_same_model(model, original, s)?;
+        // A sweep read from CSV does not know its model: it is the report's.
+        let mut s = s.clone();
+        if s.model.is_empty() {
+            s.model = model.to_string();
+        }
+        sweep_section(&mut out, &s)?;
     }
     let _ = writeln!(
         out,
@@ -296,6 +385,35 @@ pub fn render(fit: &Value, sweep: Option<&SweepReport>) -> Result<String, CliErr
         env!("CARGO_PKG_VERSION")
     );
     Ok(out)
+}
+
+/// Refuse a sweep of another model than the fit report's: their original models must have
+/// the same exact flash, RAM and MACs (a CSV sweep does not name its model, and paths to
+/// the same file may differ).
+fn check_same_model(model: &str, original: &Value, sweep: &SweepReport) -> Result<(), CliError> {
+    let o = &sweep.original;
+    let fit = [
+        original["flash_bytes"].as_u64(),
+        original["ram_bytes"].as_u64(),
+        original["macs"].as_u64(),
+    ];
+    if fit == [Some(o.flash_bytes), Some(o.ram_bytes), Some(o.macs)] {
+        return Ok(());
+    }
+    let describe = |v: [Option<u64>; 3]| {
+        let n = |x: Option<u64>| x.map_or("?".to_string(), |x| x.to_string());
+        format!("flash {} B, RAM {} B, {} MACs", n(v[0]), n(v[1]), n(v[2]))
+    };
+    let sweep_model = if sweep.model.is_empty() {
+        "the sweep's model"
+    } else {
+        sweep.model.as_str()
+    };
+    Err(CliError::Usage(format!(
+        "the sweep is of another model: {model} uses {} unpruned, {sweep_model} {}",
+        describe(fit),
+        describe([Some(o.flash_bytes), Some(o.ram_bytes), Some(o.macs)])
+    )))
 }
 
 /// Read a fit report JSON file.

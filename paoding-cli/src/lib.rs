@@ -9,6 +9,7 @@ pub mod export;
 pub mod fit;
 pub mod html;
 pub mod import;
+pub mod names;
 pub mod npy;
 pub mod output;
 pub mod probes;

@@ -314,14 +314,16 @@ impl PruneReport {
             let _ = writeln!(out, "{name:<14} {x:>12} {y:>12} {:>8.1}%", pct(x, y));
         }
         let _ = writeln!(out, "\nlayer widths:");
-        for l in &self.layers {
-            let _ = writeln!(
-                out,
-                "  {:<40} {:>5} -> {:<5}",
-                short(&l.layer, 40),
-                l.before,
-                l.after
-            );
+        let names = crate::names::short_names(
+            &self
+                .layers
+                .iter()
+                .map(|l| l.layer.as_str())
+                .collect::<Vec<_>>(),
+        );
+        let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+        for (l, name) in self.layers.iter().zip(&names) {
+            let _ = writeln!(out, "  {name:<width$} {:>5} -> {}", l.before, l.after);
         }
         let f = &self.fidelity;
         let _ = writeln!(out, "\nfidelity on {}:", f.inputs);
@@ -337,14 +339,5 @@ impl PruneReport {
             let _ = writeln!(out, "  accuracy {:.2} % -> {:.2} %", 100.0 * x, 100.0 * y);
         }
         out
-    }
-}
-
-fn short(name: &str, max: usize) -> String {
-    let n = name.chars().count();
-    if n <= max {
-        name.to_string()
-    } else {
-        format!("…{}", name.chars().skip(n - (max - 1)).collect::<String>())
     }
 }

@@ -99,12 +99,15 @@ impl InspectReport {
             "{} ({}, opset {}): input {:?} -> output {:?}\n",
             self.model, self.producer, self.opset, self.input_shape, self.output_shape
         );
+        let names =
+            crate::names::short_names(&c.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>());
         let rows: Vec<[String; 7]> = c
             .nodes
             .iter()
-            .map(|n| {
+            .zip(names)
+            .map(|(n, name)| {
                 [
-                    shorten(&n.name, 36),
+                    name,
                     n.op.clone(),
                     format!("{:?}", n.output_shape),
                     n.params.to_string(),
@@ -187,16 +190,5 @@ fn overhead(arena: u64, bound: u64) -> f64 {
         0.0
     } else {
         100.0 * (arena as f64 / bound as f64 - 1.0)
-    }
-}
-
-/// Keep the end of long exporter names (the distinctive part), marking the cut.
-fn shorten(name: &str, max: usize) -> String {
-    let n = name.chars().count();
-    if n <= max {
-        name.to_string()
-    } else {
-        let tail: String = name.chars().skip(n - (max - 1)).collect();
-        format!("…{tail}")
     }
 }
