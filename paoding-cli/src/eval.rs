@@ -52,8 +52,9 @@ pub struct DataArgs {
     /// Range of the model's inputs: probes are drawn from it and FGSM clips to it (lo,hi).
     #[arg(long, default_value = "0,1", value_parser = crate::prune::parse_range)]
     pub input_range: (f32, f32),
-    /// Number of probe inputs without --data (fewer on large models).
-    #[arg(long, default_value_t = 1000)]
+    /// Most probe inputs (fewer on large models): measured on without --data, and for
+    /// `sweep` also the refit's.
+    #[arg(long, default_value_t = crate::prune::DEFAULT_PROBE_COUNT)]
     pub probe_count: usize,
     /// Seed of the probes.
     #[arg(long, default_value_t = 0)]
@@ -66,7 +67,7 @@ impl Default for DataArgs {
             data: None,
             labels: None,
             input_range: (0.0, 1.0),
-            probe_count: 1000,
+            probe_count: crate::prune::DEFAULT_PROBE_COUNT,
             seed: 0,
         }
     }

@@ -198,7 +198,7 @@ struct ProbeArgs {
     #[arg(long, default_value = "0,1", value_parser = prune_cmd::parse_range)]
     input_range: (f32, f32),
     /// Most probe inputs (fewer on large models, within a work budget).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = prune_cmd::DEFAULT_PROBE_COUNT)]
     probe_count: usize,
     /// Seed of the probes.
     #[arg(long, default_value_t = 0)]

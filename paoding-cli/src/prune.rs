@@ -16,6 +16,10 @@ use crate::error::CliError;
 /// Version tag of the JSON layout.
 pub const PRUNE_SCHEMA: &str = "paoding.prune/1";
 
+/// Most probe inputs by default, for every command (`prune`, `fit`, `sweep`, `eval`), so that
+/// a sweep point reproduces `prune --ratio`.
+pub const DEFAULT_PROBE_COUNT: usize = 512;
+
 /// Where probe inputs come from, and how many.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProbeSettings {
@@ -39,7 +43,7 @@ pub struct ProbeSettings {
 impl Default for ProbeSettings {
     fn default() -> Self {
         ProbeSettings {
-            count: 512,
+            count: DEFAULT_PROBE_COUNT,
             input_range: (0.0, 1.0),
             seed: 0,
             source: crate::probes::ProbeSource::Auto,

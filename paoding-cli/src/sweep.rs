@@ -330,8 +330,9 @@ pub struct SweepArgs {
     pub fgsm_eps: f64,
     #[command(flatten)]
     pub data: DataArgs,
-    /// The refit's probes: uniform (default), invert, bn, auto, or a .npy file.
-    #[arg(long, default_value = "uniform", value_parser = crate::probes::parse_source)]
+    /// The refit's probes: auto (the best the model allows, the default, as for prune and
+    /// fit), uniform, invert, bn, or a .npy file.
+    #[arg(long, default_value = "auto", value_parser = crate::probes::parse_source)]
     pub probes: ProbeSource,
     /// Cache folder for synthesized probes.
     #[arg(long)]
@@ -510,10 +511,12 @@ pub fn run_sweep(args: SweepArgs) -> Result<u8, CliError> {
     for path in [&args.plot, &args.csv].into_iter().flatten() {
         crate::output::check_writable(path)?;
     }
-    let g = crate::import::import_onnx(&args.model)?.graph;
+    let imported = crate::import::import_onnx(&args.model)?;
+    let g = imported.graph;
     let set = args.data.load(&g)?;
     let mut probes = args.data.probe_settings();
     probes.source = args.probes.clone();
+    probes.with_bn_stats = imported.with_bn_stats.map(std::sync::Arc::new);
     probes.cache_dir = args
         .cache_dir
         .clone()

@@ -734,3 +734,52 @@ fn fit_says_what_it_wrote_and_without_o_that_it_wrote_no_model() {
     assert!(!String::from_utf8_lossy(&o.stdout).contains("wrote"));
     assert!(stderr(&o).contains("no -o given"), "{}", stderr(&o));
 }
+
+/// One probe default everywhere: a sweep point is the model `prune --ratio` writes, measured
+/// on the same probes.
+#[test]
+fn a_sweep_point_reproduces_prune_with_the_default_probes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache").display().to_string();
+    let pruned = dir.path().join("p.onnx").display().to_string();
+    let model = fixture("mlp_torch.onnx");
+    let o = paoding(&[
+        "prune",
+        &model,
+        "--ratio",
+        "0.5",
+        "--cache-dir",
+        &cache,
+        "-o",
+        &pruned,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let prune: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let o = paoding(&[
+        "sweep",
+        &model,
+        "--ratios",
+        "0.5",
+        "--methods",
+        "merge",
+        "--cache-dir",
+        &cache,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let sweep: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let point = &sweep["points"][0];
+    assert_eq!(point["params"], prune["after"]["params"]);
+    assert_eq!(
+        point["agreement"],
+        prune["fidelity"]["fidelity"]["agreement"]
+    );
+    assert!(
+        sweep["refit_probes"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("512 probes by class-conditional inversion")),
+        "{}",
+        sweep["refit_probes"]
+    );
+}
