@@ -27,6 +27,7 @@ use paoding_core::prune::{LayerChange, Method, PruneOptions, Pruner, Scope};
 use serde::Serialize;
 
 use crate::error::CliError;
+use crate::progress::Progress;
 use crate::prune::{measure, EvalData, FidelityReport, ProbeSettings};
 
 /// Version tag of the JSON layout.
@@ -205,19 +206,19 @@ pub fn fit(model: &Path, profile: &str, options: &FitOptions) -> Result<Fitted, 
         &profile,
         &options,
         None,
-        &mut |_, _| {},
+        &Progress::hidden(),
     )
 }
 
-/// Fit an imported graph to one profile. `progress(done, total)` is told of each size
-/// evaluation of the search.
+/// Fit an imported graph to one profile, showing each phase (the search's size evaluations,
+/// probe synthesis, the refit, the fidelity check) on `progress`.
 pub fn fit_graph(
     model: &str,
     graph: &Graph,
     profile: &Profile,
     options: &FitOptions,
     data: Option<&EvalData>,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &Progress,
 ) -> Result<Fitted, CliError> {
     let budget = budget(profile, &options.overrides)?;
     let min_agreement = options.min_agreement.or(profile.min_agreement);
@@ -266,7 +267,16 @@ pub fn fit_graph(
 
     let pruner = Pruner::new(graph, &prune_options);
     let schedule = Schedule::for_scope(&pruner, options.scope, report.binding)?;
-    let found = fit::search(&pruner, &schedule, &budget, &mut *progress)?;
+    let found = fit::search(
+        &pruner,
+        &schedule,
+        &budget,
+        &mut |done: usize, total: usize| {
+            // A bisection over `total` steps takes about log2(total) + 2 evaluations.
+            let expected = (usize::BITS - total.leading_zeros()) as usize + 2;
+            progress.steps("searching: size evaluations", done, expected.max(done));
+        },
+    )?;
     report.total_steps = found.total_steps;
     report.evaluations = found.evaluations;
     let Some(step) = found.step else {
@@ -289,11 +299,14 @@ pub fn fit_graph(
         &options.probes.source,
         &options.probes,
         options.probes.cache_dir.as_deref(),
+        progress,
     )?;
     let probes = resolved.probes;
     report.probe_description = resolved.description;
+    progress.phase("pruning and refitting");
     let pruned = pruner.apply(&schedule.counts(step), &probes)?;
     let usage = Usage::of(&pruned.graph)?;
+    progress.phase("measuring fidelity");
     let fidelity = measure(graph, &pruned.graph, &options.probes, data)?;
     report.status = Status::Pruned;
     report.fitted = usage;
@@ -312,6 +325,7 @@ pub fn fit_graph(
     report.fidelity = Some(fidelity);
     if let Some(min) = min_agreement {
         if agreement < min {
+            progress.phase("searching for the pruning that keeps the agreement");
             let needed = least_pruning_keeping(
                 &pruner, &schedule, step, min, &probes, graph, options, data,
             )?;

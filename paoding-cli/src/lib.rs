@@ -14,6 +14,7 @@ pub mod npy;
 pub mod output;
 pub mod probes;
 pub mod profile;
+pub mod progress;
 pub mod prune;
 pub mod report;
 pub mod run;

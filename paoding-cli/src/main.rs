@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use paoding_cli::error::CliError;
 use paoding_cli::fit::{self as fit_cmd, BudgetOverrides, FitOptions};
+use paoding_cli::progress::Progress;
 use paoding_cli::prune::{self as prune_cmd, EvalData, ProbeSettings};
 use paoding_cli::{export, import, npy, output, profile, report::InspectReport};
 use paoding_core::probes::Probes;
@@ -337,7 +338,6 @@ fn load_data(
 }
 
 fn fit(a: FitArgs) -> Result<u8, CliError> {
-    use std::io::IsTerminal;
     let fleet = a.profile.len() > 1;
     for path in [&a.output, &a.onnx].into_iter().flatten() {
         if fleet && !path.contains("{profile}") {
@@ -371,6 +371,8 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     if let Some(path) = &a.report {
         output::check_writable(path)?;
     }
+    let progress = Progress::on_stderr(!a.json);
+    progress.phase("importing");
     let imported = import::import_onnx(a.model.as_ref())?;
     let g = &imported.graph;
     let data = load_data(g, a.data.data.as_ref(), a.data.labels.as_ref())?;
@@ -393,34 +395,13 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         round_to: a.widths.round_to.max(1),
         max_layer_ratio: a.widths.max_layer_ratio,
     };
-    let show_progress = !a.json && std::io::stderr().is_terminal();
     let mut reports = Vec::new();
     let mut files = Vec::new();
     let mut text = String::new();
     let mut all_ok = true;
     for p in &profiles {
-        let bar = show_progress.then(|| {
-            let bar = indicatif::ProgressBar::new(1);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{prefix:>16} [{bar:30}] {pos} evaluations {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar.set_prefix(p.name.clone());
-            bar
-        });
-        let mut progress = |done: usize, total: usize| {
-            if let Some(b) = &bar {
-                // A bisection over `total` steps takes about log2(total) + 2 evaluations.
-                b.set_length((usize::BITS - total.leading_zeros()) as u64 + 2);
-                b.set_position(done as u64);
-            }
-        };
-        let fitted = fit_cmd::fit_graph(&a.model, g, p, &options, data.as_ref(), &mut progress)?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
+        progress.set_prefix(&p.name);
+        let fitted = fit_cmd::fit_graph(&a.model, g, p, &options, data.as_ref(), &progress)?;
         if let (Some(out), Some(blob)) = (&a.output, &fitted.blob) {
             files.push((name(out, p), blob.clone()));
         }
@@ -460,6 +441,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     if let Some(path) = &a.report {
         files.push((path.clone(), json.clone().into_bytes()));
     }
+    drop(progress);
     output::write_all(&files)?;
     if a.json {
         output::print(&(json + "\n"))?;
@@ -478,6 +460,8 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
 
 fn prune(a: PruneArgs) -> Result<u8, CliError> {
     output::check_writable(&a.output)?;
+    let progress = Progress::on_stderr(!a.json);
+    progress.phase("importing");
     let imported = import::import_onnx(a.model.as_ref())?;
     let g = &imported.graph;
     let options = PruneOptions {
@@ -499,7 +483,9 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
         ..a.probes.settings()
     };
     let data = load_data(g, a.data.data.as_ref(), a.data.labels.as_ref())?;
-    let (pruned, report) = prune_cmd::prune(&a.model, g, &options, &probes, data.as_ref())?;
+    let (pruned, report) =
+        prune_cmd::prune(&a.model, g, &options, &probes, data.as_ref(), &progress)?;
+    drop(progress);
     export::save_onnx(
         &pruned,
         &format!("pruned from {} by paoding prune", a.model),

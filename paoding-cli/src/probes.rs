@@ -12,6 +12,7 @@ use paoding_core::synth::{self, SynthMethod, SynthOptions};
 use serde::Serialize;
 
 use crate::error::CliError;
+use crate::progress::Progress;
 use crate::prune::ProbeSettings;
 
 /// What the refit's probes are.
@@ -65,12 +66,14 @@ pub const SYNTH_STEPS: usize = 200;
 /// 18 GMAC/s a core), usually much less as probes stop at their class targets.
 pub const AUTO_SYNTH_WORK_MACS: u64 = 500_000_000_000;
 
-/// Resolve `source` for `g`. Synthesized probes are read from, or written to, `cache`.
+/// Resolve `source` for `g`. Synthesized probes are read from, or written to, `cache`;
+/// `progress` shows synthesis step by step.
 pub fn resolve(
     g: &Graph,
     source: &ProbeSource,
     settings: &ProbeSettings,
     cache: Option<&Path>,
+    progress: &Progress,
 ) -> Result<ResolvedProbes, CliError> {
     let sample = g.values[g.input].len();
     // Synthesis runs on the model with its batch norms when the importer kept them (the same
@@ -150,7 +153,11 @@ pub fn resolve(
             }
         }
     }
-    let (probes, report) = synth::synthesize_with_report(synth_graph, &options);
+    let what = format!("synthesizing {count} probes, step");
+    let (probes, report) =
+        synth::synthesize_with_progress(synth_graph, &options, &mut |step, steps| {
+            progress.steps(&what, step, steps)
+        });
     let derived = if report.optimised < count {
         format!(
             "; {} optimised within the work budget, {} derived from them by shifts, mixing and jitter",

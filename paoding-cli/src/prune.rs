@@ -12,6 +12,7 @@ use paoding_core::prune::{LayerChange, Method, PruneOptions, Pruner, Scope};
 use serde::Serialize;
 
 use crate::error::CliError;
+use crate::progress::Progress;
 
 /// Version tag of the JSON layout.
 pub const PRUNE_SCHEMA: &str = "paoding.prune/1";
@@ -161,13 +162,14 @@ pub struct PruneReport {
     pub fidelity: FidelityReport,
 }
 
-/// Prune `graph` and measure the result.
+/// Prune `graph` and measure the result, showing each phase on `progress`.
 pub fn prune(
     model: &str,
     graph: &Graph,
     options: &PruneOptions,
     probes: &ProbeSettings,
     data: Option<&EvalData>,
+    progress: &Progress,
 ) -> Result<(Graph, PruneReport), CliError> {
     if !(0.0..1.0).contains(&options.ratio) {
         return Err(CliError::Usage(format!(
@@ -184,7 +186,13 @@ pub fn prune(
     }
     let refit = options.refit.unwrap_or(options.method.refits_by_default());
     let resolved = if refit {
-        crate::probes::resolve(graph, &probes.source, probes, probes.cache_dir.as_deref())?
+        crate::probes::resolve(
+            graph,
+            &probes.source,
+            probes,
+            probes.cache_dir.as_deref(),
+            progress,
+        )?
     } else {
         crate::probes::ResolvedProbes {
             probes: probes.refit_probes(graph),
@@ -192,7 +200,13 @@ pub fn prune(
             method: "none".into(),
         }
     };
+    progress.phase(if refit {
+        "pruning and refitting"
+    } else {
+        "pruning"
+    });
     let pruned = pruner.apply(&pruner.counts_for_ratio(options.ratio), &resolved.probes)?;
+    progress.phase("measuring fidelity");
     let fidelity = measure(graph, &pruned.graph, probes, data)?;
     let report = PruneReport {
         schema: PRUNE_SCHEMA,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::CliError;
 use crate::eval::{self, Attack, DataArgs, EvalSet, Model};
 use crate::probes::ProbeSource;
+use crate::progress::Progress;
 
 /// Version tag of the JSON layout of `paoding sweep --json`.
 pub const SWEEP_SCHEMA: &str = "paoding.sweep/1";
@@ -432,15 +433,16 @@ pub fn method_name(m: Method) -> &'static str {
     }
 }
 
-/// Run the sweep. `progress(done, total)` is called after every point.
+/// Run the sweep, showing probe synthesis and the points done on `progress`.
 pub fn sweep(
     model: &str,
     g: &Graph,
     options: &SweepOptions,
     set: &EvalSet,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &Progress,
 ) -> Result<SweepReport, CliError> {
     let start = Instant::now();
+    progress.phase("measuring the original model");
     let range = options.probes.input_range;
     let eps = options.fgsm_eps;
     let original_out = eval::outputs(g, &set.inputs.data)?;
@@ -462,8 +464,10 @@ pub fn sweep(
         &options.probes.source,
         &options.probes,
         options.probes.cache_dir.as_deref(),
+        progress,
     )?;
     let total = options.methods.len() * options.ratios.len();
+    progress.steps("pruning and measuring: models", 0, total);
     let mut points = Vec::with_capacity(total);
     for &method in &options.methods {
         let pruner = Pruner::new(
@@ -483,7 +487,7 @@ pub fn sweep(
         for &ratio in &options.ratios {
             let pruned = pruner.apply(&pruner.counts_for_ratio(ratio), &resolved.probes)?;
             points.push(point(&bench, method_name(method), ratio, &pruned.graph)?);
-            progress(points.len(), total);
+            progress.steps("pruning and measuring: models", points.len(), total);
         }
     }
     Ok(SweepReport {
@@ -503,7 +507,6 @@ pub fn sweep(
 
 /// `paoding sweep`: run, print a table (or JSON), write the chart and CSV; exit code 0.
 pub fn run_sweep(args: SweepArgs) -> Result<u8, CliError> {
-    use std::io::IsTerminal;
     if args.methods.is_empty() {
         return Err(CliError::Usage("--methods: no method".into()));
     }
@@ -511,6 +514,8 @@ pub fn run_sweep(args: SweepArgs) -> Result<u8, CliError> {
     for path in [&args.plot, &args.csv].into_iter().flatten() {
         crate::output::check_writable(path)?;
     }
+    let progress = Progress::on_stderr(!args.json);
+    progress.phase("importing");
     let imported = crate::import::import_onnx(&args.model)?;
     let g = imported.graph;
     let set = args.data.load(&g)?;
@@ -528,32 +533,14 @@ pub fn run_sweep(args: SweepArgs) -> Result<u8, CliError> {
         fgsm_eps: args.fgsm_eps,
         probes,
     };
-    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
-        let bar =
-            indicatif::ProgressBar::new((options.methods.len() * options.ratios.len()) as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "sweep [{bar:30}] {pos}/{len} models {elapsed}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
-    let mut progress = |done: usize, _total: usize| {
-        if let Some(b) = &bar {
-            b.set_position(done as u64);
-        }
-    };
     let report = sweep(
         &args.model.display().to_string(),
         &g,
         &options,
         &set,
-        &mut progress,
+        &progress,
     )?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    drop(progress);
     let mut files = Vec::new();
     if let Some(path) = &args.plot {
         files.push((path.clone(), crate::chart::sweep_svg(&report)?.into_bytes()));

@@ -453,6 +453,16 @@ fn flush_subnormals(g: &Graph) -> Graph {
 
 /// Synthesize probes and say how well they worked.
 pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthReport) {
+    synthesize_with_progress(g, opts, &mut |_, _| {})
+}
+
+/// [`synthesize_with_report`], calling `progress(step, steps)` before each optimisation step
+/// (and the final measuring pass): on a large model synthesis takes tens of seconds.
+pub fn synthesize_with_progress(
+    g: &Graph,
+    opts: &SynthOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> (Probes, SynthReport) {
     let flushed = flush_subnormals(g);
     let g = &flushed;
     let n = g.values[g.input].len();
@@ -505,6 +515,7 @@ pub fn synthesize_with_report(g: &Graph, opts: &SynthOptions) -> (Probes, SynthR
 
     // `steps` updates, then one more pass to measure the final probes.
     for step in 0..=opts.steps {
+        progress(step, opts.steps);
         let last = step == opts.steps;
         let targets = if bn.is_empty() {
             Vec::new()

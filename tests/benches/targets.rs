@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use paoding_cli::fit::{fit_graph, BudgetOverrides, FitOptions};
 use paoding_cli::profile;
+use paoding_cli::progress::Progress;
 use paoding_core::fidelity;
 use paoding_core::fit::Usage;
 use paoding_core::interp;
@@ -134,7 +135,7 @@ fn main() {
     let times: Vec<Duration> = (0..3)
         .map(|_| {
             let t = Instant::now();
-            fit_graph("cnn", &cnn, &p, &options, None, &mut |_, _| {}).expect("fits");
+            fit_graph("cnn", &cnn, &p, &options, None, &Progress::hidden()).expect("fits");
             t.elapsed()
         })
         .collect();

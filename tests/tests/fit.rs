@@ -5,6 +5,7 @@
 use paoding_cli::fit::{fit_graph, BudgetOverrides, FitOptions, Status};
 use paoding_cli::import::import_onnx;
 use paoding_cli::profile;
+use paoding_cli::progress::Progress;
 use paoding_core::fit::Usage;
 use paoding_core::interp;
 use paoding_core::prune::Scope;
@@ -55,8 +56,8 @@ fn fitted_models_fit_and_one_step_less_would_not() {
                 options.probes.count = 200;
                 options.probes.source = paoding_cli::probes::ProbeSource::Uniform;
                 let name = format!("{} on {board} ({scope:?})", path.display());
-                let fitted =
-                    fit_graph(&name, &g, &p, &options, None, &mut |_, _| {}).expect("fit runs");
+                let fitted = fit_graph(&name, &g, &p, &options, None, &Progress::hidden())
+                    .expect("fit runs");
                 let r = &fitted.report;
                 if r.status == Status::CannotFit {
                     // Only acceptable when even maximal pruning is over budget.
@@ -114,8 +115,15 @@ fn a_model_that_fits_is_left_alone() {
         .expect("imports")
         .graph;
     let p = profile::load("cortex-m7").expect("profile");
-    let fitted =
-        fit_graph("mlp", &g, &p, &FitOptions::default(), None, &mut |_, _| {}).expect("fit");
+    let fitted = fit_graph(
+        "mlp",
+        &g,
+        &p,
+        &FitOptions::default(),
+        None,
+        &Progress::hidden(),
+    )
+    .expect("fit");
     assert_eq!(fitted.report.status, Status::FitsUnpruned);
     assert_eq!(fitted.graph.as_ref(), Some(&g));
 }
@@ -133,7 +141,7 @@ fn impossible_budgets_are_explained_per_constraint() {
         },
         ..Default::default()
     };
-    let fitted = fit_graph("kws", &g, &p, &options, None, &mut |_, _| {}).expect("fit runs");
+    let fitted = fit_graph("kws", &g, &p, &options, None, &Progress::hidden()).expect("fit runs");
     let r = &fitted.report;
     assert_eq!(r.status, Status::CannotFit);
     assert!(fitted.blob.is_none() && fitted.graph.is_none());
@@ -170,7 +178,7 @@ fn min_agreement_refuses_and_says_how_far_the_budget_must_grow() {
     };
     let mut options = options;
     options.probes.source = paoding_cli::probes::ProbeSource::Uniform;
-    let fitted = fit_graph("mlp", &g, &p, &options, None, &mut |_, _| {}).expect("fit runs");
+    let fitted = fit_graph("mlp", &g, &p, &options, None, &Progress::hidden()).expect("fit runs");
     let r = &fitted.report;
     assert_eq!(r.status, Status::FidelityTooLow, "{}", r.message);
     let needed = r.needed_for_agreement.expect("a larger budget is named");
