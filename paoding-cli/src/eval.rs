@@ -41,8 +41,8 @@ const CHUNK: usize = 128;
 /// Where evaluation inputs come from: `--data`/`--labels`, else seeded uniform probes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataArgs {
-    /// Real inputs to evaluate on (.npy, first axis = batch). Without it, seeded uniform
-    /// probes from --input-range are used.
+    /// Real inputs to evaluate on (.npy: [N, the model's input dims without its batch axis],
+    /// in the model's layout). Without it, seeded uniform probes from --input-range are used.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Labels of --data (.npy of class indices): accuracy, and FGSM on correctly classified

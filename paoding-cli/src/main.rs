@@ -25,7 +25,10 @@ const EXIT_INPUT_ERROR: u8 = 2;
 #[command(
     name = "paoding",
     version,
-    about = "Data-free pruning of neural networks to fit microcontrollers"
+    about = "Data-free pruning of neural networks to fit microcontrollers",
+    after_help = "Exit codes: 0 success (the model fits, or nothing was checked), 1 the model \
+does not fit, 2 bad usage or bad input (nothing is written). A closed standard output \
+(paoding ... | head) ends quietly with 0."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,15 +53,17 @@ enum Command {
     /// Exit 0 on success, 2 on bad arguments or an unprunable model (no output is written).
     Prune(PruneArgs),
     /// Prune a model the least it must to fit one or more boards' flash, RAM and compute
-    /// budgets, and write the runtime model. Exit 0 if every board fits, 1 if one cannot
+    /// budgets, and write the runtime model (-o). Exit 0 if every board fits, 1 if one cannot
     /// (each explained), 2 on bad input.
     Fit(FitArgs),
-    /// Run a .pdg model with the runtime over a batch of inputs (first axis = batch).
-    /// Exit 2 on a corrupted blob or bad input.
+    /// Run a .pdg model with the runtime over a batch of inputs: float32 .npy of shape
+    /// [N, model input without its batch axis]. Exit 0 on success, 2 on a corrupted blob or
+    /// bad input.
     Run {
         /// The runtime model (.pdg).
         model: String,
-        /// Inputs (.npy).
+        /// Inputs (.npy, float32 or float64, C order): [N, the model's input dims without
+        /// its batch axis], in the model's layout (`paoding inspect` shows it).
         #[arg(long)]
         input: String,
         /// Write the outputs here (.npy) instead of printing them.
@@ -69,11 +74,12 @@ enum Command {
     /// the original. Exit 0, or 2 on bad input.
     Eval(paoding_cli::eval::EvalArgs),
     /// Prune by every method and ratio: size against accuracy/agreement and FGSM
-    /// robustness; SVG chart and CSV.
+    /// robustness; SVG chart and CSV. Exit 0 on success, 2 on bad input (nothing is written).
     Sweep(paoding_cli::sweep::SweepArgs),
-    /// One self-contained HTML page from a fit report JSON (and optionally a sweep).
+    /// One self-contained HTML page from a fit report JSON (and optionally a sweep of the
+    /// same model). Exit 0 on success, 2 on bad input (nothing is written).
     Report(paoding_cli::html::ReportArgs),
-    /// List the built-in hardware profiles and their budgets.
+    /// List the built-in hardware profiles and their budgets. Exit 0.
     Profiles {
         /// Print as JSON.
         #[arg(long)]
@@ -117,6 +123,7 @@ struct FitArgs {
     #[arg(long, required = true)]
     profile: Vec<String>,
     /// Where to write the runtime model (.pdg); `{profile}` is replaced by the profile name.
+    /// Without it, nothing but the report is written (and stderr says so).
     #[arg(short, long)]
     output: Option<String>,
     /// Also write the pruned model as ONNX (`{profile}` allowed).
@@ -177,7 +184,8 @@ struct WidthArgs {
 /// Real data to measure fidelity on, shared by `prune` and `fit`.
 #[derive(Args)]
 struct DataArgs {
-    /// Real inputs to measure fidelity on (.npy, first axis = batch).
+    /// Real inputs to measure fidelity on (.npy: [N, the model's input dims without its
+    /// batch axis], in the model's layout).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Labels of --data (.npy of class indices), for accuracy before and after.
@@ -205,7 +213,7 @@ struct ProbeArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The refit's probes: uniform, invert (class-conditional inversion), bn (BatchNorm
-    /// statistics), auto (the best the model allows), or a .npy file of inputs.
+    /// statistics), auto (the best the model allows), or a .npy file of inputs (as --data).
     #[arg(long, default_value = "auto", value_parser = paoding_cli::probes::parse_source)]
     probes: paoding_cli::probes::ProbeSource,
     /// Cache folder for synthesized probes (default: $PAODING_CACHE_DIR, else ~/.cache/paoding).

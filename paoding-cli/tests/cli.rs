@@ -783,3 +783,15 @@ fn a_sweep_point_reproduces_prune_with_the_default_probes() {
         sweep["refit_probes"]
     );
 }
+
+#[test]
+fn every_command_documents_its_exit_codes() {
+    for command in [
+        "inspect", "prune", "fit", "run", "eval", "sweep", "report", "profiles",
+    ] {
+        let o = paoding(&[command, "--help"]);
+        assert_eq!(o.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(help.contains("Exit 0"), "{command} --help:\n{help}");
+    }
+}
