@@ -454,7 +454,9 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     if a.json {
         output::print(&(json + "\n"))?;
     } else {
-        text += "\n";
+        if !files.is_empty() {
+            text += "\n";
+        }
         for (path, _) in &files {
             text += &format!("wrote {}\n", path.display());
         }
