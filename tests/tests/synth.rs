@@ -149,6 +149,28 @@ fn synthesis_speed_on_fixtures() {
     }
 }
 
+/// With the file's BatchNorm statistics, what `auto` runs on the residual CNN (inversion +
+/// BN matching) and `bn` alone: matching a batch statistic moves every probe for every step,
+/// so no probe stops early. Long: `cargo test --release -p paoding-tests --test synth --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bn_matching_speed_on_the_residual_cnn() {
+    let file = "cnn_residual_bn_torch.onnx";
+    let imported = paoding_cli::import::import_onnx(&fixtures_dir().join(file)).expect("imports");
+    let kept = imported.with_bn_stats.expect("BatchNorm statistics");
+    for (method, name) in [
+        (SynthMethod::Both, "residual CNN, inversion + BN"),
+        (SynthMethod::Bn, "residual CNN, BN matching"),
+    ] {
+        let opts = SynthOptions {
+            method,
+            ..Default::default()
+        };
+        time_synthesis(name, &kept, &opts);
+    }
+}
+
 /// A 1M-parameter CNN at 32×32 with random weights: conv 3→64→128→256→256 (3×3, ReLU) with
 /// 2×2 max pools, global average pool, dense 256→10.
 fn big_cnn() -> Graph {
