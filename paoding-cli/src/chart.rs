@@ -82,7 +82,8 @@ fn draw(report: &SweepReport, svg: &mut String) -> Result<(), CliError> {
     } else {
         Panel {
             caption: if report.data_free {
-                "Top-1 agreement with the original (on uniform probes, no data given)".into()
+                "Top-1 agreement with the original, estimated without data (held-out check set)"
+                    .into()
             } else {
                 "Top-1 agreement with the original".into()
             },

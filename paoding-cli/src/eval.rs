@@ -16,8 +16,9 @@
 //! attack, usually weaker than a white-box one. The report says so; for a white-box figure,
 //! evaluate the pruned ONNX instead (`paoding fit --onnx`, `paoding prune -o`).
 //!
-//! Without `--data`, fresh seeded uniform probes from `--input-range` are used (the same
-//! probes `paoding prune` checks fidelity on), and the report says so.
+//! Without `--data`, the figures are estimated on the data-free check set
+//! ([`crate::check`]: by default probes synthesized like a refit's, held out from it; the
+//! same set `paoding prune` and `fit` measure on), and the report says so.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,117 +29,15 @@ use paoding_core::ir::Graph;
 use paoding_core::probes::Probes;
 use serde::{Deserialize, Serialize};
 
+use crate::check::{CheckSet, DataArgs};
 use crate::error::CliError;
-use crate::prune::ProbeSettings;
 use crate::run::BlobBytes;
 
 /// Version tag of the JSON layout of `paoding eval --json`.
-pub const EVAL_SCHEMA: &str = "paoding.eval/1";
+pub const EVAL_SCHEMA: &str = "paoding.eval/2";
 
-/// Samples evaluated (or differentiated) together: bounds the memory of a batched pass.
+/// Samples differentiated together: bounds the memory of a batched pass.
 const CHUNK: usize = 128;
-
-/// Where evaluation inputs come from: `--data`/`--labels`, else seeded uniform probes.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DataArgs {
-    /// Real inputs to evaluate on (.npy: [N, the model's input dims without its batch axis],
-    /// in the model's layout). Without it, seeded uniform probes from --input-range are used.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Labels of --data (.npy of class indices): accuracy, and FGSM on correctly classified
-    /// samples only.
-    #[arg(long, requires = "data")]
-    pub labels: Option<PathBuf>,
-    /// Range of the model's inputs: probes are drawn from it and FGSM clips to it (lo,hi).
-    #[arg(long, default_value = "0,1", value_parser = crate::prune::parse_range)]
-    pub input_range: (f32, f32),
-    /// Most probe inputs (fewer on large models): measured on without --data, and for
-    /// `sweep` also the refit's.
-    #[arg(long, default_value_t = crate::prune::DEFAULT_PROBE_COUNT)]
-    pub probe_count: usize,
-    /// Seed of the probes.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-}
-
-impl Default for DataArgs {
-    fn default() -> Self {
-        DataArgs {
-            data: None,
-            labels: None,
-            input_range: (0.0, 1.0),
-            probe_count: crate::prune::DEFAULT_PROBE_COUNT,
-            seed: 0,
-        }
-    }
-}
-
-impl DataArgs {
-    /// The probe settings these arguments describe (for data-free evaluation and refits).
-    pub fn probe_settings(&self) -> ProbeSettings {
-        ProbeSettings {
-            count: self.probe_count.max(1),
-            input_range: self.input_range,
-            seed: self.seed,
-            ..Default::default()
-        }
-    }
-
-    /// Load the evaluation inputs for `g`: the data file (and labels), or fresh probes.
-    pub fn load(&self, g: &Graph) -> Result<EvalSet, CliError> {
-        let sample = g.values[g.input].len();
-        match &self.data {
-            Some(path) => {
-                let (n, xs) = crate::npy::read_inputs(path, g.shape(g.input))?;
-                let labels = self
-                    .labels
-                    .as_deref()
-                    .map(|l| crate::npy::read_labels(l, n))
-                    .transpose()?;
-                Ok(EvalSet {
-                    inputs: Probes::from_batch(xs, sample)?,
-                    description: format!(
-                        "{} ({n} samples{})",
-                        path.display(),
-                        if labels.is_some() { ", labelled" } else { "" }
-                    ),
-                    labels,
-                    data_free: false,
-                })
-            }
-            None => {
-                if self.probe_count == 0 {
-                    return Err(CliError::Usage("--probe-count must be at least 1".into()));
-                }
-                let settings = self.probe_settings();
-                let (lo, hi) = self.input_range;
-                Ok(EvalSet {
-                    inputs: settings.check_probes(g),
-                    labels: None,
-                    description: format!(
-                        "{} seeded uniform probes in [{lo}, {hi}] (no --data given: agreement, not accuracy; \
-                         FGSM targets are the model's own predictions)",
-                        settings.count_for(g)
-                    ),
-                    data_free: true,
-                })
-            }
-        }
-    }
-}
-
-/// Inputs to evaluate on.
-#[derive(Debug, Clone)]
-pub struct EvalSet {
-    /// The samples.
-    pub inputs: Probes,
-    /// Their labels, when given.
-    pub labels: Option<Vec<usize>>,
-    /// For reports: the file and count, or the probes.
-    pub description: String,
-    /// Whether these are probes rather than real data.
-    pub data_free: bool,
-}
 
 /// A model to evaluate: an IR graph (white-box) or a runtime blob (outputs only).
 #[derive(Debug, Clone)]
@@ -203,13 +102,7 @@ impl Model {
 
 /// Outputs of a graph over a batch, evaluated in batched chunks.
 pub fn outputs(g: &Graph, xs: &[f32]) -> Result<Vec<f32>, CliError> {
-    let sample = g.values[g.input].len().max(1);
-    let mut out = Vec::with_capacity(xs.len() / sample * g.values[g.output].len());
-    for chunk in xs.chunks(sample * CHUNK) {
-        let mut values = grad::forward_batch(g, chunk, chunk.len() / sample)?;
-        out.append(&mut values[g.output]);
-    }
-    Ok(out)
+    Ok(grad::outputs_batch(g, xs)?)
 }
 
 /// Top-1 class of every sample.
@@ -355,13 +248,6 @@ impl Attack {
     }
 }
 
-/// Whether a model with this output is a classifier (one axis of at least two classes after
-/// the batch axis): FGSM, agreement and KL only make sense for those.
-pub fn is_classifier(g: &Graph) -> bool {
-    let shape = &g.values[g.output].shape;
-    shape.len() == 2 && shape[1] >= 2
-}
-
 /// FGSM robustness of the original and the candidate at one ε.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FgsmPoint {
@@ -414,9 +300,8 @@ pub fn evaluate(
     original: &Graph,
     candidate_path: &str,
     candidate: &Model,
-    set: &EvalSet,
+    set: &CheckSet,
     epsilons: &[f64],
-    input_range: (f32, f32),
 ) -> Result<EvalReport, CliError> {
     let (n_in, n_out) = (
         original.values[original.input].len(),
@@ -433,25 +318,23 @@ pub fn evaluate(
             "--fgsm: epsilon {e} must be a finite number ≥ 0"
         )));
     }
-    let classifier = is_classifier(original);
-    if set.labels.is_some() && !classifier {
-        return Err(CliError::Usage(format!(
-            "{original_path}: --labels given, but the model's output {:?} is not a vector of class scores",
-            original.values[original.output].shape
-        )));
-    }
+    let classifier = set.task.is_classifier();
+    let input_range = set.input_range;
     let xs = &set.inputs;
-    let a = outputs(original, &xs.data)?;
+    let a = &set.reference;
     let b = candidate.outputs(&xs.data)?;
     let labels = set.labels.as_deref();
-    let mut notes = Vec::new();
+    let mut notes = set.warnings.clone();
     if set.data_free {
-        notes.push(format!("inputs: {}", set.description));
+        notes.push(format!(
+            "no --data: every figure is estimated on {}",
+            set.description
+        ));
     }
     let white_box = candidate.graph().is_some();
     let mut fgsm = Vec::new();
     if classifier && !epsilons.is_empty() {
-        let pa = predictions(&a, n_out);
+        let pa = predictions(a, n_out);
         let pb = predictions(&b, n_out);
         let attack_a = Attack::prepare(original, xs, &pa, labels)?;
         let attack_b = match candidate.graph() {
@@ -492,8 +375,8 @@ pub fn evaluate(
         inputs: set.description.clone(),
         data_free: set.data_free,
         classifier,
-        fidelity: fidelity::compare(&a, &b, n_out),
-        accuracy_original: labels.map(|l| fidelity::accuracy(&a, n_out, l)),
+        fidelity: fidelity::compare(a, &b, n_out),
+        accuracy_original: labels.map(|l| fidelity::accuracy(a, n_out, l)),
         accuracy_candidate: labels.map(|l| fidelity::accuracy(&b, n_out, l)),
         input_range,
         fgsm_attack: if white_box { "white-box" } else { "transfer" }.into(),
@@ -532,10 +415,13 @@ impl EvalReport {
         if self.classifier {
             let _ = writeln!(
                 out,
-                "{:<22} {:>10} {:>8.2} %",
+                "{:<22} {:>10} {:>8.2} %  (95 % interval {:.1}–{:.1} %{})",
                 "top-1 agreement",
                 "",
-                100.0 * f.agreement
+                100.0 * f.agreement,
+                100.0 * f.agreement_interval.0,
+                100.0 * f.agreement_interval.1,
+                if self.data_free { ", estimated" } else { "" }
             );
             let _ = writeln!(
                 out,
@@ -547,8 +433,8 @@ impl EvalReport {
         }
         let _ = writeln!(
             out,
-            "{:<22} {:>10} {:>10.4}",
-            "relative L2 error", "", f.relative_l2
+            "{:<22} {:>10} {:>10.4}  (SNR {:.1} dB)",
+            "relative L2 error", "", f.relative_l2, f.snr_db
         );
         if !self.fgsm.is_empty() {
             let _ = writeln!(
@@ -612,27 +498,33 @@ pub struct EvalArgs {
     pub candidate: PathBuf,
     #[command(flatten)]
     pub data: DataArgs,
+    #[command(flatten)]
+    pub probes: crate::probes::ProbeArgs,
     /// FGSM perturbation sizes (L∞, in input units), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0.01,0.05", value_parser = parse_epsilon)]
     pub fgsm: Vec<f64>,
-    /// Print the report as JSON (schema paoding.eval/1).
+    /// Print the report as JSON (schema paoding.eval/2).
     #[arg(long)]
     pub json: bool,
 }
 
 /// `paoding eval`: print the report; exit code 0.
 pub fn run_eval(args: EvalArgs) -> Result<u8, CliError> {
-    let original = crate::import::import_onnx(&args.original)?.graph;
+    let imported = crate::import::import_onnx(&args.original)?;
     let candidate = Model::load(&args.candidate)?;
-    let set = args.data.load(&original)?;
+    let settings = args
+        .probes
+        .settings(&imported, crate::probes::ProbeSource::Auto)?;
+    let progress = crate::progress::Progress::on_stderr(!args.json);
+    let set = CheckSet::build(&imported.graph, &settings, &args.data, &progress)?;
+    drop(progress);
     let report = evaluate(
         &args.original.display().to_string(),
-        &original,
+        &imported.graph,
         &args.candidate.display().to_string(),
         &candidate,
         &set,
         &args.fgsm,
-        args.data.input_range,
     )?;
     if args.json {
         let json =

@@ -26,12 +26,13 @@ use paoding_core::profile::{Budget, Constraint, Profile};
 use paoding_core::prune::{LayerChange, Method, PruneOptions, Pruner, Scope};
 use serde::Serialize;
 
+use crate::check::{DataArgs, FidelityReport, LazyCheckSet};
 use crate::error::CliError;
+use crate::probes::ProbeSettings;
 use crate::progress::Progress;
-use crate::prune::{measure, EvalData, FidelityReport, ProbeSettings};
 
 /// Version tag of the JSON layout.
-pub const FIT_SCHEMA: &str = "paoding.fit/1";
+pub const FIT_SCHEMA: &str = "paoding.fit/2";
 
 /// Budgets set on the command line: what the model itself may use (after the profile's
 /// reserved shares).
@@ -199,29 +200,40 @@ pub fn fit(model: &Path, profile: &str, options: &FitOptions) -> Result<Fitted, 
     let profile = crate::profile::load(profile).map_err(|e| CliError::Usage(e.to_string()))?;
     let imported = crate::import::import_onnx(model)?;
     let mut options = options.clone();
-    options.probes.with_bn_stats = imported.with_bn_stats.map(std::sync::Arc::new);
+    let given = (options.probes.range_source == crate::probes::RangeSource::Given)
+        .then_some(options.probes.input_range);
+    options.probes = ProbeSettings::for_model(&imported, given, options.probes)?;
+    let check = LazyCheckSet::new(&imported.graph, &options.probes, DataArgs::default());
     fit_graph(
         &model.display().to_string(),
         &imported.graph,
         &profile,
         &options,
-        None,
+        &check,
         &Progress::hidden(),
     )
 }
 
 /// Fit an imported graph to one profile, showing each phase (the search's size evaluations,
-/// probe synthesis, the refit, the fidelity check) on `progress`.
+/// probe synthesis, the refit, the fidelity check) on `progress`. Fidelity is measured on
+/// `check` (built only if the model must be pruned).
 pub fn fit_graph(
     model: &str,
     graph: &Graph,
     profile: &Profile,
     options: &FitOptions,
-    data: Option<&EvalData>,
+    check: &LazyCheckSet<'_>,
     progress: &Progress,
 ) -> Result<Fitted, CliError> {
     let budget = budget(profile, &options.overrides)?;
     let min_agreement = options.min_agreement.or(profile.min_agreement);
+    let task = paoding_core::estimate::task(graph);
+    if min_agreement.is_some() && !task.is_classifier() {
+        return Err(CliError::Usage(format!(
+            "{model}: a minimum agreement (--min-agreement, or min_agreement in profile {}) needs a classifier,              and this model's output is {task:?}: top-1 agreement means nothing for it",
+            profile.name
+        )));
+    }
     let original = Usage::of(graph)?;
     let prune_options = PruneOptions {
         method: options.method,
@@ -306,8 +318,9 @@ pub fn fit_graph(
     progress.phase("pruning and refitting");
     let pruned = pruner.apply(&schedule.counts(step), &probes)?;
     let usage = Usage::of(&pruned.graph)?;
+    let check = check.get(progress)?;
     progress.phase("measuring fidelity");
-    let fidelity = measure(graph, &pruned.graph, &options.probes, data)?;
+    let fidelity = check.measure(&pruned.graph)?;
     report.status = Status::Pruned;
     report.fitted = usage;
     report.constraints = usage.check(&budget);
@@ -315,20 +328,31 @@ pub fn fit_graph(
     report.one_step_less = found.usage_one_step_less;
     report.layers = pruned.layers;
     report.message = format!(
-        "{model} pruned to fit {}: {} of {} removable units removed, top-1 agreement {:.2} %",
+        "{model} pruned to fit {}: {} of {} removable units removed, {}",
         profile.name,
         step,
         found.total_steps,
-        100.0 * fidelity.fidelity.agreement
+        if task.is_classifier() {
+            fidelity.agreement_text()
+        } else {
+            format!(
+                "relative L2 error {:.4}{}",
+                fidelity.fidelity.relative_l2,
+                if fidelity.data_free {
+                    " (estimated)"
+                } else {
+                    ""
+                }
+            )
+        }
     );
     let agreement = fidelity.fidelity.agreement;
     report.fidelity = Some(fidelity);
     if let Some(min) = min_agreement {
         if agreement < min {
             progress.phase("searching for the pruning that keeps the agreement");
-            let needed = least_pruning_keeping(
-                &pruner, &schedule, step, min, &probes, graph, options, data,
-            )?;
+            let needed =
+                least_pruning_keeping(&pruner, &schedule, step, min, &probes, graph, check)?;
             report.status = Status::FidelityTooLow;
             report.message = match needed {
                 Some(u) => format!(
@@ -367,8 +391,7 @@ pub fn fit_graph(
 }
 
 /// The use of the most pruned model (fewest steps below `step`) that still keeps `min`
-/// agreement, found by bisection (agreement falls as pruning grows).
-#[allow(clippy::too_many_arguments)]
+/// agreement on the check set, found by bisection (agreement falls as pruning grows).
 fn least_pruning_keeping(
     pruner: &Pruner,
     schedule: &Schedule,
@@ -376,13 +399,12 @@ fn least_pruning_keeping(
     min: f64,
     probes: &paoding_core::probes::Probes,
     graph: &Graph,
-    options: &FitOptions,
-    data: Option<&EvalData>,
+    check: &crate::check::CheckSet,
 ) -> Result<Option<Usage>, CliError> {
     let keeps = |k: usize| -> Result<(bool, Usage), CliError> {
         let p = pruner.apply(&schedule.counts(k), probes)?;
-        let f = measure(graph, &p.graph, &options.probes, data)?;
-        Ok((f.fidelity.agreement >= min, Usage::of(&p.graph)?))
+        let f = check.fidelity(&p.graph)?;
+        Ok((f.agreement >= min, Usage::of(&p.graph)?))
     };
     // Invariant: `lo` keeps the agreement (step 0 is the original), `hi` does not.
     let (mut lo, mut hi) = (0usize, step);
@@ -493,17 +515,8 @@ impl FitReport {
             }
         }
         if let Some(f) = &self.fidelity {
-            let _ = writeln!(
-                out,
-                "\n  fidelity on {}: agreement {:.2} %, KL mean {:.4}, relative L2 {:.4}",
-                f.inputs,
-                100.0 * f.fidelity.agreement,
-                f.fidelity.mean_kl,
-                f.fidelity.relative_l2
-            );
-            if let (Some(a), Some(b)) = (f.accuracy_before, f.accuracy_after) {
-                let _ = writeln!(out, "  accuracy {:.2} % -> {:.2} %", 100.0 * a, 100.0 * b);
-            }
+            out.push('\n');
+            out.push_str(&f.to_text("  "));
         }
         out
     }

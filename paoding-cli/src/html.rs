@@ -205,17 +205,37 @@ fn board(out: &mut String, r: &Value) {
     let f = &r["fidelity"];
     if f.is_object() {
         let fi = &f["fidelity"];
+        let data_free = f["data_free"].as_bool().unwrap_or(false);
+        let classifier = f["task"]["kind"].as_str() == Some("classifier");
         let _ = writeln!(
             out,
-            "<h3>Fidelity</h3>\n<p>On {}:</p>\n<table><tr><th>measure</th><th>value</th></tr>\
-             <tr><td>top-1 agreement with the original</td><td>{}</td></tr>\
-             <tr><td>KL mean / max (nats)</td><td>{:.4} / {:.4}</td></tr>\
-             <tr><td>relative L2 error</td><td>{:.4}</td></tr>",
-            escape(f["inputs"].as_str().unwrap_or("")),
-            pct(fi["agreement"].as_f64()),
-            fi["mean_kl"].as_f64().unwrap_or(f64::NAN),
-            fi["max_kl"].as_f64().unwrap_or(f64::NAN),
-            fi["relative_l2"].as_f64().unwrap_or(f64::NAN)
+            "<h3>Fidelity</h3>\n<p>{} {}:</p>\n<table><tr><th>measure</th><th>value</th></tr>",
+            if data_free {
+                "Estimated without data on"
+            } else {
+                "Measured on"
+            },
+            escape(f["inputs"].as_str().unwrap_or(""))
+        );
+        if classifier {
+            let interval = &fi["agreement_interval"];
+            let _ = writeln!(
+                out,
+                "<tr><td>top-1 agreement with the original{}</td><td>{} (95 % interval {} – {})</td></tr>\
+                 <tr><td>KL mean / max (nats)</td><td>{:.4} / {:.4}</td></tr>",
+                if data_free { ", estimated" } else { "" },
+                pct(fi["agreement"].as_f64()),
+                pct(interval[0].as_f64()),
+                pct(interval[1].as_f64()),
+                fi["mean_kl"].as_f64().unwrap_or(f64::NAN),
+                fi["max_kl"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "<tr><td>relative L2 error (SNR)</td><td>{:.4} ({:.1} dB)</td></tr>",
+            fi["relative_l2"].as_f64().unwrap_or(f64::NAN),
+            fi["snr_db"].as_f64().unwrap_or(f64::NAN)
         );
         if f["accuracy_before"].is_number() {
             let _ = writeln!(
@@ -225,7 +245,25 @@ fn board(out: &mut String, r: &Value) {
                 pct(f["accuracy_after"].as_f64())
             );
         }
+        let rb = &f["robustness"];
+        if rb.is_object() {
+            let _ = writeln!(
+                out,
+                "<tr><td>FGSM robustness at ε = {:.3}: original → pruned (retained)</td><td>{} → {} ({})</td></tr>",
+                rb["epsilon"].as_f64().unwrap_or(f64::NAN),
+                pct(rb["original"].as_f64()),
+                pct(rb["pruned"].as_f64()),
+                pct(rb["retention"].as_f64())
+            );
+        }
         let _ = writeln!(out, "</table>");
+        for w in f["warnings"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "<p class=\"bad\">Warning: {}</p>",
+                escape(w.as_str().unwrap_or(""))
+            );
+        }
     }
     shortfalls(out, r);
 }

@@ -3,6 +3,7 @@
 //! Firmware build scripts can call it directly.
 
 pub mod chart;
+pub mod check;
 pub mod error;
 pub mod eval;
 pub mod export;

@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use paoding_cli::check::{CheckSet, DataArgs, LazyCheckSet};
 use paoding_cli::error::CliError;
 use paoding_cli::fit::{self as fit_cmd, BudgetOverrides, FitOptions};
+use paoding_cli::probes::{ProbeArgs, ProbeSource};
 use paoding_cli::progress::Progress;
-use paoding_cli::prune::{self as prune_cmd, EvalData, ProbeSettings};
-use paoding_cli::{export, import, npy, output, profile, report::InspectReport};
-use paoding_core::probes::Probes;
+use paoding_cli::prune as prune_cmd;
+use paoding_cli::{export, import, output, profile, report::InspectReport};
 use paoding_core::prune::PruneOptions;
 
 /// Exit code: success (the model fits, or nothing was checked).
@@ -103,14 +104,18 @@ struct PruneArgs {
     scope: paoding_core::prune::Scope,
     #[command(flatten)]
     widths: WidthArgs,
+    /// The refit's probes: uniform, invert (class-conditional inversion), bn (BatchNorm
+    /// statistics), auto (the best the model allows), or a .npy file of inputs (as --data).
+    #[arg(long, default_value = "auto", value_parser = paoding_cli::probes::parse_source)]
+    probes: ProbeSource,
     #[command(flatten)]
-    probes: ProbeArgs,
+    probe_args: ProbeArgs,
     #[command(flatten)]
     data: DataArgs,
     /// Where to write the pruned ONNX model.
     #[arg(short, long)]
     output: PathBuf,
-    /// Print the report as JSON (schema paoding.prune/1).
+    /// Print the report as JSON (schema paoding.prune/2).
     #[arg(long)]
     json: bool,
 }
@@ -153,13 +158,18 @@ struct FitArgs {
     /// global (importance per unit of the binding resource, the default) or uniform.
     #[arg(long, default_value = "global", value_parser = prune_cmd::parse_scope)]
     scope: paoding_core::prune::Scope,
-    /// Refuse a result whose top-1 agreement with the original falls below this (0..1).
+    /// Refuse a result whose top-1 agreement with the original falls below this (0..1),
+    /// measured on --data, else estimated on the data-free check set.
     #[arg(long)]
     min_agreement: Option<f64>,
     #[command(flatten)]
     widths: WidthArgs,
+    /// The refit's probes: uniform, invert (class-conditional inversion), bn (BatchNorm
+    /// statistics), auto (the best the model allows), or a .npy file of inputs (as --data).
+    #[arg(long, default_value = "auto", value_parser = paoding_cli::probes::parse_source)]
+    probes: ProbeSource,
     #[command(flatten)]
-    probes: ProbeArgs,
+    probe_args: ProbeArgs,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -181,60 +191,12 @@ struct WidthArgs {
     max_layer_ratio: f64,
 }
 
-/// Real data to measure fidelity on, shared by `prune` and `fit`.
-#[derive(Args)]
-struct DataArgs {
-    /// Real inputs to measure fidelity on (.npy: [N, the model's input dims without its
-    /// batch axis], in the model's layout).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Labels of --data (.npy of class indices), for accuracy before and after.
-    #[arg(long, requires = "data")]
-    labels: Option<PathBuf>,
-}
-
 fn parse_bytes(s: &str) -> Result<u64, String> {
     paoding_core::profile::parse_quantity(s, 1024)
 }
 
 fn parse_count(s: &str) -> Result<u64, String> {
     paoding_core::profile::parse_quantity(s, 1000)
-}
-
-#[derive(Args)]
-struct ProbeArgs {
-    /// Range of the model's inputs, for data-free probes: lo,hi.
-    #[arg(long, default_value = "0,1", value_parser = prune_cmd::parse_range)]
-    input_range: (f32, f32),
-    /// Most probe inputs (fewer on large models, within a work budget).
-    #[arg(long, default_value_t = prune_cmd::DEFAULT_PROBE_COUNT)]
-    probe_count: usize,
-    /// Seed of the probes.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// The refit's probes: uniform, invert (class-conditional inversion), bn (BatchNorm
-    /// statistics), auto (the best the model allows), or a .npy file of inputs (as --data).
-    #[arg(long, default_value = "auto", value_parser = paoding_cli::probes::parse_source)]
-    probes: paoding_cli::probes::ProbeSource,
-    /// Cache folder for synthesized probes (default: $PAODING_CACHE_DIR, else ~/.cache/paoding).
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
-}
-
-impl ProbeArgs {
-    fn settings(&self) -> ProbeSettings {
-        ProbeSettings {
-            count: self.probe_count.max(1),
-            input_range: self.input_range,
-            seed: self.seed,
-            source: self.probes.clone(),
-            cache_dir: self
-                .cache_dir
-                .clone()
-                .or_else(paoding_cli::probes::default_cache_dir),
-            with_bn_stats: None,
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -329,22 +291,6 @@ fn run(command: Command) -> Result<u8, CliError> {
     }
 }
 
-fn load_data(
-    g: &paoding_core::ir::Graph,
-    data: Option<&PathBuf>,
-    labels: Option<&PathBuf>,
-) -> Result<Option<EvalData>, CliError> {
-    let Some(path) = data else { return Ok(None) };
-    let sample = g.values[g.input].len();
-    let (n, xs) = npy::read_inputs(path, g.shape(g.input))?;
-    let labels = labels.map(|l| npy::read_labels(l, n)).transpose()?;
-    Ok(Some(EvalData {
-        inputs: Probes::from_batch(xs, sample)?,
-        labels,
-        source: format!("{} ({n} samples)", path.display()),
-    }))
-}
-
 fn fit(a: FitArgs) -> Result<u8, CliError> {
     let fleet = a.profile.len() > 1;
     for path in [&a.output, &a.onnx].into_iter().flatten() {
@@ -383,7 +329,8 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     progress.phase("importing");
     let imported = import::import_onnx(a.model.as_ref())?;
     let g = &imported.graph;
-    let data = load_data(g, a.data.data.as_ref(), a.data.labels.as_ref())?;
+    let probes = a.probe_args.settings(&imported, a.probes.clone())?;
+    let check = LazyCheckSet::new(g, &probes, a.data.clone());
     let options = FitOptions {
         overrides: BudgetOverrides {
             flash_bytes: a.flash,
@@ -395,10 +342,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         scope: a.scope,
         refit: a.widths.no_refit.then_some(false),
         min_agreement: a.min_agreement,
-        probes: ProbeSettings {
-            with_bn_stats: imported.with_bn_stats.clone().map(std::sync::Arc::new),
-            ..a.probes.settings()
-        },
+        probes: probes.clone(),
         min_units: a.widths.min_units,
         round_to: a.widths.round_to.max(1),
         max_layer_ratio: a.widths.max_layer_ratio,
@@ -409,7 +353,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     let mut all_ok = true;
     for p in &profiles {
         progress.set_prefix(&p.name);
-        let fitted = fit_cmd::fit_graph(&a.model, g, p, &options, data.as_ref(), &progress)?;
+        let fitted = fit_cmd::fit_graph(&a.model, g, p, &options, &check, &progress)?;
         if let (Some(out), Some(blob)) = (&a.output, &fitted.blob) {
             files.push((name(out, p), blob.clone()));
         }
@@ -474,6 +418,7 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
     progress.phase("importing");
     let imported = import::import_onnx(a.model.as_ref())?;
     let g = &imported.graph;
+    let probes = a.probe_args.settings(&imported, a.probes.clone())?;
     let options = PruneOptions {
         method: a.method,
         scope: a.scope,
@@ -482,19 +427,11 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
         min_units: a.widths.min_units,
         round_to: a.widths.round_to.max(1),
         max_layer_ratio: a.widths.max_layer_ratio,
-        input_range: a.probes.input_range,
+        input_range: probes.input_range,
         ..Default::default()
     };
-    if a.probes.probe_count == 0 {
-        return Err(CliError::Usage("--probe-count must be at least 1".into()));
-    }
-    let probes = ProbeSettings {
-        with_bn_stats: imported.with_bn_stats.clone().map(std::sync::Arc::new),
-        ..a.probes.settings()
-    };
-    let data = load_data(g, a.data.data.as_ref(), a.data.labels.as_ref())?;
-    let (pruned, report) =
-        prune_cmd::prune(&a.model, g, &options, &probes, data.as_ref(), &progress)?;
+    let check = CheckSet::build(g, &probes, &a.data, &progress)?;
+    let (pruned, report) = prune_cmd::prune(&a.model, g, &options, &probes, &check, &progress)?;
     drop(progress);
     export::save_onnx(
         &pruned,

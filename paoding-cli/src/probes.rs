@@ -1,19 +1,230 @@
-//! Where probe inputs come from: `--probes uniform|invert|bn|auto|FILE.npy`.
+//! Where probe inputs come from: `--probes uniform|invert|bn|auto|FILE.npy`, how many, over
+//! which input range (given, implied by the file, or assumed), and the cache they are kept in.
 //!
 //! Synthesized probes are cached, keyed by a hash of the model and of the synthesis
 //! settings, so a fit search or a re-run never synthesizes the same probes twice.
 
 use std::path::{Path, PathBuf};
 
+use paoding_core::cost::ModelCost;
+use paoding_core::estimate::{self, InputRange, Task};
 use paoding_core::ir::Graph;
 use paoding_core::plan::MemoryPlan;
 use paoding_core::probes::Probes;
 use paoding_core::synth::{self, SynthMethod, SynthOptions};
 use serde::Serialize;
 
+use crate::check::CheckSource;
 use crate::error::CliError;
+use crate::import::Imported;
 use crate::progress::Progress;
-use crate::prune::ProbeSettings;
+
+/// Most probe inputs by default, for every command (`prune`, `fit`, `sweep`, `eval`), so that
+/// a sweep point reproduces `prune --ratio`.
+pub const DEFAULT_PROBE_COUNT: usize = 512;
+
+/// The probe options every command shares: the input range, how many probes, their seed,
+/// the data-free check set, the cache.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// Range of the model's inputs, lo,hi: data-free probes are drawn from it (and synthesized
+    /// ones clamped to it), FGSM clips to it. Default: what the file implies (an input
+    /// normalisation, the first batch norm's statistics, an autoencoder's reconstructions),
+    /// else [0, 1], and every report says which.
+    #[arg(long, value_parser = crate::prune::parse_range, allow_hyphen_values = true)]
+    pub input_range: Option<(f32, f32)>,
+    /// Most probe inputs, for the refit and for the data-free check set each (fewer on large
+    /// models, within a work budget).
+    #[arg(long, default_value_t = DEFAULT_PROBE_COUNT)]
+    pub probe_count: usize,
+    /// Seed of the probes (the check set takes a seed derived from it, never the refit's).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// What fidelity is measured on without --data: auto (probes synthesized like the
+    /// refit's but held out from it, the default), uniform, or a .npy file of inputs.
+    #[arg(long, default_value = "auto", value_parser = crate::check::parse_source)]
+    pub check_probes: CheckSource,
+    /// Cache folder for synthesized probes (default: $PAODING_CACHE_DIR, else
+    /// ~/.cache/paoding).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl ProbeArgs {
+    /// The settings these arguments give for an imported model, with the refit's `source`.
+    pub fn settings(
+        &self,
+        imported: &Imported,
+        source: ProbeSource,
+    ) -> Result<ProbeSettings, CliError> {
+        if self.probe_count == 0 {
+            return Err(CliError::Usage("--probe-count must be at least 1".into()));
+        }
+        ProbeSettings::for_model(
+            imported,
+            self.input_range,
+            ProbeSettings {
+                count: self.probe_count,
+                seed: self.seed,
+                source,
+                check: self.check_probes.clone(),
+                cache_dir: self.cache_dir.clone().or_else(default_cache_dir),
+                ..Default::default()
+            },
+        )
+    }
+}
+
+/// Where the input range of the data-free probes came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum RangeSource {
+    /// `--input-range`.
+    Given,
+    /// Implied by the model file ([`paoding_core::estimate::implied_input_range`], or an
+    /// autoencoder's reconstructions).
+    Implied {
+        /// What in the file implied it.
+        source: String,
+    },
+    /// Nothing tells it: [0, 1] is assumed.
+    Assumed,
+}
+
+/// Where probe inputs come from, and how many.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeSettings {
+    /// Most probes (fewer on large models, see [`ProbeSettings::count_for`]).
+    pub count: usize,
+    /// Input range the probes are drawn from (and synthesized probes clamped to).
+    pub input_range: (f32, f32),
+    /// Where that range came from.
+    pub range_source: RangeSource,
+    /// Seed of the draws.
+    pub seed: u64,
+    /// What the refit's probes are.
+    pub source: ProbeSource,
+    /// What the data-free fidelity check runs on (without `--data`).
+    pub check: CheckSource,
+    /// Where synthesized probes are cached (`None`: not cached).
+    pub cache_dir: Option<PathBuf>,
+    /// The model with its batch norms and their running statistics
+    /// ([`crate::import::Imported::with_bn_stats`]): synthesis runs on it, so `bn` and `auto`
+    /// can match the statistics the folded graph no longer has.
+    #[serde(skip)]
+    pub with_bn_stats: Option<std::sync::Arc<Graph>>,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            count: DEFAULT_PROBE_COUNT,
+            input_range: (0.0, 1.0),
+            range_source: RangeSource::Assumed,
+            seed: 0,
+            source: ProbeSource::Auto,
+            check: CheckSource::Auto,
+            cache_dir: default_cache_dir(),
+            with_bn_stats: None,
+        }
+    }
+}
+
+/// Model evaluations (in MACs) one pass over the probes may cost: beyond it, fewer probes
+/// are used, so that pruning a large model stays interactive. Convolutions see many
+/// observations per probe (one per output position), so they need far fewer probes.
+const PROBE_WORK_MACS: u64 = 400_000_000;
+/// Fewest probes used, whatever the model costs.
+const MIN_PROBES: usize = 16;
+
+impl ProbeSettings {
+    /// Settings for an imported model: its batch-norm statistics, and the input range
+    /// `given` on the command line, else the one the file implies, else [0, 1] (assumed).
+    pub fn for_model(
+        imported: &Imported,
+        given: Option<(f32, f32)>,
+        base: ProbeSettings,
+    ) -> Result<Self, CliError> {
+        let (input_range, range_source) = match given {
+            Some(r) => (r, RangeSource::Given),
+            None => match implied_range(imported)? {
+                Some(r) => ((r.lo, r.hi), RangeSource::Implied { source: r.source }),
+                None => ((0.0, 1.0), RangeSource::Assumed),
+            },
+        };
+        Ok(ProbeSettings {
+            input_range,
+            range_source,
+            with_bn_stats: imported.with_bn_stats.clone().map(std::sync::Arc::new),
+            ..base
+        })
+    }
+
+    /// How many probes a model of this cost gets: the requested count, capped by the work budget.
+    pub fn count_for(&self, g: &Graph) -> usize {
+        let macs = ModelCost::new(g, Default::default()).macs.max(1);
+        let affordable = (PROBE_WORK_MACS / macs) as usize;
+        self.count.min(affordable.max(MIN_PROBES)).max(1)
+    }
+
+    /// The probes the refit uses when they are uniform.
+    pub fn refit_probes(&self, g: &Graph) -> Probes {
+        self.uniform(g, self.seed)
+    }
+
+    /// The seed of the held-out check set: never the refit's.
+    pub fn check_seed(&self) -> u64 {
+        self.seed ^ 0x5EED_F1DE
+    }
+
+    /// Uniform probes from the input range with another seed than the refit's.
+    pub fn uniform_check_probes(&self, g: &Graph) -> Probes {
+        self.uniform(g, self.check_seed())
+    }
+
+    fn uniform(&self, g: &Graph, seed: u64) -> Probes {
+        let (lo, hi) = self.input_range;
+        Probes::uniform(g.values[g.input].len(), self.count_for(g), lo, hi, seed)
+    }
+
+    /// The input range and where it came from, for reports.
+    pub fn range_text(&self) -> String {
+        let (lo, hi) = self.input_range;
+        match &self.range_source {
+            RangeSource::Given => format!("input range [{lo}, {hi}] (--input-range)"),
+            RangeSource::Implied { source } => format!("input range [{lo}, {hi}] ({source})"),
+            RangeSource::Assumed => format!(
+                "input range [{lo}, {hi}] (assumed: nothing in the file tells it; pass --input-range lo,hi if the model's inputs lie elsewhere)"
+            ),
+        }
+    }
+
+    /// The model synthesis runs on: the one with its batch norms when the importer kept
+    /// them (the same function, the same input).
+    pub fn synthesis_graph<'a>(&'a self, g: &'a Graph) -> &'a Graph {
+        self.with_bn_stats
+            .as_deref()
+            .filter(|s| {
+                s.shape(s.input) == g.shape(g.input) && s.shape(s.output) == g.shape(g.output)
+            })
+            .unwrap_or(g)
+    }
+}
+
+/// The input range the file implies: an input normalisation or the first batch norm's
+/// statistics ([`estimate::implied_input_range`]), or for an autoencoder the range of its
+/// reconstructions of uniform noise in [0, 1] (its decoder ends at the data's scale).
+fn implied_range(imported: &Imported) -> Result<Option<InputRange>, CliError> {
+    if let Some(r) = &imported.input_range {
+        return Ok(Some(r.clone()));
+    }
+    let g = &imported.graph;
+    if estimate::task(g) == Task::Autoencoder {
+        let noise = Probes::uniform(g.values[g.input].len(), 64, 0.0, 1.0, 0x5CA1E);
+        return Ok(estimate::reconstruction_range(g, &noise)?);
+    }
+    Ok(None)
+}
 
 /// What the refit's probes are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -76,13 +287,7 @@ pub fn resolve(
     progress: &Progress,
 ) -> Result<ResolvedProbes, CliError> {
     let sample = g.values[g.input].len();
-    // Synthesis runs on the model with its batch norms when the importer kept them (the same
-    // function, the same input).
-    let synth_graph = settings
-        .with_bn_stats
-        .as_deref()
-        .filter(|s| s.shape(s.input) == g.shape(g.input) && s.shape(s.output) == g.shape(g.output))
-        .unwrap_or(g);
+    let synth_graph = settings.synthesis_graph(g);
     let method = match source {
         ProbeSource::File(path) => {
             let (n, xs) = crate::npy::read_inputs(path, g.shape(g.input))?;
@@ -100,14 +305,7 @@ pub fn resolve(
     let count = settings.count_for(g);
     // `auto` never spends more than a bounded effort: on models too costly to invert in that
     // budget it keeps uniform probes (and says so); `invert`/`bn` asked explicitly always run.
-    let macs = paoding_core::cost::ModelCost::new(g, Default::default())
-        .macs
-        .max(1);
-    let synthesis_work = (count * SYNTH_STEPS) as u64 * 2 * macs;
-    let method = if *source == ProbeSource::Auto
-        && method != SynthMethod::Uniform
-        && synthesis_work > AUTO_SYNTH_WORK_MACS
-    {
+    let method = if *source == ProbeSource::Auto && over_auto_budget(g, count) {
         SynthMethod::Uniform
     } else {
         method
@@ -138,20 +336,20 @@ pub fn resolve(
         method,
         ..Default::default()
     };
-    let key = cache_key(synth_graph, &options)?;
-    let file = cache.map(|dir| dir.join(format!("probes-{key:016x}.npy")));
-    if let Some(f) = &file {
-        if let Ok((n, xs)) = crate::npy::read_inputs(f, g.shape(g.input)) {
-            if n == count {
-                let mut probes = Probes::from_batch(xs, sample)?;
-                probes.off_distribution = !matches!(method, SynthMethod::Bn | SynthMethod::Both);
-                return Ok(ResolvedProbes {
-                    probes,
-                    description: format!("{count} probes by {name} (cached {})", f.display()),
-                    method: name.into(),
-                });
-            }
-        }
+    let file = cache_file(cache, synth_graph, &options, "")?;
+    if let Some(mut probes) = read_cached(file.as_deref(), g, count) {
+        probes.off_distribution = !matches!(method, SynthMethod::Bn | SynthMethod::Both);
+        return Ok(ResolvedProbes {
+            probes,
+            description: format!(
+                "{count} probes by {name} (cached {})",
+                file.as_deref()
+                    .map(Path::display)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default()
+            ),
+            method: name.into(),
+        });
     }
     let what = format!("synthesizing {count} probes, step");
     let (probes, report) =
@@ -174,15 +372,7 @@ pub fn resolve(
         settings.seed,
         report.on_target
     );
-    if let Some(f) = &file {
-        // A cache that cannot be written is not an error: the probes are still good.
-        if f.parent()
-            .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
-            && write_probes(f, g, &probes).is_ok()
-        {
-            description.push_str(&format!("; cached {}", f.display()));
-        }
-    }
+    description.push_str(&write_cached(file.as_deref(), g, &probes));
     Ok(ResolvedProbes {
         probes,
         description,
@@ -190,12 +380,20 @@ pub fn resolve(
     })
 }
 
-fn method_name(m: SynthMethod) -> &'static str {
+/// Whether synthesizing `count` probes for `g` would exceed what `auto` may spend.
+pub(crate) fn over_auto_budget(g: &Graph, count: usize) -> bool {
+    let macs = ModelCost::new(g, Default::default()).macs.max(1);
+    (count * SYNTH_STEPS) as u64 * 2 * macs > AUTO_SYNTH_WORK_MACS
+}
+
+/// How reports name a synthesis method.
+pub(crate) fn method_name(m: SynthMethod) -> &'static str {
     match m {
         SynthMethod::Uniform => "uniform",
         SynthMethod::Invert => "class-conditional inversion",
         SynthMethod::Bn => "BatchNorm-statistics matching",
         SynthMethod::Both => "inversion with BatchNorm-statistics matching",
+        SynthMethod::Reconstruct => "the autoencoder's reconstructions of uniform noise",
     }
 }
 
@@ -211,16 +409,47 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/paoding"))
 }
 
-/// FNV-1a over the model's runtime blob (its exact weights and structure) and the settings.
-fn cache_key(g: &Graph, options: &SynthOptions) -> Result<u64, CliError> {
+/// The cache file of probes synthesized for `g` with `options` (`tag` tells apart what is
+/// done to them afterwards): FNV-1a over the model's runtime blob (its exact weights and
+/// structure), the settings and the tag. `None` without a cache folder.
+pub(crate) fn cache_file(
+    cache: Option<&Path>,
+    g: &Graph,
+    options: &SynthOptions,
+    tag: &str,
+) -> Result<Option<PathBuf>, CliError> {
+    let Some(dir) = cache else { return Ok(None) };
     let blob = paoding_core::blob::write_blob(g, &MemoryPlan::new(g))?;
     let settings = serde_json::to_vec(options).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in blob.iter().chain(&settings) {
+    for b in blob.iter().chain(&settings).chain(tag.as_bytes()) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    Ok(h)
+    Ok(Some(dir.join(format!("probes-{h:016x}.npy"))))
+}
+
+/// Probes read back from the cache, when the file is there and holds `count` inputs of `g`.
+pub(crate) fn read_cached(file: Option<&Path>, g: &Graph, count: usize) -> Option<Probes> {
+    let (n, xs) = crate::npy::read_inputs(file?, g.shape(g.input)).ok()?;
+    (n == count)
+        .then(|| Probes::from_batch(xs, g.values[g.input].len()).ok())
+        .flatten()
+}
+
+/// Write probes to the cache; says where for a report (`; cached FILE`), or nothing when
+/// there is no cache or it cannot be written (not an error: the probes are still good).
+pub(crate) fn write_cached(file: Option<&Path>, g: &Graph, probes: &Probes) -> String {
+    match file {
+        Some(f)
+            if f.parent()
+                .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+                && write_probes(f, g, probes).is_ok() =>
+        {
+            format!("; cached {}", f.display())
+        }
+        _ => String::new(),
+    }
 }
 
 fn write_probes(path: &Path, g: &Graph, probes: &Probes) -> Result<(), CliError> {

@@ -1,100 +1,22 @@
 //! `paoding prune`: prune an imported model by a ratio and report what changed — sizes before
-//! and after, per-layer widths, and fidelity on probe inputs (or real data).
+//! and after, per-layer widths, and fidelity on the check set (real data, or estimated on a
+//! held-out data-free set).
 
 use std::fmt::Write as _;
 
 use paoding_core::cost::ModelCost;
-use paoding_core::fidelity::{self, Fidelity};
-use paoding_core::interp;
 use paoding_core::ir::Graph;
-use paoding_core::probes::Probes;
 use paoding_core::prune::{LayerChange, Method, PruneOptions, Pruner, Scope};
 use serde::Serialize;
 
+use crate::check::{CheckSet, FidelityReport};
 use crate::error::CliError;
+use crate::probes::ProbeSettings;
 use crate::progress::Progress;
 
-/// Version tag of the JSON layout.
-pub const PRUNE_SCHEMA: &str = "paoding.prune/1";
-
-/// Most probe inputs by default, for every command (`prune`, `fit`, `sweep`, `eval`), so that
-/// a sweep point reproduces `prune --ratio`.
-pub const DEFAULT_PROBE_COUNT: usize = 512;
-
-/// Where probe inputs come from, and how many.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProbeSettings {
-    /// Most probes (fewer on large models, see [`ProbeSettings::count_for`]).
-    pub count: usize,
-    /// Input range the probes are drawn from (and synthesized probes clamped to).
-    pub input_range: (f32, f32),
-    /// Seed of the draws.
-    pub seed: u64,
-    /// What the refit's probes are.
-    pub source: crate::probes::ProbeSource,
-    /// Where synthesized probes are cached (`None`: not cached).
-    pub cache_dir: Option<std::path::PathBuf>,
-    /// The model with its batch norms and their running statistics
-    /// ([`crate::import::Imported::with_bn_stats`]): synthesis runs on it, so `bn` and `auto`
-    /// can match the statistics the folded graph no longer has.
-    #[serde(skip)]
-    pub with_bn_stats: Option<std::sync::Arc<Graph>>,
-}
-
-impl Default for ProbeSettings {
-    fn default() -> Self {
-        ProbeSettings {
-            count: DEFAULT_PROBE_COUNT,
-            input_range: (0.0, 1.0),
-            seed: 0,
-            source: crate::probes::ProbeSource::Auto,
-            cache_dir: crate::probes::default_cache_dir(),
-            with_bn_stats: None,
-        }
-    }
-}
-
-/// Model evaluations (in MACs) one pass over the probes may cost: beyond it, fewer probes
-/// are used, so that pruning a large model stays interactive. Convolutions see many
-/// observations per probe (one per output position), so they need far fewer probes.
-const PROBE_WORK_MACS: u64 = 400_000_000;
-/// Fewest probes used, whatever the model costs.
-const MIN_PROBES: usize = 16;
-
-impl ProbeSettings {
-    /// How many probes a model of this cost gets: the requested count, capped by the work budget.
-    pub fn count_for(&self, g: &Graph) -> usize {
-        let macs = ModelCost::new(g, Default::default()).macs.max(1);
-        let affordable = (PROBE_WORK_MACS / macs) as usize;
-        self.count.min(affordable.max(MIN_PROBES)).max(1)
-    }
-
-    /// The probes the refit uses.
-    pub fn refit_probes(&self, g: &Graph) -> Probes {
-        self.uniform(g, self.seed)
-    }
-
-    /// Fresh probes (another seed) to measure fidelity on inputs the refit never saw.
-    pub fn check_probes(&self, g: &Graph) -> Probes {
-        self.uniform(g, self.seed ^ 0x5EED_F1DE)
-    }
-
-    fn uniform(&self, g: &Graph, seed: u64) -> Probes {
-        let (lo, hi) = self.input_range;
-        Probes::uniform(g.values[g.input].len(), self.count_for(g), lo, hi, seed)
-    }
-}
-
-/// Real inputs (and optionally labels) to evaluate on.
-#[derive(Debug, Clone)]
-pub struct EvalData {
-    /// Inputs, sample after sample.
-    pub inputs: Probes,
-    /// Class labels, one per sample.
-    pub labels: Option<Vec<usize>>,
-    /// Where they came from, for the report.
-    pub source: String,
-}
+/// Version tag of the JSON layout (2: fidelity on the check set, with its interval,
+/// robustness and warnings).
+pub const PRUNE_SCHEMA: &str = "paoding.prune/2";
 
 /// Size of a model, as every report states it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,19 +42,6 @@ impl Size {
             arena_bytes: c.arena_bytes,
         }
     }
-}
-
-/// Fidelity of the pruned model, and accuracy when labels were given.
-#[derive(Debug, Clone, Serialize)]
-pub struct FidelityReport {
-    /// What the comparison ran on (`uniform probes ...` or the data file).
-    pub inputs: String,
-    /// Agreement, KL and relative L2 against the original.
-    pub fidelity: Fidelity,
-    /// Accuracy of the original, with labels.
-    pub accuracy_before: Option<f64>,
-    /// Accuracy of the pruned model, with labels.
-    pub accuracy_after: Option<f64>,
 }
 
 /// Everything `paoding prune` says.
@@ -162,13 +71,13 @@ pub struct PruneReport {
     pub fidelity: FidelityReport,
 }
 
-/// Prune `graph` and measure the result, showing each phase on `progress`.
+/// Prune `graph` and measure the result on `check`, showing each phase on `progress`.
 pub fn prune(
     model: &str,
     graph: &Graph,
     options: &PruneOptions,
     probes: &ProbeSettings,
-    data: Option<&EvalData>,
+    check: &CheckSet,
     progress: &Progress,
 ) -> Result<(Graph, PruneReport), CliError> {
     if !(0.0..1.0).contains(&options.ratio) {
@@ -207,7 +116,7 @@ pub fn prune(
     });
     let pruned = pruner.apply(&pruner.counts_for_ratio(options.ratio), &resolved.probes)?;
     progress.phase("measuring fidelity");
-    let fidelity = measure(graph, &pruned.graph, probes, data)?;
+    let fidelity = check.measure(&pruned.graph)?;
     let report = PruneReport {
         schema: PRUNE_SCHEMA,
         model: model.to_string(),
@@ -222,37 +131,6 @@ pub fn prune(
         fidelity,
     };
     Ok((pruned.graph, report))
-}
-
-/// Compare two models on real data (with accuracy when labelled) or on fresh probes.
-pub fn measure(
-    original: &Graph,
-    pruned: &Graph,
-    probes: &ProbeSettings,
-    data: Option<&EvalData>,
-) -> Result<FidelityReport, CliError> {
-    let (inputs, source) = match data {
-        Some(d) => (d.inputs.clone(), d.source.clone()),
-        None => (
-            probes.check_probes(original),
-            format!(
-                "{} uniform probes in [{}, {}] (no data given)",
-                probes.count_for(original),
-                probes.input_range.0,
-                probes.input_range.1
-            ),
-        ),
-    };
-    let a = interp::run_batch(original, &inputs.data)?;
-    let b = interp::run_batch(pruned, &inputs.data)?;
-    let per_sample = original.values[original.output].len();
-    let labels = data.and_then(|d| d.labels.as_ref());
-    Ok(FidelityReport {
-        inputs: source,
-        fidelity: fidelity::compare(&a, &b, per_sample),
-        accuracy_before: labels.map(|l| fidelity::accuracy(&a, per_sample, l)),
-        accuracy_after: labels.map(|l| fidelity::accuracy(&b, per_sample, l)),
-    })
 }
 
 /// Parse `--method`.
@@ -343,19 +221,8 @@ impl PruneReport {
         for (l, name) in self.layers.iter().zip(&names) {
             let _ = writeln!(out, "  {name:<width$} {:>5} -> {}", l.before, l.after);
         }
-        let f = &self.fidelity;
-        let _ = writeln!(out, "\nfidelity on {}:", f.inputs);
-        let _ = writeln!(
-            out,
-            "  top-1 agreement {:.2} %, KL mean {:.4} max {:.4}, relative L2 error {:.4}",
-            100.0 * f.fidelity.agreement,
-            f.fidelity.mean_kl,
-            f.fidelity.max_kl,
-            f.fidelity.relative_l2
-        );
-        if let (Some(x), Some(y)) = (f.accuracy_before, f.accuracy_after) {
-            let _ = writeln!(out, "  accuracy {:.2} % -> {:.2} %", 100.0 * x, 100.0 * y);
-        }
+        out.push('\n');
+        out.push_str(&self.fidelity.to_text(""));
         out
     }
 }

@@ -1,8 +1,9 @@
 //! `paoding sweep MODEL.onnx`: prune by every method and ratio (each time from the original),
 //! and measure size (parameters, exact flash bytes of the runtime blob, RAM, MACs) against
 //! accuracy (with labels) or top-1 agreement with the original, and FGSM robustness at one ε
-//! (white-box, on each pruned graph; see [`crate::eval`]). Writes an SVG chart
-//! ([`crate::chart`]), a CSV file and/or JSON.
+//! (white-box, on each pruned graph; see [`crate::eval`]), all on the check set
+//! ([`crate::check`]: the data, or estimated on the held-out data-free set). Writes an SVG
+//! chart ([`crate::chart`]), a CSV file and/or JSON.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,17 +15,19 @@ use paoding_core::ir::Graph;
 use paoding_core::prune::{Method, PruneOptions, Pruner, Scope};
 use serde::{Deserialize, Serialize};
 
+use crate::check::{CheckSet, DataArgs};
 use crate::error::CliError;
-use crate::eval::{self, Attack, DataArgs, EvalSet, Model};
-use crate::probes::ProbeSource;
+use crate::eval::{self, Attack, Model};
+use crate::probes::{ProbeArgs, ProbeSettings, ProbeSource};
 use crate::progress::Progress;
 
-/// Version tag of the JSON layout of `paoding sweep --json`.
-pub const SWEEP_SCHEMA: &str = "paoding.sweep/1";
+/// Version tag of the JSON layout of `paoding sweep --json` (2: measured on the check set,
+/// with the relative L2 error of every point).
+pub const SWEEP_SCHEMA: &str = "paoding.sweep/2";
 
 /// Header of the CSV file; one row per point, the original first (method `original`).
 pub const CSV_HEADER: &str = "method,ratio,params,params_removed_pct,flash_bytes,ram_bytes,macs,\
-accuracy_pct,agreement_pct,fgsm_eps,robustness_pct,robustness_retention_pct,attacked";
+accuracy_pct,agreement_pct,fgsm_eps,robustness_pct,robustness_retention_pct,attacked,relative_l2";
 
 /// One pruned model (or the original) of a sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +56,8 @@ pub struct SweepPoint {
     pub robustness_retention: Option<f64>,
     /// Samples attacked by FGSM.
     pub attacked: usize,
+    /// ‖outputs − original's‖ / ‖original's‖ (0 for the original).
+    pub relative_l2: f64,
 }
 
 /// Everything `paoding sweep` measured.
@@ -80,6 +85,9 @@ pub struct SweepReport {
     pub points: Vec<SweepPoint>,
     /// Wall time of the sweep.
     pub seconds: f64,
+    /// What makes the figures doubtful (a degenerate check set).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl SweepReport {
@@ -107,7 +115,7 @@ impl SweepReport {
         for p in std::iter::once(&self.original).chain(&self.points) {
             let _ = writeln!(
                 out,
-                "{},{},{},{:.4},{},{},{},{},{:.4},{},{},{},{}",
+                "{},{},{},{:.4},{},{},{},{},{:.4},{},{},{},{},{:.6}",
                 p.method,
                 p.ratio,
                 p.params,
@@ -120,7 +128,8 @@ impl SweepReport {
                 self.fgsm_eps,
                 opt(p.robustness),
                 opt(p.robustness_retention),
-                p.attacked
+                p.attacked,
+                p.relative_l2
             );
         }
         out
@@ -142,7 +151,7 @@ impl SweepReport {
         for (n, line) in lines.enumerate() {
             let f: Vec<&str> = line.split(',').map(str::trim).collect();
             let bad = |what: &str| format!("row {}: bad {what}: '{line}'", n + 2);
-            if f.len() != 13 {
+            if f.len() != 14 {
                 return Err(bad("number of fields"));
             }
             let num = |i: usize, what: &str| f[i].parse::<f64>().map_err(|_| bad(what));
@@ -170,6 +179,7 @@ impl SweepReport {
                 robustness: pct(10, "robustness_pct")?,
                 robustness_retention: pct(11, "robustness_retention_pct")?,
                 attacked: int(12, "attacked")? as usize,
+                relative_l2: num(13, "relative_l2")?,
             };
             if p.method == "original" {
                 original = Some(p);
@@ -189,6 +199,7 @@ impl SweepReport {
             original: original.ok_or("no 'original' row")?,
             points,
             seconds: 0.0,
+            warnings: Vec::new(),
         })
     }
 
@@ -228,7 +239,19 @@ impl SweepReport {
             self.scope,
             self.seconds
         );
-        let _ = writeln!(out, "measured on {}", self.inputs);
+        let _ = writeln!(
+            out,
+            "{} on {}",
+            if self.data_free {
+                "estimated without data"
+            } else {
+                "measured"
+            },
+            self.inputs
+        );
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
         let _ = writeln!(out, "refit on {}", self.refit_probes);
         let quality = if self.has_accuracy() {
             "accuracy"
@@ -335,16 +358,15 @@ pub struct SweepArgs {
     /// fit), uniform, invert, bn, or a .npy file.
     #[arg(long, default_value = "auto", value_parser = crate::probes::parse_source)]
     pub probes: ProbeSource,
-    /// Cache folder for synthesized probes.
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub probe_args: ProbeArgs,
     /// Write the chart here (SVG).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Write the measurements here (CSV, one row per point, the original first).
     #[arg(long)]
     pub csv: Option<PathBuf>,
-    /// Print the measurements as JSON (schema paoding.sweep/1) instead of a table.
+    /// Print the measurements as JSON (schema paoding.sweep/2) instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -361,39 +383,33 @@ pub struct SweepOptions {
     /// FGSM ε.
     pub fgsm_eps: f64,
     /// Refit probe settings (count, range, seed, source, cache).
-    pub probes: crate::prune::ProbeSettings,
+    pub probes: ProbeSettings,
 }
 
 /// What every point is measured against.
 struct Bench<'a> {
-    set: &'a EvalSet,
-    /// The original's predictions.
-    reference: Vec<usize>,
+    set: &'a CheckSet,
     original_params: u64,
     original_rate: Option<f64>,
     eps: f64,
-    range: (f32, f32),
 }
 
 fn point(b: &Bench<'_>, method: &str, ratio: f64, g: &Graph) -> Result<SweepPoint, CliError> {
     let Bench {
         set,
-        reference,
         original_params,
         original_rate,
         eps,
-        range,
     } = b;
-    let (original_params, eps, range) = (*original_params, *eps, *range);
+    let (original_params, eps, range) = (*original_params, *eps, set.input_range);
     let usage = Usage::of(g)?;
     let params = paoding_core::cost::ModelCost::new(g, Default::default()).params;
     let per = g.values[g.output].len();
     let out = eval::outputs(g, &set.inputs.data)?;
     let preds = eval::predictions(&out, per);
-    let agreement = preds.iter().zip(reference).filter(|(a, b)| a == b).count() as f64
-        / reference.len().max(1) as f64;
+    let fidelity = fidelity::compare(&set.reference, &out, per);
     let labels = set.labels.as_deref();
-    let robustness = if eval::is_classifier(g) {
+    let robustness = if set.task.is_classifier() {
         let attack = Attack::prepare(g, &set.inputs, &preds, labels)?;
         let model = Model::Graph(g.clone());
         Some(attack.robustness(&model, &set.inputs, eps, range)?)
@@ -414,13 +430,14 @@ fn point(b: &Bench<'_>, method: &str, ratio: f64, g: &Graph) -> Result<SweepPoin
         ram_bytes: usage.ram_bytes,
         macs: usage.macs,
         accuracy: labels.map(|l| fidelity::accuracy(&out, per, l)),
-        agreement,
+        agreement: fidelity.agreement,
         robustness: rate,
         robustness_retention: match (rate, *original_rate) {
             (Some(r), Some(o)) if o > 0.0 => Some(r / o),
             _ => None,
         },
         attacked: robustness.map_or(0, |r| r.attacked),
+        relative_l2: fidelity.relative_l2,
     })
 }
 
@@ -438,23 +455,19 @@ pub fn sweep(
     model: &str,
     g: &Graph,
     options: &SweepOptions,
-    set: &EvalSet,
+    set: &CheckSet,
     progress: &Progress,
 ) -> Result<SweepReport, CliError> {
     let start = Instant::now();
     progress.phase("measuring the original model");
-    let range = options.probes.input_range;
+    let range = set.input_range;
     let eps = options.fgsm_eps;
-    let original_out = eval::outputs(g, &set.inputs.data)?;
-    let reference = eval::predictions(&original_out, g.values[g.output].len());
     let original_params = paoding_core::cost::ModelCost::new(g, Default::default()).params;
     let mut bench = Bench {
         set,
-        reference,
         original_params,
         original_rate: None,
         eps,
-        range,
     };
     let mut original = point(&bench, "original", 0.0, g)?;
     original.robustness_retention = original.robustness.map(|_| 1.0);
@@ -502,6 +515,7 @@ pub fn sweep(
         original,
         points,
         seconds: start.elapsed().as_secs_f64(),
+        warnings: set.warnings.clone(),
     })
 }
 
@@ -517,15 +531,9 @@ pub fn run_sweep(args: SweepArgs) -> Result<u8, CliError> {
     let progress = Progress::on_stderr(!args.json);
     progress.phase("importing");
     let imported = crate::import::import_onnx(&args.model)?;
+    let probes = args.probe_args.settings(&imported, args.probes.clone())?;
     let g = imported.graph;
-    let set = args.data.load(&g)?;
-    let mut probes = args.data.probe_settings();
-    probes.source = args.probes.clone();
-    probes.with_bn_stats = imported.with_bn_stats.map(std::sync::Arc::new);
-    probes.cache_dir = args
-        .cache_dir
-        .clone()
-        .or_else(crate::probes::default_cache_dir);
+    let set = CheckSet::build(&g, &probes, &args.data, &progress)?;
     let options = SweepOptions {
         methods: args.methods.clone(),
         ratios: args.ratios.0.clone(),

@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 
 use paoding_cli::chart;
-use paoding_cli::eval::{self, DataArgs, EvalSet, Model};
+use paoding_cli::check::{CheckSet, DataArgs};
+use paoding_cli::eval::{self, Model};
+use paoding_cli::probes::ProbeSettings;
+use paoding_cli::progress::Progress;
 use paoding_cli::sweep::{self, SweepOptions, SweepReport};
 use paoding_core::ir::Graph;
 use paoding_core::prune::{Method, Scope};
@@ -22,14 +25,12 @@ fn import(name: &str) -> Graph {
         .graph
 }
 
-fn digits(g: &Graph) -> EvalSet {
-    DataArgs {
+fn digits(g: &Graph) -> CheckSet {
+    let data = DataArgs {
         data: Some(fixture("digits_test_x_nchw.npy")),
         labels: Some(fixture("digits_test_y.npy")),
-        ..Default::default()
-    }
-    .load(g)
-    .expect("digits load")
+    };
+    CheckSet::build(g, &ProbeSettings::default(), &data, &Progress::hidden()).expect("digits load")
 }
 
 #[test]
@@ -38,7 +39,7 @@ fn fgsm_keeps_everything_at_zero_and_is_non_increasing_in_epsilon() {
     let set = digits(&g);
     let epsilons = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2];
     let model = Model::Graph(g.clone());
-    let r = eval::evaluate("mlp", &g, "mlp", &model, &set, &epsilons, (0.0, 1.0)).unwrap();
+    let r = eval::evaluate("mlp", &g, "mlp", &model, &set, &epsilons).unwrap();
     assert_eq!(r.fgsm.len(), epsilons.len());
     // Attacked: the correctly classified samples (440 of 450, see tests/fixtures/README.md).
     assert_eq!(r.fgsm[0].original.attacked, 440);
@@ -98,7 +99,7 @@ fn a_pdg_candidate_runs_on_the_runtime_and_is_attacked_by_transfer() {
     let candidate = Model::load(&path).unwrap();
     assert!(candidate.graph().is_none());
     let set = digits(&g);
-    let r = eval::evaluate("cnn", &g, "cnn.pdg", &candidate, &set, &[0.05], (0.0, 1.0)).unwrap();
+    let r = eval::evaluate("cnn", &g, "cnn.pdg", &candidate, &set, &[0.05]).unwrap();
     assert_eq!(r.candidate_kind, "pdg");
     assert_eq!(r.fgsm_attack, "transfer");
     assert!(r.notes.iter().any(|n| n.contains("transfer attack")));
@@ -119,28 +120,26 @@ fn a_pdg_candidate_runs_on_the_runtime_and_is_attacked_by_transfer() {
 }
 
 #[test]
-fn without_data_the_report_says_it_used_probes() {
+fn without_data_the_report_says_it_used_held_out_probes() {
     let g = import("mlp_torch.onnx");
-    let set = DataArgs {
-        probe_count: 64,
+    let settings = ProbeSettings {
+        count: 64,
+        cache_dir: None,
         ..Default::default()
-    }
-    .load(&g)
-    .unwrap();
+    };
+    let set = CheckSet::build(&g, &settings, &DataArgs::default(), &Progress::hidden()).unwrap();
     assert!(set.data_free && set.labels.is_none());
-    let r = eval::evaluate(
-        "mlp",
-        &g,
-        "mlp",
-        &Model::Graph(g.clone()),
-        &set,
-        &[0.05],
-        (0.0, 1.0),
-    )
-    .unwrap();
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let r = eval::evaluate("mlp", &g, "mlp", &Model::Graph(g.clone()), &set, &[0.05]).unwrap();
     assert!(r.data_free);
-    assert!(r.inputs.contains("uniform probes"), "{}", r.inputs);
-    assert!(r.to_text().contains("no --data given"));
+    assert!(
+        r.inputs
+            .contains("64 held-out probes by class-conditional inversion"),
+        "{}",
+        r.inputs
+    );
+    assert!(r.inputs.contains("assumed"), "{}", r.inputs);
+    assert!(r.to_text().contains("estimated on"), "{}", r.to_text());
     assert_eq!(
         r.fgsm[0].original.attacked, 64,
         "without labels every sample is attacked"
@@ -156,21 +155,14 @@ fn small_sweep() -> SweepReport {
         ratios: vec![0.25, 0.5, 0.75],
         scope: Scope::Uniform,
         fgsm_eps: 0.05,
-        probes: paoding_cli::prune::ProbeSettings {
+        probes: ProbeSettings {
             count: 200,
             source: paoding_cli::probes::ProbeSource::Uniform,
             cache_dir: None,
             ..Default::default()
         },
     };
-    sweep::sweep(
-        "mlp_torch.onnx",
-        &g,
-        &options,
-        &set,
-        &paoding_cli::progress::Progress::hidden(),
-    )
-    .unwrap()
+    sweep::sweep("mlp_torch.onnx", &g, &options, &set, &Progress::hidden()).unwrap()
 }
 
 #[test]
@@ -289,7 +281,7 @@ fn sweep_measures_size_quality_and_robustness_and_charts_them() {
                 flash_bytes: Some(64 * 1024),
                 ..Default::default()
             },
-            probes: paoding_cli::prune::ProbeSettings {
+            probes: ProbeSettings {
                 count: 200,
                 source: paoding_cli::probes::ProbeSource::Uniform,
                 cache_dir: None,

@@ -11,12 +11,19 @@ pub struct Fidelity {
     pub samples: usize,
     /// Fraction of samples whose top-1 class is the same (classifiers).
     pub agreement: f64,
+    /// 95 % Wilson interval of the agreement over these samples
+    /// ([`crate::estimate::wilson`]): how far the figure may be from the same measurement on
+    /// many more samples of the same kind.
+    pub agreement_interval: (f64, f64),
     /// Mean KL(original ‖ pruned) of the softmax outputs, in nats.
     pub mean_kl: f64,
     /// Largest KL over the samples.
     pub max_kl: f64,
     /// ‖pruned − original‖ / ‖original‖ over all outputs.
     pub relative_l2: f64,
+    /// Signal-to-noise ratio of the pruned outputs, `-20 log10(relative_l2)` dB (capped at
+    /// 200 dB for identical outputs).
+    pub snr_db: f64,
 }
 
 /// Compare outputs sample by sample (`outputs_per_sample` values each). Outputs that are not
@@ -55,12 +62,15 @@ pub fn compare(original: &[f32], pruned: &[f32], outputs_per_sample: usize) -> F
         .map(|(a, b)| ((a - b) as f64) * ((a - b) as f64))
         .sum();
     let norm: f64 = original.iter().map(|a| (*a as f64) * (*a as f64)).sum();
+    let relative_l2 = libm::sqrt(diff / norm.max(1e-30));
     Fidelity {
         samples,
         agreement: agree as f64 / samples.max(1) as f64,
+        agreement_interval: crate::estimate::wilson(agree, samples),
         mean_kl: kl_sum / samples.max(1) as f64,
         max_kl: kl_max,
-        relative_l2: libm::sqrt(diff / norm.max(1e-30)),
+        relative_l2,
+        snr_db: (-20.0 * libm::log10(relative_l2.max(1e-10))).min(200.0),
     }
 }
 

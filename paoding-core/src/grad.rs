@@ -97,6 +97,19 @@ pub fn forward_batch(g: &Graph, xs: &[f32], batch: usize) -> Result<Vec<Vec<f32>
     }
     Ok(values)
 }
+/// The graph's outputs over a batch (whole samples back to back), evaluated in batched
+/// chunks of 128 samples so that memory stays bounded.
+pub fn outputs_batch(g: &Graph, xs: &[f32]) -> Result<Vec<f32>> {
+    const CHUNK: usize = 128;
+    let sample = g.values[g.input].len().max(1);
+    let mut out = Vec::with_capacity(xs.len() / sample * g.values[g.output].len());
+    for chunk in xs.chunks(sample * CHUNK) {
+        let mut values = forward_batch(g, chunk, chunk.len() / sample)?;
+        out.append(&mut values[g.output]);
+    }
+    Ok(out)
+}
+
 /// The value the class loss reads: the input of a final Softmax (the pre-softmax logits), or
 /// the output itself.
 pub fn logits_value(g: &Graph) -> ValueId {

@@ -27,6 +27,7 @@ extern crate std;
 pub mod blob;
 pub mod cost;
 pub mod error;
+pub mod estimate;
 pub mod fidelity;
 pub mod fit;
 pub mod grad;

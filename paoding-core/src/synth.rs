@@ -7,7 +7,7 @@
 //! - **Class-conditional inversion** (classifiers): probe `k` is driven towards class
 //!   `k mod C` by softmax cross-entropy on the pre-softmax logits, with a small
 //!   total-variation prior on image inputs (squared differences of neighbours along H and W).
-//!   A probe is finished once the model gives its class p ≥ 0.99 ([`CONFIDENT_CE`]): it no
+//!   A probe is finished once the model gives its class p ≥ 0.99 ([`STOP_CONFIDENCE`]): it no
 //!   longer moves nor costs anything, and synthesis ends when every probe is (or after
 //!   [`SynthOptions::steps`]).
 //!
@@ -70,6 +70,9 @@ pub enum SynthMethod {
     Bn,
     /// Both terms.
     Both,
+    /// Autoencoders ([`crate::estimate::Task::Autoencoder`]): the model's reconstructions of
+    /// seeded uniform noise, which lie where its decoder puts data.
+    Reconstruct,
 }
 
 /// Options of [`synthesize`].
@@ -82,7 +85,7 @@ pub struct SynthOptions {
     /// Adam learning rate, as a fraction of the input range (so that it means the same for
     /// inputs in [0, 1], [-1, 1] or [0, 255]). The default, 0.1, moves a value by up to a tenth
     /// of its range a step, enough for probes to leave their starting noise well within
-    /// the steps: on the depthwise digits CNN (jittered, pruned as in [`CONFIDENT_CE`]) 0.01
+    /// the steps: on the depthwise digits CNN (jittered, pruned as in [`STOP_CONFIDENCE`]) 0.01
     /// gave 88.6 %, 0.1 92.4 %; with BatchNorm matching on the residual CNN, 0.1 also cut the
     /// final BN loss of 0.01 threefold (99.6 % against 99.4 %).
     pub lr: f32,
@@ -91,6 +94,10 @@ pub struct SynthOptions {
     pub tv_weight: f32,
     /// Weight of the BatchNorm-statistics loss.
     pub bn_weight: f32,
+    /// Probability of its class at which an inverted probe is finished: it stops moving and
+    /// costs nothing more. [`STOP_CONFIDENCE`] for the refit's probes; the held-out check set
+    /// of the fidelity estimate goes deeper ([`crate::estimate::CHECK_STOP_CONFIDENCE`]).
+    pub stop_confidence: f32,
     /// Range the probes start in (uniformly) and are clamped to.
     pub input_range: (f32, f32),
     /// Seed of the starting noise.
@@ -113,6 +120,7 @@ impl Default for SynthOptions {
             lr: 0.1,
             tv_weight: 0.01,
             bn_weight: 1.0,
+            stop_confidence: STOP_CONFIDENCE,
             input_range: (0.0, 1.0),
             seed: 0,
             method: SynthMethod::Invert,
@@ -136,7 +144,10 @@ fn min_optimised(classes: Option<usize>, count: usize) -> usize {
 /// How many of `opts.count` probes are optimised: all of them if the work budget allows,
 /// else as many as it pays for (at least [`min_optimised`]).
 pub fn optimised_count(g: &Graph, opts: &SynthOptions) -> usize {
-    if effective(g, opts.method) == SynthMethod::Uniform {
+    if matches!(
+        effective(g, opts.method),
+        SynthMethod::Uniform | SynthMethod::Reconstruct
+    ) {
         return 0;
     }
     let macs = crate::cost::ModelCost::new(g, Default::default())
@@ -191,19 +202,28 @@ pub fn bn_layers(g: &Graph) -> Vec<(usize, ValueId)> {
 }
 
 /// The best objective the model allows: BN + class for a classifier with BN statistics,
-/// class inversion for other classifiers, BN alone for non-classifiers with statistics,
-/// uniform noise otherwise.
+/// class inversion for other classifiers, BN alone for other models with statistics,
+/// reconstructions for an autoencoder without them, uniform noise otherwise.
 pub fn auto_method(g: &Graph) -> SynthMethod {
-    match (classes(g).is_some(), !bn_layers(g).is_empty()) {
+    let task = crate::estimate::task(g);
+    match (task.is_classifier(), !bn_layers(g).is_empty()) {
         (true, true) => SynthMethod::Both,
         (true, false) => SynthMethod::Invert,
         (false, true) => SynthMethod::Bn,
+        (false, false) if task == crate::estimate::Task::Autoencoder => SynthMethod::Reconstruct,
         (false, false) => SynthMethod::Uniform,
     }
 }
 
 /// The objective that can run: the asked terms the model supports.
 fn effective(g: &Graph, asked: SynthMethod) -> SynthMethod {
+    if asked == SynthMethod::Reconstruct {
+        return if crate::estimate::task(g) == crate::estimate::Task::Autoencoder {
+            SynthMethod::Reconstruct
+        } else {
+            SynthMethod::Uniform
+        };
+    }
     let class = classes(g).is_some() && matches!(asked, SynthMethod::Invert | SynthMethod::Both);
     let bn = !bn_layers(g).is_empty() && matches!(asked, SynthMethod::Bn | SynthMethod::Both);
     match (class, bn) {
@@ -288,8 +308,7 @@ struct ProbeStats {
     pulling: bool,
 }
 
-/// Cross-entropy below which a probe's class term stops pulling: `-ln 0.99`, p(target) =
-/// 0.99.
+/// Probability of its class at which a refit probe is finished.
 ///
 /// A trained classifier is that confident on its own data (cross-entropy training drives
 /// p(target) towards 1; the depthwise digits CNN gives its held-out images 0.97 on average).
@@ -300,7 +319,7 @@ struct ProbeStats {
 /// seeds): 92.4 % with this target, 89.8 % with targets spread between 0.5 and 0.99 over the
 /// probes (the earlier choice); spreads from 0.99 to 0.999 or 0.9999 did no better and cost
 /// half as much again, as the last probes take long to get there.
-const CONFIDENT_CE: f32 = 0.010_050_336;
+pub const STOP_CONFIDENCE: f32 = 0.99;
 
 /// Largest jitter along a spatial axis of `len` pixels: an eighth of it (DeepInversion
 /// jitters 224-pixel images by up to 30, about the same), at least one pixel; none along an
@@ -486,6 +505,16 @@ pub fn synthesize_with_progress(
         report.optimised = 0;
         return (probes, report);
     }
+    if method == SynthMethod::Reconstruct {
+        report.optimised = 0;
+        // The model's forward pass cannot fail on a checked graph and its own input; if it
+        // ever did, the uniform probes stand.
+        if let Ok(data) = grad::outputs_batch(g, &probes.data) {
+            probes.data = data;
+            probes.off_distribution = true;
+        }
+        return (probes, report);
+    }
     let asked = count;
     // Beyond the work budget, optimise the first `count` probes (the same ones that would
     // be optimised with no budget) and derive the others from them afterwards.
@@ -505,6 +534,8 @@ pub fn synthesize_with_progress(
     let logits = grad::logits_value(g);
     let in_shape = g.shape(g.input).to_vec();
     let inv_count = 1.0 / count as f32;
+    // Cross-entropy below which a probe's class term stops pulling.
+    let stop_ce = -libm::logf(opts.stop_confidence.clamp(1e-6, 1.0));
 
     let (beta1, beta2, eps) = (0.9f32, 0.999f32, 1e-8f32);
     let mut m = alloc::vec![0.0f32; probes.data.len()];
@@ -566,7 +597,7 @@ pub fn synthesize_with_progress(
                 for (j, z) in values[logits].chunks_exact(c).enumerate() {
                     let target = ids[j] % c;
                     let (loss, mut d) = grad::cross_entropy(z, target);
-                    let pulling = loss >= CONFIDENT_CE;
+                    let pulling = loss >= stop_ce;
                     if !pulling {
                         d.fill(0.0);
                     }

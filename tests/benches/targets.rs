@@ -105,7 +105,7 @@ fn main() {
     let cnn = synthetic_cnn_1m(1);
     let macs = paoding_core::cost::ModelCost::new(&cnn, Default::default()).macs;
     println!("synthetic CNN: {} params, {} MACs", cnn.param_count(), macs);
-    let settings = paoding_cli::prune::ProbeSettings::default();
+    let settings = paoding_cli::probes::ProbeSettings::default();
     let cnn_probes = settings.refit_probes(&cnn);
     let times: Vec<Duration> = (0..3)
         .map(|_| {
@@ -135,7 +135,12 @@ fn main() {
     let times: Vec<Duration> = (0..3)
         .map(|_| {
             let t = Instant::now();
-            fit_graph("cnn", &cnn, &p, &options, None, &Progress::hidden()).expect("fits");
+            let check = paoding_cli::check::LazyCheckSet::new(
+                &cnn,
+                &options.probes,
+                paoding_cli::check::DataArgs::default(),
+            );
+            fit_graph("cnn", &cnn, &p, &options, &check, &Progress::hidden()).expect("fits");
             t.elapsed()
         })
         .collect();

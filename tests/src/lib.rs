@@ -23,11 +23,25 @@ pub struct Fixture {
     pub test_y: String,
     /// Accuracy onnxruntime measured on the test split.
     pub onnxruntime_accuracy: f64,
+    /// Range of the model's inputs on its data, `[lo, hi]`.
+    pub input_range: (f32, f32),
 }
 
 /// The folder holding the fixtures.
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The folder of the models trained apart from the fixtures, that nothing is tuned on.
+pub fn unseen_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("unseen")
+}
+
+/// Every model listed in `tests/unseen/manifest.json`.
+pub fn unseen_models() -> Vec<Fixture> {
+    let text =
+        std::fs::read_to_string(unseen_dir().join("manifest.json")).expect("unseen/manifest.json");
+    serde_json::from_str(&text).expect("unseen/manifest.json parses")
 }
 
 /// The third-party models shared with the team (MLPerf Tiny reference models).

@@ -2,6 +2,7 @@
 //! the result fits every constraint, one removal less would not, the blob the runtime loads
 //! is the model that was measured, and impossible budgets are explained.
 
+use paoding_cli::check::{CheckSource, DataArgs, LazyCheckSet};
 use paoding_cli::fit::{fit_graph, BudgetOverrides, FitOptions, Status};
 use paoding_cli::import::import_onnx;
 use paoding_cli::profile;
@@ -27,6 +28,12 @@ fn fitted_models_fit_and_one_step_less_would_not() {
     for path in models() {
         let g = import_onnx(&path).expect("imports").graph;
         let original = Usage::of(&g).expect("usage");
+        // Fewer probes than the default, uniform: this test checks sizes, not refit quality.
+        let mut probes = FitOptions::default().probes;
+        probes.count = 200;
+        probes.source = paoding_cli::probes::ProbeSource::Uniform;
+        probes.check = CheckSource::Uniform;
+        let check = LazyCheckSet::new(&g, &probes, DataArgs::default());
         for (i, board) in boards.iter().enumerate() {
             let p = profile::load(board).expect("profile");
             // Tighten a different resource per board so every constraint gets exercised.
@@ -47,16 +54,14 @@ fn fitted_models_fit_and_one_step_less_would_not() {
                 },
             };
             for scope in [Scope::Global, Scope::Uniform] {
-                // Fewer probes than the default: this test checks sizes, not refit quality.
-                let mut options = FitOptions {
+                let options = FitOptions {
                     overrides: overrides.clone(),
                     scope,
+                    probes: probes.clone(),
                     ..Default::default()
                 };
-                options.probes.count = 200;
-                options.probes.source = paoding_cli::probes::ProbeSource::Uniform;
                 let name = format!("{} on {board} ({scope:?})", path.display());
-                let fitted = fit_graph(&name, &g, &p, &options, None, &Progress::hidden())
+                let fitted = fit_graph(&name, &g, &p, &options, &check, &Progress::hidden())
                     .expect("fit runs");
                 let r = &fitted.report;
                 if r.status == Status::CannotFit {
@@ -115,15 +120,9 @@ fn a_model_that_fits_is_left_alone() {
         .expect("imports")
         .graph;
     let p = profile::load("cortex-m7").expect("profile");
-    let fitted = fit_graph(
-        "mlp",
-        &g,
-        &p,
-        &FitOptions::default(),
-        None,
-        &Progress::hidden(),
-    )
-    .expect("fit");
+    let options = FitOptions::default();
+    let check = LazyCheckSet::new(&g, &options.probes, DataArgs::default());
+    let fitted = fit_graph("mlp", &g, &p, &options, &check, &Progress::hidden()).expect("fit");
     assert_eq!(fitted.report.status, Status::FitsUnpruned);
     assert_eq!(fitted.graph.as_ref(), Some(&g));
 }
@@ -141,7 +140,8 @@ fn impossible_budgets_are_explained_per_constraint() {
         },
         ..Default::default()
     };
-    let fitted = fit_graph("kws", &g, &p, &options, None, &Progress::hidden()).expect("fit runs");
+    let check = LazyCheckSet::new(&g, &options.probes, DataArgs::default());
+    let fitted = fit_graph("kws", &g, &p, &options, &check, &Progress::hidden()).expect("fit runs");
     let r = &fitted.report;
     assert_eq!(r.status, Status::CannotFit);
     assert!(fitted.blob.is_none() && fitted.graph.is_none());
@@ -178,7 +178,8 @@ fn min_agreement_refuses_and_says_how_far_the_budget_must_grow() {
     };
     let mut options = options;
     options.probes.source = paoding_cli::probes::ProbeSource::Uniform;
-    let fitted = fit_graph("mlp", &g, &p, &options, None, &Progress::hidden()).expect("fit runs");
+    let check = LazyCheckSet::new(&g, &options.probes, DataArgs::default());
+    let fitted = fit_graph("mlp", &g, &p, &options, &check, &Progress::hidden()).expect("fit runs");
     let r = &fitted.report;
     assert_eq!(r.status, Status::FidelityTooLow, "{}", r.message);
     let needed = r.needed_for_agreement.expect("a larger budget is named");

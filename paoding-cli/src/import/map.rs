@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use paoding_core::estimate::InputRange;
 use paoding_core::ir::{Activation, BatchNorm, Conv2d, Dense, Graph, Op, Pool, ValueId};
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
@@ -37,7 +38,7 @@ pub(super) fn load_and_map(
     dir: &Path,
     proto: &ModelProto,
     onnx: &tract_onnx::Onnx,
-) -> Result<(Graph, Option<Graph>), ImportError> {
+) -> Result<(Graph, Option<Graph>, Option<InputRange>), ImportError> {
     let tract_err = |e: TractError| ImportError::Tract {
         path: path.to_path_buf(),
         reason: format!("{e:#}"),
@@ -134,6 +135,7 @@ pub(super) fn load_and_map(
         Ok::<_, ImportError>(graph)
     };
     let with_stats = mapper.graph;
+    let input_range = paoding_core::estimate::implied_input_range(&with_stats);
     let mut folded = with_stats.clone();
     let mut kept = false;
     for node in &mut folded.nodes {
@@ -147,7 +149,7 @@ pub(super) fn load_and_map(
     } else {
         None
     };
-    Ok((graph, with_stats))
+    Ok((graph, with_stats, input_range))
 }
 
 /// Running mean and variance of every ONNX BatchNormalization whose statistics are constants,

@@ -26,6 +26,9 @@ pub struct Imported {
     /// mean and variance (what BatchNorm-statistics matching needs). Same input and output as
     /// `graph`, and the same function.
     pub with_bn_stats: Option<Graph>,
+    /// The input range the file implies (an input normalisation, the first batch norm's
+    /// statistics: [`paoding_core::estimate::implied_input_range`]), for data-free probes.
+    pub input_range: Option<paoding_core::estimate::InputRange>,
 }
 
 /// Import an ONNX file into the IR.
@@ -64,7 +67,7 @@ pub fn import_onnx(path: &Path) -> Result<Imported, ImportError> {
         .to_string();
 
     // tract is third-party code: a panic inside it must become an error, never a crash.
-    let (graph, with_bn_stats) = catch_unwind(AssertUnwindSafe(|| {
+    let (graph, with_bn_stats, input_range) = catch_unwind(AssertUnwindSafe(|| {
         map::load_and_map(path, &dir, &proto, &onnx)
     }))
     .unwrap_or_else(|panic| {
@@ -83,6 +86,7 @@ pub fn import_onnx(path: &Path) -> Result<Imported, ImportError> {
         producer,
         opset,
         with_bn_stats,
+        input_range,
     })
 }
 
