@@ -31,8 +31,13 @@ use crate::error::CliError;
 use crate::probes::ProbeSettings;
 use crate::progress::Progress;
 
-/// Version tag of the JSON layout.
+/// Version tag of the JSON layout (2: fidelity on the check set, with its interval,
+/// robustness and warnings).
 pub const FIT_SCHEMA: &str = "paoding.fit/2";
+
+/// Version tag of the JSON object `fit` prints for several boards (one [`FIT_SCHEMA`] report
+/// per board).
+pub const FLEET_SCHEMA: &str = "paoding.fit-fleet/2";
 
 /// Budgets set on the command line: what the model itself may use (after the profile's
 /// reserved shares).

@@ -1,6 +1,6 @@
 //! `paoding report FIT.json [--sweep sweep.csv|sweep.json] -o report.html`: one self-contained
 //! HTML page — inline CSS and inline SVG, no script, no external resource — with, per board of
-//! a fit report (schema `paoding.fit/1`, or every board of `paoding.fit-fleet/1`), the verdict,
+//! a fit report (schema `paoding.fit/2`, or every board of `paoding.fit-fleet/2`), the verdict,
 //! the constraints with their headroom, the per-layer widths before and after, and the
 //! fidelity; and, with `--sweep`, the sweep chart and its table. Readable offline.
 
@@ -15,7 +15,7 @@ use crate::sweep::SweepReport;
 /// Arguments of `paoding report`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
-    /// A fit report (`paoding fit --report r.json`; schema paoding.fit/1 or paoding.fit-fleet/1).
+    /// A fit report (`paoding fit --report r.json`; schema paoding.fit/2 or paoding.fit-fleet/2).
     pub fit_report: PathBuf,
     /// A sweep to chart (`paoding sweep --csv s.csv` or `--json > s.json`).
     #[arg(long)]
@@ -376,12 +376,14 @@ fn sweep_section(out: &mut String, sweep: &SweepReport) -> Result<(), CliError> 
 /// Build the page from a fit report (parsed JSON) and an optional sweep.
 pub fn render(fit: &Value, sweep: Option<&SweepReport>) -> Result<String, CliError> {
     let boards: Vec<&Value> = match fit["schema"].as_str() {
-        Some("paoding.fit/1") => vec![fit],
-        Some("paoding.fit-fleet/1") => fit["boards"].as_array().into_iter().flatten().collect(),
+        Some(crate::fit::FIT_SCHEMA) => vec![fit],
+        Some(crate::fit::FLEET_SCHEMA) => fit["boards"].as_array().into_iter().flatten().collect(),
         other => {
             let found = other.map_or("no schema".to_string(), |s| format!("schema '{s}'"));
             return Err(CliError::Usage(format!(
-                "not a paoding fit report: {found} (expected paoding.fit/1 or paoding.fit-fleet/1)"
+                "not a paoding fit report: {found} (expected {} or {})",
+                crate::fit::FIT_SCHEMA,
+                crate::fit::FLEET_SCHEMA
             )));
         }
     };

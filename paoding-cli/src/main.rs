@@ -134,7 +134,7 @@ struct FitArgs {
     /// Also write the pruned model as ONNX (`{profile}` allowed).
     #[arg(long)]
     onnx: Option<String>,
-    /// Write the report as JSON (schema paoding.fit/1).
+    /// Write the report as JSON (schema paoding.fit/2).
     #[arg(long)]
     report: Option<PathBuf>,
     /// Print the report as JSON on stdout.
@@ -385,7 +385,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         }
     }
     let json = if fleet {
-        serde_json::json!({ "schema": "paoding.fit-fleet/1", "all_fit": all_ok, "boards": reports })
+        serde_json::json!({ "schema": fit_cmd::FLEET_SCHEMA, "all_fit": all_ok, "boards": reports })
     } else {
         serde_json::to_value(&reports[0]).map_err(|e| CliError::Usage(e.to_string()))?
     };

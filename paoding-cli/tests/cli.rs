@@ -158,7 +158,7 @@ fn prune_writes_a_valid_model_and_reports_fidelity() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
-    assert_eq!(v["schema"], "paoding.prune/1");
+    assert_eq!(v["schema"], "paoding.prune/2");
     assert_eq!(v["after"]["params"], 10_730);
     assert!(v["fidelity"]["accuracy_after"].as_f64().unwrap_or(0.0) > 0.95);
     // The written model imports again and has the pruned size.
@@ -218,7 +218,7 @@ fn fit_writes_the_blob_and_report_and_run_executes_it() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
-    assert_eq!(r["schema"], "paoding.fit/1");
+    assert_eq!(r["schema"], "paoding.fit/2");
     assert_eq!(r["status"], "pruned");
     assert_eq!(
         r["fitted"]["flash_bytes"].as_u64(),
@@ -340,24 +340,34 @@ fn synthesized_probes_are_cached_and_reused() {
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
         (
             v["probe_description"].as_str().unwrap_or("").to_string(),
+            v["fidelity"]["inputs"].as_str().unwrap_or("").to_string(),
             std::fs::read(&out).expect("model"),
         )
     };
-    let (first, model1) = run();
+    let (first, check1, model1) = run();
     assert!(
         first.contains("class-conditional inversion") && first.contains("cached"),
         "{first}"
     );
-    let (second, model2) = run();
+    assert!(
+        check1.contains("held-out probes") && check1.contains("; cached"),
+        "{check1}"
+    );
+    let (second, check2, model2) = run();
     assert!(
         second.contains("(cached"),
         "the second run reads the cache: {second}"
+    );
+    assert!(
+        check2.contains("(cached"),
+        "the second run reads the check set from the cache: {check2}"
     );
     assert_eq!(
         model1, model2,
         "the same command gives the same model, byte for byte"
     );
-    assert_eq!(std::fs::read_dir(&cache).expect("cache").count(), 1);
+    // The refit's probes and the held-out check set.
+    assert_eq!(std::fs::read_dir(&cache).expect("cache").count(), 2);
 }
 
 #[test]
@@ -389,7 +399,7 @@ fn eval_sweep_and_report_run_through_the_binary() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
-    assert_eq!(v["schema"], "paoding.eval/1");
+    assert_eq!(v["schema"], "paoding.eval/2");
 
     let o = paoding(&[
         "sweep",

@@ -314,7 +314,7 @@ fn sweep_measures_size_quality_and_robustness_and_charts_them() {
             "the page loads something: '{external}'"
         );
     }
-    let fleet = serde_json::json!({"schema": "paoding.fit-fleet/1", "all_fit": true, "boards": [json.clone(), json]});
+    let fleet = serde_json::json!({"schema": "paoding.fit-fleet/2", "all_fit": true, "boards": [json.clone(), json]});
     let page = paoding_cli::html::render(&fleet, None).unwrap();
     assert!(page.contains("2 boards") && !page.contains("Pruning sweep"));
     assert!(paoding_cli::html::render(&serde_json::json!({"schema": "x"}), None).is_err());

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 /// `constraints` and `shortfalls`.
 fn fit_report(status: &str, constraints: Value, shortfalls: Value) -> Value {
     json!({
-        "schema": "paoding.fit/1",
+        "schema": "paoding.fit/2",
         "model": "models/kws.onnx",
         "profile": "tiny-board",
         "status": status,
@@ -24,8 +24,8 @@ fn fit_report(status: &str, constraints: Value, shortfalls: Value) -> Value {
 /// A sweep CSV whose original model uses `flash` bytes, 200 B of RAM and 5000 MACs.
 fn sweep_csv(flash: u64) -> SweepReport {
     let text = format!(
-        "{CSV_HEADER}\noriginal,0,100,0,{flash},200,5000,,100,0.05,90,100,50\n\
-         merge,0.5,50,50,{},100,2500,,95,0.05,80,88.9,50\n",
+        "{CSV_HEADER}\noriginal,0,100,0,{flash},200,5000,,100,0.05,90,100,50,0\n\
+         merge,0.5,50,50,{},100,2500,,95,0.05,80,88.9,50,0.12\n",
         flash / 2
     );
     SweepReport::from_csv(&text).expect("a sweep CSV")

@@ -248,7 +248,7 @@ impl Spread {
 ///
 /// ```
 /// let (lo, hi) = paoding_core::estimate::wilson(97, 100);
-/// assert!(lo > 0.91 && lo < 0.92 && hi > 0.99 && hi < 1.0);
+/// assert!(lo > 0.91 && lo < 0.92 && hi > 0.98 && hi < 0.99);
 /// ```
 pub fn wilson(successes: usize, n: usize) -> (f64, f64) {
     if n == 0 {
