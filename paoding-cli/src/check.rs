@@ -89,6 +89,9 @@ pub struct CheckSet {
     pub input_range: (f32, f32),
     /// The original model's FGSM robustness at [`FGSM_EPSILON_OF_RANGE`] (classifiers).
     original_robustness: Option<crate::eval::Robustness>,
+    /// With real data: the data-free check set too, so that every report shows what the
+    /// estimate would have said beside what the data says.
+    without_data: Option<Box<CheckSet>>,
 }
 
 impl CheckSet {
@@ -113,7 +116,14 @@ impl CheckSet {
                 if labels.is_some() { ", labelled" } else { "" }
             );
             let inputs = Probes::from_batch(xs, g.values[g.input].len())?;
-            return Self::new(g, inputs, labels, description, false, settings.input_range);
+            let mut set = Self::new(g, inputs, labels, description, false, settings.input_range)?;
+            set.without_data = Some(Box::new(Self::build(
+                g,
+                settings,
+                &DataArgs::default(),
+                progress,
+            )?));
+            return Ok(set);
         }
         let (inputs, made) = match &settings.check {
             CheckSource::File(path) => {
@@ -190,6 +200,7 @@ impl CheckSet {
             warnings,
             input_range,
             original_robustness,
+            without_data: None,
         })
     }
 
@@ -237,6 +248,11 @@ impl CheckSet {
             accuracy_after: labels.map(|l| fidelity::accuracy(&out, per, l)),
             robustness,
             warnings: self.warnings.clone(),
+            without_data: self
+                .without_data
+                .as_ref()
+                .map(|set| set.measure(candidate).map(Box::new))
+                .transpose()?,
         })
     }
 }
@@ -384,6 +400,9 @@ pub struct FidelityReport {
     pub robustness: Option<RobustnessEstimate>,
     /// What makes the figures doubtful.
     pub warnings: Vec<String>,
+    /// With real data: the same figures estimated on the data-free check set, to see how
+    /// far the estimate is from the data on this model.
+    pub without_data: Option<Box<FidelityReport>>,
 }
 
 impl FidelityReport {
@@ -456,6 +475,23 @@ impl FidelityReport {
         }
         for w in &self.warnings {
             let _ = writeln!(out, "{indent}warning: {w}");
+        }
+        if let Some(e) = &self.without_data {
+            let robust = e
+                .robustness
+                .and_then(|r| r.retention)
+                .map_or(String::new(), |r| {
+                    format!(", FGSM robustness retained {:.1} %", 100.0 * r)
+                });
+            let _ = writeln!(
+                out,
+                "{indent}  without data the estimate would have been: {}{robust}",
+                if e.task.is_classifier() {
+                    e.agreement_text()
+                } else {
+                    format!("relative L2 error {:.4}", e.fidelity.relative_l2)
+                }
+            );
         }
         out
     }

@@ -112,6 +112,14 @@ fn without_data_fidelity_is_estimated_on_held_out_probes_with_an_interval() {
     );
     assert_eq!(d["fidelity"]["data_free"], false);
     assert!(d["fidelity"]["accuracy_after"].is_number());
+    // Beside the data, what the estimate would have said (the same held-out set).
+    let e = &d["fidelity"]["without_data"];
+    assert_eq!(e["data_free"], true);
+    assert!(e["inputs"]
+        .as_str()
+        .unwrap()
+        .starts_with("128 held-out probes by class-conditional inversion"));
+    assert!(e["fidelity"]["agreement"].is_number() && e["robustness"]["retention"].is_number());
 }
 
 #[test]

@@ -39,6 +39,7 @@ pub mod plan;
 pub mod probes;
 pub mod profile;
 pub mod prune;
+pub mod quant;
 pub mod simplify;
 pub mod synth;
 
