@@ -40,15 +40,25 @@ pub fn import_onnx(path: &Path) -> Result<Imported, ImportError> {
         path: path.to_path_buf(),
         source,
     })?;
+    import_onnx_bytes(&bytes, path)
+}
+
+/// Import an ONNX model already in memory. `path` names it in messages, and external data is
+/// looked up in its folder (a path whose folder does not exist allows none).
+///
+/// ```
+/// let err = paoding_cli::import::import_onnx_bytes(b"not a model", "x.onnx".as_ref());
+/// assert!(err.is_err());
+/// ```
+pub fn import_onnx_bytes(bytes: &[u8], path: &Path) -> Result<Imported, ImportError> {
     // Exporters annotate intermediate shapes with symbolic batch sizes; the batch is fixed to 1
     // below, so those annotations would only conflict with it.
     let onnx = tract_onnx::onnx()
         .with_ignore_output_shapes(true)
         .with_ignore_value_info(true);
     let proto = onnx
-        .proto_model_for_read(&mut bytes.as_slice())
+        .proto_model_for_read(&mut &bytes[..])
         .map_err(|e| malformed(path, &e))?;
-    drop(bytes);
     let dir = path
         .parent()
         .map(Path::to_path_buf)
