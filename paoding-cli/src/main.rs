@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -37,10 +38,10 @@ enum Command {
     /// verdict per constraint. Exit 0 fits (or no profile), 1 does not fit, 2 error.
     Inspect {
         /// The ONNX model.
-        model: String,
+        model: PathBuf,
         /// A profile file or the name of a built-in one (see `paoding profiles`).
         #[arg(long)]
-        profile: Option<String>,
+        profile: Option<OsString>,
         /// Print the report as JSON (schema paoding.inspect/1).
         #[arg(long)]
         json: bool,
@@ -56,13 +57,13 @@ enum Command {
     /// Exit 2 on a corrupted blob or bad input.
     Run {
         /// The runtime model (.pdg).
-        model: String,
+        model: PathBuf,
         /// Inputs (.npy).
         #[arg(long)]
-        input: String,
+        input: PathBuf,
         /// Write the outputs here (.npy) instead of printing them.
         #[arg(long)]
-        output: Option<String>,
+        output: Option<PathBuf>,
     },
     /// Accuracy, agreement, KL and FGSM robustness of a candidate (.onnx or .pdg) against
     /// the original. Exit 0, or 2 on bad input.
@@ -83,7 +84,7 @@ enum Command {
 #[derive(Args)]
 struct PruneArgs {
     /// The ONNX model.
-    model: String,
+    model: PathBuf,
     /// Fraction of units (neurons, channels) to remove: per layer with --scope uniform,
     /// overall with --scope global.
     #[arg(long)]
@@ -111,16 +112,16 @@ struct PruneArgs {
 #[derive(Args)]
 struct FitArgs {
     /// The ONNX model.
-    model: String,
+    model: PathBuf,
     /// A profile file or built-in name; repeat for a fleet (then -o needs {profile}).
     #[arg(long, required = true)]
-    profile: Vec<String>,
+    profile: Vec<OsString>,
     /// Where to write the runtime model (.pdg); `{profile}` is replaced by the profile name.
     #[arg(short, long)]
-    output: Option<String>,
+    output: Option<OsString>,
     /// Also write the pruned model as ONNX (`{profile}` allowed).
     #[arg(long)]
-    onnx: Option<String>,
+    onnx: Option<OsString>,
     /// Write the report as JSON (schema paoding.fit/1).
     #[arg(long)]
     report: Option<PathBuf>,
@@ -205,7 +206,7 @@ struct ProbeArgs {
     seed: u64,
     /// The refit's probes: uniform, invert (class-conditional inversion), bn (BatchNorm
     /// statistics), auto (the best the model allows), or a .npy file of inputs.
-    #[arg(long, default_value = "auto", value_parser = paoding_cli::probes::parse_source)]
+    #[arg(long, default_value = "auto", value_parser = paoding_cli::probes::source_parser())]
     probes: paoding_cli::probes::ProbeSource,
     /// Cache folder for synthesized probes (default: $PAODING_CACHE_DIR, else ~/.cache/paoding).
     #[arg(long)]
@@ -247,12 +248,13 @@ fn run(command: Command) -> Result<u8, String> {
             json,
         } => {
             let profile = profile
-                .map(|p| profile::load(&p))
+                .map(profile::load)
                 .transpose()
                 .map_err(|e| e.to_string())?;
-            let imported = import::import_onnx(model.as_ref()).map_err(|e| e.to_string())?;
-            let report = InspectReport::new(&model, &imported, profile.as_ref())
-                .map_err(|e| e.to_string())?;
+            let imported = import::import_onnx(&model).map_err(|e| e.to_string())?;
+            let report =
+                InspectReport::new(&model.display().to_string(), &imported, profile.as_ref())
+                    .map_err(|e| e.to_string())?;
             if json {
                 println!(
                     "{}",
@@ -277,12 +279,8 @@ fn run(command: Command) -> Result<u8, String> {
             input,
             output,
         } => {
-            let out = paoding_cli::run::run(
-                model.as_ref(),
-                input.as_ref(),
-                output.as_deref().map(std::path::Path::new),
-            )
-            .map_err(|e| e.to_string())?;
+            let out = paoding_cli::run::run(&model, &input, output.as_deref())
+                .map_err(|e| e.to_string())?;
             if output.is_none() {
                 print!("{}", out.to_text());
             }
@@ -339,9 +337,10 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     use std::io::IsTerminal;
     let fleet = a.profile.len() > 1;
     for path in [&a.output, &a.onnx].into_iter().flatten() {
-        if fleet && !path.contains("{profile}") {
+        if fleet && !fit_cmd::names_each_profile(path) {
             return Err(CliError::Usage(format!(
-                "with several --profile, '{path}' must contain {{profile}}"
+                "with several --profile, '{}' must contain {{profile}}",
+                path.to_string_lossy()
             )));
         }
     }
@@ -358,7 +357,8 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         .iter()
         .map(|p| profile::load(p).map_err(|e| CliError::Usage(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    let imported = import::import_onnx(a.model.as_ref())?;
+    let imported = import::import_onnx(&a.model)?;
+    let model_name = a.model.display().to_string();
     let g = &imported.graph;
     let data = load_data(g, a.data.data.as_ref(), a.data.labels.as_ref())?;
     let options = FitOptions {
@@ -402,17 +402,17 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
                 b.set_position(done as u64);
             }
         };
-        let fitted = fit_cmd::fit_graph(&a.model, g, p, &options, data.as_ref(), &mut progress)?;
+        let fitted = fit_cmd::fit_graph(&model_name, g, p, &options, data.as_ref(), &mut progress)?;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let name = |template: &str| template.replace("{profile}", &p.name);
+        let name = |template: &OsString| fit_cmd::output_path(template, &p.name);
         if let (Some(out), Some(blob)) = (&a.output, &fitted.blob) {
-            let path = PathBuf::from(name(out));
+            let path = name(out);
             output::write_atomic(&path, blob).map_err(|source| CliError::Io { path, source })?;
         }
         if let (Some(onnx), Some(graph)) = (&a.onnx, &fitted.graph) {
-            let path = PathBuf::from(name(onnx));
+            let path = name(onnx);
             export::save_onnx(
                 graph,
                 &format!("fitted to {} by paoding fit", p.name),
@@ -463,7 +463,8 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
 }
 
 fn prune(a: PruneArgs) -> Result<u8, CliError> {
-    let imported = import::import_onnx(a.model.as_ref())?;
+    let imported = import::import_onnx(&a.model)?;
+    let model_name = a.model.display().to_string();
     let g = &imported.graph;
     let options = PruneOptions {
         method: a.method,
@@ -484,10 +485,10 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
         ..a.probes.settings()
     };
     let data = load_data(g, a.data.data.as_ref(), a.data.labels.as_ref())?;
-    let (pruned, report) = prune_cmd::prune(&a.model, g, &options, &probes, data.as_ref())?;
+    let (pruned, report) = prune_cmd::prune(&model_name, g, &options, &probes, data.as_ref())?;
     export::save_onnx(
         &pruned,
-        &format!("pruned from {} by paoding prune", a.model),
+        &format!("pruned from {model_name} by paoding prune"),
         &a.output,
     )?;
     if a.json {

@@ -3,6 +3,7 @@
 //! Synthesized probes are cached, keyed by a hash of the model and of the synthesis
 //! settings, so a fit search or a re-run never synthesizes the same probes twice.
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use paoding_core::ir::Graph;
@@ -30,20 +31,35 @@ pub enum ProbeSource {
     File(PathBuf),
 }
 
-/// Parse `--probes`.
-pub fn parse_source(s: &str) -> Result<ProbeSource, String> {
-    Ok(match s {
-        "uniform" => ProbeSource::Uniform,
-        "invert" => ProbeSource::Invert,
-        "bn" => ProbeSource::Bn,
-        "auto" => ProbeSource::Auto,
-        path if path.ends_with(".npy") => ProbeSource::File(PathBuf::from(path)),
-        other => {
+/// Parse `--probes`: a method's name, or any OS path ending in `.npy`.
+///
+/// ```
+/// use paoding_cli::probes::{parse_source, ProbeSource};
+/// assert!(matches!(parse_source("bn".into()), Ok(ProbeSource::Bn)));
+/// assert!(matches!(parse_source("x.npy".into()), Ok(ProbeSource::File(_))));
+/// ```
+pub fn parse_source(s: OsString) -> Result<ProbeSource, String> {
+    Ok(match s.to_str() {
+        Some("uniform") => ProbeSource::Uniform,
+        Some("invert") => ProbeSource::Invert,
+        Some("bn") => ProbeSource::Bn,
+        Some("auto") => ProbeSource::Auto,
+        _ if Path::new(&s).extension() == Some(OsStr::new("npy")) => {
+            ProbeSource::File(PathBuf::from(s))
+        }
+        _ => {
             return Err(format!(
-                "'{other}' is not uniform, invert, bn, auto or a .npy file"
+                "'{}' is not uniform, invert, bn, auto or a .npy file",
+                s.to_string_lossy()
             ))
         }
     })
+}
+
+/// The clap parser of `--probes` (accepts non-UTF-8 paths).
+pub fn source_parser() -> impl clap::builder::TypedValueParser<Value = ProbeSource> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().try_map(parse_source)
 }
 
 /// Probes ready for the refit, and what they are.

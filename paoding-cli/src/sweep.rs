@@ -331,7 +331,7 @@ pub struct SweepArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// The refit's probes: uniform (default), invert, bn, auto, or a .npy file.
-    #[arg(long, default_value = "uniform", value_parser = crate::probes::parse_source)]
+    #[arg(long, default_value = "uniform", value_parser = crate::probes::source_parser())]
     pub probes: ProbeSource,
     /// Cache folder for synthesized probes.
     #[arg(long)]
