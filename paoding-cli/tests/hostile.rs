@@ -269,6 +269,44 @@ fn an_expand_to_2_pow_40_elements() {
 }
 
 #[test]
+fn a_tile_to_2_pow_40_elements() {
+    let w = pb::TensorProto {
+        name: "w".into(),
+        dims: vec![1, 4],
+        data_type: 1,
+        float_data: vec![1.0; 4],
+        ..Default::default()
+    };
+    refused(
+        "Tile to 2^40 elements",
+        &adds_computed("Tile", vec![w, ints("r", &[MEGA, 1 << 18])], &["w", "r"]),
+        "node 'big'",
+    );
+}
+
+#[test]
+fn a_broadcast_to_2_pow_40_elements() {
+    let column = pb::TensorProto {
+        name: "col".into(),
+        dims: vec![MEGA, 1],
+        data_type: 1,
+        raw_data: vec![0; 4 << 20],
+        ..Default::default()
+    };
+    let row = pb::TensorProto {
+        name: "row".into(),
+        dims: vec![1, MEGA],
+        raw_data: vec![0; 4 << 20],
+        ..column.clone()
+    };
+    refused(
+        "Mul of [2^20, 1] by [1, 2^20] (8 MiB file)",
+        &adds_computed("Mul", vec![column, row], &["col", "row"]),
+        "node 'big'",
+    );
+}
+
+#[test]
 fn a_range_of_2_pow_40_elements() {
     let mut b = OnnxBuilder::new(&[1, 4], 13);
     b.tensor(scalar("start", 0))
