@@ -5,11 +5,15 @@
 
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(profile) = paoding_cli::profile::parse(text, "fuzz.toml") {
-        assert!(profile.budget().is_ok(), "a parsed profile has no budget");
-    }
+    common::within_a_cpu_second(|| {
+        if let Ok(profile) = paoding_cli::profile::parse(text, "fuzz.toml") {
+            assert!(profile.budget().is_ok(), "a parsed profile has no budget");
+        }
+    });
 });
