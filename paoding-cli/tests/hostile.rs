@@ -387,6 +387,23 @@ fn a_duplicated_value_name() {
     refused("an initializer declared twice", &b.encode("y"), "'w'");
 }
 
+/// Found by the `import` fuzz target (fuzz/regressions/import/): a Transpose of constants
+/// whose perm repeats an axis took tract 947 MB in the fuzzer and 22 GB and minutes in a
+/// debug build.
+#[test]
+fn a_constant_transpose_with_a_repeated_axis() {
+    let model = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions/import/transpose-repeated-axis.onnx"),
+    )
+    .expect("the fuzzer's input");
+    refused(
+        "fuzz: constant Transpose, perm [0, 3, 3, 2]",
+        &model,
+        "node 't' (Transpose)",
+    );
+}
+
 /// The checks refuse nothing well formed: a model like the hostile ones but honest imports.
 #[test]
 fn the_same_shapes_honestly_import() {

@@ -234,9 +234,33 @@ fn check_graph(
             if let Some(g) = &attr.g {
                 check_graph(path, dir, g, onnx)?;
             }
+            if node.op_type == "Transpose" && attr.name == "perm" && !is_permutation(&attr.ints) {
+                // tract evaluates a constant Transpose with a repeated axis without checking,
+                // and ran out of memory on it (found by the `import` fuzz target).
+                return Err(ImportError::Model {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "node '{}' (Transpose): perm {:?} is not a permutation of 0..{}",
+                        node.name,
+                        attr.ints,
+                        attr.ints.len()
+                    ),
+                });
+            }
         }
     }
     Ok(())
+}
+
+/// Whether `perm` holds each of 0..perm.len() exactly once.
+fn is_permutation(perm: &[i64]) -> bool {
+    let mut seen = vec![false; perm.len()];
+    perm.iter().all(|&p| {
+        usize::try_from(p)
+            .ok()
+            .and_then(|p| seen.get_mut(p))
+            .is_some_and(|s| !std::mem::replace(s, true))
+    })
 }
 
 /// Bytes per element of an ONNX data type, `None` for strings and unknown codes.
