@@ -404,6 +404,23 @@ fn a_constant_transpose_with_a_repeated_axis() {
     );
 }
 
+/// Found by the `import` fuzz target (fuzz/regressions/import/): a BatchNormalization of a
+/// rank-1 tensor made tract's shape rule index the channel axis out of bounds with
+/// `get_unchecked` (an abort in a debug build, undefined behaviour in a release build).
+#[test]
+fn a_batch_norm_of_a_vector() {
+    let model = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions/import/batchnorm-of-a-vector.onnx"),
+    )
+    .expect("the fuzzer's input");
+    refused(
+        "fuzz: BatchNormalization of a rank-1 tensor",
+        &model,
+        "node 'n' (BatchNorm)",
+    );
+}
+
 /// The checks refuse nothing well formed: a model like the hostile ones but honest imports.
 #[test]
 fn the_same_shapes_honestly_import() {

@@ -183,6 +183,25 @@ fn bound_sizes(model: &mut InferenceModel, path: &Path) -> Result<(), ImportErro
                 .and_then(|o| o.iter().map(|o| model.outlet_fact(*o).cloned()).collect())
                 .map_err(tract_err)?
         };
+        if let Some(least) = least_rank(&model.node(id).op.name()) {
+            let rank = inputs
+                .first()
+                .and_then(|f| f.shape.rank().concretize())
+                .map(|r| r.max(0) as usize);
+            if rank.is_some_and(|r| r < least) {
+                let node = model.node(id);
+                return Err(ImportError::Model {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "node '{}' ({}): its input has {} axes; it needs at least {least} (N, C{})",
+                        node.name,
+                        node.op.name(),
+                        rank.unwrap_or_default(),
+                        if least > 2 { ", spatial axes" } else { "" }
+                    ),
+                });
+            }
+        }
         let op = &mut model.node_mut(id).op;
         let (_, declared, _) = op
             .infer_facts(refs(&inputs), refs(&outputs), refs(&observed))
@@ -228,6 +247,17 @@ fn bound_sizes(model: &mut InferenceModel, path: &Path) -> Result<(), ImportErro
         }
     }
     Ok(())
+}
+
+/// The fewest axes the first input of tract's channel-first operators must have: their shape
+/// rules index the channel and spatial axes without checking (an out-of-bounds
+/// `get_unchecked`, found by the `import` fuzz target on a BatchNormalization of a vector).
+fn least_rank(op: &str) -> Option<usize> {
+    match op {
+        "BatchNorm" => Some(2),
+        "ConvHir" | "ConvTranspose" | "MaxPool" | "OnnxMaxPoolIndices" | "SumPool" => Some(3),
+        _ => None,
+    }
 }
 
 /// A Range's length from its constant start, limit and delta: tract's shape rule for it
