@@ -26,13 +26,16 @@ struct Outcome {
     stderr: String,
 }
 
-/// Run `paoding` with `args`, measuring its wall time and peak resident memory (from
-/// `wait4`, for this child alone). A run still going after 20 s is killed.
+/// Run `paoding` with `args` (and `RUST_BACKTRACE=1`), measuring its wall time and peak
+/// resident memory (from `wait4`, for this child alone). A run still going after 20 s is
+/// killed.
 #[allow(clippy::zombie_processes)] // reaped by wait4, which std's Child cannot do
 fn run(args: &[&std::ffi::OsStr]) -> Outcome {
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_paoding"))
         .args(args)
+        // The costly setting: a panic would print a symbolized backtrace.
+        .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -418,6 +421,24 @@ fn a_batch_norm_of_a_vector() {
         "fuzz: BatchNormalization of a rank-1 tensor",
         &model,
         "node 'n' (BatchNorm)",
+    );
+}
+
+/// Found by the `import` fuzz target (fuzz/regressions/import/): a Squeeze whose axes lie
+/// outside its input made tract's shape rule panic. The importer catches it and names the
+/// node; under `RUST_BACKTRACE=1` the panic hook's backtrace took 250 MB, so the importer's
+/// hook stays silent while it imports (every run here has `RUST_BACKTRACE=1`).
+#[test]
+fn a_squeeze_of_an_axis_out_of_range() {
+    let model = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions/import/squeeze-axis-out-of-range.onnx"),
+    )
+    .expect("the fuzzer's input");
+    refused(
+        "fuzz: Squeeze of an axis out of range (tract panics)",
+        &model,
+        "node 'r' (Squeeze13): internal panic",
     );
 }
 

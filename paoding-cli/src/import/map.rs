@@ -6,6 +6,7 @@
 //! checked against tract's.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -172,6 +173,17 @@ fn bound_sizes(model: &mut InferenceModel, path: &Path) -> Result<(), ImportErro
             node.op.name()
         ),
     };
+    // A panic in tract's rules or evaluation is caught here, to name the node.
+    let panicked =
+        |node: &InferenceNode, payload: Box<dyn std::any::Any + Send>| ImportError::Tract {
+            path: path.to_path_buf(),
+            reason: format!(
+                "node '{}' ({}): internal panic: {}",
+                node.name,
+                node.op.name(),
+                super::panic_message(&*payload)
+            ),
+        };
     for id in model.eval_order().map_err(tract_err)? {
         let (inputs, outputs) = model.node_facts(id).map_err(tract_err)?;
         let inputs: TVec<InferenceFact> = inputs.into_iter().cloned().collect();
@@ -203,9 +215,11 @@ fn bound_sizes(model: &mut InferenceModel, path: &Path) -> Result<(), ImportErro
             }
         }
         let op = &mut model.node_mut(id).op;
-        let (_, declared, _) = op
-            .infer_facts(refs(&inputs), refs(&outputs), refs(&observed))
-            .map_err(tract_err)?;
+        let (_, declared, _) = catch_unwind(AssertUnwindSafe(|| {
+            op.infer_facts(refs(&inputs), refs(&outputs), refs(&observed))
+        }))
+        .map_err(|p| panicked(model.node(id), p))?
+        .map_err(tract_err)?;
         let constant = !inputs.is_empty() && inputs.iter().all(|f| f.value.concretize().is_some());
         if constant && model.node(id).op.name() == "Range" {
             check_range_length(&inputs, MAX_ELEMENTS)
@@ -232,11 +246,12 @@ fn bound_sizes(model: &mut InferenceModel, path: &Path) -> Result<(), ImportErro
             };
             return Err(oversized(model.node(id), &why));
         }
-        let (_, inferred, _) = model
-            .node_mut(id)
-            .op
-            .infer(refs(&inputs), refs(&outputs), refs(&observed))
-            .map_err(tract_err)?;
+        let op = &mut model.node_mut(id).op;
+        let (_, inferred, _) = catch_unwind(AssertUnwindSafe(|| {
+            op.infer(refs(&inputs), refs(&outputs), refs(&observed))
+        }))
+        .map_err(|p| panicked(model.node(id), p))?
+        .map_err(tract_err)?;
         for (slot, fact) in inferred.into_iter().enumerate() {
             let outlet = OutletId::new(id, slot);
             let unified = model
