@@ -424,6 +424,40 @@ fn a_batch_norm_of_a_vector() {
     );
 }
 
+/// Found by the `import` fuzz target (fuzz/regressions/import/): the same BatchNormalization
+/// of a vector, on a dead branch: tract's analysis visits dead nodes too, so the importer now
+/// keeps only what the output depends on before anything is analysed (this model also names a
+/// node like the graph input, which tract then refuses).
+#[test]
+fn a_dead_batch_norm_of_a_vector() {
+    let model = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions/import/dead-batchnorm-of-a-vector.onnx"),
+    )
+    .expect("the fuzzer's input");
+    refused(
+        "fuzz: dead BatchNormalization of a rank-1 tensor",
+        &model,
+        "node #5 \"x\" Tanh",
+    );
+    // Without the clashing name, the dead node is dropped before tract's analysis reaches it.
+    let mut proto = pb::ModelProto::decode(&model[..]).expect("decodes");
+    let graph = proto.graph.as_mut().expect("graph");
+    for node in graph.node.iter_mut().filter(|n| n.name == "x") {
+        node.name = "tanh".into();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("renamed.onnx");
+    std::fs::write(&path, proto.encode_to_vec()).expect("write");
+    let o = run(&["inspect".as_ref(), path.as_os_str()]);
+    assert!(
+        matches!(o.code, Some(0 | 2)) && !o.stderr.contains("panicked"),
+        "{:?}: {}",
+        o.code,
+        o.stderr
+    );
+}
+
 /// Found by the `import` fuzz target (fuzz/regressions/import/): a Squeeze whose axes lie
 /// outside its input made tract's shape rule panic. The importer catches it and names the
 /// node; under `RUST_BACKTRACE=1` the panic hook's backtrace took 250 MB, so the importer's

@@ -96,6 +96,10 @@ pub(super) fn load_and_map(
     model
         .set_input_fact(0, f32::fact(&shape).into())
         .map_err(tract_err)?;
+    // Only what the output depends on: tract's analysis visits every node, dead ones too,
+    // and `bound_sizes` checks the live ones (a dead BatchNormalization of a vector reached
+    // tract's unchecked indexing, found by the import fuzz target).
+    let mut model = model.into_compact().map_err(tract_err)?;
     bound_sizes(&mut model, path)?;
     let bn_stats = bn_statistics(&model);
     let typed = model.into_typed().map_err(tract_err)?;
