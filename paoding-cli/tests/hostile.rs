@@ -476,6 +476,23 @@ fn a_squeeze_of_an_axis_out_of_range() {
     );
 }
 
+/// Found by the `import` fuzz target (fuzz/regressions/import/): constants Pad, Gather and
+/// Transpose, each under the per-value bound, that tract computed and kept together: 360 MB
+/// and 0.7 s (debug build). Constants together now have a budget.
+#[test]
+fn a_chain_of_constants_over_256_mib_together() {
+    let model = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions/import/constant-chain-over-256-mib.onnx"),
+    )
+    .expect("the fuzzer's input");
+    refused(
+        "fuzz: constant Pad, Gather, Transpose, 360 MB together",
+        &model,
+        "node 'cc' (Gather)",
+    );
+}
+
 /// The checks refuse nothing well formed: a model like the hostile ones but honest imports.
 #[test]
 fn the_same_shapes_honestly_import() {

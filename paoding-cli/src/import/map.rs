@@ -163,8 +163,14 @@ pub(super) fn load_and_map(
 /// tract computes every node whose inputs are all constants while it types the graph, so a
 /// ConstantOfShape, Expand, Tile, Range or broadcast of small constants could otherwise
 /// allocate terabytes. A node whose output size cannot be known before evaluating its
-/// constant inputs is refused too.
+/// constant inputs is refused too, and so is a graph whose constants together would exceed a
+/// budget.
 fn bound_sizes(model: &mut InferenceModel, path: &Path) -> Result<(), ImportError> {
+    /// Most elements all the values tract computes from constants may hold together: 8 Mi
+    /// (64 MiB even of 8-byte types), far above any microcontroller model's weights. Each
+    /// alone is bounded by `MAX_ELEMENTS`, but tract keeps them all (found by the import fuzz
+    /// target: a chain of constant Pad, Gather and Transpose took 360 MB and 0.7 s).
+    const MAX_FOLDED_ELEMENTS: u64 = 1 << 23;
     let tract_err = |e: TractError| ImportError::Tract {
         path: path.to_path_buf(),
         reason: format!("{e:#}"),
@@ -188,6 +194,8 @@ fn bound_sizes(model: &mut InferenceModel, path: &Path) -> Result<(), ImportErro
                 super::panic_message(&*payload)
             ),
         };
+    // Elements of every constant tract will have computed so far: it keeps them all.
+    let mut folded: u64 = 0;
     for id in model.eval_order().map_err(tract_err)? {
         let (inputs, outputs) = model.node_facts(id).map_err(tract_err)?;
         let inputs: TVec<InferenceFact> = inputs.into_iter().cloned().collect();
@@ -241,8 +249,16 @@ fn bound_sizes(model: &mut InferenceModel, path: &Path) -> Result<(), ImportErro
                 .flatten()
                 .try_fold(1u64, |n, &d| n.checked_mul(d.max(0) as u64));
             let unknown = fact.shape.is_open() || dims.contains(&None);
+            if constant {
+                folded = folded.saturating_add(elements.unwrap_or(u64::MAX));
+            }
             let why = if elements.is_none_or(|n| n > MAX_ELEMENTS) {
                 format!("would have more than {MAX_ELEMENTS} elements")
+            } else if folded > MAX_FOLDED_ELEMENTS {
+                format!(
+                    "is computed from constants, and all such values would hold more than \
+                     {MAX_FOLDED_ELEMENTS} elements together"
+                )
             } else if constant && unknown {
                 "is computed from constants but its size cannot be known before".into()
             } else {
