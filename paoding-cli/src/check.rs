@@ -38,14 +38,27 @@ pub enum CheckSource {
     File(PathBuf),
 }
 
-/// Parse `--check-probes`.
-pub fn parse_source(s: &str) -> Result<CheckSource, String> {
-    Ok(match s {
-        "auto" => CheckSource::Auto,
-        "uniform" => CheckSource::Uniform,
-        path if path.ends_with(".npy") => CheckSource::File(PathBuf::from(path)),
-        other => return Err(format!("'{other}' is not auto, uniform or a .npy file")),
+/// Parse `--check-probes` (a path may be any OS string).
+pub fn parse_source(s: std::ffi::OsString) -> Result<CheckSource, String> {
+    Ok(match s.to_str() {
+        Some("auto") => CheckSource::Auto,
+        Some("uniform") => CheckSource::Uniform,
+        _ if std::path::Path::new(&s).extension() == Some(std::ffi::OsStr::new("npy")) => {
+            CheckSource::File(PathBuf::from(s))
+        }
+        _ => {
+            return Err(format!(
+                "'{}' is not auto, uniform or a .npy file",
+                s.to_string_lossy()
+            ))
+        }
     })
+}
+
+/// The clap parser of `--check-probes` (accepts non-UTF-8 paths).
+pub fn source_parser() -> impl clap::builder::TypedValueParser<Value = CheckSource> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().try_map(parse_source)
 }
 
 /// Real inputs to measure fidelity on (`--data`, `--labels`).

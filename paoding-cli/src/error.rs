@@ -85,14 +85,59 @@ pub enum ProfileError {
     /// Not a path to a readable file, nor the name of a built-in profile.
     #[error("no profile '{0}': not a readable file, nor a built-in profile (built in: {1})")]
     NotFound(String, String),
-    /// The TOML does not follow the schema.
-    #[error("profile {source_name}: {reason}")]
+    /// The file exists but cannot be read as text.
+    #[error("profile {source_name}: {source}")]
+    Unreadable {
+        /// File path (lossy).
+        source_name: String,
+        /// The operating system's reason (or invalid UTF-8).
+        source: std::io::Error,
+    },
+    /// The TOML does not follow the schema: every problem found, in the file's order.
+    #[error("profile {source_name}: {}", list_problems(.problems))]
     Invalid {
         /// File path or built-in name.
         source_name: String,
-        /// The parser's message, naming the key.
-        reason: String,
+        /// What is wrong, at least one.
+        problems: Vec<ProfileProblem>,
     },
+}
+
+/// One problem of a profile file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileProblem {
+    /// The key it is about (none for a syntax error).
+    pub key: Option<String>,
+    /// The line of the key or of the syntax error, counted from 1 (none for a missing key).
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for ProfileProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+fn list_problems(problems: &[ProfileProblem]) -> String {
+    match problems {
+        [one] => one.to_string(),
+        many => {
+            let mut out = format!("{} problems", many.len());
+            for p in many {
+                out.push_str("\n  ");
+                out.push_str(&p.to_string());
+            }
+            out
+        }
+    }
 }
 
 /// Errors of the commands that transform models (`prune`, `fit`, ...).

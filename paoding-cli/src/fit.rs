@@ -16,7 +16,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 
 use paoding_core::blob;
 use paoding_core::fit::{self, Resource, Schedule, Shortfall, Usage};
@@ -181,18 +182,18 @@ pub fn budget(profile: &Profile, o: &BudgetOverrides) -> Result<Budget, CliError
         b.ram_bytes = r;
     }
     if let Some(ms) = o.latency_ms {
-        let cpm = profile.cycles_per_mac.ok_or_else(|| {
-            CliError::Usage(format!(
-                "--latency-ms needs cycles_per_mac in profile {}",
+        let (Some(cpm), Some(hz)) = (profile.cycles_per_mac, profile.clock_hz) else {
+            return Err(CliError::Usage(format!(
+                "--latency-ms needs clock_hz and cycles_per_mac in profile {}",
                 profile.name
-            ))
-        })?;
+            )));
+        };
         if !(ms > 0.0 && ms.is_finite()) {
             return Err(CliError::Usage(format!(
                 "--latency-ms must be positive, got {ms}"
             )));
         }
-        b.macs = Some((ms / 1000.0 * profile.clock_hz as f64 / cpm) as u64);
+        b.macs = Some(paoding_core::profile::latency_to_macs(ms, hz, cpm));
     }
     if let Some(m) = o.macs {
         b.macs = Some(m);
@@ -200,8 +201,48 @@ pub fn budget(profile: &Profile, o: &BudgetOverrides) -> Result<Budget, CliError
     Ok(b)
 }
 
+/// `template` (an output path given to `fit`) with every `{profile}` replaced by a profile's
+/// name. Any OS path: on Unix, bytes that are not UTF-8 are kept as they are.
+///
+/// ```
+/// use paoding_cli::fit::output_path;
+/// assert_eq!(output_path("out/{profile}.pdg".as_ref(), "cortex-m7"), std::path::Path::new("out/cortex-m7.pdg"));
+/// ```
+pub fn output_path(template: &OsStr, profile: &str) -> PathBuf {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let mut rest = template.as_bytes();
+        let mut out = Vec::with_capacity(rest.len() + profile.len());
+        while let Some(i) = rest
+            .windows(PLACEHOLDER.len())
+            .position(|w| w == PLACEHOLDER.as_bytes())
+        {
+            out.extend_from_slice(&rest[..i]);
+            out.extend_from_slice(profile.as_bytes());
+            rest = &rest[i + PLACEHOLDER.len()..];
+        }
+        out.extend_from_slice(rest);
+        PathBuf::from(std::ffi::OsString::from_vec(out))
+    }
+    #[cfg(not(unix))]
+    PathBuf::from(template.to_string_lossy().replace(PLACEHOLDER, profile))
+}
+
+/// Whether an output path template names each profile's file apart (contains `{profile}`).
+pub fn names_each_profile(template: &OsStr) -> bool {
+    output_path(template, "") != Path::new(template)
+}
+
+/// What `output_path` replaces.
+const PLACEHOLDER: &str = "{profile}";
+
 /// Fit an ONNX file to a profile (a path or a built-in name): the build-script entry point.
-pub fn fit(model: &Path, profile: &str, options: &FitOptions) -> Result<Fitted, CliError> {
+pub fn fit(
+    model: &Path,
+    profile: impl AsRef<OsStr>,
+    options: &FitOptions,
+) -> Result<Fitted, CliError> {
     let profile = crate::profile::load(profile).map_err(|e| CliError::Usage(e.to_string()))?;
     let imported = crate::import::import_onnx(model)?;
     let mut options = options.clone();

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -42,10 +43,10 @@ enum Command {
     /// verdict per constraint. Exit 0 fits (or no profile), 1 does not fit, 2 error.
     Inspect {
         /// The ONNX model.
-        model: String,
+        model: PathBuf,
         /// A profile file or the name of a built-in one (see `paoding profiles`).
         #[arg(long)]
-        profile: Option<String>,
+        profile: Option<OsString>,
         /// Print the report as JSON (schema paoding.inspect/1).
         #[arg(long)]
         json: bool,
@@ -62,14 +63,14 @@ enum Command {
     /// bad input.
     Run {
         /// The runtime model (.pdg).
-        model: String,
+        model: PathBuf,
         /// Inputs (.npy, float32 or float64, C order): [N, the model's input dims without
         /// its batch axis], in the model's layout (`paoding inspect` shows it).
         #[arg(long)]
-        input: String,
+        input: PathBuf,
         /// Write the outputs here (.npy) instead of printing them.
         #[arg(long)]
-        output: Option<String>,
+        output: Option<PathBuf>,
     },
     /// Accuracy, agreement, KL and FGSM robustness of a candidate (.onnx or .pdg) against
     /// the original. Exit 0, or 2 on bad input.
@@ -91,7 +92,7 @@ enum Command {
 #[derive(Args)]
 struct PruneArgs {
     /// The ONNX model.
-    model: String,
+    model: PathBuf,
     /// Fraction of units (neurons, channels) to remove: per layer with --scope uniform,
     /// overall with --scope global.
     #[arg(long)]
@@ -106,7 +107,7 @@ struct PruneArgs {
     widths: WidthArgs,
     /// The refit's probes: uniform, invert (class-conditional inversion), bn (BatchNorm
     /// statistics), auto (the best the model allows), or a .npy file of inputs (as --data).
-    #[arg(long, default_value = "auto", value_parser = paoding_cli::probes::parse_source)]
+    #[arg(long, default_value = "auto", value_parser = paoding_cli::probes::source_parser())]
     probes: ProbeSource,
     #[command(flatten)]
     probe_args: ProbeArgs,
@@ -123,17 +124,17 @@ struct PruneArgs {
 #[derive(Args)]
 struct FitArgs {
     /// The ONNX model.
-    model: String,
+    model: PathBuf,
     /// A profile file or built-in name; repeat for a fleet (then -o needs {profile}).
     #[arg(long, required = true)]
-    profile: Vec<String>,
+    profile: Vec<OsString>,
     /// Where to write the runtime model (.pdg); `{profile}` is replaced by the profile name.
     /// Without it, nothing but the report is written (and stderr says so).
     #[arg(short, long)]
-    output: Option<String>,
+    output: Option<OsString>,
     /// Also write the pruned model as ONNX (`{profile}` allowed).
     #[arg(long)]
-    onnx: Option<String>,
+    onnx: Option<OsString>,
     /// Write the report as JSON (schema paoding.fit/2).
     #[arg(long)]
     report: Option<PathBuf>,
@@ -166,7 +167,7 @@ struct FitArgs {
     widths: WidthArgs,
     /// The refit's probes: uniform, invert (class-conditional inversion), bn (BatchNorm
     /// statistics), auto (the best the model allows), or a .npy file of inputs (as --data).
-    #[arg(long, default_value = "auto", value_parser = paoding_cli::probes::parse_source)]
+    #[arg(long, default_value = "auto", value_parser = paoding_cli::probes::source_parser())]
     probes: ProbeSource,
     #[command(flatten)]
     probe_args: ProbeArgs,
@@ -226,9 +227,10 @@ fn run(command: Command) -> Result<u8, CliError> {
             profile,
             json,
         } => {
-            let profile = profile.map(|p| profile::load(&p)).transpose()?;
-            let imported = import::import_onnx(model.as_ref())?;
-            let report = InspectReport::new(&model, &imported, profile.as_ref())?;
+            let profile = profile.map(profile::load).transpose()?;
+            let imported = import::import_onnx(&model)?;
+            let report =
+                InspectReport::new(&model.display().to_string(), &imported, profile.as_ref())?;
             if json {
                 output::print(&(json_text(&report)? + "\n"))?;
             } else {
@@ -250,13 +252,9 @@ fn run(command: Command) -> Result<u8, CliError> {
             input,
             output,
         } => {
-            let out = paoding_cli::run::run(
-                model.as_ref(),
-                input.as_ref(),
-                output.as_deref().map(std::path::Path::new),
-            )?;
+            let out = paoding_cli::run::run(&model, &input, output.as_deref())?;
             match output {
-                Some(path) => output::print(&format!("wrote {path}\n"))?,
+                Some(path) => output::print(&format!("wrote {}\n", path.display()))?,
                 None => output::print(&out.to_text())?,
             }
             Ok(EXIT_OK)
@@ -294,9 +292,10 @@ fn run(command: Command) -> Result<u8, CliError> {
 fn fit(a: FitArgs) -> Result<u8, CliError> {
     let fleet = a.profile.len() > 1;
     for path in [&a.output, &a.onnx].into_iter().flatten() {
-        if fleet && !path.contains("{profile}") {
+        if fleet && !fit_cmd::names_each_profile(path) {
             return Err(CliError::Usage(format!(
-                "with several --profile, '{path}' must contain {{profile}}"
+                "with several --profile, '{}' must contain {{profile}}",
+                path.to_string_lossy()
             )));
         }
     }
@@ -311,11 +310,11 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     let profiles = a
         .profile
         .iter()
-        .map(|p| profile::load(p))
+        .map(profile::load)
         .collect::<Result<Vec<_>, _>>()?;
     // Every output location is checked before any work: a run writes all its files or none.
-    let name = |template: &str, p: &paoding_core::profile::Profile| {
-        PathBuf::from(template.replace("{profile}", &p.name))
+    let name = |template: &OsString, p: &paoding_core::profile::Profile| {
+        fit_cmd::output_path(template, &p.name)
     };
     for p in &profiles {
         for template in [&a.output, &a.onnx].into_iter().flatten() {
@@ -327,7 +326,8 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     }
     let progress = Progress::on_stderr(!a.json);
     progress.phase("importing");
-    let imported = import::import_onnx(a.model.as_ref())?;
+    let imported = import::import_onnx(&a.model)?;
+    let model_name = a.model.display().to_string();
     let g = &imported.graph;
     let probes = a.probe_args.settings(&imported, a.probes.clone())?;
     let check = LazyCheckSet::new(g, &probes, a.data.clone());
@@ -353,7 +353,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     let mut all_ok = true;
     for p in &profiles {
         progress.set_prefix(&p.name);
-        let fitted = fit_cmd::fit_graph(&a.model, g, p, &options, &check, &progress)?;
+        let fitted = fit_cmd::fit_graph(&model_name, g, p, &options, &check, &progress)?;
         if let (Some(out), Some(blob)) = (&a.output, &fitted.blob) {
             files.push((name(out, p), blob.clone()));
         }
@@ -416,7 +416,8 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
     output::check_writable(&a.output)?;
     let progress = Progress::on_stderr(!a.json);
     progress.phase("importing");
-    let imported = import::import_onnx(a.model.as_ref())?;
+    let imported = import::import_onnx(&a.model)?;
+    let model_name = a.model.display().to_string();
     let g = &imported.graph;
     let probes = a.probe_args.settings(&imported, a.probes.clone())?;
     let options = PruneOptions {
@@ -431,11 +432,11 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
         ..Default::default()
     };
     let check = CheckSet::build(g, &probes, &a.data, &progress)?;
-    let (pruned, report) = prune_cmd::prune(&a.model, g, &options, &probes, &check, &progress)?;
+    let (pruned, report) = prune_cmd::prune(&model_name, g, &options, &probes, &check, &progress)?;
     drop(progress);
     export::save_onnx(
         &pruned,
-        &format!("pruned from {} by paoding prune", a.model),
+        &format!("pruned from {model_name} by paoding prune"),
         &a.output,
     )?;
     if a.json {

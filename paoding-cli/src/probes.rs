@@ -4,6 +4,7 @@
 //! Synthesized probes are cached, keyed by a hash of the model and of the synthesis
 //! settings, so a fit search or a re-run never synthesizes the same probes twice.
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use paoding_core::cost::ModelCost;
@@ -42,7 +43,7 @@ pub struct ProbeArgs {
     pub seed: u64,
     /// What fidelity is measured on without --data: auto (probes synthesized like the
     /// refit's but held out from it, the default), uniform, or a .npy file of inputs.
-    #[arg(long, default_value = "auto", value_parser = crate::check::parse_source)]
+    #[arg(long, default_value = "auto", value_parser = crate::check::source_parser())]
     pub check_probes: CheckSource,
     /// Cache folder for synthesized probes (default: $PAODING_CACHE_DIR, else
     /// ~/.cache/paoding).
@@ -242,20 +243,35 @@ pub enum ProbeSource {
     File(PathBuf),
 }
 
-/// Parse `--probes`.
-pub fn parse_source(s: &str) -> Result<ProbeSource, String> {
-    Ok(match s {
-        "uniform" => ProbeSource::Uniform,
-        "invert" => ProbeSource::Invert,
-        "bn" => ProbeSource::Bn,
-        "auto" => ProbeSource::Auto,
-        path if path.ends_with(".npy") => ProbeSource::File(PathBuf::from(path)),
-        other => {
+/// Parse `--probes`: a method's name, or any OS path ending in `.npy`.
+///
+/// ```
+/// use paoding_cli::probes::{parse_source, ProbeSource};
+/// assert!(matches!(parse_source("bn".into()), Ok(ProbeSource::Bn)));
+/// assert!(matches!(parse_source("x.npy".into()), Ok(ProbeSource::File(_))));
+/// ```
+pub fn parse_source(s: OsString) -> Result<ProbeSource, String> {
+    Ok(match s.to_str() {
+        Some("uniform") => ProbeSource::Uniform,
+        Some("invert") => ProbeSource::Invert,
+        Some("bn") => ProbeSource::Bn,
+        Some("auto") => ProbeSource::Auto,
+        _ if Path::new(&s).extension() == Some(OsStr::new("npy")) => {
+            ProbeSource::File(PathBuf::from(s))
+        }
+        _ => {
             return Err(format!(
-                "'{other}' is not uniform, invert, bn, auto or a .npy file"
+                "'{}' is not uniform, invert, bn, auto or a .npy file",
+                s.to_string_lossy()
             ))
         }
     })
+}
+
+/// The clap parser of `--probes` (accepts non-UTF-8 paths).
+pub fn source_parser() -> impl clap::builder::TypedValueParser<Value = ProbeSource> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().try_map(parse_source)
 }
 
 /// Probes ready for the refit, and what they are.

@@ -158,7 +158,10 @@ impl InspectReport {
             overhead(c.arena_bytes, c.arena_lower_bound_bytes)
         );
         if let Some(p) = &self.profile {
-            let _ = writeln!(out, "\nprofile {}: {}", p.name, p.description);
+            let _ = match p.description.as_str() {
+                "" => writeln!(out, "\nprofile {}", p.name),
+                d => writeln!(out, "\nprofile {}: {d}", p.name),
+            };
             for k in &self.constraints {
                 let verdict = if k.fits { "fits" } else { "DOES NOT FIT" };
                 let margin = if k.fits {

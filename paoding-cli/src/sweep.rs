@@ -356,7 +356,7 @@ pub struct SweepArgs {
     pub data: DataArgs,
     /// The refit's probes: auto (the best the model allows, the default, as for prune and
     /// fit), uniform, invert, bn, or a .npy file.
-    #[arg(long, default_value = "auto", value_parser = crate::probes::parse_source)]
+    #[arg(long, default_value = "auto", value_parser = crate::probes::source_parser())]
     pub probes: ProbeSource,
     #[command(flatten)]
     pub probe_args: ProbeArgs,

@@ -12,40 +12,81 @@ use serde::{Deserialize, Serialize};
 use crate::cost::WeightDtype;
 use crate::error::{Error, Result};
 
-/// A hardware profile, as written in `boards/*.toml`. Unknown keys are refused.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A hardware profile, as written in `boards/*.toml`.
+///
+/// Only the two budgets a board defines are required, `flash_bytes` and `ram_bytes`; every
+/// other field has the default documented on it ([`Profile::new`] builds one with all
+/// defaults). [`KEYS`] lists the keys a file may use.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Profile {
-    /// Short name, e.g. `cortex-m7`.
+    /// Short name, e.g. `cortex-m7`. Default in a file: the file's name without extension.
     pub name: String,
-    /// The board and chip it describes, with the source of its figures.
+    /// The board and chip it describes, with the source of its figures. Default: empty.
     pub description: String,
-    /// Rust target triple of the firmware, e.g. `thumbv7em-none-eabihf`.
+    /// Rust target triple of the firmware, e.g. `thumbv7em-none-eabihf`. Default: empty
+    /// (not stated; nothing depends on it).
     pub target: String,
-    /// CPU clock in Hz.
-    pub clock_hz: u64,
-    /// Total flash.
+    /// CPU clock in Hz. Default: none; needed only with `max_latency_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_hz: Option<u64>,
+    /// Total flash. Required, more than 0.
     pub flash_bytes: ByteSize,
-    /// Total RAM.
+    /// Total RAM. Required, more than 0.
     pub ram_bytes: ByteSize,
-    /// Flash kept for the firmware (code, runtime, other data).
+    /// Flash kept for the firmware (code, runtime, other data). Default: 0.
     pub reserved_flash_bytes: ByteSize,
-    /// RAM kept for the firmware (stack, heap, buffers).
+    /// RAM kept for the firmware (stack, heap, buffers). Default: 0.
     pub reserved_ram_bytes: ByteSize,
-    /// How weights are stored (`f32`).
+    /// How weights are stored. Default: `f32`.
     pub weight_dtype: WeightDtype,
-    /// Optional compute budget: most multiply-accumulates per inference.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Most multiply-accumulates per inference. Default: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_macs: Option<Count>,
-    /// Optional latency budget per inference, in milliseconds (needs `cycles_per_mac`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Latency budget per inference, in milliseconds (needs `clock_hz` and
+    /// `cycles_per_mac`). Default: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_latency_ms: Option<f64>,
     /// CPU cycles one multiply-accumulate takes on this core, to turn latency into MACs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cycles_per_mac: Option<f64>,
-    /// Optional least top-1 agreement with the original model a fitted model must keep.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Least top-1 agreement with the original model a fitted model must keep, in [0, 1].
+    /// Default: none (`fit --min-agreement` may set it).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_agreement: Option<f64>,
+}
+
+/// Every key a profile file may use; [`Profile`] documents each one and its default.
+pub const KEYS: &[&str] = &[
+    "name",
+    "description",
+    "target",
+    "clock_hz",
+    "flash_bytes",
+    "ram_bytes",
+    "reserved_flash_bytes",
+    "reserved_ram_bytes",
+    "weight_dtype",
+    "max_macs",
+    "max_latency_ms",
+    "cycles_per_mac",
+    "min_agreement",
+];
+
+/// The keys a profile file must have.
+pub const REQUIRED_KEYS: &[&str] = &["flash_bytes", "ram_bytes"];
+
+/// The largest size or count a profile or a command-line budget may state: 2^63 - 1, so that
+/// every difference of two of them is exact in an `i64`.
+pub const MAX_QUANTITY: u64 = i64::MAX as u64;
+
+/// One thing wrong with a profile, and the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key (one of [`KEYS`]).
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub message: String,
 }
 
 /// What a model may use on a board, after the firmware's reserved shares.
@@ -60,73 +101,197 @@ pub struct Budget {
 }
 
 impl Profile {
-    /// The budget left for the model, or why the profile is inconsistent.
+    /// A profile with the two required budgets and every other field at its default.
     ///
     /// ```
     /// use paoding_core::profile::{ByteSize, Profile};
-    /// use paoding_core::cost::WeightDtype;
     ///
-    /// let p = Profile {
-    ///     name: "demo".into(), description: "".into(), target: "thumbv7em-none-eabihf".into(),
-    ///     clock_hz: 100_000_000, flash_bytes: ByteSize(1 << 20), ram_bytes: ByteSize(256 << 10),
-    ///     reserved_flash_bytes: ByteSize(128 << 10), reserved_ram_bytes: ByteSize(64 << 10),
-    ///     weight_dtype: WeightDtype::F32, max_macs: None, max_latency_ms: Some(10.0),
-    ///     cycles_per_mac: Some(2.0), min_agreement: None,
-    /// };
+    /// let mut p = Profile::new("demo", ByteSize(1 << 20), ByteSize(256 << 10));
+    /// p.reserved_flash_bytes = ByteSize(128 << 10);
+    /// p.reserved_ram_bytes = ByteSize(64 << 10);
+    /// (p.clock_hz, p.max_latency_ms, p.cycles_per_mac) = (Some(100_000_000), Some(10.0), Some(2.0));
     /// let b = p.budget()?;
     /// assert_eq!((b.flash_bytes, b.ram_bytes, b.macs), (896 << 10, 192 << 10, Some(500_000)));
     /// # Ok::<(), paoding_core::Error>(())
     /// ```
-    pub fn budget(&self) -> Result<Budget> {
-        let left = |total: ByteSize, reserved: ByteSize, what: &str| {
-            total.0.checked_sub(reserved.0).ok_or_else(|| {
-                Error::Profile(format!(
-                    "{}: reserved_{what}_bytes ({}) exceeds {what}_bytes ({})",
-                    self.name, reserved.0, total.0
-                ))
-            })
-        };
-        if self.clock_hz == 0 {
-            return Err(Error::Profile(format!(
-                "{}: clock_hz must be positive",
-                self.name
-            )));
+    pub fn new(name: impl Into<String>, flash_bytes: ByteSize, ram_bytes: ByteSize) -> Profile {
+        Profile {
+            name: name.into(),
+            description: String::new(),
+            target: String::new(),
+            clock_hz: None,
+            flash_bytes,
+            ram_bytes,
+            reserved_flash_bytes: ByteSize(0),
+            reserved_ram_bytes: ByteSize(0),
+            weight_dtype: WeightDtype::F32,
+            max_macs: None,
+            max_latency_ms: None,
+            cycles_per_mac: None,
+            min_agreement: None,
         }
-        let latency_macs = match (self.max_latency_ms, self.cycles_per_mac) {
-            (None, _) => None,
-            (Some(ms), Some(cpm)) if ms > 0.0 && cpm > 0.0 && ms.is_finite() && cpm.is_finite() => {
-                Some((ms / 1000.0 * self.clock_hz as f64 / cpm) as u64)
-            }
-            (Some(_), None) => {
-                return Err(Error::Profile(format!(
-                    "{}: max_latency_ms needs cycles_per_mac",
+    }
+
+    /// Every inconsistency of the profile, each naming its key: a name that cannot name a
+    /// file, budgets of 0 or beyond [`MAX_QUANTITY`], reserved shares that leave nothing, a
+    /// latency budget without what turns it into MACs, values out of range.
+    ///
+    /// ```
+    /// use paoding_core::profile::{ByteSize, Profile};
+    ///
+    /// let mut p = Profile::new("demo", ByteSize(0), ByteSize(64 << 10));
+    /// p.reserved_ram_bytes = ByteSize(64 << 10);
+    /// let keys: Vec<_> = p.problems().iter().map(|p| p.key).collect();
+    /// assert_eq!(keys, ["flash_bytes", "reserved_ram_bytes"]);
+    /// ```
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |key: &'static str, message: String| out.push(Problem { key, message });
+        if self.name.is_empty()
+            || self
+                .name
+                .chars()
+                .any(|c| c == '/' || c == '\\' || c.is_control())
+        {
+            problem(
+                "name",
+                format!(
+                    "{:?} cannot name output files (`-o out/{{profile}}.pdg`): it must be \
+                     non-empty, without '/', '\\' or control characters",
                     self.name
-                )));
+                ),
+            );
+        }
+        if self.clock_hz == Some(0) {
+            problem("clock_hz", "must be more than 0".into());
+        }
+        for (key, size) in [
+            ("flash_bytes", self.flash_bytes),
+            ("ram_bytes", self.ram_bytes),
+        ] {
+            if size.0 == 0 {
+                problem(
+                    key,
+                    "a budget of 0 bytes leaves no room for any model".into(),
+                );
             }
-            (Some(_), Some(_)) => {
-                return Err(Error::Profile(format!(
-                    "{}: max_latency_ms and cycles_per_mac must be positive",
-                    self.name
-                )));
+        }
+        for (key, size) in [
+            ("flash_bytes", self.flash_bytes),
+            ("ram_bytes", self.ram_bytes),
+            ("reserved_flash_bytes", self.reserved_flash_bytes),
+            ("reserved_ram_bytes", self.reserved_ram_bytes),
+        ] {
+            if size.0 > MAX_QUANTITY {
+                problem(key, format!("{} bytes is beyond 2^63 - 1", size.0));
             }
-        };
+        }
+        for (key, total, reserved, what) in [
+            (
+                "reserved_flash_bytes",
+                self.flash_bytes,
+                self.reserved_flash_bytes,
+                "flash_bytes",
+            ),
+            (
+                "reserved_ram_bytes",
+                self.ram_bytes,
+                self.reserved_ram_bytes,
+                "ram_bytes",
+            ),
+        ] {
+            if total.0 > 0 && reserved >= total {
+                problem(
+                    key,
+                    format!(
+                        "{} leaves nothing of {what} ({}) for the model",
+                        reserved.0, total.0
+                    ),
+                );
+            }
+        }
+        match self.max_macs {
+            Some(Count(0)) => problem("max_macs", "a budget of 0 MACs allows no model".into()),
+            Some(Count(m)) if m > MAX_QUANTITY => {
+                problem("max_macs", format!("{m} is beyond 2^63 - 1"))
+            }
+            _ => {}
+        }
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        if let Some(ms) = self.max_latency_ms {
+            if !positive(ms) {
+                problem(
+                    "max_latency_ms",
+                    format!("must be a positive number, got {ms}"),
+                );
+            }
+            let missing: Vec<&str> = [
+                ("clock_hz", self.clock_hz.is_some()),
+                ("cycles_per_mac", self.cycles_per_mac.is_some()),
+            ]
+            .iter()
+            .filter(|(_, set)| !set)
+            .map(|(key, _)| *key)
+            .collect();
+            if !missing.is_empty() {
+                problem(
+                    "max_latency_ms",
+                    format!(
+                        "needs {} to turn milliseconds into MACs",
+                        missing.join(" and ")
+                    ),
+                );
+            }
+        }
+        if let Some(cpm) = self.cycles_per_mac {
+            if !positive(cpm) {
+                problem(
+                    "cycles_per_mac",
+                    format!("must be a positive number, got {cpm}"),
+                );
+            }
+        }
         if let Some(a) = self.min_agreement {
             if !(0.0..=1.0).contains(&a) {
-                return Err(Error::Profile(format!(
-                    "{}: min_agreement must be in [0, 1], got {a}",
-                    self.name
-                )));
+                problem("min_agreement", format!("must be in [0, 1], got {a}"));
             }
         }
+        out
+    }
+
+    /// The budget left for the model, or why the profile is inconsistent (its first
+    /// [`problem`](Profile::problems)).
+    pub fn budget(&self) -> Result<Budget> {
+        if let Some(p) = self.problems().into_iter().next() {
+            return Err(Error::Profile(format!(
+                "{}: {}: {}",
+                self.name, p.key, p.message
+            )));
+        }
+        let latency_macs = match (self.max_latency_ms, self.cycles_per_mac, self.clock_hz) {
+            (Some(ms), Some(cpm), Some(hz)) => Some(latency_to_macs(ms, hz, cpm)),
+            _ => None,
+        };
         let macs = match (self.max_macs.map(|c| c.0), latency_macs) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         Ok(Budget {
-            flash_bytes: left(self.flash_bytes, self.reserved_flash_bytes, "flash")?,
-            ram_bytes: left(self.ram_bytes, self.reserved_ram_bytes, "ram")?,
+            flash_bytes: self.flash_bytes.0 - self.reserved_flash_bytes.0,
+            ram_bytes: self.ram_bytes.0 - self.reserved_ram_bytes.0,
             macs,
         })
+    }
+}
+
+/// MACs a core at `clock_hz`, taking `cycles_per_mac` each, runs in `ms` milliseconds
+/// (saturating at [`MAX_QUANTITY`]).
+pub fn latency_to_macs(ms: f64, clock_hz: u64, cycles_per_mac: f64) -> u64 {
+    let macs = ms / 1000.0 * clock_hz as f64 / cycles_per_mac;
+    if macs >= MAX_QUANTITY as f64 {
+        MAX_QUANTITY
+    } else {
+        macs as u64
     }
 }
 
@@ -152,7 +317,8 @@ impl Constraint {
             resource: resource.into(),
             used,
             budget,
-            headroom: budget as i64 - used as i64,
+            headroom: (i128::from(budget) - i128::from(used))
+                .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
             fits: used <= budget,
         }
     }
@@ -210,8 +376,8 @@ pub fn parse_quantity(text: &str, base: u64) -> core::result::Result<u64, String
         format!("'{text}' is not a size: use an integer or a number with K, M or G")
     })?;
     let total = value * unit as f64;
-    if !total.is_finite() || total > u64::MAX as f64 {
-        return Err(format!("'{text}' is too large"));
+    if !total.is_finite() || total >= MAX_QUANTITY as f64 {
+        return Err(format!("'{text}' is too large: beyond 2^63 - 1"));
     }
     if libm::trunc(total) != total {
         return Err(format!("'{text}' is not a whole number"));
@@ -227,6 +393,9 @@ impl Visitor<'_> for QuantityVisitor {
         f.write_str("a non-negative integer or a string such as \"256K\" or \"1M\"")
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> core::result::Result<u64, E> {
+        if v > MAX_QUANTITY {
+            return Err(E::custom(format!("{v} is too large: beyond 2^63 - 1")));
+        }
         Ok(v)
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> core::result::Result<u64, E> {

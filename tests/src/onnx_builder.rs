@@ -107,9 +107,21 @@ impl OnnxBuilder {
         self
     }
 
+    /// Add any initializer as it is (hostile declarations, other data types).
+    pub fn tensor(&mut self, tensor: pb::TensorProto) -> &mut Self {
+        self.initializers.push(tensor);
+        self
+    }
+
     /// Serialize, with `output` as the graph's output.
     pub fn encode(&self, output: &str) -> Vec<u8> {
-        let model = pb::ModelProto {
+        self.model(output).encode_to_vec()
+    }
+
+    /// The model as a protobuf, with `output` as the graph's output, for a test to change
+    /// what the builder cannot say (graph inputs, value names, node order).
+    pub fn model(&self, output: &str) -> pb::ModelProto {
+        pb::ModelProto {
             ir_version: 8,
             opset_import: vec![pb::OperatorSetIdProto {
                 domain: String::new(),
@@ -124,8 +136,7 @@ impl OnnxBuilder {
                 ..Default::default()
             }),
             ..Default::default()
-        };
-        model.encode_to_vec()
+        }
     }
 }
 

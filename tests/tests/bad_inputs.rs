@@ -152,7 +152,10 @@ fn hostile_tensor_declarations_are_refused_before_reading() {
     let msg = import_onnx(&write_model(dir.path(), "absurd.onnx", "Relu", absurd))
         .expect_err("absurd")
         .to_string();
-    assert!(msg.contains("'W'") && msg.contains("absurd"), "{msg}");
+    assert!(
+        msg.contains("'W'") && msg.contains("declares 2^64 or more elements"),
+        "{msg}"
+    );
 
     let negative = pb::TensorProto {
         name: "W".into(),
@@ -277,4 +280,134 @@ fn bad_profiles_name_the_key() {
     for p in profile::built_in().expect("every shipped profile parses") {
         assert!(p.budget().is_ok(), "{}", p.name);
     }
+}
+
+#[test]
+fn a_profile_needs_only_its_two_budgets() {
+    let p = profile::parse(
+        "flash_bytes = \"512K\"\nram_bytes = 131072\n",
+        "boards/my-board.toml",
+    )
+    .expect("two keys are a profile");
+    assert_eq!(p.name, "my-board", "the name defaults to the file stem");
+    assert_eq!(
+        p,
+        paoding_core::profile::Profile::new(
+            "my-board",
+            paoding_core::profile::ByteSize(512 << 10),
+            paoding_core::profile::ByteSize(128 << 10)
+        ),
+        "every other field at its documented default"
+    );
+    let b = p.budget().expect("budget");
+    assert_eq!(
+        (b.flash_bytes, b.ram_bytes, b.macs),
+        (512 << 10, 128 << 10, None)
+    );
+    let named = profile::parse(
+        "name = \"lab\"\nflash_bytes = \"1M\"\nram_bytes = \"1M\"\n",
+        "x.toml",
+    )
+    .expect("named");
+    assert_eq!(named.name, "lab");
+}
+
+#[test]
+fn every_problem_of_a_profile_is_reported_at_once_with_key_and_line() {
+    let text = "\
+name = \"board\"
+flash_bytes = 0
+ram_bytes = \"lots\"
+reserved_flash_bytes = \"16M\"
+flsh_bytes = 5
+max_latency_ms = 10
+min_agreement = 1.5
+";
+    let Err(ProfileError::Invalid { problems, .. }) = profile::parse(text, "t.toml") else {
+        panic!("refused");
+    };
+    let got: Vec<(Option<usize>, Option<&str>)> = problems
+        .iter()
+        .map(|p| (p.line, p.key.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(2), Some("flash_bytes")),
+            (Some(3), Some("ram_bytes")),
+            (Some(5), Some("flsh_bytes")),
+            (Some(6), Some("max_latency_ms")),
+            (Some(7), Some("min_agreement")),
+        ],
+        "{problems:#?}"
+    );
+    // A reserved share is only compared with a total that decoded and is not 0.
+    assert!(!problems
+        .iter()
+        .any(|p| p.key.as_deref() == Some("reserved_flash_bytes")));
+
+    // A missing required key has no line; it comes after the others.
+    let Err(ProfileError::Invalid { problems, .. }) =
+        profile::parse("ram_bytes = \"1M\"\nwat = 1\n", "t.toml")
+    else {
+        panic!("refused");
+    };
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(
+        (problems[0].line, problems[0].key.as_deref()),
+        (Some(2), Some("wat"))
+    );
+    assert_eq!(
+        (problems[1].line, problems[1].key.as_deref()),
+        (None, Some("flash_bytes"))
+    );
+
+    // A syntax error has the line of the error.
+    let Err(ProfileError::Invalid { problems, .. }) =
+        profile::parse("flash_bytes = 1\nram_bytes = = 2\nmax_macs = 3\n", "t.toml")
+    else {
+        panic!("refused");
+    };
+    assert_eq!(
+        (problems.len(), problems[0].line),
+        (1, Some(2)),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn budgets_of_zero_or_beyond_2_pow_63_name_the_key() {
+    for (line, key) in [
+        ("flash_bytes = 0", "flash_bytes"),
+        ("flash_bytes = \"0K\"", "flash_bytes"),
+        ("flash_bytes = \"8589934592G\"", "flash_bytes"),
+        ("flash_bytes = \"9223372036854775808\"", "flash_bytes"),
+        (
+            "flash_bytes = 9223372036854775807\nreserved_flash_bytes = \"9000000000G\"",
+            "reserved_flash_bytes",
+        ),
+        (
+            "flash_bytes = 5\nreserved_flash_bytes = 5",
+            "reserved_flash_bytes",
+        ),
+        ("flash_bytes = 5\nmax_macs = 0", "max_macs"),
+        ("flash_bytes = 5\nmax_macs = \"10000000000G\"", "max_macs"),
+    ] {
+        let text = format!("ram_bytes = \"64K\"\n{line}\n");
+        let err = profile::parse(&text, "t.toml").expect_err(line);
+        let ProfileError::Invalid { problems, .. } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(problems.len(), 1, "{line}: {err}");
+        assert_eq!(problems[0].key.as_deref(), Some(key), "{line}: {err}");
+        assert!(problems[0].line.is_some(), "{line}: {err}");
+    }
+    // The largest accepted budget still compares exactly.
+    let p = profile::parse(
+        "flash_bytes = 9223372036854775807\nram_bytes = 1\n",
+        "t.toml",
+    )
+    .expect("2^63 - 1 bytes");
+    let c = paoding_core::profile::check(&p.budget().expect("budget"), 0, 2, 0);
+    assert_eq!((c[0].headroom, c[1].headroom), (i64::MAX, -1));
 }

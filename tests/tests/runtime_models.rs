@@ -127,26 +127,3 @@ fn fixture_arena_equals_the_plan_lower_bound_for_chains() {
         );
     }
 }
-
-/// Writes every fixture's and shared model's blob into `$PAODING_FUZZ_CORPUS` (the fuzzer's
-/// seed corpus; see paoding-runtime/fuzz/README.md). Does nothing without the variable.
-#[test]
-#[ignore = "writes files; run by hand to seed the fuzzer"]
-fn write_fuzz_corpus() {
-    let Some(dir) = std::env::var_os("PAODING_FUZZ_CORPUS") else {
-        return;
-    };
-    let dir = std::path::PathBuf::from(dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut paths: Vec<std::path::PathBuf> = fixtures()
-        .iter()
-        .map(|f| fixtures_dir().join(&f.file))
-        .collect();
-    paths.extend(shared_models());
-    for path in paths {
-        let g = import_onnx(&path).unwrap().graph;
-        let bytes = blob::write_blob(&g, &MemoryPlan::new(&g)).unwrap();
-        let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        std::fs::write(dir.join(format!("{name}.pdg")), bytes).unwrap();
-    }
-}

@@ -6,6 +6,7 @@
 //! checked against tract's.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,7 +25,9 @@ use tract_onnx::tract_core::ops::identity::Identity;
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, Softmax, SoftmaxKind};
 use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::infer::InferenceNode;
 
+use super::checks::MAX_ELEMENTS;
 use crate::error::ImportError;
 
 #[derive(Clone)]
@@ -94,6 +97,11 @@ pub(super) fn load_and_map(
     model
         .set_input_fact(0, f32::fact(&shape).into())
         .map_err(tract_err)?;
+    // Only what the output depends on: tract's analysis visits every node, dead ones too,
+    // and `bound_sizes` checks the live ones (a dead BatchNormalization of a vector reached
+    // tract's unchecked indexing, found by the import fuzz target).
+    let mut model = model.into_compact().map_err(tract_err)?;
+    bound_sizes(&mut model, path)?;
     let bn_stats = bn_statistics(&model);
     let typed = model.into_typed().map_err(tract_err)?;
     let outputs = typed.output_outlets().map_err(tract_err)?.to_vec();
@@ -150,6 +158,167 @@ pub(super) fn load_and_map(
         None
     };
     Ok((graph, with_stats, input_range))
+}
+
+/// Walk the graph in order, as tract's analysis will, and refuse any node whose output
+/// tract's shape rules declare larger than [`MAX_ELEMENTS`] *before* tract evaluates it:
+/// tract computes every node whose inputs are all constants while it types the graph, so a
+/// ConstantOfShape, Expand, Tile, Range or broadcast of small constants could otherwise
+/// allocate terabytes. A node whose output size cannot be known before evaluating its
+/// constant inputs is refused too, and so is a graph whose constants together would exceed a
+/// budget.
+fn bound_sizes(model: &mut InferenceModel, path: &Path) -> Result<(), ImportError> {
+    /// Most elements all the values tract computes from constants may hold together: 8 Mi
+    /// (64 MiB even of 8-byte types), far above any microcontroller model's weights. Each
+    /// alone is bounded by `MAX_ELEMENTS`, but tract keeps them all (found by the import fuzz
+    /// target: a chain of constant Pad, Gather and Transpose took 360 MB and 0.7 s).
+    const MAX_FOLDED_ELEMENTS: u64 = 1 << 23;
+    let tract_err = |e: TractError| ImportError::Tract {
+        path: path.to_path_buf(),
+        reason: format!("{e:#}"),
+    };
+    let oversized = |node: &InferenceNode, why: &str| ImportError::Model {
+        path: path.to_path_buf(),
+        reason: format!(
+            "node '{}' ({}): its output {why}",
+            node.name,
+            node.op.name()
+        ),
+    };
+    // A panic in tract's rules or evaluation is caught here, to name the node.
+    let panicked =
+        |node: &InferenceNode, payload: Box<dyn std::any::Any + Send>| ImportError::Tract {
+            path: path.to_path_buf(),
+            reason: format!(
+                "node '{}' ({}): internal panic: {}",
+                node.name,
+                node.op.name(),
+                super::panic_message(&*payload)
+            ),
+        };
+    // Elements of every constant tract will have computed so far: it keeps them all.
+    let mut folded: u64 = 0;
+    for id in model.eval_order().map_err(tract_err)? {
+        let (inputs, outputs) = model.node_facts(id).map_err(tract_err)?;
+        let inputs: TVec<InferenceFact> = inputs.into_iter().cloned().collect();
+        let outputs: TVec<InferenceFact> = outputs.into_iter().cloned().collect();
+        let observed: TVec<InferenceFact> = {
+            let node = model.node(id);
+            node.op
+                .observe_outlets(model, node)
+                .and_then(|o| o.iter().map(|o| model.outlet_fact(*o).cloned()).collect())
+                .map_err(tract_err)?
+        };
+        if let Some(least) = least_rank(&model.node(id).op.name()) {
+            let rank = inputs
+                .first()
+                .and_then(|f| f.shape.rank().concretize())
+                .map(|r| r.max(0) as usize);
+            if rank.is_some_and(|r| r < least) {
+                let node = model.node(id);
+                return Err(ImportError::Model {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "node '{}' ({}): its input has {} axes; it needs at least {least} (N, C{})",
+                        node.name,
+                        node.op.name(),
+                        rank.unwrap_or_default(),
+                        if least > 2 { ", spatial axes" } else { "" }
+                    ),
+                });
+            }
+        }
+        let op = &mut model.node_mut(id).op;
+        let (_, declared, _) = catch_unwind(AssertUnwindSafe(|| {
+            op.infer_facts(refs(&inputs), refs(&outputs), refs(&observed))
+        }))
+        .map_err(|p| panicked(model.node(id), p))?
+        .map_err(tract_err)?;
+        let constant = !inputs.is_empty() && inputs.iter().all(|f| f.value.concretize().is_some());
+        if constant && model.node(id).op.name() == "Range" {
+            check_range_length(&inputs, MAX_ELEMENTS)
+                .map_err(|why| oversized(model.node(id), &why))?;
+        }
+        for fact in &declared {
+            let dims: Vec<Option<i64>> = fact
+                .shape
+                .dims()
+                .map(|d| d.concretize().and_then(|d| d.to_i64().ok()))
+                .collect();
+            // The known dimensions bound the size from below.
+            let elements = dims
+                .iter()
+                .flatten()
+                .try_fold(1u64, |n, &d| n.checked_mul(d.max(0) as u64));
+            let unknown = fact.shape.is_open() || dims.contains(&None);
+            if constant {
+                folded = folded.saturating_add(elements.unwrap_or(u64::MAX));
+            }
+            let why = if elements.is_none_or(|n| n > MAX_ELEMENTS) {
+                format!("would have more than {MAX_ELEMENTS} elements")
+            } else if folded > MAX_FOLDED_ELEMENTS {
+                format!(
+                    "is computed from constants, and all such values would hold more than \
+                     {MAX_FOLDED_ELEMENTS} elements together"
+                )
+            } else if constant && unknown {
+                "is computed from constants but its size cannot be known before".into()
+            } else {
+                continue;
+            };
+            return Err(oversized(model.node(id), &why));
+        }
+        let op = &mut model.node_mut(id).op;
+        let (_, inferred, _) = catch_unwind(AssertUnwindSafe(|| {
+            op.infer(refs(&inputs), refs(&outputs), refs(&observed))
+        }))
+        .map_err(|p| panicked(model.node(id), p))?
+        .map_err(tract_err)?;
+        for (slot, fact) in inferred.into_iter().enumerate() {
+            let outlet = OutletId::new(id, slot);
+            let unified = model
+                .outlet_fact(outlet)
+                .and_then(|old| old.unify(&fact))
+                .map_err(tract_err)?;
+            model.set_outlet_fact(outlet, unified).map_err(tract_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The fewest axes the first input of tract's channel-first operators must have: their shape
+/// rules index the channel and spatial axes without checking (an out-of-bounds
+/// `get_unchecked`, found by the `import` fuzz target on a BatchNormalization of a vector).
+fn least_rank(op: &str) -> Option<usize> {
+    match op {
+        "BatchNorm" => Some(2),
+        "ConvHir" | "ConvTranspose" | "MaxPool" | "OnnxMaxPoolIndices" | "SumPool" => Some(3),
+        _ => None,
+    }
+}
+
+/// A Range's length from its constant start, limit and delta: tract's shape rule for it
+/// does not follow its evaluation for large lengths (it declared 0 elements for 2^40).
+fn check_range_length(inputs: &[InferenceFact], max: u64) -> Result<(), String> {
+    let scalar = |i: usize| -> Option<f64> {
+        let t = inputs.get(i)?.value.concretize()?;
+        let t = t.cast_to::<f64>().ok()?;
+        t.try_as_plain_ram().ok()?.to_scalar::<f64>().ok().copied()
+    };
+    let (Some(start), Some(limit), Some(delta)) = (scalar(0), scalar(1), scalar(2)) else {
+        return Err("is a Range whose bounds are not three numbers".into());
+    };
+    let length = ((limit - start) / delta).ceil();
+    if length.is_nan() || length > max as f64 {
+        return Err(format!(
+            "would have {length} elements (Range from {start} to {limit} by {delta}), more than {max}"
+        ));
+    }
+    Ok(())
+}
+
+fn refs(facts: &[InferenceFact]) -> TVec<&InferenceFact> {
+    facts.iter().collect()
 }
 
 /// Running mean and variance of every ONNX BatchNormalization whose statistics are constants,
@@ -211,9 +380,47 @@ impl Mapper<'_> {
         if let Some(consts) = consts {
             return self.fold_constant(id, consts);
         }
+        self.check_output_size(id)?;
         let value = self.map_op(id, &inputs)?;
         self.mapped
             .insert(OutletId::new(id, 0), Mapped::Value(value));
+        Ok(())
+    }
+
+    /// A value the model computes from its input has between 1 and [`MAX_ELEMENTS`] elements
+    /// (tract has typed it; nothing of it is allocated yet).
+    fn check_output_size(&self, id: usize) -> Result<(), ImportError> {
+        let fact = self
+            .typed
+            .outlet_fact(OutletId::new(id, 0))
+            .map_err(|e| self.unsupported(id, &format!("{e}")))?;
+        let mut elements: u64 = 1;
+        for d in fact.shape.iter() {
+            match d.to_i64() {
+                Ok(d) if d > 0 => elements = elements.saturating_mul(d as u64),
+                Ok(d) => {
+                    return Err(ImportError::Model {
+                        path: self.path.to_path_buf(),
+                        reason: format!(
+                            "node '{}': its output has a dimension of {d} ({:?})",
+                            self.typed.node(id).name,
+                            fact.shape
+                        ),
+                    })
+                }
+                Err(_) => {} // symbolic: the batch, fixed to 1 when the graph is run
+            }
+        }
+        if elements > MAX_ELEMENTS {
+            return Err(ImportError::Model {
+                path: self.path.to_path_buf(),
+                reason: format!(
+                    "node '{}': its output {:?} has more than {MAX_ELEMENTS} elements",
+                    self.typed.node(id).name,
+                    fact.shape
+                ),
+            });
+        }
         Ok(())
     }
 

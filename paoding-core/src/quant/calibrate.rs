@@ -84,14 +84,16 @@ impl RangeEstimator {
     /// The range this estimator gives for a tensor.
     ///
     /// ```
-    /// use paoding_core::quant::calibrate::{Observed, RangeEstimator};
+    /// use paoding_core::quant::calibrate::{quantization_mse, Observed, RangeEstimator};
+    /// use paoding_core::quant::params::QParams;
     /// // One outlier among values in [0, 1].
     /// let mut sample: Vec<f32> = (0..1000).map(|i| i as f32 / 1000.0).collect();
     /// sample.push(50.0);
     /// let o = Observed { min: 0.0, max: 50.0, sample };
     /// assert_eq!(RangeEstimator::MinMax.range(&o), (0.0, 50.0));
     /// assert!(RangeEstimator::Percentile { cut: 0.5 }.range(&o).1 < 1.0);
-    /// assert!(RangeEstimator::Mse.range(&o).1 < 50.0);
+    /// let mse = |(lo, hi)| quantization_mse(&o.sample, QParams::from_range(lo, hi));
+    /// assert!(mse(RangeEstimator::Mse.range(&o)) <= mse(RangeEstimator::MinMax.range(&o)));
     /// ```
     pub fn range(&self, o: &Observed) -> (f32, f32) {
         if o.sample.is_empty() || o.min > o.max {
@@ -159,8 +161,7 @@ mod tests {
                 &[g.input],
             )
             .unwrap();
-        let probes =
-            Probes::from_batch((0..400).map(|i| i as f32).collect(), 2).unwrap();
+        let probes = Probes::from_batch((0..400).map(|i| i as f32).collect(), 2).unwrap();
         let o = observe(&g, &probes, &[g.output]).unwrap();
         // Outputs 2k + 2k + 1 = 4k + 1 for k in 0..200.
         assert_eq!((o[0].min, o[0].max), (1.0, 797.0));
@@ -174,7 +175,9 @@ mod tests {
             .collect();
         let (min, max) = sample
             .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
         let o = Observed { min, max, sample };
         let mse = |r: (f32, f32)| quantization_mse(&o.sample, QParams::from_range(r.0, r.1));
         assert!(mse(RangeEstimator::Mse.range(&o)) <= mse(RangeEstimator::MinMax.range(&o)));

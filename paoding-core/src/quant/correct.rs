@@ -250,7 +250,8 @@ mod tests {
         let mut w1 = rng.vec(8 * 6, 1.0);
         // Channel ranges spread over three orders of magnitude.
         for (k, row) in w1.chunks_mut(6).enumerate() {
-            row.iter_mut().for_each(|w| *w *= 10f32.powi(k as i32 % 3 - 1));
+            row.iter_mut()
+                .for_each(|w| *w *= 10f32.powi(k as i32 % 3 - 1));
         }
         let h = g
             .push(
@@ -292,12 +293,20 @@ mod tests {
             crate::interp::run_batch(&g, &x).unwrap(),
             crate::interp::run_batch(&e, &x).unwrap(),
         );
-        assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-4), "{a:?} {b:?}");
+        assert!(
+            a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-4),
+            "{a:?} {b:?}"
+        );
         let spread = |g: &Graph| {
             let r = out_ranges(&g.nodes[0].op);
             r.iter().fold(0.0f32, |m, &x| m.max(x)) / r.iter().fold(f32::MAX, |m, &x| m.min(x))
         };
-        assert!(spread(&e) < spread(&g) / 10.0, "{} vs {}", spread(&e), spread(&g));
+        assert!(
+            spread(&e) < spread(&g) / 10.0,
+            "{} vs {}",
+            spread(&e),
+            spread(&g)
+        );
     }
 
     #[test]
@@ -311,6 +320,9 @@ mod tests {
         assert_eq!(q.layers[1].as_ref().unwrap().weights.len(), 24);
         // Biases move by at most a few codes: the shift is a rounding effect.
         let after = &q.layers[1].as_ref().unwrap().bias;
-        assert!(before.iter().zip(after).all(|(a, b)| (a - b).abs() < 200), "{before:?} {after:?}");
+        assert!(
+            before.iter().zip(after).all(|(a, b)| (a - b).abs() < 200),
+            "{before:?} {after:?}"
+        );
     }
 }

@@ -69,7 +69,10 @@ pub struct Quantized {
 pub fn has_int8_form(op: &Op, is_last: bool) -> bool {
     match op {
         Op::BatchNorm(_) => false,
-        Op::Activation(a) => matches!(a, Activation::Identity | Activation::Relu | Activation::Clip { .. }),
+        Op::Activation(a) => matches!(
+            a,
+            Activation::Identity | Activation::Relu | Activation::Clip { .. }
+        ),
         Op::Dense(d) => !matches!(d.activation, Activation::Sigmoid | Activation::Tanh),
         Op::Conv2d(c) => !matches!(c.activation, Activation::Sigmoid | Activation::Tanh),
         Op::Softmax { .. } => is_last,

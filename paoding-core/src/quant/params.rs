@@ -143,7 +143,10 @@ mod tests {
             assert!((QMIN..=QMAX).contains(&p.zero_point));
             assert_eq!(p.dequantize(p.quantize(0.0)), 0.0, "{lo} {hi}");
             let (a, b) = p.range();
-            assert!(a <= lo.min(0.0) + p.scale && b >= hi.max(0.0) - p.scale, "{lo} {hi}: {a} {b}");
+            assert!(
+                a <= lo.min(0.0) + p.scale && b >= hi.max(0.0) - p.scale,
+                "{lo} {hi}: {a} {b}"
+            );
         }
         assert_eq!(QParams::from_range(0.0, 0.0).quantize(0.0), 0);
     }

@@ -1,0 +1,190 @@
+//! The fuzzers' seed corpora (`fuzz/seeds/`, see fuzz/README.md) are small models built here:
+//! the fixtures are 11–136 KB, too long for inputs the fuzzers mutate quickly, and a
+//! protobuf cut at the fuzzers' length limit no longer parses. Each seed must still import
+//! (ONNX) or validate (blob), so that the fuzzers start from inputs that reach deep; and the
+//! committed files must be the ones built here. `PAODING_WRITE_FUZZ_SEEDS=1 cargo test -p
+//! paoding-tests --test fuzz_seeds` rewrites them.
+
+use std::path::{Path, PathBuf};
+
+use paoding_cli::import::import_onnx_bytes;
+use paoding_core::{blob, plan::MemoryPlan};
+use paoding_runtime::Model;
+use paoding_tests::onnx_builder::{Attr, OnnxBuilder};
+use paoding_tests::seeded_uniform;
+
+fn seeds_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/seeds")
+        .join(target)
+}
+
+fn w(n: usize, seed: u64) -> Vec<f32> {
+    seeded_uniform(n, seed, -0.5, 0.5)
+}
+
+/// Small ONNX models covering every operator the importer maps.
+fn onnx_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+
+    let mut b = OnnxBuilder::new(&[1, 4], 13);
+    b.weight("w1", &[4, 3], w(12, 1))
+        .weight("b1", &[3], w(3, 2))
+        .weight("w2", &[3, 2], w(6, 3));
+    b.node("MatMul", &["x", "w1"], "h", &[])
+        .node("Add", &["h", "b1"], "a", &[])
+        .node("Relu", &["a"], "r", &[])
+        .node("MatMul", &["r", "w2"], "o", &[])
+        .node("Softmax", &["o"], "y", &[("axis", Attr::Int(1))]);
+    out.push(("mlp", b.encode("y")));
+
+    let mut b = OnnxBuilder::new(&[1, 2, 5, 5], 13);
+    b.weight("k", &[3, 2, 3, 3], w(54, 4))
+        .weight("kb", &[3], w(3, 5))
+        .weight("fc", &[2, 12], w(24, 6))
+        .weight("fcb", &[2], w(2, 7));
+    b.node(
+        "Conv",
+        &["x", "k", "kb"],
+        "c",
+        &[
+            ("kernel_shape", Attr::Ints(vec![3, 3])),
+            ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+        ],
+    )
+    .node("Relu", &["c"], "r", &[])
+    .node(
+        "MaxPool",
+        &["r"],
+        "p",
+        &[
+            ("kernel_shape", Attr::Ints(vec![2, 2])),
+            ("strides", Attr::Ints(vec![2, 2])),
+        ],
+    )
+    .node("Flatten", &["p"], "f", &[])
+    .node(
+        "Gemm",
+        &["f", "fc", "fcb"],
+        "y",
+        &[("transB", Attr::Int(1))],
+    );
+    out.push(("conv_pool_gemm", b.encode("y")));
+
+    let mut b = OnnxBuilder::new(&[1, 3, 6, 6], 13);
+    b.weight("dw", &[3, 1, 3, 3], w(27, 8))
+        .weight("lo", &[], vec![0.0])
+        .weight("hi", &[], vec![6.0]);
+    b.node(
+        "Conv",
+        &["x", "dw"],
+        "c",
+        &[
+            ("kernel_shape", Attr::Ints(vec![3, 3])),
+            ("strides", Attr::Ints(vec![2, 2])),
+            ("group", Attr::Int(3)),
+        ],
+    )
+    .node("Clip", &["c", "lo", "hi"], "r", &[])
+    .node("GlobalAveragePool", &["r"], "g", &[])
+    .node("Flatten", &["g"], "y", &[]);
+    out.push(("depthwise_clip_gap", b.encode("y")));
+
+    let mut b = OnnxBuilder::new(&[1, 2, 4, 4], 13);
+    b.weight("k", &[2, 2, 1, 1], w(4, 9))
+        .weight("s", &[2], vec![1.5, 0.5])
+        .weight("bb", &[2], vec![0.1, -0.1])
+        .weight("m", &[2], vec![0.2, 0.0])
+        .weight("v", &[2], vec![1.0, 2.0]);
+    b.node(
+        "Conv",
+        &["x", "k"],
+        "c",
+        &[("kernel_shape", Attr::Ints(vec![1, 1]))],
+    )
+    .node("BatchNormalization", &["c", "s", "bb", "m", "v"], "n", &[])
+    .node("Add", &["n", "x"], "a", &[])
+    .node("Sigmoid", &["a"], "sg", &[])
+    .node(
+        "AveragePool",
+        &["sg"],
+        "p",
+        &[
+            ("kernel_shape", Attr::Ints(vec![2, 2])),
+            ("strides", Attr::Ints(vec![2, 2])),
+        ],
+    )
+    .node("Tanh", &["p"], "y", &[]);
+    out.push(("residual_bn_avgpool", b.encode("y")));
+
+    let mut b = OnnxBuilder::new(&[1, 2, 3, 3], 13);
+    b.ints("pads", &[0, 0, 1, 1, 0, 0, 1, 1])
+        .ints("shape", &[1, 100])
+        .weight("k", &[2, 2, 1, 1], w(4, 10));
+    b.node("Pad", &["x", "pads"], "p", &[])
+        .node(
+            "Conv",
+            &["p", "k"],
+            "c",
+            &[("kernel_shape", Attr::Ints(vec![1, 1]))],
+        )
+        .node("Concat", &["p", "c"], "cc", &[("axis", Attr::Int(1))])
+        .node(
+            "Transpose",
+            &["cc"],
+            "t",
+            &[("perm", Attr::Ints(vec![0, 1, 3, 2]))],
+        )
+        .node("Reshape", &["t", "shape"], "r", &[]);
+    out.push(("pad_concat_transpose", b.encode("r")));
+    out
+}
+
+/// Writes or compares one target's seeds.
+fn sync(target: &str, seeds: &[(String, Vec<u8>)]) {
+    let dir = seeds_dir(target);
+    if std::env::var_os("PAODING_WRITE_FUZZ_SEEDS").is_some() {
+        std::fs::create_dir_all(&dir).expect("seeds dir");
+        for (name, bytes) in seeds {
+            std::fs::write(dir.join(name), bytes).expect("write seed");
+        }
+    }
+    for (name, bytes) in seeds {
+        let committed = std::fs::read(dir.join(name))
+            .unwrap_or_else(|e| panic!("fuzz/seeds/{target}/{name}: {e} (write the seeds)"));
+        assert!(
+            &committed == bytes,
+            "fuzz/seeds/{target}/{name} is not the seed built here: rewrite the seeds"
+        );
+    }
+}
+
+#[test]
+fn the_committed_seeds_are_small_and_reach_deep() {
+    let mut import_seeds = Vec::new();
+    let mut runtime_seeds = Vec::new();
+    for (name, bytes) in onnx_seeds() {
+        let g = import_onnx_bytes(&bytes, format!("{name}.onnx").as_ref())
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .graph;
+        let blob = blob::write_blob(&g, &MemoryPlan::new(&g)).expect("blob");
+        let model = Model::from_bytes(&blob).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(model.node_count() >= 1);
+        assert!(
+            bytes.len() <= 1024 && blob.len() <= 1024,
+            "{name}: {} B, {} B",
+            bytes.len(),
+            blob.len()
+        );
+        import_seeds.push((format!("{name}.onnx"), bytes));
+        runtime_seeds.push((format!("{name}.pdg"), blob));
+    }
+    sync("import", &import_seeds);
+    sync("runtime", &runtime_seeds);
+    // The profile parser's seeds are the shipped boards, each of which parses.
+    let boards: Vec<(String, Vec<u8>)> = paoding_cli::profile::BUILT_IN
+        .iter()
+        .map(|(file, text)| (file.to_string(), text.as_bytes().to_vec()))
+        .collect();
+    sync("profile", &boards);
+}
