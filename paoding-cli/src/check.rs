@@ -252,11 +252,14 @@ impl CheckSet {
             }
             None => None,
         };
+        let fidelity = fidelity::compare(&self.reference, &out, per);
         Ok(FidelityReport {
             inputs: self.description.clone(),
             data_free: self.data_free,
             task: self.task,
-            fidelity: fidelity::compare(&self.reference, &out, per),
+            plausible_on_real_data: (self.data_free && self.task.is_classifier())
+                .then(|| estimate::plausible_real_agreement(fidelity.agreement_interval)),
+            fidelity,
             accuracy_before: labels.map(|l| fidelity::accuracy(&self.reference, per, l)),
             accuracy_after: labels.map(|l| fidelity::accuracy(&out, per, l)),
             robustness,
@@ -405,6 +408,10 @@ pub struct FidelityReport {
     pub task: Task,
     /// Agreement (with its interval), KL, relative L2 and SNR against the original.
     pub fidelity: Fidelity,
+    /// Data-free estimates of a classifier: the agreement real inputs may plausibly give,
+    /// from the estimate's errors measured on the benchmark's models
+    /// ([`paoding_core::estimate::plausible_real_agreement`]).
+    pub plausible_on_real_data: Option<(f64, f64)>,
     /// Accuracy of the original, with labels.
     pub accuracy_before: Option<f64>,
     /// Accuracy of the pruned model, with labels.
@@ -422,8 +429,13 @@ impl FidelityReport {
     /// The agreement as reports print it: estimated or measured, with its interval.
     pub fn agreement_text(&self) -> String {
         let f = &self.fidelity;
+        let real = self
+            .plausible_on_real_data
+            .map_or(String::new(), |(lo, hi)| {
+                format!("; on real inputs expect {:.1}–{:.1} %", 100.0 * lo, 100.0 * hi)
+            });
         format!(
-            "top-1 agreement {:.2} % (95 % interval {:.1}–{:.1} %{})",
+            "top-1 agreement {:.2} % (95 % interval {:.1}–{:.1} %{}{real})",
             100.0 * f.agreement,
             100.0 * f.agreement_interval.0,
             100.0 * f.agreement_interval.1,

@@ -219,14 +219,25 @@ fn board(out: &mut String, r: &Value) {
         );
         if classifier {
             let interval = &fi["agreement_interval"];
+            let plausible = &f["plausible_on_real_data"];
+            let real = if plausible.is_array() {
+                format!(
+                    "; on real inputs expect {} – {}",
+                    pct(plausible[0].as_f64()),
+                    pct(plausible[1].as_f64())
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "<tr><td>top-1 agreement with the original{}</td><td>{} (95 % interval {} – {})</td></tr>\
+                "<tr><td>top-1 agreement with the original{}</td><td>{} (95 % interval {} – {}{})</td></tr>\
                  <tr><td>KL mean / max (nats)</td><td>{:.4} / {:.4}</td></tr>",
                 if data_free { ", estimated" } else { "" },
                 pct(fi["agreement"].as_f64()),
                 pct(interval[0].as_f64()),
                 pct(interval[1].as_f64()),
+                escape(&real),
                 fi["mean_kl"].as_f64().unwrap_or(f64::NAN),
                 fi["max_kl"].as_f64().unwrap_or(f64::NAN)
             );
