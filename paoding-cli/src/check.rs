@@ -369,8 +369,8 @@ fn synthesized(
         progress.steps(&what, s, n)
     });
     let mut description = format!(
-        "{count} held-out probes by {name}, seed {seed}{how}; {} of {count} classified as their target",
-        report.on_target
+        "{count} held-out probes by {name}, seed {seed}{how}{}",
+        probes::on_target_text(&report)
     );
     let inputs = if noisy {
         let (probes, sigma) =
@@ -432,7 +432,11 @@ impl FidelityReport {
         let real = self
             .plausible_on_real_data
             .map_or(String::new(), |(lo, hi)| {
-                format!("; on real inputs expect {:.1}–{:.1} %", 100.0 * lo, 100.0 * hi)
+                format!(
+                    "; on real inputs expect {:.1}–{:.1} %",
+                    100.0 * lo,
+                    100.0 * hi
+                )
             });
         format!(
             "top-1 agreement {:.2} % (95 % interval {:.1}–{:.1} %{}{real})",

@@ -381,19 +381,40 @@ pub fn resolve(
     } else {
         String::new()
     };
-    let mut description = format!(
-        "{count} probes by {} ({} of at most {SYNTH_STEPS} steps, seed {}; {} of {count} classified as their target{derived})",
-        method_name(report.method),
-        report.steps,
-        settings.seed,
-        report.on_target
-    );
+    let mut description = if report.optimised > 0 {
+        format!(
+            "{count} probes by {} ({} of at most {SYNTH_STEPS} steps, seed {}{}{derived})",
+            method_name(report.method),
+            report.steps,
+            settings.seed,
+            on_target_text(&report)
+        )
+    } else {
+        format!(
+            "{count} probes by {}, seed {}",
+            method_name(report.method),
+            settings.seed
+        )
+    };
     description.push_str(&write_cached(file.as_deref(), g, &probes));
     Ok(ResolvedProbes {
         probes,
         description,
         method: method_name(report.method).into(),
     })
+}
+
+/// How many probes the model gives their target class, for a report (`; N of C classified
+/// as their target`), when the synthesis aimed at classes.
+pub(crate) fn on_target_text(report: &synth::SynthReport) -> String {
+    if matches!(report.method, SynthMethod::Invert | SynthMethod::Both) {
+        format!(
+            "; {} of {} classified as their target",
+            report.on_target, report.count
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// Whether synthesizing `count` probes for `g` would exceed what `auto` may spend.
