@@ -385,7 +385,7 @@ fn reencoding_an_unchanged_description_is_valid() {
 fn hostile_descriptions_with_valid_crc_are_errors() {
     let b = zoo_blob();
     let (h, head, nodes, w) = decode(&b);
-    let arena = h.arena_len() as u32;
+    let arena = h.arena_bytes;
     let mut cases = 0;
     let mut expect_err = |what: &str, j: usize, f: &dyn Fn(&mut NodeRec)| {
         let mut ns = nodes.clone();
@@ -448,11 +448,11 @@ fn hostile_descriptions_with_valid_crc_are_errors() {
         expect_err("weights", j, &|n| match &mut n.op {
             OpRec::Dense { weights, .. } => weights.offset = u32::MAX,
             OpRec::Conv2d(c) => c.bias.len += 1,
-            OpRec::BatchNorm { shift, .. } => shift.offset = w.len() as u32 / 4,
+            OpRec::BatchNorm { shift, .. } => shift.offset = w.len() as u32,
             _ => {}
         });
         expect_err("parameters", j, &|n| match &mut n.op {
-            OpRec::Conv2d(c) => c.stride[1] = 0,
+            OpRec::Conv2d(c) => c.params.stride[1] = 0,
             OpRec::MaxPool(p) | OpRec::AveragePool(p) => p.padding[0] = p.kernel[0],
             OpRec::Softmax { axis } | OpRec::Concat { axis } => *axis = 9,
             OpRec::Transpose { perm } => perm[1] = perm[2],
@@ -462,17 +462,17 @@ fn hostile_descriptions_with_valid_crc_are_errors() {
         });
         expect_err("conv groups", j, &|n| {
             if let OpRec::Conv2d(c) = &mut n.op {
-                c.groups = 0;
+                c.params.groups = 0;
             }
         });
         expect_err("conv dilation", j, &|n| {
             if let OpRec::Conv2d(c) = &mut n.op {
-                c.dilation = [0, 0];
+                c.params.dilation = [0, 0];
             }
         });
         expect_err("conv huge padding", j, &|n| {
             if let OpRec::Conv2d(c) = &mut n.op {
-                c.padding = [u32::MAX; 4];
+                c.params.padding = [u32::MAX; 4];
             }
         });
     }
