@@ -167,7 +167,7 @@ pub enum Reason {
     DenseTooLarge,
     /// BatchNorm needs a channel axis.
     BatchNormRank,
-    /// Softmax axis.
+    /// Softmax axis (an int8 softmax runs along the last axis, of at most 511 elements).
     SoftmaxAxis,
     /// GlobalAveragePool needs NCHW.
     GlobalPoolRank,
@@ -227,8 +227,6 @@ pub enum Reason {
     /// Quantized softmax parameters out of range (left shift outside `[0, 30]`, `diff_min`
     /// above 0 or too large for the shift).
     SoftmaxParams,
-    /// A quantized softmax over more than 511 elements.
-    SoftmaxLength,
     /// An int8 pooling with `count_include_pad` (an int8 average counts the taps inside the
     /// input only, as TFLite's; a writer pads with the zero point first).
     PoolIncludePad,
@@ -292,7 +290,6 @@ impl Reason {
                 "quantization scale not finite and positive, or zero point outside int8"
             }
             Reason::SoftmaxParams => "quantized softmax shift or diff_min out of range",
-            Reason::SoftmaxLength => "quantized softmax over more than 511 elements",
             Reason::PoolIncludePad => "int8 pooling with count_include_pad",
         }
     }

@@ -473,10 +473,9 @@ pub struct Header {
     pub input_shape: [u32; MAX_RANK],
     /// Output shape (first `output_rank` used).
     pub output_shape: [u32; MAX_RANK],
-    /// Dtype of the input ([`crate::Model::run`] takes f32, [`crate::Model::run_i8`] i8).
-    pub input_dtype: Dtype,
-    /// Dtype of the output (the input's).
-    pub output_dtype: Dtype,
+    /// Dtype of the input and of the output ([`crate::Model::run`] takes f32,
+    /// [`crate::Model::run_i8`] int8); bytes 88 and 89 hold it twice.
+    pub io_dtype: Dtype,
     /// Stored CRC32.
     pub crc: u32,
 }
@@ -569,8 +568,7 @@ impl Header {
             output_rank,
             input_shape: shape_at(&w, 10),
             output_shape: shape_at(&w, 16),
-            input_dtype: dtype,
-            output_dtype: dtype,
+            io_dtype: dtype,
             crc: w[CRC_AT / 4],
         };
         if !h.arena_bytes.is_multiple_of(4) {
@@ -622,7 +620,7 @@ impl Header {
             w(40 + 4 * i, &a.to_le_bytes());
             w(64 + 4 * i, &b.to_le_bytes());
         }
-        w(88, &[self.input_dtype as u8, self.output_dtype as u8, 0, 0]);
+        w(88, &[self.io_dtype as u8, self.io_dtype as u8, 0, 0]);
         w(CRC_AT, &self.crc.to_le_bytes());
     }
 }

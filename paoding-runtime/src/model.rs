@@ -367,7 +367,7 @@ impl<'a> Model<'a> {
         {
             return Err(invalid(GRAPH, Reason::OutputShapeVsHeader));
         }
-        if head.input.dtype != header.input_dtype || head.output.dtype != header.output_dtype {
+        if head.input.dtype != header.io_dtype || head.output.dtype != header.io_dtype {
             return Err(invalid(GRAPH, Reason::IoDtypeVsHeader));
         }
         // Two records to decode into: the node being checked, and its inputs' producers.
@@ -475,19 +475,6 @@ impl<'a> Model<'a> {
 
     fn i8s(&self, w: WRef) -> Option<&'a [i8]> {
         cast(self.run_bytes(w, 1)?)
-    }
-
-    /// Rescaling `k` of a concatenation's `(zp, multiplier, shift)` triples.
-    fn rescale(&self, w: WRef, k: usize) -> Option<QRescale> {
-        let all: &[i32] = cast(self.run_bytes(w, 4)?)?;
-        match *all.get(3 * k..3 * k + 3)? {
-            [zp, multiplier, shift] => Some(QRescale {
-                zp,
-                multiplier,
-                shift,
-            }),
-            _ => None,
-        }
     }
 
     /// The requantization of a record, its per-channel arrays read in place.
@@ -639,11 +626,10 @@ impl<'a> Model<'a> {
                 input_left_shift,
                 diff_min,
             } => {
-                // The last axis, as TFLite's.
-                ok_if(*axis as usize + 1 == id.rank, Reason::SoftmaxAxis)?;
+                // The last axis, as TFLite's, and not too long.
                 ok_if(
-                    id.at(*axis as usize) <= SOFTMAX_MAX_LEN,
-                    Reason::SoftmaxLength,
+                    *axis as usize + 1 == id.rank && id.at(*axis as usize) <= SOFTMAX_MAX_LEN,
+                    Reason::SoftmaxAxis,
                 )?;
                 check_multiplier(*input_multiplier)?;
                 // Every difference the kernel scales (down to `diff_min`), times
@@ -783,24 +769,20 @@ impl<'a> Model<'a> {
         self.n_nodes
     }
 
-    /// Elements of the input (f32 or i8: [`Model::input_dtype`]).
+    /// Elements of the input (f32 or i8: [`Model::io_dtype`]).
     pub fn input_len(&self) -> usize {
         self.header.input_len as usize
     }
 
-    /// Elements of the output (f32 or i8: [`Model::output_dtype`]).
+    /// Elements of the output (f32 or i8: [`Model::io_dtype`]).
     pub fn output_len(&self) -> usize {
         self.header.output_len as usize
     }
 
-    /// The input's dtype: [`Model::run`] runs f32 models, [`Model::run_i8`] int8 ones.
-    pub fn input_dtype(&self) -> Dtype {
-        self.header.input_dtype
-    }
-
-    /// The output's dtype (the input's).
-    pub fn output_dtype(&self) -> Dtype {
-        self.header.output_dtype
+    /// The dtype of the input and of the output: [`Model::run`] runs f32 models,
+    /// [`Model::run_i8`] int8 ones.
+    pub fn io_dtype(&self) -> Dtype {
+        self.header.io_dtype
     }
 
     /// For an int8 input, the quantization its values are in: a caller of [`Model::run_i8`]
@@ -857,7 +839,7 @@ impl<'a> Model<'a> {
         self.run_raw(bytes(input), arena, bytes_mut(output))
     }
 
-    /// Run a model with int8 input and output ([`Model::input_dtype`] is
+    /// Run a model with int8 input and output ([`Model::io_dtype`] is
     /// [`Dtype::I8`]) on one input, with the same buffers as [`Model::run`] (the arena is
     /// still `f32`: the plan's f32 values need its alignment). An f32 model is
     /// [`Error::IoDtype`].
@@ -867,8 +849,8 @@ impl<'a> Model<'a> {
     }
 
     fn check_io(&self, dtype: Dtype, input: usize, output: usize) -> Result<(), Error> {
-        if self.header.input_dtype != dtype {
-            return Err(Error::IoDtype(self.header.input_dtype));
+        if self.header.io_dtype != dtype {
+            return Err(Error::IoDtype(self.header.io_dtype));
         }
         if input != self.input_len() {
             return Err(Error::InputLength {
@@ -1010,26 +992,25 @@ impl<'a> Model<'a> {
                 );
             }
             OpRec::MaxPool(_) | OpRec::AveragePool(_) | OpRec::GlobalAveragePool => {
-                let g = match &node.op {
-                    OpRec::MaxPool(p) | OpRec::AveragePool(p) => PoolGeom {
-                        ih: id.at(2),
-                        iw: id.at(3),
-                        oh: od.at(2),
-                        ow: od.at(3),
-                        kh: p.kernel[0] as usize,
-                        kw: p.kernel[1] as usize,
-                        sy: p.stride[0] as usize,
-                        sx: p.stride[1] as usize,
-                        pt: p.padding[0] as usize,
-                        pl: p.padding[1] as usize,
-                    },
+                let (g, average) = match &node.op {
+                    OpRec::MaxPool(p) | OpRec::AveragePool(p) => {
+                        let g = PoolGeom {
+                            ih: id.at(2),
+                            iw: id.at(3),
+                            oh: od.at(2),
+                            ow: od.at(3),
+                            kh: p.kernel[0] as usize,
+                            kw: p.kernel[1] as usize,
+                            sy: p.stride[0] as usize,
+                            sx: p.stride[1] as usize,
+                            pt: p.padding[0] as usize,
+                            pl: p.padding[1] as usize,
+                        };
+                        let average = matches!(node.op, OpRec::AveragePool(_));
+                        (g, average.then_some(p.count_include_pad))
+                    }
                     // An average over one window covering the whole plane.
-                    _ => PoolGeom::plane(id.at(2), id.at(3)),
-                };
-                let average = match &node.op {
-                    OpRec::AveragePool(p) => Some(p.count_include_pad),
-                    OpRec::GlobalAveragePool => Some(true),
-                    _ => None,
+                    _ => (PoolGeom::plane(id.at(2), id.at(3)), Some(true)),
                 };
                 if int8 {
                     kernels::pool::qpool(&g, average.is_some(), cast(x)?, cast_mut(out)?);
@@ -1047,8 +1028,8 @@ impl<'a> Model<'a> {
                         axis,
                         rescales,
                         output_zp,
-                    } => (*axis, Some(*rescales), *output_zp),
-                    OpRec::Concat { axis } => (*axis, None, 0),
+                    } => (*axis, cast(self.run_bytes(*rescales, 4)?)?, *output_zp),
+                    OpRec::Concat { axis } => (*axis, &[][..], 0),
                     _ => return None,
                 };
                 // Blocks of bytes: an f32 concatenation copies them, an int8 one rescales.
@@ -1062,9 +1043,14 @@ impl<'a> Model<'a> {
                         return None;
                     };
                     let block = d.product(axis, d.rank) * size;
-                    let r = match rescales {
-                        Some(w) => Some(self.rescale(w, k)?),
-                        None => None,
+                    // An int8 input's (zp, multiplier, shift).
+                    let r = match *rescales.get(3 * k..3 * k + 3).unwrap_or(&[]) {
+                        [zp, multiplier, shift] => Some(QRescale {
+                            zp,
+                            multiplier,
+                            shift,
+                        }),
+                        _ => None,
                     };
                     let rescale = r.as_ref().map(|r| (r, output_zp));
                     kernels::layout::concat_part(src, block, out_block, offset, out, rescale);

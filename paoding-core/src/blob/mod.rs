@@ -345,6 +345,9 @@ impl BlobBuilder {
         output: &Operand,
         arena_bytes: usize,
     ) -> Result<(Header, Vec<u8>)> {
+        if input.dtype != output.dtype {
+            return Err(fail("the input and the output have different dtypes"));
+        }
         let mut desc = postcard::to_allocvec(&DescHead {
             n_nodes: u32_of(self.nodes.len(), "node count")?,
             input: input.clone(),
@@ -386,8 +389,7 @@ impl BlobBuilder {
             output_rank: output.shape.len() as u8,
             input_shape: fixed(&input.shape),
             output_shape: fixed(&output.shape),
-            input_dtype: input.dtype,
-            output_dtype: output.dtype,
+            io_dtype: input.dtype,
             crc: 0,
         };
         Ok((header, desc))

@@ -1283,7 +1283,7 @@ mod tests {
         assert_eq!((b.plan().arena_bytes, a.plan().arena_bytes), (20, 60));
         let (ba, bb) = (a.write(&a.plan()).unwrap(), b.write(&b.plan()).unwrap());
         let m = paoding_runtime::Model::from_bytes(&bb).unwrap();
-        assert_eq!(m.input_dtype(), Dtype::I8);
+        assert_eq!(m.io_dtype(), Dtype::I8);
         assert_eq!(m.input_quant(), b.input_quant());
         let xs = Probes::uniform(12, 8, -1.5, 1.5, 2).data;
         assert_eq!(run_batch(&ba, &xs).unwrap(), run_batch(&bb, &xs).unwrap());

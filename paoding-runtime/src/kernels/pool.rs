@@ -47,15 +47,6 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, input: &[f32], out: &mut
         return;
     }
     let full = (g.kh * g.kw) as f32;
-    let whole_plane = g.kh == g.ih && g.kw == g.iw && g.pt == 0 && g.pl == 0 && out_plane == 1;
-    if average.is_some() && whole_plane {
-        // A global average (one window, exactly the plane): a plain sum, in the order the
-        // window loop below would add.
-        for (plane, o) in input.chunks_exact(in_plane).zip(out.iter_mut()) {
-            *o = plane.iter().sum::<f32>() / full;
-        }
-        return;
-    }
     for (plane, oplane) in input
         .chunks_exact(in_plane)
         .zip(out.chunks_exact_mut(out_plane))
