@@ -4,14 +4,15 @@
 //! rewritten, so that mutations get past the checksum to the description's validation.
 //!
 //! The seeds (`fuzz/seeds/runtime/`) are the blobs `paoding-tests` writes
-//! (`write_fuzz_seeds`); a new kind of blob (int8 weights) gets here by adding its seeds
-//! there: `from_bytes` tells the kinds apart from the header, and `run` takes f32 either way.
+//! (`tests/tests/fuzz_seeds.rs`): f32 and int8 models (with f32 or int8 input and output) of
+//! format version 3, and a version 2 blob. `from_bytes` tells the kinds apart from the header;
+//! a model is run with `run` or `run_i8` as its io dtype says.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 mod common;
-use paoding_runtime::{format, Model};
+use paoding_runtime::{format, Dtype, Model};
 
 /// The largest arena the target hands to `run`, in f32.
 const ARENA_CAP: usize = 1 << 20;
@@ -25,10 +26,19 @@ fn exercise(data: &[u8]) {
     let Ok(model) = Model::from_bytes(blob) else {
         return;
     };
-    let input = vec![0.25f32; model.input_len()];
-    let mut output = vec![0.0f32; model.output_len()];
     let mut arena = vec![0.0f32; model.arena_len().min(ARENA_CAP)];
-    let result = model.run(&input, &mut arena, &mut output);
+    let result = match model.io_dtype() {
+        Dtype::F32 => model.run(
+            &vec![0.25f32; model.input_len()],
+            &mut arena,
+            &mut vec![0.0f32; model.output_len()],
+        ),
+        Dtype::I8 => model.run_i8(
+            &vec![25i8; model.input_len()],
+            &mut arena,
+            &mut vec![0i8; model.output_len()],
+        ),
+    };
     if model.arena_len() > ARENA_CAP {
         assert!(result.is_err(), "run accepted an arena smaller than declared");
     }

@@ -30,6 +30,9 @@ pub enum Error {
     /// A hardware profile is inconsistent.
     #[error("profile: {0}")]
     Profile(String),
+    /// The runtime refused a blob, or could not run it.
+    #[error("blob: {0}")]
+    Blob(paoding_runtime::Error),
 }
 
 /// Shorthand for results of this crate.

@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use crate::format::Dtype;
+
 /// Why a blob was refused or a run could not happen.
 ///
 /// Every validation failure of [`crate::Model::from_bytes`] is one of these; nothing in the
@@ -63,6 +65,9 @@ pub enum Error {
         /// Elements (f32) needed.
         needed: usize,
     },
+    /// The model's input and output have another dtype than the call's: [`crate::Model::run`]
+    /// runs f32 models, [`crate::Model::run_i8`] int8 ones.
+    IoDtype(Dtype),
 }
 
 impl fmt::Display for Error {
@@ -99,6 +104,12 @@ impl fmt::Display for Error {
             }
             Error::ArenaTooSmall { got, needed } => {
                 write!(f, "arena holds {got} f32, the model needs {needed}")
+            }
+            Error::IoDtype(Dtype::F32) => {
+                f.write_str("the model's input and output are f32: call run")
+            }
+            Error::IoDtype(Dtype::I8) => {
+                f.write_str("the model's input and output are int8: call run_i8")
             }
         }
     }
@@ -156,7 +167,7 @@ pub enum Reason {
     DenseTooLarge,
     /// BatchNorm needs a channel axis.
     BatchNormRank,
-    /// Softmax axis.
+    /// Softmax axis (an int8 softmax runs along the last axis, of at most 511 elements).
     SoftmaxAxis,
     /// GlobalAveragePool needs NCHW.
     GlobalPoolRank,
@@ -186,6 +197,39 @@ pub enum Reason {
     Inconsistent,
     /// Pooling parameters do not fit its input.
     PoolParams,
+    /// An f32 value at an arena offset that is not a multiple of 4.
+    MisalignedF32,
+    /// f32 or i32 weights at an offset that is not a multiple of 4.
+    MisalignedWeights,
+    /// An operand's dtype does not fit the operator (or differs from its producer's).
+    OperandDtype,
+    /// The graph's input or output dtype differs from the header.
+    IoDtypeVsHeader,
+    /// A per-channel array (bias, multiplier, shift) does not hold one value per output
+    /// channel.
+    QuantChannels,
+    /// A requantization multiplier outside `[2^30, 2^31 - 1]` and not 0.
+    Multiplier,
+    /// A requantization shift outside `[-31, 30]`.
+    Shift,
+    /// A zero point outside `[-128, 127]`.
+    ZeroPoint,
+    /// An activation range whose minimum is above its maximum.
+    ActRange,
+    /// A quantized Add shift outside `[-31, 0]` (a multiplier below one), or a left shift
+    /// above 20.
+    AddShift,
+    /// A quantized Concat with another number of rescalings than inputs.
+    ConcatRescales,
+    /// Quantization parameters with a scale that is not finite and positive, or a zero point
+    /// outside `[-128, 127]`.
+    Scale,
+    /// Quantized softmax parameters out of range (left shift outside `[0, 30]`, `diff_min`
+    /// above 0 or too large for the shift).
+    SoftmaxParams,
+    /// An int8 pooling with `count_include_pad` (an int8 average counts the taps inside the
+    /// input only, as TFLite's; a writer pads with the zero point first).
+    PoolIncludePad,
 }
 
 impl Reason {
@@ -229,6 +273,24 @@ impl Reason {
             Reason::Overwrite => "overwrites a value that is still read",
             Reason::Inconsistent => "inconsistent after validation",
             Reason::PoolParams => "pooling parameters do not fit its input",
+            Reason::MisalignedF32 => "f32 value at an arena offset not a multiple of 4",
+            Reason::MisalignedWeights => "f32 or i32 weights at an offset not a multiple of 4",
+            Reason::OperandDtype => "operand dtype does not fit the operator",
+            Reason::IoDtypeVsHeader => "input or output dtype differs from the header",
+            Reason::QuantChannels => {
+                "bias, multiplier or shift count differs from the output channels"
+            }
+            Reason::Multiplier => "requantization multiplier outside [2^30, 2^31 - 1] and not 0",
+            Reason::Shift => "requantization shift outside [-31, 30]",
+            Reason::ZeroPoint => "zero point outside [-128, 127]",
+            Reason::ActRange => "activation minimum above its maximum",
+            Reason::AddShift => "quantized Add shift outside [-31, 0] or left shift above 20",
+            Reason::ConcatRescales => "quantized Concat rescalings differ from its inputs",
+            Reason::Scale => {
+                "quantization scale not finite and positive, or zero point outside int8"
+            }
+            Reason::SoftmaxParams => "quantized softmax shift or diff_min out of range",
+            Reason::PoolIncludePad => "int8 pooling with count_include_pad",
         }
     }
 }

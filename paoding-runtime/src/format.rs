@@ -1,10 +1,10 @@
 //! The blob format: a fixed little-endian header, a postcard-encoded graph description, and
-//! an f32 weights section read in place.
+//! a weights section read in place.
 //!
 //! ```text
 //! offset  size  field
 //!      0     4  magic b"PDNG"
-//!      4     2  format version (u16, = VERSION)
+//!      4     2  format version (u16, = VERSION; version 2 blobs are read too, see below)
 //!      6     2  flags (u16, must be 0)
 //!      8     2  header length (u16, = HEADER_LEN = 96)
 //!     10     1  input rank
@@ -12,24 +12,49 @@
 //!     12     4  payload length: blob length - HEADER_LEN
 //!     16     4  description length (bytes, starts at HEADER_LEN)
 //!     20     4  weights offset from the blob start (multiple of 16)
-//!     24     4  weights length (bytes, multiple of 4; the section ends the blob)
+//!     24     4  weights length (bytes; the section ends the blob)
 //!     28     4  arena bytes (multiple of 4)
 //!     32     4  input element count
 //!     36     4  output element count
 //!     40    24  input shape (6 x u32, unused dims 0)
 //!     64    24  output shape (6 x u32)
-//!     88     4  reserved (0)
+//!     88     1  input dtype (Dtype: 0 = f32, 1 = i8)
+//!     89     1  output dtype (equal to the input dtype)
+//!     90     2  reserved (0)
 //!     92     4  CRC32 (IEEE) of bytes [0, 92) followed by bytes [96, end)
 //!     96     …  description: DescHead, then one NodeRec per node (postcard)
 //!      …  0-15  zero padding to a multiple of 16 from the blob start
-//!      …     …  weights: f32 little-endian
+//!      …     …  weights: runs of f32, i32 (little-endian) and i8
 //! ```
 //!
 //! All integers are little-endian. Value ids: 0 is the graph input, node `i` writes value
-//! `i + 1`. Arena offsets are in f32 elements.
+//! `i + 1`. Every [`Operand`] has a [`Dtype`]; its arena offset is in bytes, a multiple of 4
+//! for f32 values. A [`WRef`] names a run of the weights section by its byte offset and its
+//! element count; the element type is the field's (f32, i8 or i32, given per field below), and
+//! f32 and i32 runs start at multiples of 4.
 //!
-//! Filters (convolution and dense weights) are stored in the order the kernels read them:
-//! see [`pack_filters`]. Every other weight run is stored as the operator defines it.
+//! A model's input and output have one dtype ([`crate::Model::run`] takes f32,
+//! [`crate::Model::run_i8`] int8); for int8 the [`DescHead`] holds their [`QuantParams`].
+//!
+//! int8 values are TFLite's: `real = scale * (q - zero_point)` per tensor; int8 weights are
+//! symmetric per output channel (zero point 0), biases i32 at `input scale * weight scale`; a
+//! requantization multiplies by `multiplier * 2^(shift - 31)` as
+//! [`crate::quant::multiply_by_quantized_multiplier`] does (multipliers in `[2^30, 2^31 - 1]`
+//! or 0, shifts in `[-31, 30]`). The Q operators compute exactly TFLite's reference int8
+//! kernels ([`crate::quant`] holds the arithmetic). MaxPool, AveragePool, GlobalAveragePool,
+//! Reshape and Transpose take f32 or int8 (input and output of one dtype, and for int8 the
+//! same scale and zero point; an int8 average rounds as TFLite's reference kernel and never
+//! counts padding — a writer pads with the zero point first); BatchNorm, Activation, Softmax, Add, Concat and Pad are f32
+//! only, their Q twins int8 only; Quantize and Dequantize cross between the two.
+//!
+//! **Version 2** (f32 only) is read unchanged by this runtime: its operands have no dtype
+//! (all f32), its arena and weight offsets count f32 elements, its [`DescHead`] ends after the
+//! output operand, and bytes 88..92 are 0; the decoder converts its offsets to bytes. The variant indices of [`OpRec`] are those of
+//! version 2, the int8 operators appended after them.
+//!
+//! Filters (convolution and dense weights, f32 or int8) are stored in the order the kernels
+//! read them: see [`pack_filters`]. Every other weight run is stored as the operator defines
+//! it.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,8 +62,10 @@ use crate::error::Error;
 
 /// First four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"PDNG";
-/// Format version this runtime reads and paoding-core writes.
-pub const VERSION: u16 = 2;
+/// Format version paoding-core writes (this runtime also reads [`VERSION_2`]).
+pub const VERSION: u16 = 3;
+/// The previous version, f32 only, still read (see the module documentation).
+pub const VERSION_2: u16 = 2;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 96;
 /// Alignment of the weights section, from the blob start.
@@ -55,10 +82,37 @@ const CRC_AT: usize = 92;
 /// A shape: at most [`MAX_RANK`] dimensions, batch first.
 pub type Shape = heapless::Vec<u32, MAX_RANK>;
 
-/// A reference to a run of f32 in the weights section, in elements.
+/// The element type of a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Dtype {
+    /// 32-bit float.
+    F32 = 0,
+    /// 8-bit signed integer, affine-quantized.
+    I8 = 1,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    ///
+    /// ```
+    /// use paoding_runtime::format::Dtype;
+    /// assert_eq!((Dtype::F32.size(), Dtype::I8.size()), (4, 1));
+    /// ```
+    pub const fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::I8 => 1,
+        }
+    }
+}
+
+/// A reference to a run of the weights section: its first byte and its element count (the
+/// element type is the field's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WRef {
-    /// First element.
+    /// Offset of the first element, in bytes from the section start (a multiple of 4 for f32
+    /// and i32 runs).
     pub offset: u32,
     /// Number of elements.
     pub len: u32,
@@ -84,9 +138,9 @@ pub enum Act {
     Tanh,
 }
 
-/// 2-D convolution parameters (NCHW; weights `[out][in / groups][kh][kw]`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ConvRec {
+/// The geometry of a 2-D convolution over NCHW (f32 or int8): channels, window, groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvParams {
     /// Output channels.
     pub out_channels: u32,
     /// Input channels.
@@ -97,10 +151,18 @@ pub struct ConvRec {
     pub stride: [u32; 2],
     /// Dilation along height, width.
     pub dilation: [u32; 2],
-    /// Zero padding: top, left, bottom, right.
+    /// Padding: top, left, bottom, right (zeros in f32; an int8 convolution skips the taps
+    /// over it, as TFLite's reference kernels do: padding with the input zero point).
     pub padding: [u32; 4],
-    /// Channel groups.
+    /// Channel groups (`in_channels` for a depthwise convolution).
     pub groups: u32,
+}
+
+/// 2-D convolution (NCHW; weights `[out][in / groups][kh][kw]`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ConvRec {
+    /// Geometry.
+    pub params: ConvParams,
     /// Filters `[out_channels][in_channels / groups][kh][kw]`, stored as [`pack_filters`]
     /// orders them.
     pub weights: WRef,
@@ -121,6 +183,76 @@ pub struct PoolRec {
     pub padding: [u32; 4],
     /// Average only: divide by the full window even where it overlaps padding.
     pub count_include_pad: bool,
+}
+
+/// The requantization of an int8 convolution or dense layer, per output channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequantRec {
+    /// Bytes (`9 * channels`, starting at a multiple of 4): three arrays of one value per
+    /// output channel, one after the other — the i32 biases (at `input scale * weight
+    /// scale`), then the i32 multipliers and the i8 shifts of `input scale * weight scale /
+    /// output scale` as `multiplier * 2^(shift - 31)`
+    /// ([`crate::quant::quantize_multiplier`]; multipliers in `[2^30, 2^31 - 1]` or 0, shifts
+    /// in `[-31, 30]`).
+    pub params: WRef,
+    /// Zero point of the input, in `[-128, 127]`.
+    pub input_zp: i32,
+    /// Zero point of the output, in `[-128, 127]`.
+    pub output_zp: i32,
+    /// Smallest output (the fused activation's lower bound, quantized; -128 for none).
+    pub act_min: i32,
+    /// Largest output (127 for none); `-128 <= act_min <= act_max <= 127`.
+    pub act_max: i32,
+}
+
+/// int8 2-D convolution: its geometry, int8 filters and their requantization. Taps over the
+/// padding are skipped (as TFLite's reference kernels do: padding with the input zero point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QConvRec {
+    /// Geometry.
+    pub params: ConvParams,
+    /// i8 filters `[out_channels][in_channels / groups][kh][kw]`, stored as [`pack_filters`]
+    /// orders them.
+    pub weights: WRef,
+    /// Bias and per-channel requantization.
+    pub quant: RequantRec,
+}
+
+/// The rescaling of one int8 input to an output's scale and zero point:
+/// `multiply_by_quantized_multiplier(q - zp, multiplier, shift)` (plus the output zero point,
+/// which the operator holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QRescale {
+    /// Zero point of the input, in `[-128, 127]`.
+    pub zp: i32,
+    /// In `[2^30, 2^31 - 1]`, or 0.
+    pub multiplier: i32,
+    /// The shift of the multiplier (see the operator for its range).
+    pub shift: i32,
+}
+
+/// TFLite's int8 Add: `(q - zp) << left_shift` per input, each rescaled by its multiplier
+/// below one ([`crate::quant::multiply_by_quantized_multiplier_smaller_than_one_exp`], shifts
+/// in `[-31, 0]`), the sum rescaled likewise by the output multiplier, plus the output zero
+/// point, clamped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QAddRec {
+    /// The first input's zero point and rescaling.
+    pub input1: QRescale,
+    /// The second input's.
+    pub input2: QRescale,
+    /// Left shift of both offset inputs, in `[0, 20]` (TFLite uses 20 for int8).
+    pub left_shift: i32,
+    /// In `[2^30, 2^31 - 1]`, or 0.
+    pub output_multiplier: i32,
+    /// In `[-31, 0]`.
+    pub output_shift: i32,
+    /// Zero point of the output, in `[-128, 127]`.
+    pub output_zp: i32,
+    /// Smallest output.
+    pub act_min: i32,
+    /// Largest output; `-128 <= act_min <= act_max <= 127`.
+    pub act_max: i32,
 }
 
 /// One operator with its parameters.
@@ -183,21 +315,109 @@ pub enum OpRec {
         /// Fill value.
         value: f32,
     },
+    /// int8 dense layer: `y = requant(W (x - input_zp) + bias)`, i8 weights `[units][inputs]`
+    /// stored as [`pack_filters`] orders them (one group, one tap).
+    QDense {
+        /// Output neurons.
+        units: u32,
+        /// Inputs.
+        inputs: u32,
+        /// `units * inputs` i8 weights.
+        weights: WRef,
+        /// Bias and per-unit requantization.
+        quant: RequantRec,
+    },
+    /// int8 2-D convolution.
+    QConv2d(QConvRec),
+    /// int8 element-wise sum of two equal shapes, each with its own scale.
+    QAdd(QAddRec),
+    /// int8 concatenation along an axis, each input rescaled to the output:
+    /// `clamp(multiply_by_quantized_multiplier(q - zp, multiplier, shift) + output_zp)`.
+    QConcat {
+        /// The axis.
+        axis: u8,
+        /// i32, one `(zp, multiplier, shift)` triple per input, in order ([`QRescale`]'s
+        /// fields; multipliers in `[2^30, 2^31 - 1]` or 0, shifts in `[-31, 30]`).
+        rescales: WRef,
+        /// Zero point of the output, in `[-128, 127]`.
+        output_zp: i32,
+    },
+    /// int8 constant padding, `[before, after]` per axis.
+    QPad {
+        /// Per axis.
+        pads: heapless::Vec<[u32; 2], MAX_RANK>,
+        /// Fill value (the output's quantized zero, or any value).
+        value: i8,
+    },
+    /// int8 clamp: a stand-alone ReLU, ReLU6 or Clip in the quantized domain.
+    QClamp {
+        /// Lower bound.
+        min: i32,
+        /// Upper bound; `-128 <= min <= max <= 127`.
+        max: i32,
+    },
+    /// f32 to int8 with the output's parameters: TFLite's `AffineQuantize`,
+    /// [`crate::quant::quantize`].
+    Quantize(QuantParams),
+    /// int8 to f32 with the input's parameters: `scale * (q - zero_point)`,
+    /// [`crate::quant::dequantize`].
+    Dequantize(QuantParams),
+    /// TFLite's reference int8 softmax ([`crate::quant::softmax_i8`]) along the last axis (as
+    /// TFLite's), of at most [`crate::quant::SOFTMAX_MAX_LEN`] elements; the output has scale
+    /// 1/256 and zero point -128. The parameters are [`crate::quant::softmax_params`]'.
+    QSoftmax {
+        /// The axis: the last one (batch axis counted).
+        axis: u8,
+        /// In `[2^30, 2^31 - 1]`, or 0.
+        input_multiplier: i32,
+        /// In `[0, 30]`.
+        input_left_shift: i32,
+        /// Differences to the row's largest value below this are skipped (exp = 0); at most
+        /// 0, and `-diff_min << input_left_shift` fits in an i32.
+        diff_min: i32,
+    },
 }
 
-/// A value as a node sees it: its id, its place in the arena and its shape.
+/// A value as a node sees it: its id, its place in the arena, its dtype and its shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operand {
     /// Value id (0 = graph input, `i + 1` = output of node `i`).
     pub id: u32,
-    /// Offset in the arena, in f32 elements.
+    /// Offset in the arena, in bytes (a multiple of 4 for f32).
     pub offset: u32,
+    /// Element type.
+    pub dtype: Dtype,
     /// Shape, batch first.
     pub shape: Shape,
 }
 
+/// The affine map of an int8 tensor: `real = scale * (q - zero_point)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QuantParams {
+    /// Real value of one code step (finite, > 0).
+    pub scale: f32,
+    /// The code of real 0, in `[-128, 127]`.
+    pub zero_point: i32,
+}
+
+impl QuantParams {
+    /// Whether the scale is finite and positive and the zero point an int8 code.
+    ///
+    /// ```
+    /// use paoding_runtime::format::QuantParams;
+    /// assert!(QuantParams { scale: 0.5, zero_point: -128 }.valid());
+    /// assert!(!QuantParams { scale: 0.0, zero_point: 0 }.valid());
+    /// assert!(!QuantParams { scale: f32::NAN, zero_point: 0 }.valid());
+    /// assert!(!QuantParams { scale: 1.0, zero_point: 128 }.valid());
+    /// ```
+    pub fn valid(&self) -> bool {
+        // Positive finite floats are the bit patterns between +0 and +infinity, exclusive.
+        (1..0x7F80_0000).contains(&self.scale.to_bits()) && (-128..=127).contains(&self.zero_point)
+    }
+}
+
 /// First record of the description.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DescHead {
     /// Number of [`NodeRec`]s that follow.
     pub n_nodes: u32,
@@ -205,6 +425,11 @@ pub struct DescHead {
     pub input: Operand,
     /// The graph output.
     pub output: Operand,
+    /// For an int8 input, its quantization (what the caller of [`crate::Model::run_i8`]
+    /// quantizes with); `None` for f32 (and in version 2, which does not store it).
+    pub input_quant: Option<QuantParams>,
+    /// For an int8 output, its quantization; `None` for f32.
+    pub output_quant: Option<QuantParams>,
 }
 
 /// One node: operator, inputs (with their places and shapes, repeated from their producers
@@ -248,6 +473,9 @@ pub struct Header {
     pub input_shape: [u32; MAX_RANK],
     /// Output shape (first `output_rank` used).
     pub output_shape: [u32; MAX_RANK],
+    /// Dtype of the input and of the output ([`crate::Model::run`] takes f32,
+    /// [`crate::Model::run_i8`] int8); bytes 88 and 89 hold it twice.
+    pub io_dtype: Dtype,
     /// Stored CRC32.
     pub crc: u32,
 }
@@ -300,7 +528,7 @@ impl Header {
             return Err(Error::BadMagic);
         }
         let version = w[1] as u16;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_2 {
             return Err(Error::UnsupportedVersion(version));
         }
         let flags = (w[1] >> 16) as u16;
@@ -311,6 +539,14 @@ impl Header {
             return Err(Error::BadHeader("header length"));
         }
         let (input_rank, output_rank) = ((w[2] >> 16) as u8, (w[2] >> 24) as u8);
+        // Bytes 88..92: the input's and the output's dtype, equal, then two zero bytes (all
+        // zero in version 2).
+        let dtypes = w[22];
+        let dtype = match dtypes {
+            0 => Dtype::F32,
+            0x101 if version != VERSION_2 => Dtype::I8,
+            _ => return Err(Error::BadHeader("dtype")),
+        };
         if input_rank as usize > MAX_RANK
             || output_rank as usize > MAX_RANK
             || input_rank == 0
@@ -332,6 +568,7 @@ impl Header {
             output_rank,
             input_shape: shape_at(&w, 10),
             output_shape: shape_at(&w, 16),
+            io_dtype: dtype,
             crc: w[CRC_AT / 4],
         };
         if !h.arena_bytes.is_multiple_of(4) {
@@ -340,7 +577,7 @@ impl Header {
         Ok(h)
     }
 
-    /// Arena size in f32 elements.
+    /// Arena size in f32 elements (the arena is a `[f32]`; int8 values use its bytes).
     pub const fn arena_len(&self) -> usize {
         self.arena_bytes as usize / 4
     }
@@ -383,7 +620,7 @@ impl Header {
             w(40 + 4 * i, &a.to_le_bytes());
             w(64 + 4 * i, &b.to_le_bytes());
         }
-        w(88, &[0; 4]);
+        w(88, &[self.io_dtype as u8, self.io_dtype as u8, 0, 0]);
         w(CRC_AT, &self.crc.to_le_bytes());
     }
 }
@@ -515,7 +752,8 @@ pub const fn block_len(left: usize) -> usize {
 /// `[taps][inputs][block]`. A kernel then reads, for one input pixel, the weights of a whole
 /// block as one contiguous run, and walks the runs in order. Depthwise filters (one per
 /// group) keep their order. `src` and `dst` must both hold `groups * per_group * inputs * taps`
-/// values; otherwise nothing is written and `false` is returned.
+/// values; otherwise nothing is written and `false` is returned. Generic over the element
+/// type: f32 and int8 filters share the order.
 ///
 /// ```
 /// use paoding_runtime::format::pack_filters;
@@ -525,14 +763,19 @@ pub const fn block_len(left: usize) -> usize {
 /// let mut dst = [0.0; 8];
 /// assert!(pack_filters(&src, 1, 4, 2, 1, &mut dst));
 /// assert_eq!(dst, [1.0, 3.0, 5.0, 7.0, 2.0, 4.0, 6.0, 8.0]);
+/// // The same order for int8 filters.
+/// let src: [i8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+/// let mut dst = [0i8; 8];
+/// assert!(pack_filters(&src, 1, 4, 2, 1, &mut dst));
+/// assert_eq!(dst, [1, 3, 5, 7, 2, 4, 6, 8]);
 /// ```
-pub fn pack_filters(
-    src: &[f32],
+pub fn pack_filters<T: Copy>(
+    src: &[T],
     groups: usize,
     per_group: usize,
     inputs: usize,
     taps: usize,
-    dst: &mut [f32],
+    dst: &mut [T],
 ) -> bool {
     let filter = inputs * taps;
     let total = groups

@@ -1,18 +1,21 @@
 //! paoding-runtime: reads paoding's compact model format and runs it on a microcontroller.
 //!
 //! `#![no_std]`, no allocator, no panicking paths: [`Model::from_bytes`] validates the whole
-//! blob once (header, CRC32, every offset and length, every shape against its operator's
-//! rules, the arena plan), then [`Model::run`] executes it with caller-provided buffers,
-//! reading the weights in place from the blob (flash).
+//! blob once (header, CRC32, every offset and length, every shape, dtype and quantization
+//! parameter against its operator's rules, the arena plan), then [`Model::run`] (f32 input
+//! and output) or [`Model::run_i8`] (int8) executes it with caller-provided buffers, reading
+//! the weights in place from the blob (flash).
 //!
-//! The format is described in [`format`]; paoding-core's `blob::write_blob` writes it.
+//! Models are f32, int8 (TFLite's quantization scheme and reference arithmetic, in [`quant`])
+//! or a mix of both. The format is described in [`format`]; paoding-core's `blob` module
+//! writes it.
 //!
 //! # Placing a blob in flash
 //!
-//! The weights section is 16-byte aligned from the blob start and is read as `f32` in place,
-//! so the blob itself must be at least 4-byte aligned in memory. `include_bytes!` gives no
-//! alignment; wrap it in [`Aligned`]. The header can be read in `const` context to size the
-//! `static` buffers:
+//! The weights section is 16-byte aligned from the blob start and its f32 and i32 runs are
+//! read in place, so the blob itself must be at least 4-byte aligned in memory.
+//! `include_bytes!` gives no alignment; wrap it in [`Aligned`]. The header can be read in
+//! `const` context to size the `static` buffers:
 //!
 //! ```ignore
 //! use paoding_runtime::{format, Aligned, Model};
@@ -35,8 +38,9 @@
 //!
 //! # Limits
 //!
-//! At most [`format::MAX_RANK`] axes per value, [`format::MAX_INPUTS`] inputs per node and
-//! [`format::MAX_NODES`] nodes; little-endian targets only. Validation time is quadratic in
+//! At most [`format::MAX_RANK`] axes per value, [`format::MAX_INPUTS`] inputs per node,
+//! [`format::MAX_NODES`] nodes and [`quant::SOFTMAX_MAX_LEN`] elements per int8 softmax;
+//! little-endian targets only. Validation time is quadratic in
 //! the node count (the description is re-read instead of being copied into RAM).
 #![no_std]
 #![warn(missing_docs)]
@@ -59,9 +63,10 @@ mod error;
 pub mod format;
 mod kernels;
 mod model;
+pub mod quant;
 
 pub use error::{Error, Reason};
-pub use format::Header;
+pub use format::{Dtype, Header};
 pub use model::Model;
 
 /// A 16-byte aligned wrapper, to place a blob from `include_bytes!` where its weights can be

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use paoding_cli::import::import_onnx_bytes;
-use paoding_core::{blob, plan::MemoryPlan};
-use paoding_runtime::Model;
+use paoding_core::{blob, plan::MemoryPlan, probes::Probes, quant};
+use paoding_runtime::{format::Dtype, Model};
 use paoding_tests::onnx_builder::{Attr, OnnxBuilder};
 use paoding_tests::seeded_uniform;
 
@@ -178,7 +178,24 @@ fn the_committed_seeds_are_small_and_reach_deep() {
         );
         import_seeds.push((format!("{name}.onnx"), bytes));
         runtime_seeds.push((format!("{name}.pdg"), blob));
+        // Its int8 form, with f32 and with int8 input and output.
+        let probes = Probes::uniform(g.values[g.input].len(), 16, -1.0, 1.0, 1);
+        let q = quant::quantize(&g, &probes, &Default::default()).expect("quantizes");
+        for (io, suffix) in [(Dtype::F32, "int8"), (Dtype::I8, "int8-io")] {
+            let Ok(low) = blob::QuantizedBlob::new(&g, &q, io) else {
+                continue; // An input or output that stays f32: no int8 io.
+            };
+            let blob = low.write(&low.plan()).expect("int8 blob");
+            Model::from_bytes(&blob).unwrap_or_else(|e| panic!("{name} {suffix}: {e}"));
+            assert!(blob.len() <= 1024, "{name} {suffix}: {} B", blob.len());
+            runtime_seeds.push((format!("{name}.{suffix}.pdg"), blob));
+        }
     }
+    // A blob of format version 2, which the runtime still reads.
+    let v2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/blobs-v2/zoo.pdg");
+    let v2 = std::fs::read(v2).expect("the version 2 zoo");
+    Model::from_bytes(&v2).expect("a valid version 2 blob");
+    runtime_seeds.push(("zoo.v2.pdg".into(), v2));
     sync("import", &import_seeds);
     sync("runtime", &runtime_seeds);
     // The profile parser's seeds are the shipped boards, each of which parses.

@@ -67,15 +67,14 @@ impl QParams {
     }
 
     /// The code of a real value: round half away from zero, clamped to int8 (TFLite's
-    /// `AffineQuantize`).
+    /// `AffineQuantize`, the runtime's [`paoding_runtime::quant::quantize`]).
     pub fn quantize(&self, x: f32) -> i8 {
-        let q = libm::roundf(x / self.scale) as i32 + self.zero_point;
-        q.clamp(QMIN, QMAX) as i8
+        paoding_runtime::quant::quantize(x, self.scale, self.zero_point)
     }
 
-    /// The real value of a code.
+    /// The real value of a code (the runtime's [`paoding_runtime::quant::dequantize`]).
     pub fn dequantize(&self, q: i8) -> f32 {
-        self.scale * (i32::from(q) - self.zero_point) as f32
+        paoding_runtime::quant::dequantize(q, self.scale, self.zero_point)
     }
 
     /// The real range the codes cover.

@@ -40,15 +40,44 @@ pub(crate) struct ConvGeom {
     pub groups: usize,
 }
 
+impl ConvGeom {
+    /// A dense layer of `units` outputs over `inputs`: a 1x1 convolution over a 1x1 image.
+    pub(crate) fn dense(inputs: usize, units: usize) -> ConvGeom {
+        ConvGeom {
+            in_c: inputs,
+            ih: 1,
+            iw: 1,
+            out_c: units,
+            oh: 1,
+            ow: 1,
+            kh: 1,
+            kw: 1,
+            sy: 1,
+            sx: 1,
+            dy: 1,
+            dx: 1,
+            pt: 0,
+            pl: 0,
+            groups: 1,
+        }
+    }
+}
+
 /// Kernel positions `k` in `0..n` whose input index `first + k * step - pad` lies in
 /// `0..size`: returns `(k0, k1)` (empty if `k0 >= k1`).
 #[inline(never)]
-fn lanes(first: usize, pad: usize, step: usize, size: usize, n: usize) -> (usize, usize) {
+pub(super) fn lanes(
+    first: usize,
+    pad: usize,
+    step: usize,
+    size: usize,
+    n: usize,
+) -> (usize, usize) {
     // k * step + first >= pad  and  k * step + first < size + pad.
     let before = pad.saturating_sub(first);
     let inside = (size + pad).saturating_sub(first);
-    if step == 1 {
-        // The common case, without integer divisions.
+    if step <= 1 {
+        // The common case, without integer divisions (and never a division by zero).
         return (before, inside.min(n));
     }
     (before.div_ceil(step), inside.div_ceil(step).min(n))
@@ -779,24 +808,7 @@ pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act
 
 /// `out = act(W x + b)`: a 1x1 convolution of `x.len()` channels over one pixel.
 pub(crate) fn dense(x: &[f32], w: &[f32], b: &[f32], act: Act, out: &mut [f32]) {
-    let g = ConvGeom {
-        in_c: x.len(),
-        ih: 1,
-        iw: 1,
-        out_c: out.len(),
-        oh: 1,
-        ow: 1,
-        kh: 1,
-        kw: 1,
-        sy: 1,
-        sx: 1,
-        dy: 1,
-        dx: 1,
-        pt: 0,
-        pl: 0,
-        groups: 1,
-    };
-    conv2d(&g, x, w, b, act, out);
+    conv2d(&ConvGeom::dense(x.len(), out.len()), x, w, b, act, out);
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! Operators that move values: Concat, Transpose, Pad. (Reshape is a free view: no kernel.)
+//! Operators that move values: Concat, Transpose, Pad, on bytes (f32 and int8 values share
+//! one copy of each; a quantized Concat rescales as it copies). (Reshape is a free view: no
+//! kernel.)
 
-use super::{copy, Dims};
-use crate::format::MAX_RANK;
+use super::{copy, qeltwise, Dims};
+use crate::format::{QRescale, MAX_RANK};
 
 /// Row-major strides of `dims` (`rank` used).
 fn strides(dims: &Dims) -> [usize; MAX_RANK] {
@@ -14,14 +16,16 @@ fn strides(dims: &Dims) -> [usize; MAX_RANK] {
     s
 }
 
-/// Copy one input of a concatenation into its slot: `outer` blocks of `block` elements go
-/// to `out` at `offset + k * out_block`.
+/// Copy one input of a concatenation into its slot, in bytes: `outer` blocks of `block` bytes
+/// go to `out` at `offset + k * out_block`; an int8 input is rescaled to the output on the way
+/// (`rescale`: its rescaling and the output's zero point).
 pub(crate) fn concat_part(
-    input: &[f32],
+    input: &[u8],
     block: usize,
     out_block: usize,
     offset: usize,
-    out: &mut [f32],
+    out: &mut [u8],
+    rescale: Option<(&QRescale, i32)>,
 ) {
     if block == 0 || out_block == 0 {
         return;
@@ -31,25 +35,34 @@ pub(crate) fn concat_part(
         .zip(out.chunks_exact_mut(out_block))
     {
         if let Some(d) = dst.get_mut(offset..offset + block) {
-            copy(d, src);
+            match rescale {
+                Some((r, zp)) => {
+                    for (d, &s) in d.iter_mut().zip(src) {
+                        *d = qeltwise::rescale(r, zp, s as i8) as u8;
+                    }
+                }
+                None => copy(d, src),
+            }
         }
     }
 }
 
-/// `out` axis `i` is `input` axis `perm[i]`.
-pub(crate) fn transpose(in_dims: &Dims, perm: &[u8], input: &[f32], out: &mut [f32]) {
+/// `out` axis `i` is `input` axis `perm[i]`, for elements of `size` bytes.
+pub(crate) fn transpose(in_dims: &Dims, perm: &[u8], size: usize, input: &[u8], out: &mut [u8]) {
     let rank = in_dims.rank;
     let in_strides = strides(in_dims);
     let mut dims = [1usize; MAX_RANK];
     let mut step = [0usize; MAX_RANK];
     for ((d, s), &p) in dims.iter_mut().zip(step.iter_mut()).zip(perm) {
         *d = in_dims.at(p as usize);
-        *s = in_strides.get(p as usize).copied().unwrap_or(0);
+        *s = in_strides.get(p as usize).copied().unwrap_or(0) * size;
     }
     let mut idx = [0usize; MAX_RANK];
     let mut src = 0usize;
-    for o in out.iter_mut() {
-        *o = input.get(src).copied().unwrap_or(0.0);
+    for o in out.chunks_exact_mut(size.max(1)) {
+        if let Some(s) = input.get(src..src + o.len()) {
+            copy(o, s);
+        }
         for ((i, &s), &d) in idx.iter_mut().zip(&step).zip(&dims).take(rank).rev() {
             *i += 1;
             src += s;
@@ -62,22 +75,25 @@ pub(crate) fn transpose(in_dims: &Dims, perm: &[u8], input: &[f32], out: &mut [f
     }
 }
 
-/// Constant padding: `out` is filled with `value`, then each innermost row of `input` is
-/// copied to its place.
+/// Constant padding of elements of `value.len()` bytes: `out` is filled with `value`, then
+/// each innermost row of `input` is copied to its place.
 pub(crate) fn pad(
     in_dims: &Dims,
     out_dims: &Dims,
     pads: &[[u32; 2]],
-    value: f32,
-    input: &[f32],
-    out: &mut [f32],
+    value: &[u8],
+    input: &[u8],
+    out: &mut [u8],
 ) {
-    out.fill(value);
+    let size = value.len();
+    for o in out.chunks_exact_mut(size.max(1)) {
+        copy(o, value);
+    }
     let rank = in_dims.rank;
     if rank == 0 {
         return;
     }
-    let row = in_dims.at(rank - 1);
+    let row = in_dims.at(rank - 1) * size;
     if row == 0 {
         return;
     }
@@ -86,7 +102,7 @@ pub(crate) fn pad(
     for src in input.chunks_exact(row) {
         let mut at = 0;
         for ((i, s), p) in idx.iter().zip(&out_strides).zip(pads).take(rank) {
-            at += (i + p[0] as usize) * s;
+            at += (i + p[0] as usize) * s * size;
         }
         if let Some(d) = out.get_mut(at..at + row) {
             copy(d, src);

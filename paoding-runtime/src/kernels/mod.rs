@@ -1,11 +1,18 @@
-//! f32 kernels, one file per operator family. Every kernel trusts the lengths that
-//! [`crate::Model::from_bytes`] proved once; it still never indexes out of bounds (slices are
-//! walked with iterators and chunks, so a violated assumption computes garbage, not UB).
+//! Kernels, one file per operator family: f32 (`conv`, `eltwise`, `pool`, `layout`) and int8
+//! (`qconv`, `qeltwise`; int8 pooling in `pool`, the layout operators generic over the element
+//! type). Every kernel trusts the lengths that [`crate::Model::from_bytes`] proved once; it
+//! still never indexes out of bounds (slices are walked with iterators and chunks, so a
+//! violated assumption computes garbage, not UB).
+//!
+//! The arena is one byte buffer; [`cast`] views a validated region as the element type of its
+//! value (f32 regions are 4-byte aligned: the arena is a `[f32]`, the offsets are validated).
 
 pub(crate) mod conv;
 pub(crate) mod eltwise;
 pub(crate) mod layout;
 pub(crate) mod pool;
+pub(crate) mod qconv;
+pub(crate) mod qeltwise;
 
 use crate::format::{Act, MAX_RANK};
 
@@ -113,10 +120,63 @@ fn tanh(x: f32) -> f32 {
 /// `dst = src`, element by element over the shorter of the two (lengths are equal after
 /// validation; no panicking length assertion).
 #[inline]
-pub(crate) fn copy(dst: &mut [f32], src: &[f32]) {
+pub(crate) fn copy<T: Copy>(dst: &mut [T], src: &[T]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d = *s;
     }
+}
+
+/// Plain data the arena and the weights hold: every bit pattern is a value, no padding.
+pub(crate) trait Pod: Copy {}
+impl Pod for f32 {}
+impl Pod for i32 {}
+impl Pod for i8 {}
+impl Pod for u8 {}
+
+/// `b` as a slice of `T`, if it is aligned for `T` and a whole number of `T` long.
+#[inline]
+pub(crate) fn cast<T: Pod>(b: &[u8]) -> Option<&[T]> {
+    let size = core::mem::size_of::<T>();
+    if !(b.as_ptr() as usize).is_multiple_of(core::mem::align_of::<T>())
+        || !b.len().is_multiple_of(size)
+    {
+        return None;
+    }
+    // SAFETY: the pointer is non-null and aligned for T (checked), valid for reads of
+    // `b.len()` bytes = `b.len() / size` values for the borrow's lifetime, which the result
+    // keeps; every bit pattern is a T (`Pod`), and on the little-endian targets the runtime
+    // accepts (`Model::from_bytes`) the bytes are the format's little-endian encoding.
+    Some(unsafe { core::slice::from_raw_parts(b.as_ptr().cast::<T>(), b.len() / size) })
+}
+
+/// [`cast`], mutable.
+#[inline]
+pub(crate) fn cast_mut<T: Pod>(b: &mut [u8]) -> Option<&mut [T]> {
+    let size = core::mem::size_of::<T>();
+    if !(b.as_ptr() as usize).is_multiple_of(core::mem::align_of::<T>())
+        || !b.len().is_multiple_of(size)
+    {
+        return None;
+    }
+    // SAFETY: as `cast`, and the result borrows `b` mutably, so it is the only access; any
+    // value written is some bytes, which `b` may hold.
+    Some(unsafe { core::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<T>(), b.len() / size) })
+}
+
+/// The bytes of `x`.
+#[inline]
+pub(crate) fn bytes<T: Pod>(x: &[T]) -> &[u8] {
+    // SAFETY: `x` is valid for reads of `size_of_val(x)` bytes, u8 needs no alignment, and a
+    // `Pod` has no padding (every byte is initialised).
+    unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<u8>(), core::mem::size_of_val(x)) }
+}
+
+/// The bytes of `x`, mutable: any bytes written leave a valid `T` (`Pod`).
+#[inline]
+pub(crate) fn bytes_mut<T: Pod>(x: &mut [T]) -> &mut [u8] {
+    let len = core::mem::size_of_val(x);
+    // SAFETY: as `bytes`; the result borrows `x` mutably, and every bit pattern is a `T`.
+    unsafe { core::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<u8>(), len) }
 }
 
 #[cfg(test)]

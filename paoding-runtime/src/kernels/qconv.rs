@@ -1,0 +1,306 @@
+//! int8 convolution (standard, grouped, depthwise, strided, dilated, padded) and dense layers,
+//! portable: TFLite's reference `ConvPerChannel`, `DepthwiseConvPerChannel` and
+//! `FullyConnected` arithmetic.
+//!
+//! Per output channel and pixel, one `i32` accumulator starts from the bias and adds
+//! `w * (x - input_zp)` over every tap inside the image (the taps over the padding are cut off
+//! in closed form, as the f32 kernels do: TFLite skips them, which is padding with the input
+//! zero point); then it is requantized ([`crate::quant::multiply_by_quantized_multiplier`] by
+//! the channel's own multiplier and shift), offset by the output zero point and clamped to
+//! the fused activation's range. The filters are stored as [`crate::format::pack_filters`]
+//! orders them (`[taps][inputs][block]`, the order the f32 kernels read): this portable
+//! kernel walks one channel's weights with a stride, and a kernel that accumulates a whole
+//! block at once (the Cortex-M one to come) reads them contiguously, without a format change.
+//! Integer arithmetic wraps, so no blob can make it panic (validation keeps the parameters
+//! where it cannot overflow).
+//!
+//! A dense layer is a 1x1 convolution over a 1x1 image.
+
+use super::conv::{lanes, ConvGeom};
+use crate::format::block_len;
+use crate::quant::multiply_by_quantized_multiplier;
+
+/// The per-channel requantization of one layer, its runs read in place from the weights.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Requant<'w> {
+    /// One per output channel.
+    pub bias: &'w [i32],
+    /// One per output channel.
+    pub multiplier: &'w [i32],
+    /// One per output channel.
+    pub shift: &'w [i8],
+    pub input_zp: i32,
+    pub output_zp: i32,
+    /// The output clamp, inside int8 (validated).
+    pub act_min: i32,
+    pub act_max: i32,
+}
+
+/// `out = requant(W * (x - input_zp) + bias)` over NCHW, `w` as [`crate::format::pack_filters`]
+/// stores it.
+pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out: &mut [i8]) {
+    let groups = g.groups.max(1);
+    let (gi, go) = (g.in_c / groups, (g.out_c / groups).max(1));
+    let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
+    let filter = gi * g.kh * g.kw;
+    // The block of filter f starts at filter f0 and holds c filters (c * filter weights); a
+    // block never spans two groups.
+    let (mut f0, mut c) = (0, 0);
+    let params = q.bias.iter().zip(q.multiplier).zip(q.shift);
+    for (f, ((&bias, &m), &s)) in params.enumerate().take(g.out_c) {
+        if f == f0 + c {
+            (f0, c) = (f, block_len(go - f % go));
+        }
+        let ch = Channel {
+            // The group's input planes, the block's weights from this filter's first.
+            planes: input.get(f / go * gi * in_plane..).unwrap_or(&[]),
+            w: w.get(f0 * filter + (f - f0)..).unwrap_or(&[]),
+            c,
+            gi,
+            bias,
+            m,
+            s: s.into(),
+        };
+        ch.run(g, q, out.get_mut(f * out_plane..).unwrap_or(&mut []));
+    }
+}
+
+/// One output channel of a convolution.
+struct Channel<'a> {
+    /// The `gi` input planes of its group.
+    planes: &'a [i8],
+    /// Its weights, every `c`-th from the first (`[taps][inputs][block]`).
+    w: &'a [i8],
+    /// Filters in its block.
+    c: usize,
+    /// Inputs per filter.
+    gi: usize,
+    bias: i32,
+    /// Its requantization.
+    m: i32,
+    s: i32,
+}
+
+impl Channel<'_> {
+    /// Every output pixel into `out` (its plane): one register accumulator per pixel, over
+    /// every tap inside the image.
+    #[inline(never)]
+    fn run(&self, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) {
+        let (in_plane, zp) = (g.ih * g.iw, q.input_zp);
+        let mut out = out.iter_mut();
+        for oy in 0..g.oh {
+            let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
+            for ox in 0..g.ow {
+                let (kx0, kx1) = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
+                let mut acc = self.bias;
+                for ky in ky0..ky1 {
+                    // Inside the image for ky in ky0..ky1 (`lanes`); wrapping keeps a violated
+                    // assumption from panicking (the reads below then find nothing).
+                    let iy = (oy * g.sy + ky * g.dy).wrapping_sub(g.pt);
+                    for kx in kx0..kx1 {
+                        let ix = (ox * g.sx + kx * g.dx).wrapping_sub(g.pl);
+                        // Input channel ci of this tap: every in_plane-th input from the
+                        // pixel, every c-th weight from the tap's run.
+                        let mut xi = iy.wrapping_mul(g.iw).wrapping_add(ix);
+                        let mut wi = (ky * g.kw + kx) * self.gi * self.c;
+                        for _ in 0..self.gi {
+                            let (Some(&x), Some(&w)) = (self.planes.get(xi), self.w.get(wi)) else {
+                                break;
+                            };
+                            let x = i32::from(x).wrapping_sub(zp);
+                            acc = acc.wrapping_add(i32::from(w).wrapping_mul(x));
+                            xi = xi.wrapping_add(in_plane);
+                            wi += self.c;
+                        }
+                    }
+                }
+                if let Some(d) = out.next() {
+                    let v = multiply_by_quantized_multiplier(acc, self.m, self.s)
+                        .wrapping_add(q.output_zp);
+                    // Not `clamp`, which asserts min <= max (validated; no panicking path).
+                    *d = v.max(q.act_min).min(q.act_max) as i8;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::format::pack_filters;
+    use std::vec::Vec;
+
+    /// Deterministic int8 values.
+    fn values(n: usize, seed: u32) -> Vec<i8> {
+        let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 24) as i8
+            })
+            .collect()
+    }
+
+    /// TFLite's reference per-channel convolution, tap by tap, from ONNX-ordered weights
+    /// `[out][in / groups][kh][kw]`: taps outside the image skipped.
+    fn reference(g: &ConvGeom, x: &[i8], w: &[i8], q: &Requant<'_>) -> Vec<i8> {
+        let (gi, go) = (g.in_c / g.groups, g.out_c / g.groups);
+        let mut out = Vec::new();
+        for f in 0..g.out_c {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let mut acc: i64 = 0;
+                    for c in 0..gi {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy = (oy * g.sy + ky * g.dy) as isize - g.pt as isize;
+                                let ix = (ox * g.sx + kx * g.dx) as isize - g.pl as isize;
+                                if iy < 0 || ix < 0 || iy >= g.ih as isize || ix >= g.iw as isize {
+                                    continue;
+                                }
+                                let plane = f / go * gi + c;
+                                let xv = x[(plane * g.ih + iy as usize) * g.iw + ix as usize];
+                                let wv = w[((f * gi + c) * g.kh + ky) * g.kw + kx];
+                                acc += i64::from(wv) * (i64::from(xv) - i64::from(q.input_zp));
+                            }
+                        }
+                    }
+                    let acc = (acc + i64::from(q.bias[f])) as i32;
+                    let (m, s) = (q.multiplier[f], q.shift[f].into());
+                    let v = multiply_by_quantized_multiplier(acc, m, s) + q.output_zp;
+                    out.push(v.clamp(q.act_min, q.act_max) as i8);
+                }
+            }
+        }
+        out
+    }
+
+    /// (in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), padding.
+    type Case = (
+        (usize, usize, usize),
+        (usize, usize),
+        (usize, usize),
+        (usize, usize),
+        (usize, usize),
+        [usize; 4],
+    );
+
+    fn check(cases: &[Case]) {
+        for (
+            k,
+            &((in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), [pt, pl, pb, pr]),
+        ) in cases.iter().enumerate()
+        {
+            let oh = (ih + pt + pb - (kh - 1) * dy - 1) / sy + 1;
+            let ow = (iw + pl + pr - (kw - 1) * dx - 1) / sx + 1;
+            let g = ConvGeom {
+                in_c,
+                ih,
+                iw,
+                out_c,
+                oh,
+                ow,
+                kh,
+                kw,
+                sy,
+                sx,
+                dy,
+                dx,
+                pt,
+                pl,
+                groups,
+            };
+            let gi = in_c / groups;
+            let x = values(in_c * ih * iw, 1 + k as u32);
+            let w = values(out_c * gi * kh * kw, 2 + k as u32);
+            // Biases around the accumulator scale, per-channel multipliers from 2^-12 to
+            // 2^-6 (the range a real layer has), zero points off centre, a ReLU6-like clamp.
+            let bias: Vec<i32> = (0..out_c as i32).map(|o| (o - 3) * 517).collect();
+            let (multiplier, shift): (Vec<i32>, Vec<i8>) = (0..out_c)
+                .map(|o| {
+                    let (m, s) =
+                        crate::quant::quantize_multiplier(0.0003 * (1.0 + o as f64 * 0.37));
+                    (m, s as i8)
+                })
+                .unzip();
+            let q = Requant {
+                bias: &bias,
+                multiplier: &multiplier,
+                shift: &shift,
+                input_zp: -17 + k as i32,
+                output_zp: 5 - k as i32,
+                act_min: -100,
+                act_max: 90,
+            };
+            let mut packed = std::vec![0i8; w.len()];
+            assert!(pack_filters(
+                &w,
+                groups,
+                out_c / groups,
+                gi,
+                kh * kw,
+                &mut packed
+            ));
+            let mut out = std::vec![0i8; out_c * oh * ow];
+            qconv2d(&g, &x, &packed, &q, &mut out);
+            let want = reference(&g, &x, &w, &q);
+            assert_eq!(out, want, "{g:?}");
+            // Some outputs clamp, most do not: the test sees the requantization.
+            assert!(out.iter().any(|&v| v != -100 && v != 90), "{g:?}");
+        }
+    }
+
+    #[test]
+    fn standard_and_grouped_convolutions_match_the_reference() {
+        check(&[
+            ((1, 8, 8), (16, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((3, 9, 10), (12, 1), (5, 5), (2, 1), (1, 2), [2, 1, 0, 3]),
+            ((8, 6, 6), (8, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((6, 7, 5), (9, 3), (2, 3), (2, 2), (2, 1), [0, 2, 1, 0]),
+        ]);
+    }
+
+    #[test]
+    fn depthwise_convolutions_match_the_reference() {
+        check(&[
+            ((16, 8, 8), (16, 16), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((8, 8, 8), (8, 8), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]),
+            ((5, 9, 7), (5, 5), (3, 3), (1, 2), (2, 1), [2, 0, 1, 2]),
+            // Depth multiplier 2.
+            ((3, 6, 6), (6, 3), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+        ]);
+    }
+
+    #[test]
+    fn pointwise_convolutions_and_dense_layers_match_the_reference() {
+        check(&[
+            ((16, 8, 8), (32, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]),
+            ((7, 5, 3), (13, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]),
+            ((64, 1, 1), (10, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]),
+            ((4, 7, 7), (9, 1), (1, 1), (2, 2), (1, 1), [0, 0, 0, 0]),
+        ]);
+        // A dense layer: ConvGeom::dense, as the executor runs it.
+        let (x, w) = (values(20, 9), values(60, 10));
+        let bias = std::vec![100; 3];
+        let (m, s) = crate::quant::quantize_multiplier(0.004);
+        let q = Requant {
+            bias: &bias,
+            multiplier: &[m; 3],
+            shift: &[s as i8; 3],
+            input_zp: 3,
+            output_zp: -2,
+            act_min: -128,
+            act_max: 127,
+        };
+        let mut packed = std::vec![0i8; 60];
+        assert!(pack_filters(&w, 1, 3, 20, 1, &mut packed));
+        let mut out = [0i8; 3];
+        qconv2d(&ConvGeom::dense(20, 3), &x, &packed, &q, &mut out);
+        let g = ConvGeom::dense(20, 3);
+        assert_eq!(out.to_vec(), reference(&g, &x, &w, &q));
+    }
+}
