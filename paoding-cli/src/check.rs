@@ -220,7 +220,12 @@ impl CheckSet {
     /// How close `candidate` stays to the original on this set (no robustness: the cheap
     /// figure a search compares).
     pub fn fidelity(&self, candidate: &Graph) -> Result<Fidelity, CliError> {
-        let out = crate::eval::outputs(candidate, &self.inputs.data)?;
+        self.fidelity_of(&Model::Graph(candidate.clone()))
+    }
+
+    /// [`Self::fidelity`] of any candidate: a graph, or a runtime blob (an int8 one).
+    pub fn fidelity_of(&self, candidate: &Model) -> Result<Fidelity, CliError> {
+        let out = candidate.outputs(&self.inputs.data)?;
         Ok(fidelity::compare(
             &self.reference,
             &out,
@@ -230,15 +235,27 @@ impl CheckSet {
 
     /// The full report on `candidate`: fidelity, accuracy with labels, FGSM robustness.
     pub fn measure(&self, candidate: &Graph) -> Result<FidelityReport, CliError> {
+        self.measure_model(&Model::Graph(candidate.clone()), candidate)
+    }
+
+    /// [`Self::measure`] of any candidate. FGSM perturbs along the gradient of `surrogate`:
+    /// the candidate itself when it is a graph; for a runtime blob, which carries no gradient,
+    /// the f32 graph it was made from (an int8 blob's own pruned f32 model), so the attack
+    /// is as close to white-box as the blob allows.
+    pub fn measure_model(
+        &self,
+        candidate: &Model,
+        surrogate: &Graph,
+    ) -> Result<FidelityReport, CliError> {
         let per = self.reference.len() / self.inputs.count().max(1);
-        let out = crate::eval::outputs(candidate, &self.inputs.data)?;
+        let out = candidate.outputs(&self.inputs.data)?;
         let labels = self.labels.as_deref();
         let robustness = match self.original_robustness {
             Some(original) => {
                 let preds = crate::eval::predictions(&out, per);
-                let attack = Attack::prepare(candidate, &self.inputs, &preds, labels)?;
+                let attack = Attack::prepare(surrogate, &self.inputs, &preds, labels)?;
                 let pruned = attack.robustness(
-                    &Model::Graph(candidate.clone()),
+                    candidate,
                     &self.inputs,
                     original.epsilon,
                     self.input_range,
@@ -267,7 +284,7 @@ impl CheckSet {
             without_data: self
                 .without_data
                 .as_ref()
-                .map(|set| set.measure(candidate).map(Box::new))
+                .map(|set| set.measure_model(candidate, surrogate).map(Box::new))
                 .transpose()?,
         })
     }

@@ -20,6 +20,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use paoding_core::blob;
+use paoding_core::cost::WeightDtype;
+use paoding_core::fidelity::Fidelity;
 use paoding_core::fit::{self, Resource, Schedule, Shortfall, Usage};
 use paoding_core::ir::Graph;
 use paoding_core::plan::MemoryPlan;
@@ -27,18 +29,21 @@ use paoding_core::profile::{Budget, Constraint, Profile};
 use paoding_core::prune::{LayerChange, Method, PruneOptions, Pruner, Scope};
 use serde::Serialize;
 
-use crate::check::{DataArgs, FidelityReport, LazyCheckSet};
+use crate::check::{CheckSet, DataArgs, FidelityReport, LazyCheckSet};
 use crate::error::CliError;
+use crate::eval::Model;
 use crate::probes::ProbeSettings;
 use crate::progress::Progress;
+use crate::quantize::{Int8Model, Int8Options};
+use crate::run::BlobBytes;
 
 /// Version tag of the JSON layout (2: fidelity on the check set, with its interval,
-/// robustness and warnings).
-pub const FIT_SCHEMA: &str = "paoding.fit/2";
+/// robustness and warnings; 3: the dtype, how it was chosen, and the quantization).
+pub const FIT_SCHEMA: &str = "paoding.fit/3";
 
 /// Version tag of the JSON object `fit` prints for several boards (one [`FIT_SCHEMA`] report
 /// per board).
-pub const FLEET_SCHEMA: &str = "paoding.fit-fleet/2";
+pub const FLEET_SCHEMA: &str = "paoding.fit-fleet/3";
 
 /// Budgets set on the command line: what the model itself may use (after the profile's
 /// reserved shares).
@@ -76,6 +81,32 @@ pub struct FitOptions {
     pub round_to: usize,
     /// Largest fraction of one layer global allocation removes.
     pub max_layer_ratio: f64,
+    /// How the model is stored (`None`: the profile's `weight_dtype`).
+    pub dtype: Option<DtypeChoice>,
+    /// How an int8 model is quantized.
+    pub int8: Int8Options,
+}
+
+/// The dtype a fit stores the model in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DtypeChoice {
+    /// f32 weights and activations.
+    F32,
+    /// int8 weights and activations (TFLite's scheme), calibrated without data.
+    Int8,
+    /// The highest-fidelity model that fits: unpruned f32, else unpruned int8, else the
+    /// pruned f32 or int8 model (whichever keeps more agreement on the check set).
+    Auto,
+}
+
+impl From<WeightDtype> for DtypeChoice {
+    fn from(d: WeightDtype) -> Self {
+        match d {
+            WeightDtype::F32 => DtypeChoice::F32,
+            WeightDtype::Int8 => DtypeChoice::Int8,
+        }
+    }
 }
 
 impl Default for FitOptions {
@@ -90,6 +121,8 @@ impl Default for FitOptions {
             min_units: 1,
             round_to: 1,
             max_layer_ratio: 0.9,
+            dtype: None,
+            int8: Int8Options::default(),
         }
     }
 }
@@ -152,6 +185,24 @@ pub struct FitReport {
     /// For a result below the required agreement: the use of the least pruned model that
     /// keeps it, i.e. how far the budget would have to grow.
     pub needed_for_agreement: Option<Usage>,
+    /// The dtype the result is stored in.
+    pub dtype: WeightDtype,
+    /// Why that dtype: `--dtype`, the profile's `weight_dtype`, or what `auto` compared.
+    pub dtype_reason: String,
+    /// For an int8 result: how it was quantized, what stays f32, what quantization alone cost.
+    pub quantization: Option<QuantizationReport>,
+}
+
+/// What quantizing took and cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizationReport {
+    /// Scheme, range estimator, corrections and the calibration probes.
+    pub calibration: String,
+    /// Layers that run in f32 (no int8 form), with conversions around them.
+    pub f32_layers: Vec<String>,
+    /// The unpruned model quantized, against the f32 original on the check set: what
+    /// quantization alone costs, before any pruning.
+    pub cost: Fidelity,
 }
 
 /// A fit's report and, when it succeeded, the model.
@@ -261,8 +312,8 @@ pub fn fit(
 }
 
 /// Fit an imported graph to one profile, showing each phase (the search's size evaluations,
-/// probe synthesis, the refit, the fidelity check) on `progress`. Fidelity is measured on
-/// `check` (built only if the model must be pruned).
+/// probe synthesis, the refit, quantization, the fidelity check) on `progress`. Fidelity is
+/// measured on `check` (built only when a result must be judged).
 pub fn fit_graph(
     model: &str,
     graph: &Graph,
@@ -276,196 +327,437 @@ pub fn fit_graph(
     let task = paoding_core::estimate::task(graph);
     if min_agreement.is_some() && !task.is_classifier() {
         return Err(CliError::Usage(format!(
-            "{model}: a minimum agreement (--min-agreement, or min_agreement in profile {}) needs a classifier,              and this model's output is {task:?}: top-1 agreement means nothing for it",
+            "{model}: a minimum agreement (--min-agreement, or min_agreement in profile {}) needs a classifier, \
+             and this model's output is {task:?}: top-1 agreement means nothing for it",
             profile.name
         )));
     }
-    let original = Usage::of(graph)?;
-    let prune_options = PruneOptions {
-        method: options.method,
-        scope: options.scope,
-        refit: options.refit,
-        min_units: options.min_units,
-        round_to: options.round_to.max(1),
-        max_layer_ratio: options.max_layer_ratio,
-        input_range: options.probes.input_range,
-        ..Default::default()
-    };
-    let mut report = FitReport {
-        schema: FIT_SCHEMA,
-        model: model.to_string(),
-        profile: profile.name.clone(),
+    let fit = Fit {
+        model,
+        graph,
+        profile,
+        options,
+        check,
+        progress,
         budget,
-        status: Status::FitsUnpruned,
-        message: String::new(),
-        original,
-        fitted: original,
-        constraints: original.check(&budget),
-        binding: Resource::binding(&original, &budget),
-        options: options.clone(),
-        step: 0,
-        total_steps: 0,
-        evaluations: 1,
-        one_step_less: None,
-        layers: Vec::new(),
-        fidelity: None,
-        probe_description: String::new(),
-        shortfalls: Vec::new(),
-        needed_for_agreement: None,
+        min_agreement,
+        probes: std::cell::OnceCell::new(),
     };
-    if original.fits(&budget) {
-        report.message = format!("{model} fits {} as it is: left unpruned", profile.name);
-        let blob = blob::write_blob(graph, &MemoryPlan::new(graph))?;
-        return Ok(Fitted {
-            report,
-            graph: Some(graph.clone()),
-            blob: Some(blob),
-        });
+    match options.dtype {
+        Some(DtypeChoice::Auto) => fit.auto(),
+        Some(choice) => fit.run(stored_as(choice), "as --dtype asks".into()),
+        None => fit.run(
+            profile.weight_dtype,
+            format!("profile {}'s weight_dtype", profile.name),
+        ),
+    }
+}
+
+/// The dtype of a choice that is not `auto`.
+fn stored_as(choice: DtypeChoice) -> WeightDtype {
+    match choice {
+        DtypeChoice::Int8 => WeightDtype::Int8,
+        _ => WeightDtype::F32,
+    }
+}
+
+/// One fit in progress: what every dtype tried shares (the refit's probes, the check set).
+struct Fit<'a> {
+    model: &'a str,
+    graph: &'a Graph,
+    profile: &'a Profile,
+    options: &'a FitOptions,
+    check: &'a LazyCheckSet<'a>,
+    progress: &'a Progress,
+    budget: Budget,
+    min_agreement: Option<f64>,
+    probes: std::cell::OnceCell<crate::probes::ResolvedProbes>,
+}
+
+/// A candidate result: the model a runtime would run, and the f32 graph behind it.
+struct Candidate {
+    graph: Graph,
+    blob: Vec<u8>,
+    usage: Usage,
+    int8: Option<Int8Model>,
+}
+
+impl Candidate {
+    /// The model the check set judges: the blob for int8 (its integer arithmetic is the
+    /// result), the graph for f32 (the blob computes it exactly).
+    fn judged(&self) -> Model {
+        match &self.int8 {
+            Some(q) => Model::Blob(BlobBytes::new(&q.blob)),
+            None => Model::Graph(self.graph.clone()),
+        }
+    }
+}
+
+impl Fit<'_> {
+    /// The refit's probes, which also calibrate int8 ranges; resolved once.
+    fn probes(&self) -> Result<&crate::probes::ResolvedProbes, CliError> {
+        if let Some(p) = self.probes.get() {
+            return Ok(p);
+        }
+        let o = &self.options.probes;
+        let resolved = crate::probes::resolve(
+            self.graph,
+            &o.source,
+            o,
+            o.cache_dir.as_deref(),
+            self.progress,
+        )?;
+        Ok(self.probes.get_or_init(|| resolved))
     }
 
-    let pruner = Pruner::new(graph, &prune_options);
-    let schedule = Schedule::for_scope(&pruner, options.scope, report.binding)?;
-    let found = fit::search(
-        &pruner,
-        &schedule,
-        &budget,
-        &mut |done: usize, total: usize| {
-            // A bisection over `total` steps takes about log2(total) + 2 evaluations.
-            let expected = (usize::BITS - total.leading_zeros()) as usize + 2;
-            progress.steps("searching: size evaluations", done, expected.max(done));
-        },
-    )?;
-    report.total_steps = found.total_steps;
-    report.evaluations = found.evaluations;
-    let Some(step) = found.step else {
-        let smallest = pruner.preview(&schedule.counts(found.total_steps))?;
-        report.status = Status::CannotFit;
-        report.fitted = found.usage;
-        report.constraints = found.usage.check(&budget);
-        report.step = found.total_steps;
-        report.shortfalls = fit::explain(&smallest, &budget)?;
-        report.message = cannot_fit_message(model, profile, &report.shortfalls);
-        return Ok(Fitted {
-            report,
-            graph: None,
-            blob: None,
-        });
-    };
+    fn check(&self) -> Result<&CheckSet, CliError> {
+        self.check.get(self.progress)
+    }
 
-    let resolved = crate::probes::resolve(
-        graph,
-        &options.probes.source,
-        &options.probes,
-        options.probes.cache_dir.as_deref(),
-        progress,
-    )?;
-    let probes = resolved.probes;
-    report.probe_description = resolved.description;
-    progress.phase("pruning and refitting");
-    let pruned = pruner.apply(&schedule.counts(step), &probes)?;
-    let usage = Usage::of(&pruned.graph)?;
-    let check = check.get(progress)?;
-    progress.phase("measuring fidelity");
-    let fidelity = check.measure(&pruned.graph)?;
-    report.status = Status::Pruned;
-    report.fitted = usage;
-    report.constraints = usage.check(&budget);
-    report.step = step;
-    report.one_step_less = found.usage_one_step_less;
-    report.layers = pruned.layers;
-    report.message = format!(
-        "{model} pruned to fit {}: {} of {} removable units removed, {}",
-        profile.name,
-        step,
-        found.total_steps,
-        if task.is_classifier() {
-            fidelity.agreement_text()
-        } else {
-            format!(
-                "relative L2 error {:.4}{}",
-                fidelity.fidelity.relative_l2,
-                if fidelity.data_free {
-                    " (estimated)"
-                } else {
-                    ""
-                }
-            )
+    /// `g` stored as `dtype`: its blob and exact use.
+    fn candidate(&self, g: Graph, dtype: WeightDtype) -> Result<Candidate, CliError> {
+        match dtype {
+            WeightDtype::F32 => Ok(Candidate {
+                blob: blob::write_blob(&g, &MemoryPlan::new(&g))?,
+                usage: Usage::of(&g)?,
+                graph: g,
+                int8: None,
+            }),
+            WeightDtype::Int8 => {
+                let probes = self.probes()?;
+                self.progress.phase("quantizing");
+                let q = crate::quantize::quantize(
+                    &g,
+                    &probes.probes,
+                    &probes.description,
+                    &self.options.int8,
+                )?;
+                Ok(Candidate {
+                    blob: q.blob.clone(),
+                    usage: q.usage,
+                    graph: g,
+                    int8: Some(q),
+                })
+            }
         }
-    );
-    let agreement = fidelity.fidelity.agreement;
-    report.fidelity = Some(fidelity);
-    if let Some(min) = min_agreement {
-        if agreement < min {
-            progress.phase("searching for the pruning that keeps the agreement");
-            let needed =
-                least_pruning_keeping(&pruner, &schedule, step, min, &probes, graph, check)?;
-            report.status = Status::FidelityTooLow;
-            report.message = match needed {
-                Some(u) => format!(
-                    "{model}: fitting {} needs {step} removals, which keep only {:.2} % agreement (< {:.2} %); \
-                     keeping it needs flash {} B (+{} B), RAM {} B (+{} B), {} MACs",
-                    profile.name,
-                    100.0 * agreement,
-                    100.0 * min,
-                    u.flash_bytes,
-                    u.flash_bytes.saturating_sub(budget.flash_bytes),
-                    u.ram_bytes,
-                    u.ram_bytes.saturating_sub(budget.ram_bytes),
-                    u.macs
-                ),
-                None => format!(
-                    "{model}: fitting {} keeps only {:.2} % agreement (< {:.2} %), and no pruning keeps it",
-                    profile.name,
-                    100.0 * agreement,
-                    100.0 * min
-                ),
+    }
+
+    /// What quantizing the unpruned model costs, on the check set.
+    fn quantization_report(&self, unpruned: &Candidate) -> Result<QuantizationReport, CliError> {
+        let q = unpruned
+            .int8
+            .as_ref()
+            .ok_or_else(|| CliError::Usage("not an int8 candidate".into()))?;
+        Ok(QuantizationReport {
+            calibration: q.calibration.clone(),
+            f32_layers: q.f32_nodes(),
+            cost: self.check()?.fidelity_of(&unpruned.judged())?,
+        })
+    }
+
+    /// `auto`: unpruned f32 if it fits; else unpruned int8 if it fits; else whichever of
+    /// the pruned f32 and pruned int8 results keeps more agreement on the check set.
+    fn auto(&self) -> Result<Fitted, CliError> {
+        let f32_use = Usage::of(self.graph)?;
+        if f32_use.fits(&self.budget) {
+            return self.run(
+                WeightDtype::F32,
+                "auto: the model fits unpruned in f32, its most faithful form".into(),
+            );
+        }
+        let int8 = self.run(WeightDtype::Int8, String::new())?;
+        if int8.report.status == Status::FitsUnpruned || int8.report.status == Status::CannotFit {
+            let mut int8 = int8;
+            int8.report.dtype_reason = if int8.report.status == Status::CannotFit {
+                "auto: the model fits neither in f32 nor in int8, at any pruning allowed".into()
+            } else {
+                format!(
+                    "auto: f32 needs pruning ({}), int8 fits unpruned",
+                    over_text(&f32_use, &self.budget)
+                )
             };
-            report.needed_for_agreement = needed;
+            return Ok(int8);
+        }
+        let f32 = self.run(WeightDtype::F32, String::new())?;
+        let score = |f: &Fitted| {
+            f.report.fidelity.as_ref().map(|r| {
+                if r.task.is_classifier() {
+                    r.fidelity.agreement
+                } else {
+                    -r.fidelity.relative_l2
+                }
+            })
+        };
+        let text = |f: &Fitted| match &f.report.fidelity {
+            Some(r) if r.task.is_classifier() => {
+                format!("{:.2} % agreement", 100.0 * r.fidelity.agreement)
+            }
+            Some(r) => format!("relative L2 error {:.4}", r.fidelity.relative_l2),
+            None => "no figure".into(),
+        };
+        let why = format!(
+            "auto: neither fits unpruned; pruned to fit, int8 keeps {} and f32 {}",
+            text(&int8),
+            text(&f32)
+        );
+        let int8_wins = match (int8.ok(), f32.ok()) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => score(&int8) >= score(&f32),
+        };
+        let mut chosen = if int8_wins { int8 } else { f32 };
+        chosen.report.dtype_reason =
+            format!("{why}: {} kept", if int8_wins { "int8" } else { "f32" });
+        Ok(chosen)
+    }
+
+    /// Fit storing the model as `dtype`.
+    fn run(&self, dtype: WeightDtype, reason: String) -> Result<Fitted, CliError> {
+        let (graph, budget, model) = (self.graph, &self.budget, self.model);
+        let options = self.options;
+        let task = paoding_core::estimate::task(graph);
+        let original = Usage::of(graph)?;
+        let as_stored = Usage::of_dtype(graph, dtype)?;
+        let mut report = FitReport {
+            schema: FIT_SCHEMA,
+            model: model.to_string(),
+            profile: self.profile.name.clone(),
+            budget: *budget,
+            status: Status::FitsUnpruned,
+            message: String::new(),
+            original,
+            fitted: as_stored,
+            constraints: as_stored.check(budget),
+            binding: Resource::binding(&as_stored, budget),
+            options: options.clone(),
+            step: 0,
+            total_steps: 0,
+            evaluations: 1,
+            one_step_less: None,
+            layers: Vec::new(),
+            fidelity: None,
+            probe_description: String::new(),
+            shortfalls: Vec::new(),
+            needed_for_agreement: None,
+            dtype,
+            dtype_reason: reason,
+            quantization: None,
+        };
+        let in_dtype = match dtype {
+            WeightDtype::F32 => String::new(),
+            WeightDtype::Int8 => " in int8".to_string(),
+        };
+
+        let unpruned = if as_stored.fits(budget) || dtype == WeightDtype::Int8 {
+            Some(self.candidate(graph.clone(), dtype)?)
+        } else {
+            None
+        };
+        if let Some(q) = unpruned.as_ref().filter(|c| c.int8.is_some()) {
+            report.probe_description = self.probes()?.description.clone();
+            report.quantization = Some(self.quantization_report(q)?);
+        }
+        if let Some(c) = unpruned.filter(|c| c.usage.fits(budget)) {
+            report.fitted = c.usage;
+            report.constraints = c.usage.check(budget);
+            report.message = format!(
+                "{model} fits {}{in_dtype} as it is: left unpruned",
+                self.profile.name
+            );
+            if c.int8.is_some() {
+                self.progress.phase("measuring fidelity");
+                let fidelity = self.check()?.measure_model(&c.judged(), &c.graph)?;
+                report
+                    .message
+                    .push_str(&format!(", {}", result_text(&fidelity)));
+                let agreement = fidelity.fidelity.agreement;
+                report.fidelity = Some(fidelity);
+                if let Some(min) = self.min_agreement.filter(|&m| agreement < m) {
+                    report.status = Status::FidelityTooLow;
+                    report.message = format!(
+                        "{model}: int8 without pruning keeps only {:.2} % agreement (< {:.2} %): \
+                         quantization alone costs too much; try --dtype f32",
+                        100.0 * agreement,
+                        100.0 * min
+                    );
+                    return Ok(Fitted {
+                        report,
+                        graph: None,
+                        blob: None,
+                    });
+                }
+            }
+            return Ok(Fitted {
+                report,
+                graph: Some(c.graph),
+                blob: Some(c.blob),
+            });
+        }
+
+        let prune_options = PruneOptions {
+            method: options.method,
+            scope: options.scope,
+            refit: options.refit,
+            min_units: options.min_units,
+            round_to: options.round_to.max(1),
+            max_layer_ratio: options.max_layer_ratio,
+            input_range: options.probes.input_range,
+            ..Default::default()
+        };
+        let pruner = Pruner::new(graph, &prune_options);
+        let schedule = Schedule::for_scope(&pruner, options.scope, report.binding)?;
+        let progress = self.progress;
+        let found = fit::search(
+            &pruner,
+            &schedule,
+            budget,
+            dtype,
+            &mut |done: usize, total: usize| {
+                // A bisection over `total` steps takes about log2(total) + 2 evaluations.
+                let expected = (usize::BITS - total.leading_zeros()) as usize + 2;
+                progress.steps("searching: size evaluations", done, expected.max(done));
+            },
+        )?;
+        report.total_steps = found.total_steps;
+        report.evaluations = found.evaluations;
+        let Some(mut step) = found.step else {
+            let smallest = pruner.preview(&schedule.counts(found.total_steps))?;
+            report.status = Status::CannotFit;
+            report.fitted = found.usage;
+            report.constraints = found.usage.check(budget);
+            report.step = found.total_steps;
+            report.shortfalls = fit::explain(&smallest, budget, dtype)?;
+            report.message = cannot_fit_message(model, self.profile, &report.shortfalls);
             return Ok(Fitted {
                 report,
                 graph: None,
                 blob: None,
             });
+        };
+
+        let probes = self.probes()?;
+        report.probe_description = probes.description.clone();
+        progress.phase("pruning and refitting");
+        let mut pruned = pruner.apply(&schedule.counts(step), &probes.probes)?;
+        let mut result = self.candidate(pruned.graph.clone(), dtype)?;
+        // The search sized int8 candidates with placeholder parameters; a calibration whose
+        // multipliers TFLite's scheme cannot represent keeps a layer f32 and may not fit.
+        while !result.usage.fits(budget) && step < found.total_steps {
+            step += 1;
+            pruned = pruner.apply(&schedule.counts(step), &probes.probes)?;
+            result = self.candidate(pruned.graph.clone(), dtype)?;
         }
+        let check = self.check()?;
+        progress.phase("measuring fidelity");
+        let fidelity = check.measure_model(&result.judged(), &result.graph)?;
+        report.status = Status::Pruned;
+        report.fitted = result.usage;
+        report.constraints = result.usage.check(budget);
+        report.step = step;
+        report.one_step_less = found.usage_one_step_less;
+        report.layers = pruned.layers;
+        report.message = format!(
+            "{model} pruned to fit {}{in_dtype}: {} of {} removable units removed, {}",
+            self.profile.name,
+            step,
+            found.total_steps,
+            if task.is_classifier() {
+                fidelity.agreement_text()
+            } else {
+                result_text(&fidelity)
+            }
+        );
+        let agreement = fidelity.fidelity.agreement;
+        report.fidelity = Some(fidelity);
+        if let Some(min) = self.min_agreement {
+            if agreement < min {
+                progress.phase("searching for the pruning that keeps the agreement");
+                let needed = self.least_pruning_keeping(&pruner, &schedule, step, min, dtype)?;
+                report.status = Status::FidelityTooLow;
+                report.message = format!(
+                    "{model}: fitting {}{in_dtype} needs {step} removals, which keep only {:.2} % agreement (< {:.2} %); \
+                     keeping it needs flash {} B (+{} B), RAM {} B (+{} B), {} MACs",
+                    self.profile.name,
+                    100.0 * agreement,
+                    100.0 * min,
+                    needed.flash_bytes,
+                    needed.flash_bytes.saturating_sub(budget.flash_bytes),
+                    needed.ram_bytes,
+                    needed.ram_bytes.saturating_sub(budget.ram_bytes),
+                    needed.macs
+                );
+                report.needed_for_agreement = Some(needed);
+                return Ok(Fitted {
+                    report,
+                    graph: None,
+                    blob: None,
+                });
+            }
+        }
+        Ok(Fitted {
+            report,
+            graph: Some(result.graph),
+            blob: Some(result.blob),
+        })
     }
-    let blob = blob::write_blob(&pruned.graph, &MemoryPlan::new(&pruned.graph))?;
-    Ok(Fitted {
-        report,
-        graph: Some(pruned.graph),
-        blob: Some(blob),
-    })
+
+    /// The use of the most pruned model (fewest steps below `step`) that still keeps `min`
+    /// agreement on the check set, found by bisection (agreement falls as pruning grows).
+    fn least_pruning_keeping(
+        &self,
+        pruner: &Pruner,
+        schedule: &Schedule,
+        step: usize,
+        min: f64,
+        dtype: WeightDtype,
+    ) -> Result<Usage, CliError> {
+        let probes = &self.probes()?.probes;
+        let check = self.check()?;
+        let keeps = |k: usize| -> Result<(bool, Usage), CliError> {
+            let p = pruner.apply(&schedule.counts(k), probes)?;
+            let c = self.candidate(p.graph, dtype)?;
+            let f = check.fidelity_of(&c.judged())?;
+            Ok((f.agreement >= min, c.usage))
+        };
+        // Invariant: `lo` keeps the agreement (step 0 is the original), `hi` does not.
+        let (mut lo, mut hi) = (0usize, step);
+        let mut best = Usage::of_dtype(self.graph, dtype)?;
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let (ok, u) = keeps(mid)?;
+            if ok {
+                lo = mid;
+                best = u;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(best)
+    }
 }
 
-/// The use of the most pruned model (fewest steps below `step`) that still keeps `min`
-/// agreement on the check set, found by bisection (agreement falls as pruning grows).
-fn least_pruning_keeping(
-    pruner: &Pruner,
-    schedule: &Schedule,
-    step: usize,
-    min: f64,
-    probes: &paoding_core::probes::Probes,
-    graph: &Graph,
-    check: &crate::check::CheckSet,
-) -> Result<Option<Usage>, CliError> {
-    let keeps = |k: usize| -> Result<(bool, Usage), CliError> {
-        let p = pruner.apply(&schedule.counts(k), probes)?;
-        let f = check.fidelity(&p.graph)?;
-        Ok((f.agreement >= min, Usage::of(&p.graph)?))
-    };
-    // Invariant: `lo` keeps the agreement (step 0 is the original), `hi` does not.
-    let (mut lo, mut hi) = (0usize, step);
-    let mut best = Usage::of(graph)?;
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        let (ok, u) = keeps(mid)?;
-        if ok {
-            lo = mid;
-            best = u;
-        } else {
-            hi = mid;
-        }
+/// A result's figure for a message: agreement for a classifier, else relative L2 error.
+fn result_text(f: &FidelityReport) -> String {
+    if f.task.is_classifier() {
+        f.agreement_text()
+    } else {
+        format!(
+            "relative L2 error {:.4}{}",
+            f.fidelity.relative_l2,
+            if f.data_free { " (estimated)" } else { "" }
+        )
     }
-    Ok(Some(best))
+}
+
+/// What a use exceeds of a budget, for a message.
+fn over_text(u: &Usage, b: &Budget) -> String {
+    let over: Vec<String> = u
+        .check(b)
+        .iter()
+        .filter(|c| !c.fits)
+        .map(|c| format!("{} {} > {}", c.resource, c.used, c.budget))
+        .collect();
+    over.join(", ")
 }
 
 fn cannot_fit_message(model: &str, profile: &Profile, shortfalls: &[Shortfall]) -> String {
@@ -514,6 +806,31 @@ impl FitReport {
         use std::fmt::Write as _;
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.message);
+        let why = match self.dtype_reason.as_str() {
+            "" => String::new(),
+            r => format!(" ({r})"),
+        };
+        let _ = writeln!(out, "  stored as {}{why}", self.dtype.name());
+        if let Some(q) = &self.quantization {
+            let _ = writeln!(out, "  quantization: {}", q.calibration);
+            let _ = writeln!(
+                out,
+                "  quantization alone (unpruned int8 vs the f32 original, same check set): agreement {:.2} %, KL mean {:.4}, relative L2 error {:.4}",
+                100.0 * q.cost.agreement,
+                q.cost.mean_kl,
+                q.cost.relative_l2
+            );
+            if !q.f32_layers.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  kept f32 (no int8 form): {}",
+                    crate::names::short_names(
+                        &q.f32_layers.iter().map(String::as_str).collect::<Vec<_>>()
+                    )
+                    .join(", ")
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "\n  {:<6} {:>12} {:>12} {:>12}  verdict",

@@ -1,6 +1,6 @@
 //! `paoding report FIT.json [--sweep sweep.csv|sweep.json] -o report.html`: one self-contained
 //! HTML page — inline CSS and inline SVG, no script, no external resource — with, per board of
-//! a fit report (schema `paoding.fit/2`, or every board of `paoding.fit-fleet/2`), the verdict,
+//! a fit report (schema `paoding.fit/3` or `/2`, or every board of `paoding.fit-fleet/3` or `/2`), the verdict,
 //! the constraints with their headroom, the per-layer widths before and after, and the
 //! fidelity; and, with `--sweep`, the sweep chart and its table. Readable offline.
 
@@ -15,7 +15,7 @@ use crate::sweep::SweepReport;
 /// Arguments of `paoding report`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
-    /// A fit report (`paoding fit --report r.json`; schema paoding.fit/2 or paoding.fit-fleet/2).
+    /// A fit report (`paoding fit --report r.json`; schema paoding.fit/3 or paoding.fit-fleet/3; version 2 is read too).
     pub fit_report: PathBuf,
     /// A sweep to chart (`paoding sweep --csv s.csv` or `--json > s.json`).
     #[arg(long)]
@@ -131,6 +131,27 @@ fn board(out: &mut String, r: &Value) {
         escape(&status),
         escape(&s("message"))
     );
+    if let Some(dtype) = r["dtype"].as_str() {
+        let _ = writeln!(
+            out,
+            "<p>Stored as <b>{}</b>{}.</p>",
+            escape(dtype),
+            match s("dtype_reason").as_str() {
+                "" => String::new(),
+                why => format!(" ({})", escape(why)),
+            }
+        );
+    }
+    if let Some(q) = r["quantization"].as_object() {
+        let cost = &q["cost"];
+        let _ = writeln!(
+            out,
+            "<p>Quantization: {}. Alone, before any pruning, it keeps {:.2} % top-1 agreement with the f32 original (relative L2 error {:.4}).</p>",
+            escape(q["calibration"].as_str().unwrap_or("")),
+            100.0 * cost["agreement"].as_f64().unwrap_or(0.0),
+            cost["relative_l2"].as_f64().unwrap_or(0.0)
+        );
+    }
     let _ = writeln!(
         out,
         "<h3>Constraints</h3>\n<table><tr><th>resource</th><th>original</th><th>result</th><th>budget</th><th>headroom</th><th>use of budget</th><th>verdict</th></tr>"
@@ -387,8 +408,11 @@ fn sweep_section(out: &mut String, sweep: &SweepReport) -> Result<(), CliError> 
 /// Build the page from a fit report (parsed JSON) and an optional sweep.
 pub fn render(fit: &Value, sweep: Option<&SweepReport>) -> Result<String, CliError> {
     let boards: Vec<&Value> = match fit["schema"].as_str() {
-        Some(crate::fit::FIT_SCHEMA) => vec![fit],
-        Some(crate::fit::FLEET_SCHEMA) => fit["boards"].as_array().into_iter().flatten().collect(),
+        // Version 2 lacks only the dtype fields, which the page shows when present.
+        Some(crate::fit::FIT_SCHEMA | "paoding.fit/2") => vec![fit],
+        Some(crate::fit::FLEET_SCHEMA | "paoding.fit-fleet/2") => {
+            fit["boards"].as_array().into_iter().flatten().collect()
+        }
         other => {
             let found = other.map_or("no schema".to_string(), |s| format!("schema '{s}'"));
             return Err(CliError::Usage(format!(

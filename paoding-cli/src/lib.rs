@@ -17,6 +17,7 @@ pub mod probes;
 pub mod profile;
 pub mod progress;
 pub mod prune;
+pub mod quantize;
 pub mod report;
 pub mod run;
 pub mod sweep;

@@ -135,7 +135,7 @@ struct FitArgs {
     /// Also write the pruned model as ONNX (`{profile}` allowed).
     #[arg(long)]
     onnx: Option<OsString>,
-    /// Write the report as JSON (schema paoding.fit/2).
+    /// Write the report as JSON (schema paoding.fit/3).
     #[arg(long)]
     report: Option<PathBuf>,
     /// Print the report as JSON on stdout.
@@ -163,6 +163,11 @@ struct FitArgs {
     /// measured on --data, else estimated on the data-free check set.
     #[arg(long)]
     min_agreement: Option<f64>,
+    /// How the model is stored: f32, int8 (calibrated on the refit's probes), or auto (the
+    /// most faithful that fits: f32 unpruned, else int8 unpruned, else the better pruned one).
+    /// Default: the profile's weight_dtype.
+    #[arg(long, value_enum)]
+    dtype: Option<paoding_cli::fit::DtypeChoice>,
     #[command(flatten)]
     widths: WidthArgs,
     /// The refit's probes: uniform, invert (class-conditional inversion), bn (BatchNorm
@@ -346,6 +351,8 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         min_units: a.widths.min_units,
         round_to: a.widths.round_to.max(1),
         max_layer_ratio: a.widths.max_layer_ratio,
+        dtype: a.dtype,
+        int8: Default::default(),
     };
     let mut reports = Vec::new();
     let mut files = Vec::new();

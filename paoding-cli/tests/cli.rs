@@ -218,7 +218,7 @@ fn fit_writes_the_blob_and_report_and_run_executes_it() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
-    assert_eq!(r["schema"], "paoding.fit/2");
+    assert_eq!(r["schema"], "paoding.fit/3");
     assert_eq!(r["status"], "pruned");
     assert_eq!(
         r["fitted"]["flash_bytes"].as_u64(),

@@ -5,31 +5,41 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
-use crate::ir::Graph;
+use crate::ir::{Graph, Op};
 use crate::ops;
 use crate::plan::MemoryPlan;
 
-/// How weights are stored on the device.
+/// How weights (and activations) are stored on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightDtype {
-    /// 32-bit float, 4 bytes per parameter.
+    /// 32-bit float, 4 bytes per parameter and per activation value.
     #[default]
     F32,
+    /// TFLite's int8 scheme: 1 byte per weight and per activation value, biases int32, and
+    /// per output channel a requantization multiplier and shift (`paoding_core::quant`).
+    Int8,
 }
 
 impl WeightDtype {
-    /// Bytes one parameter takes.
+    /// Bytes one weight takes.
     pub fn bytes(self) -> u64 {
         match self {
             WeightDtype::F32 => 4,
+            WeightDtype::Int8 => 1,
         }
+    }
+
+    /// Bytes one activation value takes.
+    pub fn activation_bytes(self) -> u64 {
+        self.bytes()
     }
 
     /// Name as written in profiles and reports.
     pub fn name(self) -> &'static str {
         match self {
             WeightDtype::F32 => "f32",
+            WeightDtype::Int8 => "int8",
         }
     }
 }
@@ -115,9 +125,9 @@ impl ModelCost {
                     op,
                     output_shape: out.shape.clone(),
                     params,
-                    weight_bytes: params * dtype.bytes(),
+                    weight_bytes: weight_bytes(&n.op, dtype),
                     macs: ops::macs(&n.op, &graph.values[n.inputs[0]].shape, &out.shape),
-                    activation_bytes: out.len() as u64 * 4,
+                    activation_bytes: out.len() as u64 * activation_dtype(&n.op, dtype).bytes(),
                 }
             })
             .collect();
@@ -132,5 +142,26 @@ impl ModelCost {
             weight_dtype: dtype,
             nodes,
         }
+    }
+}
+
+/// Bytes an operator's parameters take stored as `dtype`. In int8, a dense or convolution
+/// layer stores int8 weights, int32 biases and per output channel an int32 requantization
+/// multiplier and shift; an operator with no int8 form (a batch norm left unfolded) stays f32.
+fn weight_bytes(op: &Op, dtype: WeightDtype) -> u64 {
+    let int8 = |weights: usize, channels: usize| (weights + 4 * channels + 8 * channels) as u64;
+    match (activation_dtype(op, dtype), op) {
+        (WeightDtype::Int8, Op::Dense(d)) => int8(d.weights.len(), d.units),
+        (WeightDtype::Int8, Op::Conv2d(c)) => int8(c.weights.len(), c.out_channels),
+        _ => ops::param_count(op) as u64 * 4,
+    }
+}
+
+/// The dtype an operator's output takes in a model stored as `dtype`.
+fn activation_dtype(op: &Op, dtype: WeightDtype) -> WeightDtype {
+    if crate::quant::has_int8_form(op, true) {
+        dtype
+    } else {
+        WeightDtype::F32
     }
 }

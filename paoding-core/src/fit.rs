@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::blob;
-use crate::cost::ModelCost;
+use crate::cost::{ModelCost, WeightDtype};
 use crate::error::Result;
 use crate::ir::Graph;
 use crate::plan::MemoryPlan;
@@ -37,6 +37,27 @@ impl Usage {
             flash_bytes: blob::blob_size(g, &plan)? as u64,
             ram_bytes: plan.arena_bytes as u64,
             macs: ModelCost::with_plan(g, Default::default(), &plan).macs,
+        })
+    }
+
+    /// Usage of `g` stored as `dtype`. For int8, the blob and arena of its int8 form with f32
+    /// input and output ([`crate::quant::nominal`]: exact for any calibration whose multipliers
+    /// TFLite's scheme represents; [`Self::of_quantized`] measures a calibrated one).
+    pub fn of_dtype(g: &Graph, dtype: WeightDtype) -> Result<Self> {
+        match dtype {
+            WeightDtype::F32 => Self::of(g),
+            WeightDtype::Int8 => Self::of_quantized(g, &crate::quant::nominal(g)),
+        }
+    }
+
+    /// Exact usage of the int8 blob of `g` quantized as `q`, with f32 input and output.
+    pub fn of_quantized(g: &Graph, q: &crate::quant::Quantized) -> Result<Self> {
+        let lowered = blob::QuantizedBlob::new(g, q, paoding_runtime::format::Dtype::F32)?;
+        let plan = lowered.plan();
+        Ok(Usage {
+            flash_bytes: lowered.size(&plan)? as u64,
+            ram_bytes: plan.arena_bytes as u64,
+            macs: ModelCost::new(g, WeightDtype::Int8).macs,
         })
     }
 
@@ -234,6 +255,7 @@ pub fn search(
     pruner: &Pruner,
     schedule: &Schedule,
     budget: &Budget,
+    dtype: WeightDtype,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<SearchResult> {
     let total = schedule.steps.len();
@@ -241,7 +263,7 @@ pub fn search(
     let mut usage_at = |k: usize| -> Result<Usage> {
         evaluations.set(evaluations.get() + 1);
         progress(evaluations.get(), total);
-        Usage::of(&pruner.preview(&schedule.counts(k))?)
+        Usage::of_dtype(&pruner.preview(&schedule.counts(k))?, dtype)
     };
     let first = usage_at(0)?;
     if first.fits(budget) {
@@ -300,11 +322,14 @@ pub struct Shortfall {
     pub floor: Option<String>,
 }
 
-/// Explain each failing constraint of the maximally pruned graph `g`.
-pub fn explain(g: &Graph, budget: &Budget) -> Result<Vec<Shortfall>> {
-    let usage = Usage::of(g)?;
+/// Explain each failing constraint of the maximally pruned graph `g` stored as `dtype`.
+pub fn explain(g: &Graph, budget: &Budget, dtype: WeightDtype) -> Result<Vec<Shortfall>> {
+    let usage = Usage::of_dtype(g, dtype)?;
+    // The values at the peak are named from the f32 plan (an int8 plan also holds the
+    // conversions it inserts); in int8 they take a quarter of the bytes.
     let plan = MemoryPlan::new(g);
-    let cost = ModelCost::with_plan(g, Default::default(), &plan);
+    let cost = ModelCost::with_plan(g, dtype, &plan);
+    let per_value = 4 / dtype.activation_bytes();
     let mut out = Vec::new();
     let top = |mut v: Vec<(String, u64)>| {
         v.sort_by_key(|e| core::cmp::Reverse(e.1));
@@ -321,7 +346,13 @@ pub fn explain(g: &Graph, budget: &Budget) -> Result<Vec<Shortfall>> {
                     .map(|n| (n.name.clone(), n.weight_bytes))
                     .collect()),
             ),
-            "ram" => (Resource::Ram, top(peak_values(g, &plan))),
+            "ram" => (
+                Resource::Ram,
+                top(peak_values(g, &plan)
+                    .into_iter()
+                    .map(|(name, bytes)| (name, bytes / per_value))
+                    .collect()),
+            ),
             _ => (
                 Resource::Macs,
                 top(cost

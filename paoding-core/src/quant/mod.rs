@@ -135,6 +135,49 @@ fn params_source(g: &Graph, v: ValueId) -> ValueId {
     v
 }
 
+/// The int8 form of `g` with placeholder parameters: every value that would run in int8 gets
+/// the range [-1, 1], every int8 layer zero weights at scale 1. It lowers to the same records,
+/// so the same blob size and arena, as any calibration of `g` whose multipliers TFLite's
+/// scheme represents; the fit search sizes its candidates with it, without probes.
+pub fn nominal(g: &Graph) -> Quantized {
+    let int8 = int8_values(g, &[]);
+    let values: Vec<Option<QParams>> = (0..g.values.len())
+        .map(|v| {
+            let softmax = g
+                .producer(v)
+                .is_some_and(|p| matches!(g.nodes[p].op, Op::Softmax { .. }));
+            match (int8[v], softmax) {
+                (false, _) => None,
+                (true, true) => Some(SOFTMAX_OUTPUT),
+                (true, false) => Some(QParams::from_range(-1.0, 1.0)),
+            }
+        })
+        .collect();
+    let layers = g
+        .nodes
+        .iter()
+        .map(|node| {
+            values[node.inputs[0]]?;
+            values[node.output]?;
+            let (weights, channels) = match &node.op {
+                Op::Dense(d) => (d.weights.len(), d.units),
+                Op::Conv2d(c) => (c.weights.len(), c.out_channels),
+                _ => return None,
+            };
+            Some(QLayer {
+                weights: alloc::vec![0; weights],
+                weight_scales: alloc::vec![1.0; channels],
+                bias: alloc::vec![0; channels],
+            })
+        })
+        .collect();
+    Quantized {
+        values,
+        layers,
+        estimator: RangeEstimator::MinMax,
+    }
+}
+
 /// Quantize `g`: activation ranges from `probes`, weights per channel, biases at the
 /// products of scales.
 pub fn quantize(g: &Graph, probes: &Probes, options: &QuantOptions) -> Result<Quantized> {

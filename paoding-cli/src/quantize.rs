@@ -1,0 +1,140 @@
+//! int8 models from f32 graphs, without data: activation ranges calibrated on the refit's
+//! probes (synthesized by `--probes auto`, or the user's), the data-free corrections the
+//! int8 benchmark keeps, and the runtime blob (f32 input and output, quantized on the way in
+//! and dequantized on the way out, so a caller feeds it what it fed the f32 model).
+//!
+//! Used by `fit` and `prune` (`--dtype int8|auto`) and by the int8 benchmark
+//! (`cargo bench -p paoding-tests --bench int8`), which measured what the defaults are:
+//! [`Int8Options::default`].
+
+use paoding_core::blob::QuantizedBlob;
+use paoding_core::fit::Usage;
+use paoding_core::ir::Graph;
+use paoding_core::probes::Probes;
+use paoding_core::quant::calibrate::RangeEstimator;
+use paoding_core::quant::{self, correct, QuantOptions, Quantized};
+use paoding_runtime::format::Dtype;
+use serde::{Deserialize, Serialize};
+
+use crate::error::CliError;
+
+/// Rounds of cross-layer equalization: the ranges settle within a few.
+const EQUALIZE_ROUNDS: usize = 4;
+
+/// How a graph is quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Int8Options {
+    /// How activation ranges are estimated from the probes.
+    pub estimator: RangeEstimator,
+    /// Cross-layer equalization before quantizing the weights.
+    pub equalize: bool,
+    /// Bias correction of the weights' rounding error, measured on the probes.
+    pub correct_bias: bool,
+}
+
+impl Default for Int8Options {
+    /// What the int8 benchmark measured best on the fixtures (README, "int8").
+    fn default() -> Self {
+        Int8Options {
+            estimator: RangeEstimator::Mse,
+            equalize: false,
+            correct_bias: true,
+        }
+    }
+}
+
+impl Int8Options {
+    /// How the options read in a report.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "weights int8 per output channel, activations int8 per tensor ({} ranges)",
+            estimator_name(self.estimator)
+        );
+        if self.equalize {
+            out.push_str(", cross-layer equalization");
+        }
+        if self.correct_bias {
+            out.push_str(", bias correction");
+        }
+        out
+    }
+}
+
+/// The name of a range estimator in reports and on the command line.
+pub fn estimator_name(e: RangeEstimator) -> &'static str {
+    match e {
+        RangeEstimator::MinMax => "min/max",
+        RangeEstimator::Percentile { .. } => "percentile",
+        RangeEstimator::Mse => "MSE-optimal",
+    }
+}
+
+/// An f32 graph's int8 form, lowered to the runtime's blob.
+#[derive(Debug, Clone)]
+pub struct Int8Model {
+    /// The f32 graph the int8 model quantizes (equalized, when asked: the same function).
+    pub graph: Graph,
+    /// Its int8 parameters.
+    pub quantized: Quantized,
+    /// What each node of `graph` runs as on the device.
+    pub node_dtypes: Vec<Dtype>,
+    /// The blob.
+    pub blob: Vec<u8>,
+    /// Exact flash (the blob), RAM (its arena) and MACs.
+    pub usage: Usage,
+    /// How it was quantized, for reports.
+    pub calibration: String,
+}
+
+impl Int8Model {
+    /// Nodes that stay f32 (no int8 form), by name.
+    pub fn f32_nodes(&self) -> Vec<String> {
+        self.graph
+            .nodes
+            .iter()
+            .zip(&self.node_dtypes)
+            .filter(|(_, d)| **d == Dtype::F32)
+            .map(|(n, _)| n.name.clone())
+            .collect()
+    }
+}
+
+/// Quantize `g` with ranges from `probes` (described by `probes_text` in reports).
+pub fn quantize(
+    g: &Graph,
+    probes: &Probes,
+    probes_text: &str,
+    options: &Int8Options,
+) -> Result<Int8Model, CliError> {
+    let mut graph = g.clone();
+    if options.equalize {
+        correct::equalize(&mut graph, EQUALIZE_ROUNDS);
+    }
+    let mut quantized = quant::quantize(
+        &graph,
+        probes,
+        &QuantOptions {
+            estimator: options.estimator,
+            ..Default::default()
+        },
+    )?;
+    if options.correct_bias {
+        correct::correct_biases(&graph, &mut quantized, probes)?;
+    }
+    let lowered = QuantizedBlob::new(&graph, &quantized, Dtype::F32)?;
+    let plan = lowered.plan();
+    let blob = lowered.write(&plan)?;
+    let usage = Usage {
+        flash_bytes: blob.len() as u64,
+        ram_bytes: plan.arena_bytes as u64,
+        macs: paoding_core::cost::ModelCost::new(&graph, Default::default()).macs,
+    };
+    Ok(Int8Model {
+        node_dtypes: lowered.node_dtypes().to_vec(),
+        calibration: format!("{}; ranges from {probes_text}", options.describe()),
+        graph,
+        quantized,
+        blob,
+        usage,
+    })
+}
