@@ -47,7 +47,7 @@ enum Command {
         /// A profile file or the name of a built-in one (see `paoding profiles`).
         #[arg(long)]
         profile: Option<OsString>,
-        /// Print the report as JSON (schema paoding.inspect/1).
+        /// Print the report as JSON (schema paoding.inspect/2).
         #[arg(long)]
         json: bool,
     },

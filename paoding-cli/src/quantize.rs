@@ -33,10 +33,13 @@ pub struct Int8Options {
 }
 
 impl Default for Int8Options {
-    /// What the int8 benchmark measured best on the fixtures (README, "int8").
+    /// What the int8 benchmark measured best on the nine fixtures (README, "int8"): min/max
+    /// ranges with bias correction never lost accuracy (mean +0.02 points, worst agreement
+    /// with f32 99.78 %). On probes, which carry no outliers, clipping (percentile, MSE) only
+    /// cut real inputs' tails (worst -0.67 points); equalization helped none of these models.
     fn default() -> Self {
         Int8Options {
-            estimator: RangeEstimator::Mse,
+            estimator: RangeEstimator::MinMax,
             equalize: false,
             correct_bias: true,
         }

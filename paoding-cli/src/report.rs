@@ -3,14 +3,17 @@
 
 use std::fmt::Write as _;
 
-use paoding_core::cost::ModelCost;
+use paoding_core::cost::{ModelCost, WeightDtype};
+use paoding_core::fit::Usage;
+use paoding_core::plan::MemoryPlan;
 use paoding_core::profile::{self, Budget, Constraint, Profile};
+use paoding_runtime::format::Dtype;
 use serde::Serialize;
 
 use crate::import::Imported;
 
 /// Version tag of the JSON layout; bumped on any incompatible change.
-pub const INSPECT_SCHEMA: &str = "paoding.inspect/1";
+pub const INSPECT_SCHEMA: &str = "paoding.inspect/2";
 
 /// Everything `paoding inspect` says about a model.
 #[derive(Debug, Clone, Serialize)]
@@ -27,10 +30,16 @@ pub struct InspectReport {
     pub input_shape: Vec<usize>,
     /// Output shape (batch 1).
     pub output_shape: Vec<usize>,
-    /// Costs per layer and in total.
+    /// Costs per layer and in total, in the profile's `weight_dtype` (f32 without a profile).
     pub cost: ModelCost,
-    /// Flash the model needs on the device, in bytes.
+    /// Flash the model needs on the device in that dtype, in bytes (the exact blob).
     pub flash_bytes: u64,
+    /// The same per layer in the other dtype, for the side-by-side table.
+    pub other_cost: ModelCost,
+    /// Exact use (blob, arena, MACs) stored as f32.
+    pub f32: paoding_core::fit::Usage,
+    /// Exact use stored as int8 (f32 input and output, quantized inside).
+    pub int8: paoding_core::fit::Usage,
     /// The profile checked against, if any.
     pub profile: Option<ProfileSummary>,
     /// One verdict per constrained resource (empty without a profile).
@@ -59,13 +68,30 @@ impl InspectReport {
     ) -> Result<Self, paoding_core::Error> {
         let g = &imported.graph;
         let dtype = profile.map(|p| p.weight_dtype).unwrap_or_default();
-        let cost = ModelCost::new(g, dtype);
+        let other = match dtype {
+            WeightDtype::F32 => WeightDtype::Int8,
+            WeightDtype::Int8 => WeightDtype::F32,
+        };
+        let (f32, int8) = (Usage::of(g)?, Usage::of_dtype(g, WeightDtype::Int8)?);
+        let used = if dtype == WeightDtype::Int8 {
+            int8
+        } else {
+            f32
+        };
+        // The arena of the plan the runtime executes in that dtype (conversions included).
+        let plan = |d: WeightDtype| match d {
+            WeightDtype::F32 => Ok(MemoryPlan::new(g)),
+            WeightDtype::Int8 => {
+                MemoryPlan::quantized(g, &paoding_core::quant::nominal(g), Dtype::F32)
+            }
+        };
+        let cost = ModelCost::with_plan(g, dtype, &plan(dtype)?);
         // The exact blob the runtime would load: weights plus the format's overhead.
-        let flash_bytes = paoding_core::fit::Usage::of(g)?.flash_bytes;
+        let flash_bytes = used.flash_bytes;
         let (summary, constraints) = match profile {
             Some(p) => {
                 let budget = p.budget()?;
-                let constraints = profile::check(&budget, flash_bytes, cost.arena_bytes, cost.macs);
+                let constraints = profile::check(&budget, flash_bytes, used.ram_bytes, cost.macs);
                 let summary = ProfileSummary {
                     name: p.name.clone(),
                     description: p.description.clone(),
@@ -87,6 +113,9 @@ impl InspectReport {
             constraints,
             cost,
             flash_bytes,
+            other_cost: ModelCost::with_plan(g, other, &plan(other)?),
+            f32,
+            int8,
         })
     }
 
@@ -101,24 +130,40 @@ impl InspectReport {
         );
         let names =
             crate::names::short_names(&c.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>());
-        let rows: Vec<[String; 7]> = c
+        // f32 then int8, whichever the profile stores.
+        let (f, i) = match c.weight_dtype {
+            WeightDtype::F32 => (c, &self.other_cost),
+            WeightDtype::Int8 => (&self.other_cost, c),
+        };
+        let rows: Vec<[String; 9]> = f
             .nodes
             .iter()
+            .zip(&i.nodes)
             .zip(names)
-            .map(|(n, name)| {
+            .map(|((n, q), name)| {
                 [
                     name,
                     n.op.clone(),
                     format!("{:?}", n.output_shape),
                     n.params.to_string(),
                     n.weight_bytes.to_string(),
+                    q.weight_bytes.to_string(),
                     n.macs.to_string(),
                     n.activation_bytes.to_string(),
+                    q.activation_bytes.to_string(),
                 ]
             })
             .collect();
         let header = [
-            "layer", "op", "output", "params", "weight B", "MACs", "act B",
+            "layer",
+            "op",
+            "output",
+            "params",
+            "weight B f32",
+            "int8",
+            "MACs",
+            "act B f32",
+            "int8",
         ];
         let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
         for r in &rows {
@@ -156,6 +201,16 @@ impl InspectReport {
             c.arena_bytes,
             c.arena_lower_bound_bytes,
             overhead(c.arena_bytes, c.arena_lower_bound_bytes)
+        );
+        let _ = writeln!(
+            out,
+            "stored as f32: flash {} B, RAM {} B; as int8: flash {} B ({:.1} %), RAM {} B ({:.1} %)",
+            self.f32.flash_bytes,
+            self.f32.ram_bytes,
+            self.int8.flash_bytes,
+            100.0 * self.int8.flash_bytes as f64 / self.f32.flash_bytes.max(1) as f64,
+            self.int8.ram_bytes,
+            100.0 * self.int8.ram_bytes as f64 / self.f32.ram_bytes.max(1) as f64
         );
         if let Some(p) = &self.profile {
             let _ = match p.description.as_str() {

@@ -54,7 +54,7 @@ fn inspect_json_is_stable_and_complete() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
-    assert_eq!(v["schema"], "paoding.inspect/1");
+    assert_eq!(v["schema"], "paoding.inspect/2");
     assert_eq!(v["cost"]["params"], 22_604);
     assert_eq!(v["input_shape"], serde_json::json!([1, 49, 10, 1]));
     assert_eq!(v["fits"], true);
@@ -84,7 +84,7 @@ fn a_model_too_big_for_the_board_exits_1_and_says_by_how_much() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("DOES NOT FIT (over by 834496"), "{text}");
+    assert!(text.contains("DOES NOT FIT (over by 834528"), "{text}");
 }
 
 #[test]

@@ -41,8 +41,8 @@ impl Usage {
     }
 
     /// Usage of `g` stored as `dtype`. For int8, the blob and arena of its int8 form with f32
-    /// input and output ([`crate::quant::nominal`]: exact for any calibration whose multipliers
-    /// TFLite's scheme represents; [`Self::of_quantized`] measures a calibrated one).
+    /// input and output ([`crate::quant::nominal`]: the arena exact, the blob within a few
+    /// bytes of any calibration's; [`Self::of_quantized`] measures a calibrated one).
     pub fn of_dtype(g: &Graph, dtype: WeightDtype) -> Result<Self> {
         match dtype {
             WeightDtype::F32 => Self::of(g),

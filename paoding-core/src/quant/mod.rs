@@ -35,9 +35,11 @@ pub struct QuantOptions {
 }
 
 impl Default for QuantOptions {
+    /// Min/max ranges: what the int8 benchmark measured best on probes (see paoding-cli's
+    /// `quantize::Int8Options`).
     fn default() -> Self {
         QuantOptions {
-            estimator: RangeEstimator::Mse,
+            estimator: RangeEstimator::MinMax,
             keep_f32: Vec::new(),
         }
     }
@@ -136,9 +138,11 @@ fn params_source(g: &Graph, v: ValueId) -> ValueId {
 }
 
 /// The int8 form of `g` with placeholder parameters: every value that would run in int8 gets
-/// the range [-1, 1], every int8 layer zero weights at scale 1. It lowers to the same records,
-/// so the same blob size and arena, as any calibration of `g` whose multipliers TFLite's
-/// scheme represents; the fit search sizes its candidates with it, without probes.
+/// the range [-1, 1], every int8 layer zero weights at scale 1. It lowers to the same records
+/// and arena as any calibration of `g` whose multipliers TFLite's scheme represents, and to a
+/// blob within a few bytes of its size (the description's varints encode the parameters'
+/// values); the fit search sizes its candidates with it, without probes, and the fit then
+/// measures the calibrated blob exactly.
 pub fn nominal(g: &Graph) -> Quantized {
     let int8 = int8_values(g, &[]);
     let values: Vec<Option<QParams>> = (0..g.values.len())
