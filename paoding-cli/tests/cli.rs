@@ -1,35 +1,11 @@
 //! The `paoding` binary as scripts see it: output, JSON and exit codes
 //! (0 fits or nothing to check, 1 does not fit, 2 usage or input error).
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Command, Output};
 
-fn paoding(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_paoding"))
-        .args(args)
-        .output()
-        .expect("runs paoding")
-}
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn shared(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/models")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{fixture, paoding, shared, stderr};
 
 #[test]
 fn inspect_prints_a_table_and_totals() {

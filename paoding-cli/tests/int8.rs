@@ -1,27 +1,11 @@
 //! int8 through the binary, as a user sees it: `fit --dtype int8|auto` writes an int8 blob,
 //! judged on the check set against the f32 original, and `eval` and `run` take it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn paoding(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_paoding"))
-        .args(args)
-        .output()
-        .expect("runs paoding")
-}
+use std::path::Path;
 
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{fixture, paoding, stderr};
 
 /// `fit` of the pooled CNN to the QEMU board with `--flash`, `--dtype` and a private cache;
 /// the report as JSON.
