@@ -775,12 +775,7 @@ fn hostile_int8_descriptions_with_valid_crc_are_errors() {
             Some(Reason::OutsideWeights),
             &|op| match op {
                 OpRec::QConv2d(c) => c.weights.offset = u32::MAX - 3,
-                OpRec::QConcat { rescales, .. } => {
-                    *rescales = WRef {
-                        offset: u32::MAX & !3,
-                        len: 6,
-                    }
-                }
+                OpRec::QConcat { rescales, .. } => *rescales = WRef { offset: !3, len: 6 },
                 _ => {}
             },
         );
