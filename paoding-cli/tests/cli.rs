@@ -84,7 +84,7 @@ fn a_model_too_big_for_the_board_exits_1_and_says_by_how_much() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("DOES NOT FIT (over by 834496"), "{text}");
+    assert!(text.contains("DOES NOT FIT (over by 834528"), "{text}");
 }
 
 #[test]
