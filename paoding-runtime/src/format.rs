@@ -218,9 +218,10 @@ pub struct QConvRec {
     pub quant: RequantRec,
 }
 
-/// The rescaling of one int8 input to an output's scale and zero point:
-/// `multiply_by_quantized_multiplier(q - zp, multiplier, shift)` (plus the output zero point,
-/// which the operator holds).
+/// An int8 input's zero point and the fixed-point multiplier and shift that rescale it: each
+/// input of [`OpRec::QAdd`] (and, as i32 triples in the weights section, of
+/// [`OpRec::QConcat`]: `multiply_by_quantized_multiplier(q - zp, multiplier, shift)` plus the
+/// output zero point).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QRescale {
     /// Zero point of the input, in `[-128, 127]`.

@@ -36,6 +36,39 @@
 //! }
 //! ```
 //!
+//! # int8 models
+//!
+//! An int8 model whose input and output are f32 (it quantizes its input and dequantizes its
+//! output itself) runs with [`Model::run`], like an f32 one. One whose input and output are
+//! int8 ([`Model::io_dtype`]) runs with [`Model::run_i8`]: [`Model::input_quant`] and
+//! [`Model::output_quant`] say what its codes mean (`real = scale * (q - zero_point)`), and
+//! [`quant::quantize`] and [`quant::dequantize`] convert exactly as the model would. Its arena
+//! is still a `[f32]` (its f32 values, if any, need the alignment), sized in bytes by the plan.
+//!
+//! ```
+//! # use paoding_core::{blob::QuantizedBlob, ir::{Activation, Dense, Graph, Op}};
+//! # use paoding_core::{probes::Probes, quant::quantize};
+//! use paoding_runtime::{quant, Dtype, Model};
+//! # let mut g = Graph::new("x", vec![1, 2]);
+//! # g.output = g.push("fc", Op::Dense(Dense {
+//! #     units: 2, inputs: 2, weights: vec![1.0, -1.0, 0.5, 0.5], bias: vec![0.0, 0.1],
+//! #     activation: Activation::Relu,
+//! # }), &[g.input])?;
+//! # let q = quantize(&g, &Probes::uniform(2, 32, -1.0, 1.0, 1), &Default::default())?;
+//! # let low = QuantizedBlob::new(&g, &q, Dtype::I8)?;
+//! # let blob = low.write(&low.plan())?;
+//! // `blob`: an int8 model with int8 input and output (paoding-core's `QuantizedBlob`).
+//! let model = Model::from_bytes(&blob)?;
+//! assert_eq!(model.io_dtype(), Dtype::I8);
+//! let (qi, qo) = (model.input_quant().unwrap(), model.output_quant().unwrap());
+//! let x = [0.5f32, -0.25].map(|v| quant::quantize(v, qi.scale, qi.zero_point));
+//! let (mut arena, mut y) = (vec![0.0f32; model.arena_len()], [0i8; 2]);
+//! model.run_i8(&x, &mut arena, &mut y)?;
+//! let y = y.map(|c| quant::dequantize(c, qo.scale, qo.zero_point));
+//! assert!((y[0] - 0.75).abs() < 0.02 && (y[1] - 0.225).abs() < 0.02, "{y:?}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Limits
 //!
 //! At most [`format::MAX_RANK`] axes per value, [`format::MAX_INPUTS`] inputs per node,

@@ -1012,11 +1012,7 @@ impl<'a> Model<'a> {
                     // An average over one window covering the whole plane.
                     _ => (PoolGeom::plane(id.at(2), id.at(3)), Some(true)),
                 };
-                if int8 {
-                    kernels::pool::qpool(&g, average.is_some(), cast(x)?, cast_mut(out)?);
-                } else {
-                    kernels::pool::pool(&g, average, cast(x)?, cast_mut(out)?);
-                }
+                kernels::pool::pool(&g, average, int8, x, out);
             }
             OpRec::Add => kernels::eltwise::add(cast_mut(out)?, cast(other)?),
             OpRec::QAdd(p) => {

@@ -609,6 +609,27 @@ mod tests {
         // The double rounding TFLite does: 0.5 * 0.5 * 5 via SRDHM then a shift of 1:
         // SRDHM(5, 2^30) = 3 (2.5 up), then 3 / 2 = 2 (1.5 up) where 1.25 -> 1 exactly.
         assert_eq!(multiply_by_quantized_multiplier(5, 1 << 30, -1), 2);
+        // Negative values: -2.5 -> -2 (SRDHM rounds half up); -1.25 -> SRDHM's -2, halved.
+        assert_eq!(multiply_by_quantized_multiplier(-5, 1 << 30, 0), -2);
+        assert_eq!(multiply_by_quantized_multiplier(-5, 1 << 30, -1), -1);
+        // The shifts at the limits blobs may hold: 30 (x 2^29 for a multiplier of one half)
+        // and -31 (2^30 / 2^31 = 0.5 rounds away from zero; -0.25 to 0; -0.99.. to -1).
+        assert_eq!(multiply_by_quantized_multiplier(1, 1 << 30, 30), 1 << 29);
+        assert_eq!(multiply_by_quantized_multiplier(i32::MAX, 1 << 30, -31), 1);
+        assert_eq!(
+            multiply_by_quantized_multiplier(-(1 << 30), 1 << 30, -31),
+            0
+        );
+        assert_eq!(
+            multiply_by_quantized_multiplier(i32::MIN, i32::MAX, -31),
+            -1
+        );
+        // The left shift wraps, as TFLite's `x * (1 << left_shift)` does on every target:
+        // 2^29 * 4 is i32::MIN, times one half.
+        assert_eq!(
+            multiply_by_quantized_multiplier(1 << 29, 1 << 30, 2),
+            i32::MIN >> 1
+        );
         // Extreme shifts never panic.
         for &x in &samples() {
             for s in [-40, -31, 0, 30, 31, 40] {

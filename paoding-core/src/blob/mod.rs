@@ -34,15 +34,17 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use paoding_runtime::format::{
-    blob_crc, pack_filters, Act, ConvParams, ConvRec, DescHead, Dtype, Header, NodeRec, OpRec,
-    Operand, PoolRec, QuantParams, Shape, WRef, HEADER_LEN, MAX_INPUTS, MAX_RANK, VERSION,
-    WEIGHTS_ALIGN,
+    blob_crc, pack_filters, Act, ConvParams, ConvRec, DescHead, Header, NodeRec, OpRec, Operand,
+    PoolRec, Shape, WRef, HEADER_LEN, MAX_INPUTS, MAX_RANK, VERSION, WEIGHTS_ALIGN,
 };
 
 use crate::error::{Error, Result};
 use crate::ir::{Activation, Conv2d, Graph, Op, Pool, ValueId};
 use crate::plan::MemoryPlan;
 
+/// The dtype of a value (and of a blob's input and output) and the quantization of an int8
+/// one, as the format holds them.
+pub use paoding_runtime::format::{Dtype, QuantParams};
 pub use quantized::{quantized_blob_size, write_quantized_blob, QuantizedBlob};
 
 fn fail(reason: impl Into<alloc::string::String>) -> Error {

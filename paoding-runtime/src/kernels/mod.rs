@@ -131,7 +131,6 @@ pub(crate) trait Pod: Copy {}
 impl Pod for f32 {}
 impl Pod for i32 {}
 impl Pod for i8 {}
-impl Pod for u8 {}
 
 /// `b` as a slice of `T`, if it is aligned for `T` and a whole number of `T` long.
 #[inline]

@@ -1,5 +1,7 @@
 //! Max, average and global average pooling over NCHW, f32 and int8.
 
+use super::copy;
+
 /// Geometry of one pooling, proven consistent by validation.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PoolGeom {
@@ -40,9 +42,15 @@ fn window(o: usize, stride: usize, pad: usize, k: usize, size: usize) -> core::o
     start.saturating_sub(pad)..(start + k).saturating_sub(pad).min(size)
 }
 
-/// Max (`average == None`) or average pooling (`Some(count_include_pad)`).
-pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, input: &[f32], out: &mut [f32]) {
-    let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
+/// Max (`average == None`) or average pooling (`Some(count_include_pad)`) over NCHW, of f32 or
+/// (`int8`) int8 values, on their bytes: one loop for both (pooling is a sliver of a model's
+/// time; the flash is shared). An int8 value enters the f32 accumulator exactly; an int8
+/// average is TFLite's reference one: the integer sum of the taps inside the input divided by
+/// their count, rounded half away from zero (input and output share their quantization;
+/// validation refuses `count_include_pad` for int8).
+pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, int8: bool, input: &[u8], out: &mut [u8]) {
+    let size = if int8 { 1 } else { 4 };
+    let (in_plane, out_plane) = (g.ih * g.iw * size, g.oh * g.ow * size);
     if in_plane == 0 || out_plane == 0 {
         return;
     }
@@ -51,20 +59,30 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, input: &[f32], out: &mut
         .chunks_exact(in_plane)
         .zip(out.chunks_exact_mut(out_plane))
     {
-        for (oy, orow) in oplane.chunks_exact_mut(g.ow).enumerate() {
+        for (oy, orow) in oplane.chunks_exact_mut(g.ow * size).enumerate() {
             let ys = window(oy, g.sy, g.pt, g.kh, g.ih);
-            for (ox, o) in orow.iter_mut().enumerate() {
+            for (ox, o) in orow.chunks_exact_mut(size).enumerate() {
                 let xs = window(ox, g.sx, g.pl, g.kw, g.iw);
                 let mut acc = if average.is_some() {
                     0.0
                 } else {
                     f32::NEG_INFINITY
                 };
+                // The int8 sum, in integers.
+                let mut sum = 0i32;
                 for y in ys.clone() {
                     let row = plane
-                        .get(y * g.iw + xs.start..y * g.iw + xs.end)
+                        .get((y * g.iw + xs.start) * size..(y * g.iw + xs.end) * size)
                         .unwrap_or(&[]);
-                    for &v in row {
+                    for v in row.chunks_exact(size) {
+                        let v = match *v {
+                            [q] => {
+                                sum = sum.wrapping_add(i32::from(q as i8));
+                                f32::from(q as i8)
+                            }
+                            [a, b, c, d] => f32::from_le_bytes([a, b, c, d]),
+                            _ => 0.0,
+                        };
                         // Not `f32::max`: an out-of-line `fmaxf` call on Cortex-M; the
                         // comparison skips NaN the same way. One loop for both kinds (less
                         // flash); the branch is predictable.
@@ -75,45 +93,26 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, input: &[f32], out: &mut
                         }
                     }
                 }
-                *o = match average {
-                    None => acc,
-                    Some(true) => acc / full,
-                    Some(false) => acc / (ys.len() * xs.len()) as f32,
-                };
-            }
-        }
-    }
-}
-
-/// int8 max pooling, or average pooling (`average`) as TFLite's reference rounds it: the sum
-/// of the taps inside the input divided by their count, rounded half away from zero. (Input
-/// and output share a scale and zero point, so no requantization; a window always holds at
-/// least one tap, validation saw to it.)
-pub(crate) fn qpool(g: &PoolGeom, average: bool, input: &[i8], out: &mut [i8]) {
-    let in_plane = g.ih * g.iw;
-    let mut out = out.iter_mut();
-    for plane in input.chunks(in_plane.max(1)) {
-        for oy in 0..g.oh {
-            let ys = window(oy, g.sy, g.pt, g.kh, g.ih);
-            for ox in 0..g.ow {
-                let xs = window(ox, g.sx, g.pl, g.kw, g.iw);
-                let (mut sum, mut max) = (0i32, i32::from(i8::MIN));
-                for y in ys.clone() {
-                    for x in xs.clone() {
-                        let v = plane.get(y * g.iw + x).map_or(0, |&v| i32::from(v));
-                        sum = sum.wrapping_add(v);
-                        max = max.max(v);
+                let taps = ys.len() * xs.len();
+                match o {
+                    [q] => {
+                        *q = if average.is_some() {
+                            let n = taps.max(1) as i32;
+                            let half = if sum > 0 { n / 2 } else { -(n / 2) };
+                            sum.wrapping_add(half) / n
+                        } else {
+                            // An int8 code, exactly.
+                            acc as i32
+                        } as i8 as u8;
                     }
-                }
-                let count = (ys.len() * xs.len()).max(1) as i32;
-                let half = if sum > 0 { count / 2 } else { -(count / 2) };
-                if let Some(o) = out.next() {
-                    // The average of int8 values is inside int8.
-                    *o = if average {
-                        sum.wrapping_add(half) / count
-                    } else {
-                        max
-                    } as i8;
+                    _ => {
+                        let v = match average {
+                            None => acc,
+                            Some(true) => acc / full,
+                            Some(false) => acc / taps as f32,
+                        };
+                        copy(o, &v.to_le_bytes());
+                    }
                 }
             }
         }
@@ -125,6 +124,16 @@ mod tests {
     extern crate std;
     use super::*;
     use std::vec::Vec;
+
+    /// The int8 pooling of `x` into `out`, through the byte kernel.
+    fn qpool(g: &PoolGeom, average: bool, x: &[i8], out: &mut [i8]) {
+        let x: Vec<u8> = x.iter().map(|&v| v as u8).collect();
+        let mut o = std::vec![0u8; out.len()];
+        pool(g, average.then_some(false), true, &x, &mut o);
+        for (d, s) in out.iter_mut().zip(o) {
+            *d = s as i8;
+        }
+    }
 
     /// TFLite's reference int8 pooling, tap by tap: in-bounds taps only.
     fn reference(g: &PoolGeom, average: bool, x: &[i8], planes: usize) -> Vec<i8> {

@@ -2,22 +2,22 @@
 //! portable: TFLite's reference `ConvPerChannel`, `DepthwiseConvPerChannel` and
 //! `FullyConnected` arithmetic.
 //!
-//! Per output channel and pixel, one `i32` accumulator starts from the bias and adds
-//! `w * (x - input_zp)` over every tap inside the image (the taps over the padding are cut off
-//! in closed form, as the f32 kernels do: TFLite skips them, which is padding with the input
-//! zero point); then it is requantized ([`crate::quant::multiply_by_quantized_multiplier`] by
-//! the channel's own multiplier and shift), offset by the output zero point and clamped to
-//! the fused activation's range. The filters are stored as [`crate::format::pack_filters`]
-//! orders them (`[taps][inputs][block]`, the order the f32 kernels read): this portable
-//! kernel walks one channel's weights with a stride, and a kernel that accumulates a whole
-//! block at once (the Cortex-M one to come) reads them contiguously, without a format change.
-//! Integer arithmetic wraps, so no blob can make it panic (validation keeps the parameters
-//! where it cannot overflow).
+//! Per output pixel, a block of up to [`FILTER_BLOCK`] filters accumulates
+//! `w * (x - input_zp)` in `i32` over every tap inside the image (the taps
+//! over the padding are cut off in closed form, as the f32 kernels do: TFLite skips them, which
+//! is padding with the input zero point); then each channel adds its bias and is requantized
+//! ([`crate::quant::multiply_by_quantized_multiplier`] by its own multiplier and shift), offset
+//! by the output zero point and clamped to the fused activation's range. The filters are
+//! stored as [`crate::format::pack_filters`] orders them (`[taps][inputs][block]`, the f32
+//! kernels' order): each input value meets its block's contiguous run of weights, the run a
+//! Cortex-M kernel (SMLAD, to come) loads at once, without a format change. Integer arithmetic
+//! wraps, so no blob can make it panic (validation keeps the parameters where it cannot
+//! overflow).
 //!
 //! A dense layer is a 1x1 convolution over a 1x1 image.
 
 use super::conv::{lanes, ConvGeom};
-use crate::format::block_len;
+use crate::format::{block_len, FILTER_BLOCK};
 use crate::quant::multiply_by_quantized_multiplier;
 
 /// The per-channel requantization of one layer, its runs read in place from the weights.
@@ -43,56 +43,49 @@ pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out
     let (gi, go) = (g.in_c / groups, (g.out_c / groups).max(1));
     let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
     let filter = gi * g.kh * g.kw;
-    // The block of filter f starts at filter f0 and holds c filters (c * filter weights); a
-    // block never spans two groups.
-    let (mut f0, mut c) = (0, 0);
-    let params = q.bias.iter().zip(q.multiplier).zip(q.shift);
-    for (f, ((&bias, &m), &s)) in params.enumerate().take(g.out_c) {
-        if f == f0 + c {
-            (f0, c) = (f, block_len(go - f % go));
-        }
-        let ch = Channel {
-            // The group's input planes, the block's weights from this filter's first.
-            planes: input.get(f / go * gi * in_plane..).unwrap_or(&[]),
-            w: w.get(f0 * filter + (f - f0)..).unwrap_or(&[]),
+    // Filter f0 is the (f0 % go)-th of group f0 / go; a block never spans two groups, and
+    // holds c * filter weights.
+    let mut f0 = 0;
+    while f0 < g.out_c {
+        let c = block_len(go - f0 % go);
+        let block = Block {
+            planes: input.get(f0 / go * gi * in_plane..).unwrap_or(&[]),
+            w: w.get(f0 * filter..).unwrap_or(&[]),
             c,
             gi,
-            bias,
-            m,
-            s: s.into(),
+            f0,
         };
-        ch.run(g, q, out.get_mut(f * out_plane..).unwrap_or(&mut []));
+        block.run(g, q, out.get_mut(f0 * out_plane..).unwrap_or(&mut []));
+        f0 += c;
     }
 }
 
-/// One output channel of a convolution.
-struct Channel<'a> {
-    /// The `gi` input planes of its group.
+/// A block of `c` filters of a convolution, the first being output channel `f0`.
+struct Block<'a> {
+    /// The `gi` input planes of their group.
     planes: &'a [i8],
-    /// Its weights, every `c`-th from the first (`[taps][inputs][block]`).
+    /// Their weights, `[taps][inputs][c]`.
     w: &'a [i8],
-    /// Filters in its block.
     c: usize,
     /// Inputs per filter.
     gi: usize,
-    bias: i32,
-    /// Its requantization.
-    m: i32,
-    s: i32,
+    f0: usize,
 }
 
-impl Channel<'_> {
-    /// Every output pixel into `out` (its plane): one register accumulator per pixel, over
-    /// every tap inside the image.
+impl Block<'_> {
+    /// Every output pixel of the block's channels into `out` (their planes): per pixel, one
+    /// accumulator per channel over every tap inside the image; each input value meets the
+    /// block's contiguous run of weights.
     #[inline(never)]
     fn run(&self, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) {
-        let (in_plane, zp) = (g.ih * g.iw, q.input_zp);
-        let mut out = out.iter_mut();
+        let (in_plane, out_plane, zp) = (g.ih * g.iw, g.oh * g.ow, q.input_zp);
+        let c = self.c.max(1);
+        let mut pixel = 0;
         for oy in 0..g.oh {
             let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
             for ox in 0..g.ow {
                 let (kx0, kx1) = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
-                let mut acc = self.bias;
+                let mut acc = [0i32; FILTER_BLOCK];
                 for ky in ky0..ky1 {
                     // Inside the image for ky in ky0..ky1 (`lanes`); wrapping keeps a violated
                     // assumption from panicking (the reads below then find nothing).
@@ -100,26 +93,39 @@ impl Channel<'_> {
                     for kx in kx0..kx1 {
                         let ix = (ox * g.sx + kx * g.dx).wrapping_sub(g.pl);
                         // Input channel ci of this tap: every in_plane-th input from the
-                        // pixel, every c-th weight from the tap's run.
+                        // pixel, each meeting the next run of c weights.
                         let mut xi = iy.wrapping_mul(g.iw).wrapping_add(ix);
-                        let mut wi = (ky * g.kw + kx) * self.gi * self.c;
+                        let mut wi = (ky * g.kw + kx) * self.gi * c;
                         for _ in 0..self.gi {
-                            let (Some(&x), Some(&w)) = (self.planes.get(xi), self.w.get(wi)) else {
+                            let (Some(&x), Some(run)) =
+                                (self.planes.get(xi), self.w.get(wi..wi + c))
+                            else {
                                 break;
                             };
                             let x = i32::from(x).wrapping_sub(zp);
-                            acc = acc.wrapping_add(i32::from(w).wrapping_mul(x));
+                            for (a, &wv) in acc.iter_mut().zip(run) {
+                                *a = a.wrapping_add(i32::from(wv).wrapping_mul(x));
+                            }
                             xi = xi.wrapping_add(in_plane);
-                            wi += self.c;
+                            wi += c;
                         }
                     }
                 }
-                if let Some(d) = out.next() {
-                    let v = multiply_by_quantized_multiplier(acc, self.m, self.s)
-                        .wrapping_add(q.output_zp);
-                    // Not `clamp`, which asserts min <= max (validated; no panicking path).
-                    *d = v.max(q.act_min).min(q.act_max) as i8;
+                for (o, &a) in acc.iter().take(c).enumerate() {
+                    let f = self.f0 + o;
+                    let (Some(&b), Some(&m), Some(&s)) =
+                        (q.bias.get(f), q.multiplier.get(f), q.shift.get(f))
+                    else {
+                        break;
+                    };
+                    if let Some(d) = out.get_mut(o * out_plane + pixel) {
+                        let v = multiply_by_quantized_multiplier(a.wrapping_add(b), m, s.into())
+                            .wrapping_add(q.output_zp);
+                        // Not `clamp`, which asserts min <= max (validated; no panicking path).
+                        *d = v.max(q.act_min).min(q.act_max) as i8;
+                    }
                 }
+                pixel += 1;
             }
         }
     }
