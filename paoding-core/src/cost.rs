@@ -146,10 +146,11 @@ impl ModelCost {
 }
 
 /// Bytes an operator's parameters take stored as `dtype`. In int8, a dense or convolution
-/// layer stores int8 weights, int32 biases and per output channel an int32 requantization
-/// multiplier and shift; an operator with no int8 form (a batch norm left unfolded) stays f32.
+/// layer stores int8 weights and per output channel an int32 bias, an int32 requantization
+/// multiplier and an int8 shift; an operator with no int8 form (a batch norm left unfolded)
+/// stays f32.
 fn weight_bytes(op: &Op, dtype: WeightDtype) -> u64 {
-    let int8 = |weights: usize, channels: usize| (weights + 4 * channels + 8 * channels) as u64;
+    let int8 = |weights: usize, channels: usize| (weights + 9 * channels) as u64;
     match (activation_dtype(op, dtype), op) {
         (WeightDtype::Int8, Op::Dense(d)) => int8(d.weights.len(), d.units),
         (WeightDtype::Int8, Op::Conv2d(c)) => int8(c.weights.len(), c.out_channels),
