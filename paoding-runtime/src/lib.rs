@@ -60,7 +60,8 @@
 //! // `blob`: an int8 model with int8 input and output (paoding-core's `QuantizedBlob`).
 //! let model = Model::from_bytes(&blob)?;
 //! assert_eq!(model.io_dtype(), Dtype::I8);
-//! let (qi, qo) = (model.input_quant().unwrap(), model.output_quant().unwrap());
+//! // An int8 model always carries its input's and output's quantization.
+//! let (qi, qo) = model.input_quant().zip(model.output_quant()).ok_or("no io quantization")?;
 //! let x = [0.5f32, -0.25].map(|v| quant::quantize(v, qi.scale, qi.zero_point));
 //! let (mut arena, mut y) = (vec![0.0f32; model.arena_len()], [0i8; 2]);
 //! model.run_i8(&x, &mut arena, &mut y)?;

@@ -317,10 +317,11 @@ pub const SOFTMAX_MAX_LEN: usize = 511;
 ///
 /// ```
 /// use paoding_runtime::quant::{softmax_i8, softmax_params};
-/// let (m, shift, diff_min) = softmax_params(1.0, 0.1).unwrap();
+/// let (m, shift, diff_min) = softmax_params(1.0, 0.1).ok_or("TFLite refuses this scale")?;
 /// let mut x = [10i8, 10, 10, 10];
 /// softmax_i8(&mut x, m, shift, diff_min);
 /// assert_eq!(x, [-64; 4]); // 0.25 = (-64 + 128) / 256
+/// # Ok::<(), &str>(())
 /// ```
 pub fn softmax_i8(x: &mut [i8], input_multiplier: i32, input_left_shift: i32, diff_min: i32) {
     let max = x.iter().fold(i8::MIN, |m, &v| m.max(v));
@@ -425,9 +426,10 @@ pub fn quantize_multiplier_smaller_than_one_exp(real: f64) -> Option<(i32, i32)>
 ///
 /// ```
 /// use paoding_runtime::quant::softmax_params;
-/// let (m, shift, diff_min) = softmax_params(1.0, 1.0 / 16.0).unwrap();
+/// let (m, shift, diff_min) = softmax_params(1.0, 1.0 / 16.0).ok_or("TFLite refuses this scale")?;
 /// assert_eq!((m, shift), (1 << 30, 23)); // 2^22 = 2^30 * 2^(23 - 31)
 /// assert_eq!(diff_min, -((31 << 26) >> 23));
+/// # Ok::<(), &str>(())
 /// ```
 pub fn softmax_params(beta: f64, input_scale: f64) -> Option<(i32, i32, i32)> {
     let scaled = beta * input_scale * (1i64 << (31 - SOFTMAX_DIFF_INTEGER_BITS)) as f64;
