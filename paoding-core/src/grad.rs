@@ -912,45 +912,8 @@ fn pad_backward(
 mod tests {
     use super::*;
     use crate::interp;
-    use crate::ir::{BatchNorm, Dense};
+    use crate::ir::BatchNorm;
     use crate::probes::SplitMix64;
-
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
-        rng: &mut SplitMix64,
-        cin: usize,
-        cout: usize,
-        k: [usize; 2],
-        stride: [usize; 2],
-        dilation: [usize; 2],
-        padding: [usize; 4],
-        groups: usize,
-        activation: Activation,
-    ) -> Op {
-        let n = cout * cin / groups * k[0] * k[1];
-        Op::Conv2d(Conv2d {
-            out_channels: cout,
-            in_channels: cin,
-            kernel: k,
-            stride,
-            dilation,
-            padding,
-            groups,
-            weights: rng.vec(n, 0.6),
-            bias: rng.vec(cout, 0.3),
-            activation,
-        })
-    }
-
-    fn dense(rng: &mut SplitMix64, inputs: usize, units: usize, activation: Activation) -> Op {
-        Op::Dense(Dense {
-            units,
-            inputs,
-            weights: rng.vec(units * inputs, 0.5),
-            bias: rng.vec(units, 0.3),
-            activation,
-        })
-    }
 
     /// Compare the analytic gradient of `L = Σ r·y` with central differences, in f64.
     fn check(g: &Graph, seed: u64, lo: f32, hi: f32) {
@@ -1011,13 +974,13 @@ mod tests {
             Activation::Tanh,
         ] {
             let mut g = Graph::new("x", alloc::vec![1, 7]);
-            let h = g.push("h", dense(&mut rng, 7, 9, a), &[g.input]).unwrap();
-            g.output = g.push("o", dense(&mut rng, 9, 4, a), &[h]).unwrap();
+            let h = g.push("h", rng.dense_op(7, 9, a), &[g.input]).unwrap();
+            g.output = g.push("o", rng.dense_op(9, 4, a), &[h]).unwrap();
             check(&g, 11, -1.0, 1.0);
             // Stand-alone activations.
             let mut g = Graph::new("x", alloc::vec![1, 7]);
             let h = g
-                .push("h", dense(&mut rng, 7, 9, Activation::Identity), &[g.input])
+                .push("h", rng.dense_op(7, 9, Activation::Identity), &[g.input])
                 .unwrap();
             g.output = g.push("a", Op::Activation(a), &[h]).unwrap();
             check(&g, 12, -1.0, 1.0);
@@ -1056,7 +1019,7 @@ mod tests {
                 g.output = g
                     .push(
                         "c",
-                        conv(&mut rng, cin, cout, k, s, d, p, groups, a),
+                        rng.conv_op(cin, cout, groups, k, s, d, p, a),
                         &[g.input],
                     )
                     .unwrap();
@@ -1103,15 +1066,14 @@ mod tests {
         let c1 = g
             .push(
                 "c1",
-                conv(
-                    &mut rng,
+                rng.conv_op(
                     3,
                     8,
+                    1,
                     [3, 3],
                     [1, 1],
                     [1, 1],
                     [1, 1, 1, 1],
-                    1,
                     Activation::Relu,
                 ),
                 &[g.input],
@@ -1120,15 +1082,14 @@ mod tests {
         let c2 = g
             .push(
                 "c2",
-                conv(
-                    &mut rng,
+                rng.conv_op(
+                    8,
                     8,
                     8,
                     [3, 3],
                     [2, 2],
                     [1, 1],
                     [1, 1, 1, 1],
-                    8,
                     Activation::Relu,
                 ),
                 &[c1],
@@ -1137,15 +1098,14 @@ mod tests {
         let c3 = g
             .push(
                 "c3",
-                conv(
-                    &mut rng,
+                rng.conv_op(
                     8,
                     12,
+                    1,
                     [1, 1],
                     [1, 1],
                     [1, 1],
                     [0, 0, 0, 0],
-                    1,
                     Activation::Tanh,
                 ),
                 &[c2],
@@ -1161,10 +1121,10 @@ mod tests {
             )
             .unwrap();
         let h = g
-            .push("h", dense(&mut rng, 108, 13, Activation::Relu), &[flat])
+            .push("h", rng.dense_op(108, 13, Activation::Relu), &[flat])
             .unwrap();
         g.output = g
-            .push("o", dense(&mut rng, 13, 5, Activation::Identity), &[h])
+            .push("o", rng.dense_op(13, 5, Activation::Identity), &[h])
             .unwrap();
         g.check().unwrap();
         check(&g, 70, -1.0, 1.0);
@@ -1222,15 +1182,14 @@ mod tests {
         let c1 = g
             .push(
                 "c1",
-                conv(
-                    &mut rng,
+                rng.conv_op(
                     2,
                     3,
+                    1,
                     [3, 3],
                     [1, 1],
                     [1, 1],
                     [1, 1, 1, 1],
-                    1,
                     Activation::Identity,
                 ),
                 &[g.input],
@@ -1253,15 +1212,14 @@ mod tests {
         let c2 = g
             .push(
                 "c2",
-                conv(
-                    &mut rng,
+                rng.conv_op(
                     2,
                     3,
+                    1,
                     [1, 1],
                     [1, 1],
                     [1, 1],
                     [0, 0, 0, 0],
-                    1,
                     Activation::Identity,
                 ),
                 &[g.input],
@@ -1300,7 +1258,7 @@ mod tests {
             )
             .unwrap();
         let fc = g
-            .push("fc", dense(&mut rng, len, 5, Activation::Identity), &[flat])
+            .push("fc", rng.dense_op(len, 5, Activation::Identity), &[flat])
             .unwrap();
         g.output = g.push("sm", Op::Softmax { axis: 1 }, &[fc]).unwrap();
         check(&g, 40, -1.0, 1.0);
@@ -1316,11 +1274,7 @@ mod tests {
         let mut rng = SplitMix64(5);
         let mut g = Graph::new("x", alloc::vec![1, 6]);
         let fc = g
-            .push(
-                "fc",
-                dense(&mut rng, 6, 4, Activation::Identity),
-                &[g.input],
-            )
+            .push("fc", rng.dense_op(6, 4, Activation::Identity), &[g.input])
             .unwrap();
         g.output = fc;
         let plain = g.clone();
@@ -1349,15 +1303,14 @@ mod tests {
         let c = g
             .push(
                 "c",
-                conv(
-                    &mut rng,
+                rng.conv_op(
                     2,
                     3,
+                    1,
                     [3, 3],
                     [1, 1],
                     [1, 1],
                     [1, 1, 1, 1],
-                    1,
                     Activation::Identity,
                 ),
                 &[g.input],

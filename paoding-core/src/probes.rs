@@ -95,4 +95,49 @@ impl SplitMix64 {
             .map(|_| (self.next_f32() * 2.0 - 1.0) * scale)
             .collect()
     }
+
+    /// A dense layer with random weights in ±0.5 and biases in ±0.3 (unit tests).
+    #[cfg(test)]
+    pub(crate) fn dense_op(
+        &mut self,
+        inputs: usize,
+        units: usize,
+        activation: crate::ir::Activation,
+    ) -> crate::ir::Op {
+        crate::ir::Op::Dense(crate::ir::Dense {
+            units,
+            inputs,
+            weights: self.vec(units * inputs, 0.5),
+            bias: self.vec(units, 0.3),
+            activation,
+        })
+    }
+
+    /// A convolution with random weights in ±0.6 and biases in ±0.3 (unit tests).
+    #[cfg(test)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conv_op(
+        &mut self,
+        cin: usize,
+        cout: usize,
+        groups: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        padding: [usize; 4],
+        activation: crate::ir::Activation,
+    ) -> crate::ir::Op {
+        crate::ir::Op::Conv2d(crate::ir::Conv2d {
+            out_channels: cout,
+            in_channels: cin,
+            kernel,
+            stride,
+            dilation,
+            padding,
+            groups,
+            weights: self.vec(cout * cin / groups * kernel[0] * kernel[1], 0.6),
+            bias: self.vec(cout, 0.3),
+            activation,
+        })
+    }
 }

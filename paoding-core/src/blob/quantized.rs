@@ -704,7 +704,7 @@ fn add_rec(a: QParams, b: QParams, out: QParams) -> Option<QAddRec> {
 mod tests {
     use super::*;
     use crate::blob::{run_batch, write_blob};
-    use crate::ir::{Conv2d, Dense, Pool};
+    use crate::ir::Pool;
     use crate::probes::{Probes, SplitMix64};
     use crate::quant::{quantize, QuantOptions};
 
@@ -791,42 +791,6 @@ mod tests {
         blob
     }
 
-    fn dense(rng: &mut SplitMix64, units: usize, inputs: usize, activation: Activation) -> Op {
-        Op::Dense(Dense {
-            units,
-            inputs,
-            weights: rng.vec(units * inputs, 1.0),
-            bias: rng.vec(units, 0.5),
-            activation,
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
-        rng: &mut SplitMix64,
-        cin: usize,
-        cout: usize,
-        groups: usize,
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        dilation: [usize; 2],
-        padding: [usize; 4],
-        activation: Activation,
-    ) -> Op {
-        Op::Conv2d(Conv2d {
-            out_channels: cout,
-            in_channels: cin,
-            kernel,
-            stride,
-            dilation,
-            padding,
-            groups,
-            weights: rng.vec(cout * cin / groups * kernel[0] * kernel[1], 0.5),
-            bias: rng.vec(cout, 0.3),
-            activation,
-        })
-    }
-
     /// `op` alone on an input of `shape`.
     fn single(shape: &[usize], op: Op) -> Graph {
         let mut g = Graph::new("x", shape.to_vec());
@@ -846,16 +810,11 @@ mod tests {
                 max: 0.5,
             },
         ] {
-            check(
-                &single(&[1, 37], dense(&mut rng, 11, 37, act)),
-                -1.0,
-                1.0,
-                1.0,
-            );
+            check(&single(&[1, 37], rng.dense_op(37, 11, act)), -1.0, 1.0, 1.0);
         }
         // Inputs of one sign (a zero point at the end of the range), many inputs.
         check(
-            &single(&[1, 300], dense(&mut rng, 20, 300, Activation::Relu)),
+            &single(&[1, 300], rng.dense_op(300, 20, Activation::Relu)),
             0.0,
             1.0,
             1.0,
@@ -871,32 +830,31 @@ mod tests {
             // Standard, same-padded.
             (
                 [1, 3, 8, 8],
-                conv(&mut rng, 3, 10, 1, [3, 3], [1, 1], [1, 1], [1; 4], r),
+                rng.conv_op(3, 10, 1, [3, 3], [1, 1], [1, 1], [1; 4], r),
             ),
             // Strided, dilated, asymmetric padding, rectangular kernel.
             (
                 [1, 4, 9, 7],
-                conv(&mut rng, 4, 9, 1, [3, 2], [2, 1], [2, 1], [2, 0, 1, 1], id),
+                rng.conv_op(4, 9, 1, [3, 2], [2, 1], [2, 1], [2, 0, 1, 1], id),
             ),
             // Grouped.
             (
                 [1, 6, 6, 6],
-                conv(&mut rng, 6, 12, 3, [3, 3], [1, 1], [1, 1], [1; 4], r),
+                rng.conv_op(6, 12, 3, [3, 3], [1, 1], [1, 1], [1; 4], r),
             ),
             // Depthwise, and with a depth multiplier of 2.
             (
                 [1, 8, 7, 7],
-                conv(&mut rng, 8, 8, 8, [3, 3], [2, 2], [1, 1], [1; 4], r),
+                rng.conv_op(8, 8, 8, [3, 3], [2, 2], [1, 1], [1; 4], r),
             ),
             (
                 [1, 4, 6, 6],
-                conv(&mut rng, 4, 8, 4, [3, 3], [1, 1], [1, 1], [1; 4], id),
+                rng.conv_op(4, 8, 4, [3, 3], [1, 1], [1, 1], [1; 4], id),
             ),
             // Pointwise with ReLU6.
             (
                 [1, 16, 5, 5],
-                conv(
-                    &mut rng,
+                rng.conv_op(
                     16,
                     24,
                     1,
@@ -1023,17 +981,7 @@ mod tests {
             let c = g
                 .push(
                     "c",
-                    conv(
-                        &mut rng,
-                        4,
-                        4,
-                        1,
-                        [3, 3],
-                        [1, 1],
-                        [1, 1],
-                        [1; 4],
-                        Activation::Relu,
-                    ),
+                    rng.conv_op(4, 4, 1, [3, 3], [1, 1], [1, 1], [1; 4], Activation::Relu),
                     &[g.input],
                 )
                 .unwrap();
@@ -1059,14 +1007,14 @@ mod tests {
         let c1 = g
             .push(
                 "c1",
-                conv(&mut rng, 1, 16, 1, [3, 3], [1, 1], [1, 1], [1; 4], r),
+                rng.conv_op(1, 16, 1, [3, 3], [1, 1], [1, 1], [1; 4], r),
                 &[g.input],
             )
             .unwrap();
         let dw = g
             .push(
                 "dw",
-                conv(&mut rng, 16, 16, 16, [3, 3], [1, 1], [1, 1], [1; 4], r),
+                rng.conv_op(16, 16, 16, [3, 3], [1, 1], [1, 1], [1; 4], r),
                 &[c1],
             )
             .unwrap();
@@ -1081,7 +1029,7 @@ mod tests {
         let c2 = g
             .push(
                 "c2",
-                conv(&mut rng, 16, 32, 1, [3, 3], [2, 2], [1, 1], [1; 4], r),
+                rng.conv_op(16, 32, 1, [3, 3], [2, 2], [1, 1], [1; 4], r),
                 &[mp],
             )
             .unwrap();
@@ -1095,11 +1043,7 @@ mod tests {
             )
             .unwrap();
         let fc = g
-            .push(
-                "fc",
-                dense(&mut rng, 10, 288, Activation::Identity),
-                &[flat],
-            )
+            .push("fc", rng.dense_op(288, 10, Activation::Identity), &[flat])
             .unwrap();
         g.output = g.push("sm", Op::Softmax { axis: 1 }, &[fc]).unwrap();
         let probes = Probes::uniform(144, 128, 0.0, 1.0, 2);
@@ -1146,16 +1090,16 @@ mod tests {
         let mut rng = SplitMix64(7);
         let mut g = Graph::new("x", alloc::vec![1, 8]);
         let a = g
-            .push("a", dense(&mut rng, 8, 8, Activation::Relu), &[g.input])
+            .push("a", rng.dense_op(8, 8, Activation::Relu), &[g.input])
             .unwrap();
         let s = g
             .push("s", Op::Activation(Activation::Sigmoid), &[a])
             .unwrap();
         let b = g
-            .push("b", dense(&mut rng, 6, 8, Activation::Identity), &[s])
+            .push("b", rng.dense_op(8, 6, Activation::Identity), &[s])
             .unwrap();
         g.output = g
-            .push("c", dense(&mut rng, 4, 6, Activation::Identity), &[b])
+            .push("c", rng.dense_op(6, 4, Activation::Identity), &[b])
             .unwrap();
         let probes = Probes::uniform(8, 64, -1.0, 1.0, 1);
         let q = quantize(&g, &probes, &Default::default()).unwrap();
@@ -1201,17 +1145,7 @@ mod tests {
         let c = g
             .push(
                 "c",
-                conv(
-                    &mut rng,
-                    2,
-                    4,
-                    1,
-                    [3, 3],
-                    [1, 1],
-                    [1, 1],
-                    [1; 4],
-                    Activation::Relu,
-                ),
+                rng.conv_op(2, 4, 1, [3, 3], [1, 1], [1, 1], [1; 4], Activation::Relu),
                 &[g.input],
             )
             .unwrap();
@@ -1225,7 +1159,7 @@ mod tests {
             )
             .unwrap();
         g.output = g
-            .push("fc", dense(&mut rng, 3, 144, Activation::Identity), &[flat])
+            .push("fc", rng.dense_op(144, 3, Activation::Identity), &[flat])
             .unwrap();
         let probes = Probes::uniform(72, 16, -1.0, 1.0, 1);
         let options = QuantOptions {
@@ -1265,7 +1199,7 @@ mod tests {
     #[test]
     fn int8_io_gives_the_same_codes_as_f32_io() {
         let mut rng = SplitMix64(9);
-        let g = single(&[1, 12], dense(&mut rng, 5, 12, Activation::Relu));
+        let g = single(&[1, 12], rng.dense_op(12, 5, Activation::Relu));
         let q = quantize(
             &g,
             &Probes::uniform(12, 64, -1.0, 1.0, 1),
@@ -1292,7 +1226,7 @@ mod tests {
     #[test]
     fn a_quantized_form_that_does_not_fit_is_an_error() {
         let mut rng = SplitMix64(10);
-        let g = single(&[1, 4], dense(&mut rng, 3, 4, Activation::Relu));
+        let g = single(&[1, 4], rng.dense_op(4, 3, Activation::Relu));
         let q = quantize(
             &g,
             &Probes::uniform(4, 16, -1.0, 1.0, 1),
