@@ -220,17 +220,21 @@ impl CheckSet {
     /// How close `candidate` stays to the original on this set (no robustness: the cheap
     /// figure a search compares).
     pub fn fidelity(&self, candidate: &Graph) -> Result<Fidelity, CliError> {
-        self.fidelity_of(&Model::Graph(candidate.clone()))
+        Ok(self.compare(&crate::eval::outputs(candidate, &self.inputs.data)?))
     }
 
     /// [`Self::fidelity`] of any candidate: a graph, or a runtime blob (an int8 one).
     pub fn fidelity_of(&self, candidate: &Model) -> Result<Fidelity, CliError> {
-        let out = candidate.outputs(&self.inputs.data)?;
-        Ok(fidelity::compare(
+        Ok(self.compare(&candidate.outputs(&self.inputs.data)?))
+    }
+
+    /// The candidate's outputs on this set against the original's.
+    fn compare(&self, out: &[f32]) -> Fidelity {
+        fidelity::compare(
             &self.reference,
-            &out,
+            out,
             self.reference.len() / self.inputs.count().max(1),
-        ))
+        )
     }
 
     /// The full report on `candidate`: fidelity, accuracy with labels, FGSM robustness.

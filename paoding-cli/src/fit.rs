@@ -391,6 +391,14 @@ impl Candidate {
             None => Model::Graph(self.graph.clone()),
         }
     }
+
+    /// Fidelity on `check`, without copying an f32 candidate's graph.
+    fn fidelity(&self, check: &CheckSet) -> Result<Fidelity, CliError> {
+        match &self.int8 {
+            Some(_) => check.fidelity_of(&self.judged()),
+            None => check.fidelity(&self.graph),
+        }
+    }
 }
 
 impl Fit<'_> {
@@ -451,7 +459,7 @@ impl Fit<'_> {
         Ok(QuantizationReport {
             calibration: q.calibration.clone(),
             f32_layers: q.f32_nodes(),
-            cost: self.check()?.fidelity_of(&unpruned.judged())?,
+            cost: unpruned.fidelity(self.check()?)?,
         })
     }
 
@@ -716,7 +724,7 @@ impl Fit<'_> {
         let keeps = |k: usize| -> Result<(bool, Usage), CliError> {
             let p = pruner.apply(&schedule.counts(k), probes)?;
             let c = self.candidate(p.graph, dtype)?;
-            let f = check.fidelity_of(&c.judged())?;
+            let f = c.fidelity(check)?;
             Ok((f.agreement >= min, c.usage))
         };
         // Invariant: `lo` keeps the agreement (step 0 is the original), `hi` does not.
