@@ -239,16 +239,55 @@ pub fn synthesize(g: &Graph, opts: &SynthOptions) -> Probes {
     synthesize_with_report(g, opts).0
 }
 
-/// Axes (height, width) of an image input: NCHW, or NHWC when the input goes straight into a
-/// transpose to NCHW.
+/// Axes (height, width) of an image input: the input axes that become the height and width
+/// of the first convolution's NCHW input, followed through the layout operators in between
+/// (a transpose from NHWC; tf2onnx's reshape of a one-channel NHWC image to NCHW, which only
+/// moves a unit axis); NCHW for a rank-4 input that reaches no convolution that way.
 fn spatial_axes(g: &Graph) -> Option<(usize, usize)> {
-    if g.shape(g.input).len() != 4 {
+    let shape = g.shape(g.input);
+    if shape.len() != 4 {
         return None;
     }
-    let consumers = g.consumers(g.input);
-    let nhwc = consumers.len() == 1
-        && matches!(&g.nodes[consumers[0]].op, Op::Transpose { perm } if perm[..] == [0, 3, 1, 2]);
-    Some(if nhwc { (1, 2) } else { (2, 3) })
+    // For each axis of `v`, the input axis it is (`None` for a unit axis a reshape made).
+    let mut origin: Vec<Option<usize>> = (0..4).map(Some).collect();
+    let mut v = g.input;
+    loop {
+        let consumers = g.consumers(v);
+        let [only] = consumers[..] else { break };
+        let node = &g.nodes[only];
+        let next = match &node.op {
+            Op::Transpose { perm } => perm
+                .iter()
+                .map(|&p| origin.get(p).copied().flatten())
+                .collect(),
+            Op::Reshape { .. } => {
+                let (from, to) = (g.shape(v), g.shape(node.output));
+                let kept =
+                    |s: &[usize]| -> Vec<usize> { (0..s.len()).filter(|&a| s[a] != 1).collect() };
+                let (a, b) = (kept(from), kept(to));
+                // Only a reshape that keeps the non-unit axes in order moves no element.
+                if a.len() != b.len() || a.iter().zip(&b).any(|(&x, &y)| from[x] != to[y]) {
+                    break;
+                }
+                let mut next = alloc::vec![None; to.len()];
+                for (&x, &y) in a.iter().zip(&b) {
+                    next[y] = origin[x];
+                }
+                next
+            }
+            _ => break,
+        };
+        origin = next;
+        v = node.output;
+    }
+    match (
+        g.shape(v).len(),
+        origin.get(2).copied().flatten(),
+        origin.get(3).copied().flatten(),
+    ) {
+        (4, Some(h), Some(w)) if v != g.input => Some((h, w)),
+        _ => Some((2, 3)),
+    }
 }
 
 /// Mean squared neighbour difference along the two spatial axes, and its gradient (added,
@@ -1241,6 +1280,82 @@ mod tests {
         // Pixel (0, 0) moves to row 1, column 7.
         assert_eq!(&rolled[(8 + 7) * 3..(8 + 8) * 3], &x[..3]);
         assert_eq!(roll_all(&shape, (1, 2), &rolled, &[[1, 7]], true), x);
+    }
+
+    /// `layout` ops from `input` to a 3×3 convolution, then global pooling and a dense layer.
+    fn image_graph(input: &[usize], layout: &[Op]) -> Graph {
+        let mut g = Graph::new("x", input.to_vec());
+        let mut v = g.input;
+        for (i, op) in layout.iter().enumerate() {
+            v = g
+                .push(&alloc::format!("layout{i}"), op.clone(), &[v])
+                .unwrap();
+        }
+        let cin = g.shape(v)[1];
+        let conv = Conv2d::same_3x3(cin, 2, 1, alloc::vec![0.1; 2 * cin * 9]);
+        let c = g.push("conv", conv, &[v]).unwrap();
+        let gap = g.push("gap", Op::GlobalAveragePool, &[c]).unwrap();
+        let flat = g
+            .push(
+                "flat",
+                Op::Reshape {
+                    shape: alloc::vec![1, 2],
+                },
+                &[gap],
+            )
+            .unwrap();
+        g.output = g
+            .push(
+                "fc",
+                Op::Dense(Dense {
+                    units: 3,
+                    inputs: 2,
+                    weights: alloc::vec![0.5; 6],
+                    bias: alloc::vec![0.0; 3],
+                    activation: Activation::Identity,
+                }),
+                &[flat],
+            )
+            .unwrap();
+        g.check().unwrap();
+        g
+    }
+
+    #[test]
+    fn spatial_axes_follow_layout_operators_to_the_convolution() {
+        // NCHW straight into the convolution.
+        assert_eq!(spatial_axes(&image_graph(&[1, 3, 8, 6], &[])), Some((2, 3)));
+        // NHWC through a transpose (tf2onnx on several channels).
+        let nhwc = Op::Transpose {
+            perm: alloc::vec![0, 3, 1, 2],
+        };
+        assert_eq!(
+            spatial_axes(&image_graph(&[1, 8, 6, 3], &[nhwc])),
+            Some((1, 2))
+        );
+        // One-channel NHWC through a reshape to NCHW (tf2onnx on a grey image; the importer
+        // also turns a transpose that only moves the unit axis into one): height and width
+        // are input axes 1 and 2, not 2 and 3 (width and the unit channel).
+        let to_nchw = Op::Reshape {
+            shape: alloc::vec![1, 1, 8, 6],
+        };
+        let g = image_graph(&[1, 8, 6, 1], &[to_nchw]);
+        assert_eq!(spatial_axes(&g), Some((1, 2)));
+        // A reshape that moves elements (8×6 read as 6×8) is not followed.
+        let scramble = Op::Reshape {
+            shape: alloc::vec![1, 1, 6, 8],
+        };
+        assert_eq!(
+            spatial_axes(&image_graph(&[1, 8, 6, 1], &[scramble])),
+            Some((2, 3))
+        );
+        // Not an image.
+        assert_eq!(spatial_axes(&bn_graph(3)), Some((2, 3)));
+        let mut flat = Graph::new("x", alloc::vec![1, 4]);
+        flat.output = flat
+            .push("relu", Op::Activation(Activation::Relu), &[flat.input])
+            .unwrap();
+        assert_eq!(spatial_axes(&flat), None);
     }
 
     #[test]
