@@ -338,7 +338,7 @@ pub fn fit_graph(
     report.total_steps = found.total_steps;
     report.evaluations = found.evaluations;
     let Some(step) = found.step else {
-        let smallest = pruner.preview(&schedule.counts(found.total_steps))?;
+        let smallest = pruner.preview_sizes(&schedule.counts(found.total_steps))?;
         report.status = Status::CannotFit;
         report.fitted = found.usage;
         report.constraints = found.usage.check(&budget);
