@@ -447,8 +447,9 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// The cache file of probes synthesized for `g` with `options` (`tag` tells apart what is
-/// done to them afterwards): FNV-1a over the model's runtime blob (its exact weights and
-/// structure), the settings and the tag. `None` without a cache folder.
+/// done to them afterwards): FNV-1a over the digest of the model's runtime blob (its exact
+/// weights and structure, [`paoding_core::blob::digest`]), the settings and the tag. `None`
+/// without a cache folder.
 pub(crate) fn cache_file(
     cache: Option<&Path>,
     g: &Graph,
@@ -456,10 +457,15 @@ pub(crate) fn cache_file(
     tag: &str,
 ) -> Result<Option<PathBuf>, CliError> {
     let Some(dir) = cache else { return Ok(None) };
-    let blob = paoding_core::blob::write_blob(g, &MemoryPlan::new(g))?;
+    let model = paoding_core::blob::digest(g, &MemoryPlan::new(g))?;
     let settings = serde_json::to_vec(options).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in blob.iter().chain(&settings).chain(tag.as_bytes()) {
+    for b in model
+        .to_le_bytes()
+        .iter()
+        .chain(&settings)
+        .chain(tag.as_bytes())
+    {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
