@@ -436,6 +436,30 @@ fn chunk_len(count: usize) -> usize {
     (count / 8).clamp(1, CHUNK)
 }
 
+/// Probes per chunk of an optimisation step over `count` moving probes: as few chunks as
+/// keep every core busy ([`cores`]), equal in size, of at most [`CHUNK`]. Each matrix product
+/// packs a layer's weights once per chunk, which costs as much as multiplying them by a few
+/// probes: on resnet18 (16 probes, 1×1 positions in its last layers) chunks of 2 spent most
+/// of the synthesis packing. Per-probe results do not depend on it (the products are
+/// batch-invariant), so neither do the probes.
+fn step_chunk_len(count: usize) -> usize {
+    let cores = cores();
+    let chunks = cores * count.div_ceil(cores * CHUNK);
+    count.div_ceil(chunks.max(1)).max(1)
+}
+
+/// Cores the chunks are dealt out to (1 without `std`).
+fn cores() -> usize {
+    #[cfg(feature = "std")]
+    {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        1
+    }
+}
+
 /// `out[k] = f(k)` for every chunk `k`, over the available cores when `std` is on (chunks
 /// dealt out in turn, so that costly and cheap chunks spread evenly).
 fn for_each_probe<T, F>(out: &mut [T], f: F)
@@ -445,10 +469,7 @@ where
 {
     #[cfg(feature = "std")]
     {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(out.len());
+        let threads = cores().min(out.len());
         if threads > 1 {
             let len = out.len();
             let parts: Vec<Vec<(usize, T)>> = std::thread::scope(|scope| {
@@ -601,7 +622,7 @@ pub fn synthesize_with_progress(
         // probes still moving are dealt out in chunks afresh every step, so that the last few
         // slow ones still spread over the cores (per-probe results do not depend on the batch).
         let moving: Vec<usize> = (0..count).filter(|&k| !done[k]).collect();
-        let per = chunk_len(moving.len());
+        let per = step_chunk_len(moving.len());
         let mut results: Vec<(Vec<ProbeStats>, Vec<f32>)> =
             alloc::vec![(Vec::new(), Vec::new()); moving.len().div_ceil(per)];
         let (data, prev) = (&probes.data, &stats);
