@@ -352,17 +352,23 @@ pub fn fit_graph(
         });
     };
 
-    let resolved = crate::probes::resolve(
+    let mut resolved = crate::probes::resolve(
         graph,
         &options.probes.source,
         &options.probes,
         options.probes.cache_dir.as_deref(),
         progress,
     )?;
-    let probes = resolved.probes;
-    report.probe_description = resolved.description;
+    if pruner.selects_by_probes() {
+        resolved.add_selection(graph, &options.probes, progress)?;
+    }
     progress.phase("pruning and refitting");
-    let pruned = pruner.apply(&schedule.counts(step), &probes)?;
+    let pruned = pruner.apply_with(
+        &schedule.counts(step),
+        &resolved.probes,
+        resolved.selection(),
+    )?;
+    report.probe_description = resolved.description.clone();
     let usage = Usage::of(&pruned.graph)?;
     let check = check.get(progress)?;
     progress.phase("measuring fidelity");
@@ -398,7 +404,7 @@ pub fn fit_graph(
         if agreement < min {
             progress.phase("searching for the pruning that keeps the agreement");
             let needed =
-                least_pruning_keeping(&pruner, &schedule, step, min, &probes, graph, check)?;
+                least_pruning_keeping(&pruner, &schedule, step, min, &resolved, graph, check)?;
             report.status = Status::FidelityTooLow;
             report.message = match needed {
                 Some(u) => format!(
@@ -443,12 +449,12 @@ fn least_pruning_keeping(
     schedule: &Schedule,
     step: usize,
     min: f64,
-    probes: &paoding_core::probes::Probes,
+    probes: &crate::probes::ResolvedProbes,
     graph: &Graph,
     check: &crate::check::CheckSet,
 ) -> Result<Option<Usage>, CliError> {
     let keeps = |k: usize| -> Result<(bool, Usage), CliError> {
-        let p = pruner.apply(&schedule.counts(k), probes)?;
+        let p = pruner.apply_with(&schedule.counts(k), &probes.probes, probes.selection())?;
         let f = check.fidelity(&p.graph)?;
         Ok((f.agreement >= min, Usage::of(&p.graph)?))
     };

@@ -11,7 +11,8 @@
 //! within 2 points of real probes at 40 %, within 4 at 60 % (floor 4 / 8).
 //!
 //! Then the fixtures' figures of the README (`tests/tests/synth.rs`'s accuracy table: 512
-//! inverted probes, seeds 0–2), to show the fixtures did not pay for it.
+//! inverted probes, seeds 0–2, as `--probes invert` prunes), to show the fixtures did not pay
+//! for it.
 //!
 //! `ONLY=name` restricts to models whose file contains `name`; `SEEDS=0,1` picks seeds;
 //! `FIXTURES=0` skips the fixtures.
@@ -19,35 +20,30 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use paoding_cli::probes::{self, ProbeSettings, ProbeSource};
+use paoding_cli::probes::{self, ProbeSettings, ProbeSource, ResolvedProbes};
 use paoding_cli::progress::Progress;
-use paoding_core::ir::Graph;
-use paoding_core::probes::Probes;
 use paoding_core::prune::{PruneOptions, Pruner};
 use paoding_tests::*;
 
 /// Parameters removed, and the targets (and floors) on the gap to real probes, in points.
 const POINTS: [(f64, f64, f64); 2] = [(0.40, 2.0, 4.0), (0.60, 4.0, 8.0)];
 
-/// Accuracy on the test set after removing `fraction` of the parameters with `probes`.
+/// Accuracy on the test set after removing `fraction` of the parameters with `probes` (the
+/// refit's, and the ones that choose units when they have their own).
 fn accuracy_after(
-    g: &Graph,
-    range: (f32, f32),
+    pruner: &Pruner,
     fraction: f64,
-    probes: &Probes,
+    probes: &ResolvedProbes,
     xs: &[f32],
     ys: &[usize],
 ) -> f64 {
-    let pruner = Pruner::new(
-        g,
-        &PruneOptions {
-            input_range: range,
-            ..Default::default()
-        },
-    );
     let ratio = pruner.ratio_for_param_fraction(fraction).expect("ratio");
     let pruned = pruner
-        .apply(&pruner.counts_for_ratio(ratio), probes)
+        .apply_with(
+            &pruner.counts_for_ratio(ratio),
+            &probes.probes,
+            probes.selection(),
+        )
         .expect("prunes");
     100.0 * accuracy_on(&pruned.graph, xs, ys)
 }
@@ -86,15 +82,27 @@ fn study(dir: &Path, f: &Fixture, seeds: &[u64], cache: &Path) -> Study {
         .expect("settings")
     };
     let hidden = Progress::hidden();
-    let resolve = |s: &ProbeSettings| {
-        probes::resolve(g, &s.source, s, s.cache_dir.as_deref(), &hidden).expect("probes")
-    };
     let real_settings = settings(0, ProbeSource::File(dir.join(&f.test_x)));
-    let real_probes = resolve(&real_settings).probes;
-    let range = real_settings.input_range;
+    // What `paoding prune` does: the probes, and those that choose units when it needs them.
+    let pruner = Pruner::new(
+        g,
+        &PruneOptions {
+            input_range: real_settings.input_range,
+            ..Default::default()
+        },
+    );
+    let resolve = |s: &ProbeSettings| {
+        let mut r =
+            probes::resolve(g, &s.source, s, s.cache_dir.as_deref(), &hidden).expect("probes");
+        if pruner.selects_by_probes() {
+            r.add_selection(g, s, &hidden).expect("selection probes");
+        }
+        r
+    };
+    let real_probes = resolve(&real_settings);
     let real = POINTS
         .iter()
-        .map(|&(fraction, _, _)| accuracy_after(g, range, fraction, &real_probes, &xs, &ys))
+        .map(|&(fraction, _, _)| accuracy_after(&pruner, fraction, &real_probes, &xs, &ys))
         .collect();
     let mut data_free = vec![Vec::new(); POINTS.len()];
     let mut description = String::new();
@@ -105,17 +113,10 @@ fn study(dir: &Path, f: &Fixture, seeds: &[u64], cache: &Path) -> Study {
         let resolved = resolve(&s);
         synthesis_seconds += t.elapsed().as_secs_f64() / seeds.len() as f64;
         if seed == seeds[0] {
-            description = resolved.description;
+            description = resolved.description.clone();
         }
         for (i, &(fraction, _, _)) in POINTS.iter().enumerate() {
-            data_free[i].push(accuracy_after(
-                g,
-                s.input_range,
-                fraction,
-                &resolved.probes,
-                &xs,
-                &ys,
-            ));
+            data_free[i].push(accuracy_after(&pruner, fraction, &resolved, &xs, &ys));
         }
     }
     Study {
@@ -213,7 +214,7 @@ fn fixture_table(seeds: &[u64]) {
         let (g, xs, ys) = load_fixture(file);
         let accs: Vec<f64> = seeds
             .iter()
-            .map(|&seed| 100.0 * pruned_accuracy(&g, &xs, &ys, fraction, &inverted(&g, seed)))
+            .map(|&seed| 100.0 * inverted_pruned_accuracy(&g, &xs, &ys, fraction, seed))
             .collect();
         println!(
             "{file:<28} {:>5.1} % removed: {:>5.1} ({:>5.1})   README {readme:.1}",

@@ -17,16 +17,13 @@ type Model = (Graph, Vec<f32>, Vec<usize>);
 fn table_row(
     name: &str,
     models: &[(Model, f64)],
-    make: &dyn Fn(&Graph, u64) -> Probes,
+    prune: &dyn Fn(&Model, f64, u64) -> f64,
     seeds: &[u64],
 ) -> Vec<Vec<f64>> {
     let mut cells = Vec::new();
     let mut out = Vec::new();
-    for ((g, xs, ys), fraction) in models {
-        let accs: Vec<f64> = seeds
-            .iter()
-            .map(|&s| pruned_accuracy(g, xs, ys, *fraction, &make(g, s)))
-            .collect();
+    for (model, fraction) in models {
+        let accs: Vec<f64> = seeds.iter().map(|&s| prune(model, *fraction, s)).collect();
         let min = accs.iter().copied().fold(1.0, f64::min);
         let mean = accs.iter().sum::<f64>() / accs.len() as f64;
         cells.push(format!(
@@ -53,15 +50,25 @@ fn accuracy_table() {
     let uniform = table_row(
         "uniform",
         &models,
-        &|g, s| Probes::uniform(g.values[g.input].len(), 512, 0.0, 1.0, s),
+        &|(g, xs, ys), f, s| {
+            let probes = Probes::uniform(g.values[g.input].len(), 512, 0.0, 1.0, s);
+            pruned_accuracy(g, xs, ys, f, &probes)
+        },
         &seeds,
     );
-    let inverted = table_row("invert", &models, &inverted, &seeds);
-    let real = models[0].0 .1.clone();
+    let inverted = table_row(
+        "invert",
+        &models,
+        &|(g, xs, ys), f, s| inverted_pruned_accuracy(g, xs, ys, f, s),
+        &seeds,
+    );
     table_row(
         "real (450)",
         &models,
-        &|g, _| Probes::from_batch(real.clone(), g.values[g.input].len()).unwrap(),
+        &|(g, xs, ys), f, _| {
+            let probes = Probes::from_batch(xs.clone(), g.values[g.input].len()).unwrap();
+            pruned_accuracy(g, xs, ys, f, &probes)
+        },
         &[0],
     );
     let min = |v: &[f64]| v.iter().copied().fold(1.0, f64::min);

@@ -319,6 +319,27 @@ impl<'g> Pruner<'g> {
     /// Prune `counts[l]` items from each layer `l` (as from [`Self::counts_for_ratio`]),
     /// starting again from the original model.
     pub fn apply(&self, counts: &[usize], probes: &Probes) -> Result<Pruned> {
+        self.apply_with(counts, probes, probes)
+    }
+
+    /// Whether [`Self::apply`] lets probes choose units in some layer: a merge with refit, and
+    /// a layer whose units no merge compensates (they reach their consumers through a
+    /// depthwise convolution or a batch norm; see [`select`]).
+    pub fn selects_by_probes(&self) -> bool {
+        self.refits()
+            && self.options.method == Method::Merge
+            && (0..self.structure.layers.len()).any(|l| self.single_units(l) && !self.mergeable(l))
+    }
+
+    /// [`Self::apply`], with the units no merge compensates chosen on `selection` instead of
+    /// the refit's `probes` ([`crate::synth::selection_options`] says why they differ when
+    /// synthesized).
+    pub fn apply_with(
+        &self,
+        counts: &[usize],
+        probes: &Probes,
+        selection: &Probes,
+    ) -> Result<Pruned> {
         let s = &self.structure;
         if counts.len() != s.layers.len() {
             return Err(Error::Graph(alloc::format!(
@@ -332,10 +353,7 @@ impl<'g> Pruner<'g> {
             .zip(&s.layers)
             .map(|(&c, layer)| self.clamp_count(layer, c))
             .collect();
-        let refit = self
-            .options
-            .refit
-            .unwrap_or(self.options.method.refits_by_default());
+        let refit = self.refits();
         // Before a refit, the merge method lets the probes choose the units that no merge can
         // compensate, being alone in their items but reaching their consumers through a
         // depthwise convolution or a batch norm: their data-free score rated a merge that
@@ -359,7 +377,7 @@ impl<'g> Pruner<'g> {
                 wanted[c] = true;
             }
         }
-        let grams = select::consumer_grams(self.graph, &wanted, probes);
+        let grams = select::consumer_grams(self.graph, &wanted, selection);
         let mut g = self.graph.clone();
         let mut removed = alloc::vec![false; s.items.len()];
         for (l, &count) in counts.iter().enumerate() {
@@ -432,6 +450,13 @@ impl<'g> Pruner<'g> {
             layers,
             refitted: refit,
         })
+    }
+
+    /// Whether layers that lost inputs are refitted.
+    fn refits(&self) -> bool {
+        self.options
+            .refit
+            .unwrap_or(self.options.method.refits_by_default())
     }
 
     /// Remove the `count` least important prunable items of layer `l`, without compensation.
