@@ -839,7 +839,7 @@ fn inverted_probes_choose_units_on_a_set_of_their_own() {
     let described = report["probe_description"].as_str().expect("description");
     assert!(
         described.contains(
-            "chosen on 24 probes of their own by class-conditional inversion, each to p ≥ 0.999"
+            "chosen on 24 probes of their own by class-conditional inversion, each to p ≥ 0.9999"
         ),
         "{described}"
     );
