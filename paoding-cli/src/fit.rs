@@ -25,6 +25,7 @@ use paoding_core::fidelity::Fidelity;
 use paoding_core::fit::{self, Resource, Schedule, Shortfall, Usage};
 use paoding_core::ir::Graph;
 use paoding_core::plan::MemoryPlan;
+use paoding_core::probes::Probes;
 use paoding_core::profile::{Budget, Constraint, Profile};
 use paoding_core::prune::{LayerChange, Method, PruneOptions, Pruner, Scope};
 use serde::Serialize;
@@ -342,6 +343,7 @@ pub fn fit_graph(
         budget,
         min_agreement,
         probes: std::cell::OnceCell::new(),
+        selection: std::cell::OnceCell::new(),
     };
     match options.dtype {
         Some(DtypeChoice::Auto) => fit.auto(),
@@ -372,6 +374,10 @@ struct Fit<'a> {
     budget: Budget,
     min_agreement: Option<f64>,
     probes: std::cell::OnceCell<crate::probes::ResolvedProbes>,
+    /// Probes of their own that choose the units no merge compensates, and what the report
+    /// says of them ([`crate::probes::ResolvedProbes::selection_probes`]); made only when a
+    /// pruning needs them.
+    selection: std::cell::OnceCell<Option<(Probes, String)>>,
 }
 
 /// A candidate result: the model a runtime would run, and the f32 graph behind it.
@@ -416,6 +422,36 @@ impl Fit<'_> {
             self.progress,
         )?;
         Ok(self.probes.get_or_init(|| resolved))
+    }
+
+    /// The probes that refit and the probes that choose units for `pruner`, and their
+    /// description for the report.
+    fn pruning_probes(&self, pruner: &Pruner) -> Result<(&Probes, &Probes, String), CliError> {
+        let resolved = self.probes()?;
+        if !pruner.selects_by_probes() {
+            return Ok((
+                &resolved.probes,
+                &resolved.probes,
+                resolved.description.clone(),
+            ));
+        }
+        if self.selection.get().is_none() {
+            let made =
+                resolved.selection_probes(self.graph, &self.options.probes, self.progress)?;
+            let _ = self.selection.set(made);
+        }
+        Ok(match self.selection.get().and_then(Option::as_ref) {
+            Some((select, said)) => (
+                &resolved.probes,
+                select,
+                format!("{}{said}", resolved.description),
+            ),
+            None => (
+                &resolved.probes,
+                &resolved.probes,
+                resolved.description.clone(),
+            ),
+        })
     }
 
     fn check(&self) -> Result<&CheckSet, CliError> {
@@ -629,7 +665,7 @@ impl Fit<'_> {
         report.total_steps = found.total_steps;
         report.evaluations = found.evaluations;
         let Some(mut step) = found.step else {
-            let smallest = pruner.preview(&schedule.counts(found.total_steps))?;
+            let smallest = pruner.preview_sizes(&schedule.counts(found.total_steps))?;
             report.status = Status::CannotFit;
             report.fitted = found.usage;
             report.constraints = found.usage.check(budget);
@@ -643,16 +679,16 @@ impl Fit<'_> {
             });
         };
 
-        let probes = self.probes()?;
-        report.probe_description = probes.description.clone();
+        let (refit, select, description) = self.pruning_probes(&pruner)?;
+        report.probe_description = description;
         progress.phase("pruning and refitting");
-        let mut pruned = pruner.apply(&schedule.counts(step), &probes.probes)?;
+        let mut pruned = pruner.apply_with(&schedule.counts(step), refit, select)?;
         let mut result = self.candidate(pruned.graph.clone(), dtype)?;
         // The search sized int8 candidates with placeholder parameters; a calibration whose
         // multipliers TFLite's scheme cannot represent keeps a layer f32 and may not fit.
         while !result.usage.fits(budget) && step < found.total_steps {
             step += 1;
-            pruned = pruner.apply(&schedule.counts(step), &probes.probes)?;
+            pruned = pruner.apply_with(&schedule.counts(step), refit, select)?;
             result = self.candidate(pruned.graph.clone(), dtype)?;
         }
         let check = self.check()?;
@@ -719,10 +755,10 @@ impl Fit<'_> {
         min: f64,
         dtype: WeightDtype,
     ) -> Result<Usage, CliError> {
-        let probes = &self.probes()?.probes;
+        let (refit, select, _) = self.pruning_probes(pruner)?;
         let check = self.check()?;
         let keeps = |k: usize| -> Result<(bool, Usage), CliError> {
-            let p = pruner.apply(&schedule.counts(k), probes)?;
+            let p = pruner.apply_with(&schedule.counts(k), refit, select)?;
             let c = self.candidate(p.graph, dtype)?;
             let f = c.fidelity(check)?;
             Ok((f.agreement >= min, c.usage))

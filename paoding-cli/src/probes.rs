@@ -279,10 +279,101 @@ pub fn source_parser() -> impl clap::builder::TypedValueParser<Value = ProbeSour
 pub struct ResolvedProbes {
     /// The inputs.
     pub probes: Probes,
+    /// Probes of their own that choose the units no merge compensates
+    /// ([`paoding_core::prune::Pruner::apply_with`]), once [`Self::add_selection`] made them;
+    /// `None`: the refit's probes choose.
+    pub selection: Option<Probes>,
     /// For reports: kind, count, settings, cache file.
     pub description: String,
     /// The method actually used.
     pub method: String,
+    /// The class-conditional inversion that made `probes`, if one did.
+    pub(crate) inversion: Option<SynthOptions>,
+}
+
+impl ResolvedProbes {
+    /// Refit probes that are not synthesized (a file, uniform draws, none).
+    pub fn given(probes: Probes, description: String, method: &str) -> Self {
+        ResolvedProbes {
+            probes,
+            selection: None,
+            description,
+            method: method.into(),
+            inversion: None,
+        }
+    }
+
+    /// The probes that choose units: [`Self::selection`], else the refit's.
+    pub fn selection(&self) -> &Probes {
+        self.selection.as_ref().unwrap_or(&self.probes)
+    }
+
+    /// For a pruning whose units are partly chosen on probes
+    /// ([`paoding_core::prune::Pruner::selects_by_probes`]) and refit probes inverted from the
+    /// model alone: synthesize (or read from the cache) the probes that choose, the same
+    /// inversion with its own seed taken to p ≥ [`synth::SELECTION_STOP_CONFIDENCE`]
+    /// ([`synth::selection_options`] says why), and say so in the description. Real inputs,
+    /// uniform draws and BatchNorm-matched probes choose as they are.
+    pub fn add_selection(
+        &mut self,
+        g: &Graph,
+        settings: &ProbeSettings,
+        progress: &Progress,
+    ) -> Result<(), CliError> {
+        if self.selection.is_none() {
+            if let Some((probes, said)) = self.selection_probes(g, settings, progress)? {
+                self.description.push_str(&said);
+                self.selection = Some(probes);
+            }
+        }
+        Ok(())
+    }
+
+    /// What [`Self::add_selection`] adds, without changing `self`: the probes that choose
+    /// and what to append to the description; `None` when the refit's probes choose.
+    pub fn selection_probes(
+        &self,
+        g: &Graph,
+        settings: &ProbeSettings,
+        progress: &Progress,
+    ) -> Result<Option<(Probes, String)>, CliError> {
+        let Some(refit) = &self.inversion else {
+            return Ok(None);
+        };
+        let options = synth::selection_options(refit);
+        let synth_graph = settings.synthesis_graph(g);
+        let file = cache_file(settings.cache_dir.as_deref(), synth_graph, &options, "")?;
+        let count = options.count;
+        let (mut probes, made) = match read_cached(file.as_deref(), g, count) {
+            Some(p) => (
+                p,
+                format!(
+                    " (cached {})",
+                    file.as_deref()
+                        .map(Path::display)
+                        .map(|d| d.to_string())
+                        .unwrap_or_default()
+                ),
+            ),
+            None => {
+                let what = format!("synthesizing {count} probes that choose units, step");
+                let (p, report) =
+                    synth::synthesize_with_progress(synth_graph, &options, &mut |step, steps| {
+                        progress.steps(&what, step, steps)
+                    });
+                let cached = write_cached(file.as_deref(), g, &p);
+                (p, format!("{}{cached}", on_target_text(&report)))
+            }
+        };
+        probes.off_distribution = true;
+        let said = format!(
+            "; the units no merge compensates chosen on {count} probes of their own by {}, each to p ≥ {} (seed {}{made})",
+            method_name(SynthMethod::Invert),
+            synth::SELECTION_STOP_CONFIDENCE,
+            options.seed
+        );
+        Ok(Some((probes, said)))
+    }
 }
 
 /// Number of optimisation steps synthesis takes.
@@ -307,11 +398,11 @@ pub fn resolve(
     let method = match source {
         ProbeSource::File(path) => {
             let (n, xs) = crate::npy::read_inputs(path, g.shape(g.input))?;
-            return Ok(ResolvedProbes {
-                probes: Probes::from_batch(xs, sample)?,
-                description: format!("{n} probes from {}", path.display()),
-                method: "file".into(),
-            });
+            return Ok(ResolvedProbes::given(
+                Probes::from_batch(xs, sample)?,
+                format!("{n} probes from {}", path.display()),
+                "file",
+            ));
         }
         ProbeSource::Uniform => SynthMethod::Uniform,
         ProbeSource::Invert => SynthMethod::Invert,
@@ -335,14 +426,14 @@ pub fn resolve(
         } else {
             ""
         };
-        return Ok(ResolvedProbes {
-            probes: settings.refit_probes(g),
-            description: format!(
+        return Ok(ResolvedProbes::given(
+            settings.refit_probes(g),
+            format!(
                 "{count} uniform probes in [{}, {}], seed {}{why}",
                 settings.input_range.0, settings.input_range.1, settings.seed
             ),
-            method: name.into(),
-        });
+            name,
+        ));
     }
     let options = SynthOptions {
         count,
@@ -352,11 +443,16 @@ pub fn resolve(
         method,
         ..Default::default()
     };
+    // Class-conditional inversion from the model alone: the units no merge compensates are
+    // chosen on probes of their own ([`ResolvedProbes::add_selection`]).
+    let inversion = (method == SynthMethod::Invert && synth::classes(synth_graph).is_some())
+        .then(|| options.clone());
     let file = cache_file(cache, synth_graph, &options, "")?;
     if let Some(mut probes) = read_cached(file.as_deref(), g, count) {
         probes.off_distribution = !matches!(method, SynthMethod::Bn | SynthMethod::Both);
         return Ok(ResolvedProbes {
             probes,
+            selection: None,
             description: format!(
                 "{count} probes by {name} (cached {})",
                 file.as_deref()
@@ -365,6 +461,7 @@ pub fn resolve(
                     .unwrap_or_default()
             ),
             method: name.into(),
+            inversion,
         });
     }
     let what = format!("synthesizing {count} probes, step");
@@ -399,8 +496,10 @@ pub fn resolve(
     description.push_str(&write_cached(file.as_deref(), g, &probes));
     Ok(ResolvedProbes {
         probes,
+        selection: None,
         description,
         method: method_name(report.method).into(),
+        inversion,
     })
 }
 
@@ -447,8 +546,9 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// The cache file of probes synthesized for `g` with `options` (`tag` tells apart what is
-/// done to them afterwards): FNV-1a over the model's runtime blob (its exact weights and
-/// structure), the settings and the tag. `None` without a cache folder.
+/// done to them afterwards): FNV-1a over the digest of the model's runtime blob (its exact
+/// weights and structure, [`paoding_core::blob::digest`]), the settings and the tag. `None`
+/// without a cache folder.
 pub(crate) fn cache_file(
     cache: Option<&Path>,
     g: &Graph,
@@ -456,10 +556,15 @@ pub(crate) fn cache_file(
     tag: &str,
 ) -> Result<Option<PathBuf>, CliError> {
     let Some(dir) = cache else { return Ok(None) };
-    let blob = paoding_core::blob::write_blob(g, &MemoryPlan::new(g))?;
+    let model = paoding_core::blob::digest(g, &MemoryPlan::new(g))?;
     let settings = serde_json::to_vec(options).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in blob.iter().chain(&settings).chain(tag.as_bytes()) {
+    for b in model
+        .to_le_bytes()
+        .iter()
+        .chain(&settings)
+        .chain(tag.as_bytes())
+    {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

@@ -95,26 +95,34 @@ pub fn prune(
     }
     let refit = options.refit.unwrap_or(options.method.refits_by_default());
     let resolved = if refit {
-        crate::probes::resolve(
+        let mut resolved = crate::probes::resolve(
             graph,
             &probes.source,
             probes,
             probes.cache_dir.as_deref(),
             progress,
-        )?
-    } else {
-        crate::probes::ResolvedProbes {
-            probes: probes.refit_probes(graph),
-            description: "none (no refit)".into(),
-            method: "none".into(),
+        )?;
+        if pruner.selects_by_probes() {
+            resolved.add_selection(graph, probes, progress)?;
         }
+        resolved
+    } else {
+        crate::probes::ResolvedProbes::given(
+            probes.refit_probes(graph),
+            "none (no refit)".into(),
+            "none",
+        )
     };
     progress.phase(if refit {
         "pruning and refitting"
     } else {
         "pruning"
     });
-    let pruned = pruner.apply(&pruner.counts_for_ratio(options.ratio), &resolved.probes)?;
+    let pruned = pruner.apply_with(
+        &pruner.counts_for_ratio(options.ratio),
+        &resolved.probes,
+        resolved.selection(),
+    )?;
     progress.phase("measuring fidelity");
     let fidelity = check.measure(&pruned.graph)?;
     let report = PruneReport {

@@ -472,7 +472,7 @@ pub fn sweep(
     let mut original = point(&bench, "original", 0.0, g)?;
     original.robustness_retention = original.robustness.map(|_| 1.0);
     bench.original_rate = original.robustness;
-    let resolved = crate::probes::resolve(
+    let mut resolved = crate::probes::resolve(
         g,
         &options.probes.source,
         &options.probes,
@@ -497,8 +497,15 @@ pub fn sweep(
                 "{model}: nothing to prune: no layer has a channel that can be removed (the output layer never is)"
             )));
         }
+        if pruner.selects_by_probes() {
+            resolved.add_selection(g, &options.probes, progress)?;
+        }
         for &ratio in &options.ratios {
-            let pruned = pruner.apply(&pruner.counts_for_ratio(ratio), &resolved.probes)?;
+            let pruned = pruner.apply_with(
+                &pruner.counts_for_ratio(ratio),
+                &resolved.probes,
+                resolved.selection(),
+            )?;
             points.push(point(&bench, method_name(method), ratio, &pruned.graph)?);
             progress.steps("pruning and measuring: models", points.len(), total);
         }

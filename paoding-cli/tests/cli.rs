@@ -781,3 +781,64 @@ fn every_command_documents_its_exit_codes() {
         assert!(help.contains("Exit 0"), "{command} --help:\n{help}");
     }
 }
+
+/// Where probes choose which units go (the depthwise CNN's layers before its depthwise
+/// convolutions), inverted probes choose on a set of their own, cached beside the refit's and
+/// named in the report; real inputs choose as they are, and a model without such layers gets
+/// no second set.
+#[test]
+fn inverted_probes_choose_units_on_a_set_of_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prune = |model: &str, cache: &str, extra: &[&str]| -> serde_json::Value {
+        let out = dir.path().join("p.onnx").display().to_string();
+        let mut args = vec![
+            "prune",
+            model,
+            "--ratio",
+            "0.3",
+            "--probe-count",
+            "24",
+            "--cache-dir",
+            cache,
+            "-o",
+            &out,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = paoding(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).expect("JSON")
+    };
+    let files = |cache: &str| std::fs::read_dir(cache).map_or(0, |d| d.count());
+    let cache = dir.path().join("dscnn").display().to_string();
+    let report = prune(&fixture("dscnn_torch.onnx"), &cache, &[]);
+    let described = report["probe_description"].as_str().expect("description");
+    assert!(
+        described.contains(
+            "chosen on 24 probes of their own by class-conditional inversion, each to p ≥ 0.9999"
+        ),
+        "{described}"
+    );
+    // The refit's probes, the ones that choose, the check set.
+    assert_eq!(files(&cache), 3);
+    let again = prune(&fixture("dscnn_torch.onnx"), &cache, &[]);
+    assert_eq!(again["after"], report["after"]);
+    assert_eq!(
+        again["fidelity"]["fidelity"],
+        report["fidelity"]["fidelity"]
+    );
+    assert!(again["probe_description"]
+        .as_str()
+        .is_some_and(|d| d.matches("cached").count() == 2));
+    let real = fixture("digits_test_x_nchw.npy");
+    let report = prune(&fixture("dscnn_torch.onnx"), &cache, &["--probes", &real]);
+    assert!(!report["probe_description"]
+        .as_str()
+        .is_some_and(|d| d.contains("of their own")));
+    let cache = dir.path().join("mlp").display().to_string();
+    let report = prune(&fixture("mlp_torch.onnx"), &cache, &[]);
+    assert!(!report["probe_description"]
+        .as_str()
+        .is_some_and(|d| d.contains("of their own")));
+    assert_eq!(files(&cache), 2);
+}

@@ -164,14 +164,15 @@ impl Schedule {
             Scope::Uniform => Ok(Self::uniform(pruner)),
             Scope::Global if binding == Resource::Ram => Ok(Self::uniform(pruner)),
             Scope::Global => {
-                let base =
-                    Usage::of(&pruner.preview(&alloc::vec![0; pruner.structure().layers.len()])?)?;
+                let base = Usage::of(
+                    &pruner.preview_sizes(&alloc::vec![0; pruner.structure().layers.len()])?,
+                )?;
                 let n = pruner.structure().layers.len();
                 let mut cost = alloc::vec![0.0; n];
                 for (l, c) in cost.iter_mut().enumerate() {
                     let mut counts = alloc::vec![0; n];
                     counts[l] = 1;
-                    let u = Usage::of(&pruner.preview(&counts)?)?;
+                    let u = Usage::of(&pruner.preview_sizes(&counts)?)?;
                     *c = binding.of(&base).saturating_sub(binding.of(&u)) as f64;
                 }
                 Ok(Self::global(pruner, &cost))
@@ -263,7 +264,7 @@ pub fn search(
     let mut usage_at = |k: usize| -> Result<Usage> {
         evaluations.set(evaluations.get() + 1);
         progress(evaluations.get(), total);
-        Usage::of_dtype(&pruner.preview(&schedule.counts(k))?, dtype)
+        Usage::of_dtype(&pruner.preview_sizes(&schedule.counts(k))?, dtype)
     };
     let first = usage_at(0)?;
     if first.fits(budget) {

@@ -54,49 +54,96 @@ pub fn forward_batch(g: &Graph, xs: &[f32], batch: usize) -> Result<Vec<Vec<f32>
     let mut values: Vec<Vec<f32>> = alloc::vec![Vec::new(); g.values.len()];
     values[g.input] = xs.to_vec();
     let mut scratch = Scratch::default();
-    for node in &g.nodes {
-        let out_shape = g.shape(node.output);
-        let out_len = g.values[node.output].len();
-        let mut out = alloc::vec![0.0f32; out_len * batch];
-        let in_shapes: Vec<&[usize]> = node.inputs.iter().map(|&i| g.shape(i)).collect();
-        match &node.op {
-            Op::Dense(d) => {
-                let wt = transpose(&d.weights, d.units, d.inputs);
-                gemm(
-                    batch,
-                    d.units,
-                    d.inputs,
-                    &values[node.inputs[0]],
-                    &wt,
-                    &mut out,
-                );
-                for row in out.chunks_exact_mut(d.units) {
-                    for (o, &b) in row.iter_mut().zip(&d.bias) {
-                        *o = d.activation.apply(*o + b);
-                    }
-                }
-            }
-            Op::Conv2d(c) if conv_uses_gemm(c) => {
-                let x = &values[node.inputs[0]];
-                conv_forward_batch(c, in_shapes[0], x, batch, out_shape, &mut out, &mut scratch);
-            }
-            _ => {
-                let in_lens: Vec<usize> = node.inputs.iter().map(|&i| g.values[i].len()).collect();
-                for (s, out) in out.chunks_exact_mut(out_len).enumerate() {
-                    let inputs: Vec<&[f32]> = node
-                        .inputs
-                        .iter()
-                        .zip(&in_lens)
-                        .map(|(&v, &len)| &values[v][s * len..(s + 1) * len])
-                        .collect();
-                    ops::eval(&node.op, &in_shapes, &inputs, out_shape, out);
-                }
-            }
-        }
+    for (i, node) in g.nodes.iter().enumerate() {
+        let inputs: Vec<&[f32]> = node.inputs.iter().map(|&v| values[v].as_slice()).collect();
+        let out = node_batch(g, i, &inputs, batch, false, &mut scratch);
         values[node.output] = out;
     }
     Ok(values)
 }
+
+/// Node `i` of `g` on `batch` samples: `inputs` are its input values, each `batch` samples
+/// back to back; `pre_activation` skips a dense or convolution layer's fused activation.
+/// Dense layers and convolutions run as one matrix product over the batch, so every sample's
+/// result is the same whatever the batch.
+pub fn eval_node_batch(
+    g: &Graph,
+    i: usize,
+    inputs: &[&[f32]],
+    batch: usize,
+    pre_activation: bool,
+) -> Vec<f32> {
+    node_batch(g, i, inputs, batch, pre_activation, &mut Scratch::default())
+}
+
+fn node_batch(
+    g: &Graph,
+    i: usize,
+    inputs: &[&[f32]],
+    batch: usize,
+    pre_activation: bool,
+    scratch: &mut Scratch,
+) -> Vec<f32> {
+    let node = &g.nodes[i];
+    let out_shape = g.shape(node.output);
+    let out_len = g.values[node.output].len();
+    let mut out = alloc::vec![0.0f32; out_len * batch];
+    let in_shapes: Vec<&[usize]> = node.inputs.iter().map(|&i| g.shape(i)).collect();
+    let activation = |a: Activation| {
+        if pre_activation {
+            Activation::Identity
+        } else {
+            a
+        }
+    };
+    match &node.op {
+        Op::Dense(d) => {
+            gemm_ex(
+                batch,
+                d.units,
+                d.inputs,
+                Mat::Plain(inputs[0]),
+                Mat::Transposed(&d.weights),
+                &mut out,
+            );
+            let act = activation(d.activation);
+            for row in out.chunks_exact_mut(d.units) {
+                for (o, &b) in row.iter_mut().zip(&d.bias) {
+                    *o = act.apply(*o + b);
+                }
+            }
+        }
+        Op::Conv2d(c) if conv_uses_gemm(c) => {
+            conv_forward_batch(
+                c,
+                activation(c.activation),
+                in_shapes[0],
+                inputs[0],
+                batch,
+                out_shape,
+                &mut out,
+                scratch,
+            );
+        }
+        _ => {
+            let in_lens: Vec<usize> = node.inputs.iter().map(|&i| g.values[i].len()).collect();
+            for (s, out) in out.chunks_exact_mut(out_len).enumerate() {
+                let sample: Vec<&[f32]> = inputs
+                    .iter()
+                    .zip(&in_lens)
+                    .map(|(x, &len)| &x[s * len..(s + 1) * len])
+                    .collect();
+                if pre_activation {
+                    ops::eval_pre_activation(&node.op, &in_shapes, &sample, out_shape, out);
+                } else {
+                    ops::eval(&node.op, &in_shapes, &sample, out_shape, out);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The graph's outputs over a batch (whole samples back to back), evaluated in batched
 /// chunks of 128 samples so that memory stays bounded.
 pub fn outputs_batch(g: &Graph, xs: &[f32]) -> Result<Vec<f32>> {
@@ -255,17 +302,7 @@ pub fn backward_all_batch(
                 let dz = activation_backward(c.activation, y, dy);
                 let mut dx = alloc::vec![0.0f32; in_len * batch];
                 if conv_uses_gemm(c) {
-                    let wt = conv_weights_transposed(c);
-                    conv_backward_batch(
-                        c,
-                        &wt,
-                        in_shape,
-                        out_shape,
-                        batch,
-                        &dz,
-                        &mut dx,
-                        &mut scratch,
-                    );
+                    conv_backward_batch(c, in_shape, out_shape, batch, &dz, &mut dx, &mut scratch);
                 } else {
                     for (dz, dx) in dz.chunks_exact(out_len).zip(dx.chunks_exact_mut(in_len)) {
                         conv_backward(c, in_shape, out_shape, dz, dx);
@@ -434,6 +471,7 @@ fn conv_backward(c: &Conv2d, in_shape: &[usize], out_shape: &[usize], dy: &[f32]
 }
 
 /// Row-major `w` of `rows × cols`, transposed.
+#[cfg(not(feature = "std"))]
 fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = alloc::vec![0.0f32; w.len()];
     for r in 0..rows {
@@ -444,15 +482,39 @@ fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
+/// An operand of [`gemm_ex`]: a row-major matrix, or one given by its row-major transpose
+/// (a layer's weights read the other way round, without copying them).
+#[derive(Clone, Copy)]
+enum Mat<'a> {
+    Plain(&'a [f32]),
+    Transposed(&'a [f32]),
+}
+
+impl<'a> Mat<'a> {
+    /// The elements and the (row, column) strides of a `rows × cols` operand.
+    fn strided(self, rows: usize, cols: usize) -> (&'a [f32], usize, usize) {
+        match self {
+            Mat::Plain(x) => (&x[..rows * cols], cols, 1),
+            Mat::Transposed(x) => (&x[..rows * cols], 1, rows),
+        }
+    }
+}
+
 /// `c = a · b` for row-major `a` (m × k), `b` (k × n) and `c` (m × n).
-///
-/// With `std`, matrixmultiply's SGEMM (SIMD kernels chosen at run time); without, a portable
-/// register-tiled loop. Either way every element is computed by one sequence of sums over `k`
-/// that does not depend on `m`, `n` or the element's position, so a sample's result never
-/// depends on the other samples of a batch (batch invariance), and the same machine always
-/// gives the same bits.
 fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    let (a, b, c) = (&a[..m * k], &b[..k * n], &mut c[..m * n]);
+    gemm_ex(m, n, k, Mat::Plain(a), Mat::Plain(b), c);
+}
+
+/// `c = a · b` for `a` (m × k), `b` (k × n) and row-major `c` (m × n).
+///
+/// With `std`, matrixmultiply's SGEMM (SIMD kernels chosen at run time; it packs either
+/// operand from its strides, so a transposed one costs nothing more and gives the same bits);
+/// without, a portable register-tiled loop. Either way every element is computed by one
+/// sequence of sums over `k` that does not depend on `m`, `n` or the element's position, so a
+/// sample's result never depends on the other samples of a batch (batch invariance), and the
+/// same machine always gives the same bits.
+fn gemm_ex(m: usize, n: usize, k: usize, a: Mat<'_>, b: Mat<'_>, c: &mut [f32]) {
+    let c = &mut c[..m * n];
     if m == 0 || n == 0 {
         return;
     }
@@ -460,10 +522,12 @@ fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
         c.fill(0.0);
         return;
     }
+    let (a, rsa, csa) = a.strided(m, k);
+    let (b, rsb, csb) = b.strided(k, n);
     #[cfg(feature = "std")]
     {
-        // SAFETY: the slices above hold exactly m × k, k × n and m × n elements, row-major
-        // with the strides given, and `c` is exclusively borrowed.
+        // SAFETY: `a` and `b` hold exactly m × k and k × n elements, laid out with the
+        // strides given, `c` holds m × n row-major, and `c` is exclusively borrowed.
         unsafe {
             matrixmultiply::sgemm(
                 m,
@@ -471,11 +535,11 @@ fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
                 n,
                 1.0,
                 a.as_ptr(),
-                k as isize,
-                1,
+                rsa as isize,
+                csa as isize,
                 b.as_ptr(),
-                n as isize,
-                1,
+                rsb as isize,
+                csb as isize,
                 0.0,
                 c.as_mut_ptr(),
                 n as isize,
@@ -484,7 +548,23 @@ fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
         }
     }
     #[cfg(not(feature = "std"))]
-    gemm_portable(m, n, k, a, b, c);
+    {
+        // The portable loop reads row-major operands: transpose the others once.
+        fn plain(
+            x: &[f32],
+            rows: usize,
+            cols: usize,
+            column_stride: usize,
+        ) -> alloc::borrow::Cow<'_, [f32]> {
+            if column_stride == 1 {
+                alloc::borrow::Cow::Borrowed(x)
+            } else {
+                alloc::borrow::Cow::Owned(transpose(x, cols, rows))
+            }
+        }
+        let _ = (rsa, rsb);
+        gemm_portable(m, n, k, &plain(a, m, k, csa), &plain(b, k, n, csb), c);
+    }
 }
 
 /// The portable [`gemm`]: register-tiled in 4 × 8 blocks, one accumulator per element over
@@ -670,6 +750,7 @@ struct Scratch {
 #[allow(clippy::too_many_arguments)]
 fn conv_forward_batch(
     c: &Conv2d,
+    activation: Activation,
     in_shape: &[usize],
     x: &[f32],
     batch: usize,
@@ -707,24 +788,8 @@ fn conv_forward_batch(
     }
     for (i, plane) in out.chunks_exact_mut(p).enumerate() {
         let b = c.bias[i % c.out_channels];
-        plane
-            .iter_mut()
-            .for_each(|v| *v = c.activation.apply(*v + b));
+        plane.iter_mut().for_each(|v| *v = activation.apply(*v + b));
     }
-}
-
-/// Per group, `W_gᵀ` (`filter_len × outputs per group`), one after the other.
-fn conv_weights_transposed(c: &Conv2d) -> Vec<f32> {
-    let (go, fl) = (c.out_channels / c.groups, c.filter_len());
-    let mut t = Vec::with_capacity(c.weights.len());
-    for g in 0..c.groups {
-        t.extend(transpose(
-            &c.weights[g * go * fl..(g + 1) * go * fl],
-            go,
-            fl,
-        ));
-    }
-    t
 }
 
 /// A batch's input gradient as one matrix product per group:
@@ -732,7 +797,6 @@ fn conv_weights_transposed(c: &Conv2d) -> Vec<f32> {
 #[allow(clippy::too_many_arguments)]
 fn conv_backward_batch(
     c: &Conv2d,
-    wt: &[f32],
     in_shape: &[usize],
     out_shape: &[usize],
     batch: usize,
@@ -755,8 +819,16 @@ fn conv_backward_batch(
             }
         }
         scratch.cols.resize(fl * bp, 0.0);
-        let w = &wt[g * go * fl..(g + 1) * go * fl];
-        gemm(fl, bp, go, w, &scratch.prod, &mut scratch.cols);
+        let w = &c.weights[g * go * fl..(g + 1) * go * fl];
+        // d patches = W_gᵀ · dz: the weights read transposed, not copied.
+        gemm_ex(
+            fl,
+            bp,
+            go,
+            Mat::Transposed(w),
+            Mat::Plain(&scratch.prod),
+            &mut scratch.cols,
+        );
         for (s, dx) in dx.chunks_exact_mut(in_len).enumerate() {
             let at = Cols {
                 oh,
@@ -1056,6 +1128,34 @@ mod tests {
             for (j, col) in cols.clone().enumerate() {
                 assert_eq!(sub[i * 3 + j].to_bits(), c[r * n + col].to_bits());
             }
+        }
+    }
+
+    #[test]
+    fn transposed_operands_give_the_bits_of_their_copies() {
+        let mut rng = SplitMix64(22);
+        let (m, n, k) = (19, 45, 300);
+        let transposed = |x: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+            (0..cols)
+                .flat_map(|c| (0..rows).map(move |r| x[r * cols + c]))
+                .collect()
+        };
+        let a = rng.vec(m * k, 1.0);
+        let b = rng.vec(k * n, 1.0);
+        let mut plain = alloc::vec![0.0f32; m * n];
+        gemm(m, n, k, &a, &b, &mut plain);
+        let (at, bt) = (transposed(&a, m, k), transposed(&b, k, n));
+        for (x, y) in [
+            (Mat::Transposed(&at), Mat::Plain(&b)),
+            (Mat::Plain(&a), Mat::Transposed(&bt)),
+            (Mat::Transposed(&at), Mat::Transposed(&bt)),
+        ] {
+            let mut c = alloc::vec![0.0f32; m * n];
+            gemm_ex(m, n, k, x, y, &mut c);
+            assert!(c
+                .iter()
+                .zip(&plain)
+                .all(|(p, q)| p.to_bits() == q.to_bits()));
         }
     }
 

@@ -153,3 +153,62 @@ fn solve_with(l: &[f64], n: usize, b: &[f64], m: usize) -> Vec<f64> {
     }
     x
 }
+
+/// `X Xᵀ` (`n × n`, both triangles) for row-major `x` of `n` rows of `d` values: the dot
+/// product of every pair of rows.
+///
+/// With `std`, matrixmultiply's DGEMM (SIMD, cache-blocked): the pairwise similarities of a
+/// 512-unit layer of 3×3×512 filters take 0.1 s instead of a second for pair-by-pair sums.
+/// Without, those sums. Either way in f64, so the order of the sums only moves the last bits.
+///
+/// ```
+/// let g = paoding_core::linalg::gram(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3);
+/// assert_eq!(g, vec![14.0, 32.0, 32.0, 77.0]);
+/// ```
+pub fn gram(x: &[f64], n: usize, d: usize) -> Vec<f64> {
+    let x = &x[..n * d];
+    let mut g = alloc::vec![0.0f64; n * n];
+    if n == 0 || d == 0 {
+        return g;
+    }
+    #[cfg(feature = "std")]
+    // SAFETY: `x` holds n × d values row-major (read as X with strides (d, 1) and as Xᵀ with
+    // strides (1, d)), `g` holds n × n row-major and is exclusively borrowed.
+    unsafe {
+        matrixmultiply::dgemm(
+            n,
+            d,
+            n,
+            1.0,
+            x.as_ptr(),
+            d as isize,
+            1,
+            x.as_ptr(),
+            1,
+            d as isize,
+            0.0,
+            g.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+        // Exactly symmetric, whatever the kernel's order of sums.
+        for a in 0..n {
+            for b in a + 1..n {
+                g[b * n + a] = g[a * n + b];
+            }
+        }
+    }
+    #[cfg(not(feature = "std"))]
+    for a in 0..n {
+        for b in a..n {
+            let dot: f64 = x[a * d..(a + 1) * d]
+                .iter()
+                .zip(&x[b * d..(b + 1) * d])
+                .map(|(p, q)| p * q)
+                .sum();
+            g[a * n + b] = dot;
+            g[b * n + a] = dot;
+        }
+    }
+    g
+}

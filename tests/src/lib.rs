@@ -273,3 +273,73 @@ pub fn accuracy_on(g: &paoding_core::ir::Graph, xs: &[f32], ys: &[usize]) -> f64
     let out = paoding_core::interp::run_batch(g, xs).expect("runs");
     paoding_core::fidelity::accuracy(&out, g.values[g.output].len(), ys)
 }
+
+/// The fixtures of the README's data-free accuracy table (`tests/tests/synth.rs`): file,
+/// fraction of the parameters removed, and the README's mean accuracy (%) with 512 inverted
+/// probes.
+pub const FIXTURE_ACCURACY_TABLE: [(&str, f64, f64); 3] = [
+    ("cnn_residual_bn_torch.onnx", 0.40, 98.3),
+    ("dscnn_torch.onnx", 0.40, 95.3),
+    ("mlp_torch.onnx", 0.737, 96.7),
+];
+
+/// Accuracy after removing `fraction` of the parameters (merge + refit, uniform scope) with
+/// `probes` for the refit and for choosing the units no merge compensates.
+pub fn pruned_accuracy(
+    g: &paoding_core::ir::Graph,
+    xs: &[f32],
+    ys: &[usize],
+    fraction: f64,
+    probes: &paoding_core::probes::Probes,
+) -> f64 {
+    use paoding_core::prune::{PruneOptions, Pruner};
+    let pruner = Pruner::new(g, &PruneOptions::default());
+    let ratio = pruner.ratio_for_param_fraction(fraction).expect("ratio");
+    let p = pruner
+        .apply(&pruner.counts_for_ratio(ratio), probes)
+        .expect("prunes");
+    accuracy_on(&p.graph, xs, ys)
+}
+
+/// Accuracy after removing `fraction` of the parameters as `paoding prune --probes invert`
+/// does it: refit on [`inverted`] probes, and where probes choose units, on probes of their
+/// own taken deeper into their class ([`paoding_core::synth::selection_options`]).
+pub fn inverted_pruned_accuracy(
+    g: &paoding_core::ir::Graph,
+    xs: &[f32],
+    ys: &[usize],
+    fraction: f64,
+    seed: u64,
+) -> f64 {
+    use paoding_core::prune::{PruneOptions, Pruner};
+    use paoding_core::synth;
+    let pruner = Pruner::new(g, &PruneOptions::default());
+    let ratio = pruner.ratio_for_param_fraction(fraction).expect("ratio");
+    let probes = inverted(g, seed);
+    let selection = pruner
+        .selects_by_probes()
+        .then(|| synth::synthesize(g, &synth::selection_options(&inversion(seed))));
+    let p = pruner
+        .apply_with(
+            &pruner.counts_for_ratio(ratio),
+            &probes,
+            selection.as_ref().unwrap_or(&probes),
+        )
+        .expect("prunes");
+    accuracy_on(&p.graph, xs, ys)
+}
+
+/// 512 probes inverted from `g` alone with the refit's default settings.
+pub fn inverted(g: &paoding_core::ir::Graph, seed: u64) -> paoding_core::probes::Probes {
+    paoding_core::synth::synthesize(g, &inversion(seed))
+}
+
+/// The options of [`inverted`].
+fn inversion(seed: u64) -> paoding_core::synth::SynthOptions {
+    paoding_core::synth::SynthOptions {
+        count: 512,
+        seed,
+        method: paoding_core::synth::SynthMethod::Invert,
+        ..Default::default()
+    }
+}

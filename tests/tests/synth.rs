@@ -7,55 +7,23 @@ use std::time::Instant;
 
 use paoding_core::ir::Graph;
 use paoding_core::probes::Probes;
-use paoding_core::prune::{PruneOptions, Pruner};
 use paoding_core::synth::{self, SynthMethod, SynthOptions};
 use paoding_tests::*;
 
 /// A fixture graph with its test images and labels.
 type Model = (Graph, Vec<f32>, Vec<usize>);
 
-/// Accuracy after removing `fraction` of the parameters (merge + refit) with `probes`.
-fn pruned_accuracy(g: &Graph, xs: &[f32], ys: &[usize], fraction: f64, probes: &Probes) -> f64 {
-    let pruner = Pruner::new(g, &PruneOptions::default());
-    let ratio = pruner.ratio_for_param_fraction(fraction).expect("ratio");
-    let p = pruner
-        .apply(&pruner.counts_for_ratio(ratio), probes)
-        .expect("prunes");
-    accuracy_on(&p.graph, xs, ys)
-}
-
-const MODELS: [(&str, f64); 3] = [
-    ("cnn_residual_bn_torch.onnx", 0.40),
-    ("dscnn_torch.onnx", 0.40),
-    ("mlp_torch.onnx", 0.737),
-];
-
-fn invert(g: &Graph, seed: u64) -> Probes {
-    synth::synthesize(
-        g,
-        &SynthOptions {
-            count: 512,
-            seed,
-            method: SynthMethod::Invert,
-            ..Default::default()
-        },
-    )
-}
-
 /// Per model, per seed: accuracy of the pruned model.
 fn table_row(
     name: &str,
     models: &[(Model, f64)],
-    make: &dyn Fn(&Graph, u64) -> Probes,
+    prune: &dyn Fn(&Model, f64, u64) -> f64,
     seeds: &[u64],
 ) -> Vec<Vec<f64>> {
     let mut cells = Vec::new();
     let mut out = Vec::new();
-    for ((g, xs, ys), fraction) in models {
-        let accs: Vec<f64> = seeds
-            .iter()
-            .map(|&s| pruned_accuracy(g, xs, ys, *fraction, &make(g, s)))
-            .collect();
+    for (model, fraction) in models {
+        let accs: Vec<f64> = seeds.iter().map(|&s| prune(model, *fraction, s)).collect();
         let min = accs.iter().copied().fold(1.0, f64::min);
         let mean = accs.iter().sum::<f64>() / accs.len() as f64;
         cells.push(format!(
@@ -73,21 +41,34 @@ fn table_row(
 /// probes) against real test images as probes (the ceiling), over three seeds.
 #[test]
 fn accuracy_table() {
-    let models: Vec<_> = MODELS.iter().map(|(f, r)| (load_fixture(f), *r)).collect();
+    let models: Vec<_> = FIXTURE_ACCURACY_TABLE
+        .iter()
+        .map(|(f, r, _)| (load_fixture(f), *r))
+        .collect();
     let seeds = [0, 1, 2];
     println!("512 probes    | residual CNN @40 %      | depthwise CNN @40 %     | MLP @73.7 %");
     let uniform = table_row(
         "uniform",
         &models,
-        &|g, s| Probes::uniform(g.values[g.input].len(), 512, 0.0, 1.0, s),
+        &|(g, xs, ys), f, s| {
+            let probes = Probes::uniform(g.values[g.input].len(), 512, 0.0, 1.0, s);
+            pruned_accuracy(g, xs, ys, f, &probes)
+        },
         &seeds,
     );
-    let inverted = table_row("invert", &models, &invert, &seeds);
-    let real = models[0].0 .1.clone();
+    let inverted = table_row(
+        "invert",
+        &models,
+        &|(g, xs, ys), f, s| inverted_pruned_accuracy(g, xs, ys, f, s),
+        &seeds,
+    );
     table_row(
         "real (450)",
         &models,
-        &|g, _| Probes::from_batch(real.clone(), g.values[g.input].len()).unwrap(),
+        &|(g, xs, ys), f, _| {
+            let probes = Probes::from_batch(xs.clone(), g.values[g.input].len()).unwrap();
+            pruned_accuracy(g, xs, ys, f, &probes)
+        },
         &[0],
     );
     let min = |v: &[f64]| v.iter().copied().fold(1.0, f64::min);
@@ -143,7 +124,10 @@ fn time_synthesis(name: &str, g: &Graph, opts: &SynthOptions) -> f64 {
 #[test]
 fn synthesis_speed_on_fixtures() {
     let only = std::env::var("SYNTH_ONLY").unwrap_or_default();
-    for (file, _) in MODELS.iter().filter(|(f, _)| f.contains(&only)) {
+    for (file, _, _) in FIXTURE_ACCURACY_TABLE
+        .iter()
+        .filter(|(f, _, _)| f.contains(&only))
+    {
         let (g, _, _) = load_fixture(file);
         time_synthesis(file, &g, &SynthOptions::default());
     }

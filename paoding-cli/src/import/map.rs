@@ -39,7 +39,7 @@ enum Mapped {
 pub(super) fn load_and_map(
     path: &Path,
     dir: &Path,
-    proto: &ModelProto,
+    proto: ModelProto,
     onnx: &tract_onnx::Onnx,
 ) -> Result<(Graph, Option<Graph>, Option<InputRange>), ImportError> {
     let tract_err = |e: TractError| ImportError::Tract {
@@ -50,7 +50,16 @@ pub(super) fn load_and_map(
         path: path.to_path_buf(),
         reason,
     };
-    let parsed = onnx.parse(proto, dir.to_str()).map_err(tract_err)?;
+    // The ONNX node names and operator types, for messages; then the protobuf can go (tract
+    // has copied its tensors).
+    let onnx_nodes: HashMap<String, String> = proto
+        .graph
+        .iter()
+        .flat_map(|g| &g.node)
+        .map(|n| (n.name.clone(), n.op_type.clone()))
+        .collect();
+    let parsed = onnx.parse(&proto, dir.to_str()).map_err(tract_err)?;
+    drop(proto);
     if !parsed.unresolved_inputs.is_empty() {
         return Err(model_err(format!(
             "inputs {:?} are never defined",
@@ -120,12 +129,7 @@ pub(super) fn load_and_map(
         typed: &typed,
         graph: Graph::new(input_name, shape),
         mapped: HashMap::new(),
-        onnx_nodes: proto
-            .graph
-            .iter()
-            .flat_map(|g| &g.node)
-            .map(|n| (n.name.clone(), n.op_type.clone()))
-            .collect(),
+        onnx_nodes,
         bn_stats,
     };
     for id in typed.eval_order().map_err(tract_err)? {
@@ -143,21 +147,23 @@ pub(super) fn load_and_map(
         Ok::<_, ImportError>(graph)
     };
     let with_stats = mapper.graph;
+    // The IR has its own copy of every weight now.
+    drop(typed);
     let input_range = paoding_core::estimate::implied_input_range(&with_stats);
+    let kept = with_stats
+        .nodes
+        .iter()
+        .any(|n| matches!(&n.op, Op::BatchNorm(b) if b.stats.is_some()));
+    if !kept {
+        return Ok((simplify(with_stats)?, None, input_range));
+    }
     let mut folded = with_stats.clone();
-    let mut kept = false;
     for node in &mut folded.nodes {
         if let Op::BatchNorm(b) = &mut node.op {
-            kept |= b.stats.take().is_some();
+            b.stats = None;
         }
     }
-    let graph = simplify(folded)?;
-    let with_stats = if kept {
-        Some(simplify(with_stats)?)
-    } else {
-        None
-    };
-    Ok((graph, with_stats, input_range))
+    Ok((simplify(folded)?, Some(simplify(with_stats)?), input_range))
 }
 
 /// Walk the graph in order, as tract's analysis will, and refuse any node whose output

@@ -276,12 +276,23 @@ impl<'g> Pruner<'g> {
     /// The pruned graph's shape for `counts`, without compensation or refit: cheap, and exact
     /// for every size measure (parameters, MACs, memory), which depend only on the counts.
     pub fn preview(&self, counts: &[usize]) -> Result<Graph> {
+        surgery::remove(self.graph, &self.structure, &self.lowest(counts))
+    }
+
+    /// [`Self::preview`] with every weight zero ([`surgery::remove_shapes`]): the same size
+    /// measures, without copying the weights. What size searches evaluate.
+    pub fn preview_sizes(&self, counts: &[usize]) -> Result<Graph> {
+        surgery::remove_shapes(self.graph, &self.structure, &self.lowest(counts))
+    }
+
+    /// The items [`Self::preview`] removes: the `counts[l]` least important of each layer.
+    fn lowest(&self, counts: &[usize]) -> Vec<bool> {
         let s = &self.structure;
         let mut removed = alloc::vec![false; s.items.len()];
         for (l, &count) in counts.iter().enumerate().take(s.layers.len()) {
             self.remove_lowest(l, self.clamp_count(&s.layers[l], count), &mut removed);
         }
-        surgery::remove(self.graph, s, &removed)
+        removed
     }
 
     /// The smallest uniform/global ratio whose pruned model has at most `(1 - fraction)` of
@@ -291,8 +302,11 @@ impl<'g> Pruner<'g> {
         let (mut lo, mut hi) = (0.0f64, 1.0f64);
         for _ in 0..40 {
             let mid = 0.5 * (lo + hi);
-            let removed =
-                1.0 - self.preview(&self.counts_for_ratio(mid))?.param_count() as f64 / base;
+            let removed = 1.0
+                - self
+                    .preview_sizes(&self.counts_for_ratio(mid))?
+                    .param_count() as f64
+                    / base;
             if removed < fraction {
                 lo = mid;
             } else {
@@ -305,6 +319,27 @@ impl<'g> Pruner<'g> {
     /// Prune `counts[l]` items from each layer `l` (as from [`Self::counts_for_ratio`]),
     /// starting again from the original model.
     pub fn apply(&self, counts: &[usize], probes: &Probes) -> Result<Pruned> {
+        self.apply_with(counts, probes, probes)
+    }
+
+    /// Whether [`Self::apply`] lets probes choose units in some layer: a merge with refit, and
+    /// a layer whose units no merge compensates (they reach their consumers through a
+    /// depthwise convolution or a batch norm; see [`select`]).
+    pub fn selects_by_probes(&self) -> bool {
+        self.refits()
+            && self.options.method == Method::Merge
+            && (0..self.structure.layers.len()).any(|l| self.single_units(l) && !self.mergeable(l))
+    }
+
+    /// [`Self::apply`], with the units no merge compensates chosen on `selection` instead of
+    /// the refit's `probes` ([`crate::synth::selection_options`] says why they differ when
+    /// synthesized).
+    pub fn apply_with(
+        &self,
+        counts: &[usize],
+        probes: &Probes,
+        selection: &Probes,
+    ) -> Result<Pruned> {
         let s = &self.structure;
         if counts.len() != s.layers.len() {
             return Err(Error::Graph(alloc::format!(
@@ -318,10 +353,7 @@ impl<'g> Pruner<'g> {
             .zip(&s.layers)
             .map(|(&c, layer)| self.clamp_count(layer, c))
             .collect();
-        let refit = self
-            .options
-            .refit
-            .unwrap_or(self.options.method.refits_by_default());
+        let refit = self.refits();
         // Before a refit, the merge method lets the probes choose the units that no merge can
         // compensate, being alone in their items but reaching their consumers through a
         // depthwise convolution or a batch norm: their data-free score rated a merge that
@@ -345,7 +377,7 @@ impl<'g> Pruner<'g> {
                 wanted[c] = true;
             }
         }
-        let grams = select::consumer_grams(self.graph, &wanted, probes);
+        let grams = select::consumer_grams(self.graph, &wanted, selection);
         let mut g = self.graph.clone();
         let mut removed = alloc::vec![false; s.items.len()];
         for (l, &count) in counts.iter().enumerate() {
@@ -420,6 +452,13 @@ impl<'g> Pruner<'g> {
         })
     }
 
+    /// Whether layers that lost inputs are refitted.
+    fn refits(&self) -> bool {
+        self.options
+            .refit
+            .unwrap_or(self.options.method.refits_by_default())
+    }
+
     /// Remove the `count` least important prunable items of layer `l`, without compensation.
     fn remove_lowest(&self, l: usize, count: usize, removed: &mut [bool]) {
         let s = &self.structure;
@@ -488,10 +527,11 @@ impl<'g> Pruner<'g> {
                 .iter()
                 .map(|&u| weights::incoming(self.graph, s, u))
                 .collect();
-            let norms: Vec<f64> = vecs.iter().map(|v| l2(v)).collect();
-            for a in 0..singles.len() {
-                for b in a + 1..singles.len() {
-                    let c = dot(&vecs[a], &vecs[b]) / (norms[a] * norms[b]).max(1e-30);
+            let n = singles.len();
+            let cos = cosines(&vecs);
+            for a in 0..n {
+                for b in a + 1..n {
+                    let c = cos[a * n + b];
                     best[singles[a]] = best[singles[a]].max(c);
                     best[singles[b]] = best[singles[b]].max(c);
                 }
@@ -531,14 +571,7 @@ impl<'g> Pruner<'g> {
         let n = units.len();
         let vecs: Vec<Vec<f32>> = units.iter().map(|&u| weights::incoming(g, s, u)).collect();
         let norms: Vec<f64> = vecs.iter().map(|v| l2(v)).collect();
-        let mut cos = alloc::vec![0.0f64; n * n];
-        for a in 0..n {
-            for b in a + 1..n {
-                let c = dot(&vecs[a], &vecs[b]) / (norms[a] * norms[b]).max(1e-30);
-                cos[a * n + b] = c;
-                cos[b * n + a] = c;
-            }
-        }
+        let cos = cosines(&vecs);
         let energy = |g: &Graph, a: usize| -> f64 {
             self.outgoing[units[a]]
                 .iter()
@@ -601,8 +634,24 @@ fn l2(v: &[f32]) -> f64 {
     libm::sqrt(v.iter().map(|&x| (x as f64) * (x as f64)).sum())
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+/// Cosine similarity of every pair of vectors (all of one length), `n × n` row-major, with
+/// zeros on the diagonal (a unit is not its own merge partner).
+fn cosines(vecs: &[Vec<f32>]) -> Vec<f64> {
+    let n = vecs.len();
+    let d = vecs.first().map_or(0, Vec::len);
+    let flat: Vec<f64> = vecs.iter().flatten().map(|&x| f64::from(x)).collect();
+    let norms: Vec<f64> = vecs.iter().map(|v| l2(v)).collect();
+    let mut cos = crate::linalg::gram(&flat, n, d);
+    for a in 0..n {
+        for b in 0..n {
+            cos[a * n + b] = if a == b {
+                0.0
+            } else {
+                cos[a * n + b] / (norms[a] * norms[b]).max(1e-30)
+            };
+        }
+    }
+    cos
 }
 
 /// Whether `op` is a layer the engine can remove output channels from.

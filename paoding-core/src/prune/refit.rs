@@ -100,6 +100,10 @@ fn last_use_of(g: &Graph, v: usize) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// Probes evaluated together: dense layers and convolutions run as one matrix product per
+/// chunk ([`crate::grad::eval_node_batch`]), whose scratch stays bounded.
+const EVAL_CHUNK: usize = 32;
+
 /// Evaluate node `i` on every probe; `pre_activation` skips a fused activation.
 pub(crate) fn eval_node(
     g: &Graph,
@@ -109,24 +113,23 @@ pub(crate) fn eval_node(
     pre_activation: bool,
 ) -> Vec<f32> {
     let node = &g.nodes[i];
-    let out_shape = g.shape(node.output);
-    let out_len: usize = out_shape.iter().product();
-    let in_shapes: Vec<&[usize]> = node.inputs.iter().map(|&v| g.shape(v)).collect();
     let in_lens: Vec<usize> = node.inputs.iter().map(|&v| g.values[v].len()).collect();
-    let mut out = alloc::vec![0.0f32; n * out_len];
-    for s in 0..n {
+    let mut out = Vec::with_capacity(n * g.values[node.output].len());
+    for first in (0..n).step_by(EVAL_CHUNK) {
+        let count = EVAL_CHUNK.min(n - first);
         let inputs: Vec<&[f32]> = node
             .inputs
             .iter()
             .zip(&in_lens)
-            .map(|(&v, &len)| &vals[v][s * len..(s + 1) * len])
+            .map(|(&v, &len)| &vals[v][first * len..(first + count) * len])
             .collect();
-        let o = &mut out[s * out_len..(s + 1) * out_len];
-        if pre_activation {
-            ops::eval_pre_activation(&node.op, &in_shapes, &inputs, out_shape, o);
-        } else {
-            ops::eval(&node.op, &in_shapes, &inputs, out_shape, o);
-        }
+        out.extend(crate::grad::eval_node_batch(
+            g,
+            i,
+            &inputs,
+            count,
+            pre_activation,
+        ));
     }
     out
 }

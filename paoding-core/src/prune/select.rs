@@ -324,12 +324,51 @@ mod tests {
     use crate::probes::{Probes, SplitMix64};
     use crate::prune::{Method, PruneOptions, Pruner};
 
-    /// Channel 3 of the first layer is channel 0 plus channel 1, and they reach their
-    /// consumer through a depthwise convolution that treats all channels alike: the refit can
-    /// rebuild any of the three from the other two (up to its ridge). Channel 2 is small, so
-    /// the data-free order would remove it, though nothing rebuilds it.
+    /// Probes choose units only where a merge cannot compensate them (here the first layer,
+    /// whose consumer is behind a depthwise convolution), only for a merge with refit; the
+    /// refit's probes choose unless others are given.
     #[test]
-    fn a_channel_the_others_rebuild_goes_first_and_the_refit_makes_up_for_it() {
+    fn probes_choose_only_where_no_merge_compensates() {
+        let g = rebuildable();
+        let pruner = Pruner::new(&g, &PruneOptions::default());
+        assert!(pruner.selects_by_probes());
+        for options in [
+            PruneOptions {
+                refit: Some(false),
+                ..Default::default()
+            },
+            PruneOptions {
+                method: Method::Magnitude,
+                refit: Some(true),
+                ..Default::default()
+            },
+        ] {
+            assert!(!Pruner::new(&g, &options).selects_by_probes());
+        }
+        let probes = Probes::uniform(72, 64, 0.0, 1.0, 2);
+        let alone = pruner.apply(&[1, 0], &probes).unwrap().graph;
+        let with = pruner.apply_with(&[1, 0], &probes, &probes).unwrap().graph;
+        assert_eq!(alone, with);
+        // A dense chain merges exactly: nothing for probes to choose.
+        let mut rng = SplitMix64(6);
+        let mut mlp = Graph::new("x", alloc::vec![1, 4]);
+        let dense = |units: usize, inputs: usize, rng: &mut SplitMix64| {
+            Op::Dense(crate::ir::Dense {
+                units,
+                inputs,
+                weights: rng.vec(units * inputs, 0.5),
+                bias: alloc::vec![0.0; units],
+                activation: crate::ir::Activation::Relu,
+            })
+        };
+        let h = mlp.push("h", dense(6, 4, &mut rng), &[mlp.input]).unwrap();
+        mlp.output = mlp.push("out", dense(3, 6, &mut rng), &[h]).unwrap();
+        assert!(!Pruner::new(&mlp, &PruneOptions::default()).selects_by_probes());
+    }
+
+    /// Channel 3 of the first layer is channel 0 plus channel 1 (channel 2 is small), then a
+    /// depthwise convolution that treats all channels alike, then a convolution.
+    fn rebuildable() -> Graph {
         let mut rng = SplitMix64(5);
         let mut g = Graph::new("x", alloc::vec![1, 2, 6, 6]);
         let mut first = rng.vec(4 * 2 * 9, 0.5);
@@ -352,6 +391,16 @@ mod tests {
             )
             .unwrap();
         g.check().unwrap();
+        g
+    }
+
+    /// Channel 3 of the first layer is channel 0 plus channel 1, and they reach their
+    /// consumer through a depthwise convolution that treats all channels alike: the refit can
+    /// rebuild any of the three from the other two (up to its ridge). Channel 2 is small, so
+    /// the data-free order would remove it, though nothing rebuilds it.
+    #[test]
+    fn a_channel_the_others_rebuild_goes_first_and_the_refit_makes_up_for_it() {
+        let g = rebuildable();
         let pruner = Pruner::new(&g, &PruneOptions::default());
         let items = &pruner.structure().layers[0].items;
         let importance: Vec<f64> = items.iter().map(|&i| pruner.importance(i)).collect();
