@@ -113,10 +113,19 @@ struct PruneArgs {
     probe_args: ProbeArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Where to write the pruned ONNX model.
+    /// How the pruned model is stored in --pdg and judged: f32, or int8 (calibrated on the
+    /// refit's probes; the fidelity is the int8 model's). `auto` needs a budget: use `fit`.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: prune_cmd::PruneDtype,
+    #[command(flatten)]
+    int8: Int8Args,
+    /// Where to write the pruned ONNX model (f32 weights, whatever --dtype).
     #[arg(short, long)]
     output: PathBuf,
-    /// Print the report as JSON (schema paoding.prune/2).
+    /// Also write the runtime model (.pdg), in --dtype.
+    #[arg(long)]
+    pdg: Option<PathBuf>,
+    /// Print the report as JSON (schema paoding.prune/3).
     #[arg(long)]
     json: bool,
 }
@@ -169,6 +178,8 @@ struct FitArgs {
     #[arg(long, value_enum)]
     dtype: Option<paoding_cli::fit::DtypeChoice>,
     #[command(flatten)]
+    int8: Int8Args,
+    #[command(flatten)]
     widths: WidthArgs,
     /// The refit's probes: uniform, invert (class-conditional inversion), bn (BatchNorm
     /// statistics), auto (the best the model allows), or a .npy file of inputs (as --data).
@@ -178,6 +189,24 @@ struct FitArgs {
     probe_args: ProbeArgs,
     #[command(flatten)]
     data: DataArgs,
+}
+
+/// How an int8 model is made, shared by `prune` and `fit`.
+#[derive(Args)]
+struct Int8Args {
+    /// Keep this layer f32 in an int8 model (mixed precision), with conversions around it:
+    /// its full name or a unique end of it; repeat, or separate by commas.
+    #[arg(long, value_name = "LAYER", value_delimiter = ',')]
+    keep_f32: Vec<String>,
+}
+
+impl Int8Args {
+    fn options(&self) -> paoding_cli::quantize::Int8Options {
+        paoding_cli::quantize::Int8Options {
+            keep_f32: self.keep_f32.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// How far pruning may go in each layer, shared by `prune` and `fit`.
@@ -352,7 +381,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         round_to: a.widths.round_to.max(1),
         max_layer_ratio: a.widths.max_layer_ratio,
         dtype: a.dtype,
-        int8: Default::default(),
+        int8: a.int8.options(),
     };
     let mut reports = Vec::new();
     let mut files = Vec::new();
@@ -421,6 +450,9 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
 
 fn prune(a: PruneArgs) -> Result<u8, CliError> {
     output::check_writable(&a.output)?;
+    if let Some(pdg) = &a.pdg {
+        output::check_writable(pdg)?;
+    }
     let progress = Progress::on_stderr(!a.json);
     progress.phase("importing");
     let imported = import::import_onnx(&a.model)?;
@@ -439,20 +471,35 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
         ..Default::default()
     };
     let check = CheckSet::build(g, &probes, &a.data, &progress)?;
-    let (pruned, report) = prune_cmd::prune(&model_name, g, &options, &probes, &check, &progress)?;
-    drop(progress);
-    export::save_onnx(
-        &pruned,
-        &format!("pruned from {model_name} by paoding prune"),
-        &a.output,
+    let int8 = a.int8.options();
+    let pruned = prune_cmd::prune(
+        &model_name,
+        g,
+        &options,
+        &probes,
+        (a.dtype, &int8),
+        &check,
+        &progress,
     )?;
+    drop(progress);
+    let onnx = export::write_onnx(
+        &pruned.graph,
+        &format!("pruned from {model_name} by paoding prune"),
+    )?;
+    let mut files = vec![(a.output.clone(), onnx)];
+    if let Some(pdg) = &a.pdg {
+        files.push((pdg.clone(), pruned.blob.clone()));
+    }
+    output::write_all(&files)?;
+    let report = &pruned.report;
     if a.json {
-        output::print(&(json_text(&report)? + "\n"))?;
+        output::print(&(json_text(report)? + "\n"))?;
     } else {
+        let written: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
         output::print(&format!(
             "{}\nwrote {}\n",
             report.to_text(),
-            a.output.display()
+            written.join(", ")
         ))?;
     }
     Ok(EXIT_OK)

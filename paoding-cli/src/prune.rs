@@ -4,19 +4,23 @@
 
 use std::fmt::Write as _;
 
-use paoding_core::cost::ModelCost;
+use paoding_core::cost::{ModelCost, WeightDtype};
 use paoding_core::ir::Graph;
 use paoding_core::prune::{LayerChange, Method, PruneOptions, Pruner, Scope};
 use serde::Serialize;
 
 use crate::check::{CheckSet, FidelityReport};
 use crate::error::CliError;
+use crate::eval::Model;
+use crate::fit::QuantizationReport;
 use crate::probes::ProbeSettings;
 use crate::progress::Progress;
+use crate::quantize::{Int8Model, Int8Options};
+use crate::run::BlobBytes;
 
 /// Version tag of the JSON layout (2: fidelity on the check set, with its interval,
-/// robustness and warnings).
-pub const PRUNE_SCHEMA: &str = "paoding.prune/2";
+/// robustness and warnings; 3: `dtype`, `quantization`, and `blob_bytes` in each size).
+pub const PRUNE_SCHEMA: &str = "paoding.prune/3";
 
 /// Size of a model, as every report states it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,19 +33,58 @@ pub struct Size {
     pub macs: u64,
     /// Activation arena of the static memory plan (peak RAM).
     pub arena_bytes: u64,
+    /// The runtime blob (`.pdg`): weights, description and header (the flash it takes).
+    pub blob_bytes: u64,
 }
 
 impl Size {
-    /// Size of a checked graph.
-    pub fn of(g: &Graph) -> Self {
-        let c = ModelCost::new(g, Default::default());
-        Size {
+    /// Size of a checked graph stored as f32.
+    pub fn of(g: &Graph) -> Result<Self, CliError> {
+        let c = ModelCost::new(g, WeightDtype::F32);
+        Ok(Size {
             params: c.params,
             weight_bytes: c.weight_bytes,
             macs: c.macs,
             arena_bytes: c.arena_bytes,
+            blob_bytes: paoding_core::blob::blob_size(g, &paoding_core::plan::MemoryPlan::new(g))?
+                as u64,
+        })
+    }
+
+    /// Size of an int8 model: int8 weights (f32 where a layer stays f32), its blob and the
+    /// arena of the plan the runtime executes.
+    pub fn of_int8(q: &Int8Model) -> Self {
+        let c = ModelCost::new(&q.graph, WeightDtype::Int8);
+        Size {
+            params: c.params,
+            weight_bytes: c.weight_bytes,
+            macs: c.macs,
+            arena_bytes: q.usage.ram_bytes,
+            blob_bytes: q.usage.flash_bytes,
         }
     }
+}
+
+/// How `prune` stores the pruned model's runtime form (`--pdg`) and judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PruneDtype {
+    /// f32, as pruned.
+    F32,
+    /// int8 (TFLite's scheme), calibrated on the refit's probes: the fidelity is the int8
+    /// model's, run by the runtime.
+    Int8,
+}
+
+/// The runtime form of a pruned model and what it is.
+#[derive(Debug, Clone)]
+pub struct Pruned {
+    /// The pruned f32 graph (what the ONNX output holds).
+    pub graph: Graph,
+    /// Its runtime blob in the asked dtype.
+    pub blob: Vec<u8>,
+    /// The report.
+    pub report: PruneReport,
 }
 
 /// Everything `paoding prune` says.
@@ -61,9 +104,14 @@ pub struct PruneReport {
     pub probes_used: usize,
     /// What they were (uniform, synthesized and how, or a file; cached where).
     pub probe_description: String,
-    /// Size before.
+    /// How the pruned model is stored: `after`, `fidelity` and the `.pdg` are of this form.
+    pub dtype: PruneDtype,
+    /// For int8: the calibration, the layers left f32, and what quantizing the unpruned model
+    /// alone costs on the check set (so quantization and pruning are told apart).
+    pub quantization: Option<QuantizationReport>,
+    /// Size before (the original, f32).
     pub before: Size,
-    /// Size after.
+    /// Size after (pruned, in `dtype`).
     pub after: Size,
     /// Per prunable layer.
     pub layers: Vec<LayerChange>,
@@ -71,15 +119,17 @@ pub struct PruneReport {
     pub fidelity: FidelityReport,
 }
 
-/// Prune `graph` and measure the result on `check`, showing each phase on `progress`.
+/// Prune `graph`, store it as `dtype` and measure the result on `check`, showing each phase on
+/// `progress`.
 pub fn prune(
     model: &str,
     graph: &Graph,
     options: &PruneOptions,
     probes: &ProbeSettings,
+    (dtype, int8): (PruneDtype, &Int8Options),
     check: &CheckSet,
     progress: &Progress,
-) -> Result<(Graph, PruneReport), CliError> {
+) -> Result<Pruned, CliError> {
     if !(0.0..1.0).contains(&options.ratio) {
         return Err(CliError::Usage(format!(
             "--ratio must be in [0, 1), got {}",
@@ -94,7 +144,8 @@ pub fn prune(
         )));
     }
     let refit = options.refit.unwrap_or(options.method.refits_by_default());
-    let resolved = if refit {
+    // int8 calibrates on the refit's probes, so it needs them even without a refit.
+    let resolved = if refit || dtype == PruneDtype::Int8 {
         let mut resolved = crate::probes::resolve(
             graph,
             &probes.source,
@@ -102,7 +153,7 @@ pub fn prune(
             probes.cache_dir.as_deref(),
             progress,
         )?;
-        if pruner.selects_by_probes() {
+        if refit && pruner.selects_by_probes() {
             resolved.add_selection(graph, probes, progress)?;
         }
         resolved
@@ -123,8 +174,39 @@ pub fn prune(
         &resolved.probes,
         resolved.selection(),
     )?;
-    progress.phase("measuring fidelity");
-    let fidelity = check.measure(&pruned.graph)?;
+    let (blob, after, fidelity, quantization) = match dtype {
+        PruneDtype::F32 => {
+            progress.phase("measuring fidelity");
+            let blob = paoding_core::blob::write_blob(
+                &pruned.graph,
+                &paoding_core::plan::MemoryPlan::new(&pruned.graph),
+            )?;
+            let fidelity = check.measure(&pruned.graph)?;
+            (blob, Size::of(&pruned.graph)?, fidelity, None)
+        }
+        PruneDtype::Int8 => {
+            progress.phase("quantizing");
+            let calibrate = |g: &Graph| {
+                crate::quantize::quantize(g, &resolved.probes, &resolved.description, int8)
+            };
+            let unpruned = calibrate(graph)?;
+            let q = calibrate(&pruned.graph)?;
+            progress.phase("measuring fidelity");
+            let quantization = QuantizationReport {
+                calibration: q.calibration.clone(),
+                f32_layers: q.f32_nodes(),
+                cost: check.fidelity_of(&Model::Blob(BlobBytes::new(&unpruned.blob)))?,
+            };
+            let fidelity =
+                check.measure_model(&Model::Blob(BlobBytes::new(&q.blob)), &pruned.graph)?;
+            (
+                q.blob.clone(),
+                Size::of_int8(&q),
+                fidelity,
+                Some(quantization),
+            )
+        }
+    };
     let report = PruneReport {
         schema: PRUNE_SCHEMA,
         model: model.to_string(),
@@ -133,12 +215,18 @@ pub fn prune(
         refitted: pruned.refitted,
         probes_used: if refit { resolved.probes.count() } else { 0 },
         probe_description: resolved.description,
-        before: Size::of(graph),
-        after: Size::of(&pruned.graph),
+        dtype,
+        quantization,
+        before: Size::of(graph)?,
+        after,
         layers: pruned.layers,
         fidelity,
     };
-    Ok((pruned.graph, report))
+    Ok(Pruned {
+        graph: pruned.graph,
+        blob,
+        report,
+    })
 }
 
 /// Parse `--method`.
@@ -204,14 +292,19 @@ impl PruneReport {
                 String::new()
             }
         );
+        let after = match self.dtype {
+            PruneDtype::F32 => "after",
+            PruneDtype::Int8 => "after, int8",
+        };
         let _ = writeln!(
             out,
             "\n{:<14} {:>12} {:>12} {:>9}",
-            "", "before", "after", "removed"
+            "", "before", after, "removed"
         );
         for (name, x, y) in [
             ("params", b.params, a.params),
             ("weight bytes", b.weight_bytes, a.weight_bytes),
+            ("blob bytes", b.blob_bytes, a.blob_bytes),
             ("MACs", b.macs, a.macs),
             ("peak RAM B", b.arena_bytes, a.arena_bytes),
         ] {
@@ -230,6 +323,18 @@ impl PruneReport {
             let _ = writeln!(out, "  {name:<width$} {:>5} -> {}", l.before, l.after);
         }
         out.push('\n');
+        if let Some(q) = &self.quantization {
+            let _ = writeln!(out, "int8: {}", q.calibration);
+            if !q.f32_layers.is_empty() {
+                let _ = writeln!(out, "  layers left f32: {}", q.f32_layers.join(", "));
+            }
+            let _ = writeln!(
+                out,
+                "  quantizing the unpruned model alone: top-1 agreement {:.2} %, relative L2 error {:.4}\n",
+                100.0 * q.cost.agreement,
+                q.cost.relative_l2
+            );
+        }
         out.push_str(&self.fidelity.to_text(""));
         out
     }

@@ -9,7 +9,7 @@
 
 use paoding_core::blob::QuantizedBlob;
 use paoding_core::fit::Usage;
-use paoding_core::ir::Graph;
+use paoding_core::ir::{Graph, Op};
 use paoding_core::probes::Probes;
 use paoding_core::quant::calibrate::RangeEstimator;
 use paoding_core::quant::{self, correct, QuantOptions, Quantized};
@@ -22,7 +22,7 @@ use crate::error::CliError;
 const EQUALIZE_ROUNDS: usize = 4;
 
 /// How a graph is quantized.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Int8Options {
     /// How activation ranges are estimated from the probes.
     pub estimator: RangeEstimator,
@@ -30,6 +30,9 @@ pub struct Int8Options {
     pub equalize: bool,
     /// Bias correction of the weights' rounding error, measured on the probes.
     pub correct_bias: bool,
+    /// Layers that stay f32 (mixed precision), by name: the full node name or a unique
+    /// suffix of it (as the short names in reports show them).
+    pub keep_f32: Vec<String>,
 }
 
 impl Default for Int8Options {
@@ -42,6 +45,7 @@ impl Default for Int8Options {
             estimator: RangeEstimator::MinMax,
             equalize: false,
             correct_bias: true,
+            keep_f32: Vec::new(),
         }
     }
 }
@@ -59,7 +63,55 @@ impl Int8Options {
         if self.correct_bias {
             out.push_str(", bias correction");
         }
+        if !self.keep_f32.is_empty() {
+            out.push_str(&format!(
+                ", kept f32 on request: {}",
+                self.keep_f32.join(", ")
+            ));
+        }
         out
+    }
+
+    /// The nodes of `g` that [`Int8Options::keep_f32`] names, by index: a node's full name,
+    /// its short name in reports ([`crate::names::short_names`]), or a unique end of its full
+    /// name. A name that matches no node, or several, is a usage error that lists the layers.
+    pub fn keep_f32_nodes(&self, g: &Graph) -> Result<Vec<usize>, CliError> {
+        let full: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+        let short = crate::names::short_names(&full);
+        self.keep_f32
+            .iter()
+            .map(|name| {
+                let matching = |hit: &dyn Fn(usize) -> bool| -> Vec<usize> {
+                    (0..full.len()).filter(|&i| hit(i)).collect()
+                };
+                let mut found = matching(&|i| full[i] == name);
+                if found.is_empty() {
+                    found = matching(&|i| short[i] == *name);
+                }
+                if found.is_empty() {
+                    found = matching(&|i| full[i].ends_with(name.as_str()));
+                }
+                if let [i] = found.as_slice() {
+                    return Ok(*i);
+                }
+                let layers: Vec<&str> = g
+                    .nodes
+                    .iter()
+                    .zip(&short)
+                    .filter(|(n, _)| matches!(n.op, Op::Dense(_) | Op::Conv2d(_)))
+                    .map(|(_, s)| s.as_str())
+                    .collect();
+                Err(CliError::Usage(format!(
+                    "--keep-f32 {name}: {} (dense and convolution layers: {})",
+                    if found.is_empty() {
+                        "no layer has that name".to_string()
+                    } else {
+                        format!("{} layers match it", found.len())
+                    },
+                    layers.join(", ")
+                )))
+            })
+            .collect()
     }
 }
 
@@ -109,6 +161,7 @@ pub fn quantize(
     probes_text: &str,
     options: &Int8Options,
 ) -> Result<Int8Model, CliError> {
+    let keep_f32 = options.keep_f32_nodes(g)?;
     let mut graph = g.clone();
     if options.equalize {
         correct::equalize(&mut graph, EQUALIZE_ROUNDS);
@@ -118,7 +171,7 @@ pub fn quantize(
         probes,
         &QuantOptions {
             estimator: options.estimator,
-            ..Default::default()
+            keep_f32,
         },
     )?;
     if options.correct_bias {

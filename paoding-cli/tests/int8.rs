@@ -128,3 +128,113 @@ fn auto_keeps_f32_when_it_fits_and_else_the_more_faithful_pruned_model() {
     };
     assert_eq!(agreement(&r), agreement(&int8).max(agreement(&f32)));
 }
+
+/// `prune` of the pooled CNN with `--dtype`, a private cache and extra arguments; the JSON
+/// report and the exit status.
+fn prune(dir: &Path, dtype: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let cache = dir.join("cache").display().to_string();
+    let onnx = dir.join(format!("{dtype}.onnx")).display().to_string();
+    let pdg = dir.join(format!("{dtype}.pdg")).display().to_string();
+    let mut args = vec![
+        "prune",
+        "--ratio",
+        "0.3",
+        "--dtype",
+        dtype,
+        "--cache-dir",
+        &cache,
+        "-o",
+        &onnx,
+        "--pdg",
+        &pdg,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let model = fixture("cnn_pool_torch.onnx");
+    args.insert(1, &model);
+    let o = paoding(&args);
+    let report = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (o.status.code(), report, stderr(&o))
+}
+
+#[test]
+fn prune_stores_and_judges_the_pruned_model_as_int8_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, f32, err) = prune(dir.path(), "f32", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, int8, err) = prune(dir.path(), "int8", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(int8["schema"], "paoding.prune/3");
+    assert_eq!(
+        (f32["dtype"].as_str(), int8["dtype"].as_str()),
+        (Some("f32"), Some("int8"))
+    );
+    // The same pruning (same widths); the int8 blob is the one written, at about a quarter.
+    assert_eq!(f32["layers"], int8["layers"]);
+    let blob = |r: &serde_json::Value| r["after"]["blob_bytes"].as_u64().expect("blob bytes");
+    let written = std::fs::metadata(dir.path().join("int8.pdg"))
+        .expect("pdg")
+        .len();
+    assert_eq!(blob(&int8), written);
+    assert!(
+        blob(&int8) * 100 <= blob(&f32) * 30,
+        "{} vs {}",
+        blob(&int8),
+        blob(&f32)
+    );
+    assert!(
+        int8["quantization"]["cost"]["agreement"]
+            .as_f64()
+            .expect("cost")
+            >= 0.99,
+        "{int8}"
+    );
+    // The int8 blob is what was judged: on the real test images it agrees with the original
+    // as the report's interval says it would.
+    let o = paoding(&[
+        "eval",
+        &fixture("cnn_pool_torch.onnx"),
+        &dir.path().join("int8.pdg").display().to_string(),
+        "--data",
+        &fixture("digits_test_x_nchw.npy"),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let real = e["fidelity"]["agreement"].as_f64().expect("agreement");
+    let plausible = &int8["fidelity"]["plausible_on_real_data"];
+    let low = plausible[0].as_f64().expect("plausible range");
+    assert!(
+        real >= low && real >= 0.95,
+        "real agreement {real}; report {plausible}"
+    );
+}
+
+#[test]
+fn keep_f32_leaves_the_named_layer_in_f32_and_its_neighbours_in_int8() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, r, err) = prune(dir.path(), "int8", &["--keep-f32", "conv1"]);
+    assert_eq!(code, Some(0), "{err}");
+    let left: Vec<&str> = r["quantization"]["f32_layers"]
+        .as_array()
+        .expect("f32 layers")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    // conv1 and the max pooling that reads it stay f32; conv2 and the dense layers do not.
+    assert_eq!(left, ["/conv1/Conv", "/MaxPool"], "{r}");
+    assert!(r["quantization"]["calibration"]
+        .as_str()
+        .unwrap_or("")
+        .contains("kept f32 on request: conv1"));
+
+    // A name that is no layer: exit 2, the layers listed, nothing written.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let (code, _, err) = prune(empty.path(), "int8", &["--keep-f32", "conv9"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--keep-f32 conv9") && err.contains("conv1, conv2, fc1, fc2"),
+        "{err}"
+    );
+    assert!(!empty.path().join("int8.onnx").exists() && !empty.path().join("int8.pdg").exists());
+}

@@ -11,6 +11,8 @@
 //!
 //! `ONLY=name` restricts to models whose file contains `name`; `SEEDS=0,1` picks seeds.
 
+use paoding_cli::prune::PruneDtype;
+use paoding_cli::quantize::Int8Options;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -93,8 +95,17 @@ fn study(dir: &Path, f: &Fixture, seeds: &[u64], cache: &Path) -> Vec<Row> {
                 input_range: s.input_range,
                 ..Default::default()
             };
-            let (pruned, _) =
-                paoding_cli::prune::prune(file, g, &options, &s, &check, &hidden).expect("prunes");
+            let pruned = paoding_cli::prune::prune(
+                file,
+                g,
+                &options,
+                &s,
+                (PruneDtype::F32, &Int8Options::default()),
+                &check,
+                &hidden,
+            )
+            .expect("prunes")
+            .graph;
             let est = check.measure(&pruned).expect("estimate");
             let truth = real.measure(&pruned).expect("real");
             let row = Row {
@@ -270,16 +281,17 @@ fn main() {
             input_range: s.input_range,
             ..Default::default()
         };
-        let (pruned, report) = paoding_cli::prune::prune(
+        let report = paoding_cli::prune::prune(
             "mlperf",
             &imported.graph,
             &options,
             &s,
+            (PruneDtype::F32, &Int8Options::default()),
             &set,
             &Progress::hidden(),
         )
-        .expect("prunes");
-        drop(pruned);
+        .expect("prunes")
+        .report;
         print!("  pruned at ratio 0.25:\n{}", report.fidelity.to_text("  "));
     }
 }

@@ -77,6 +77,7 @@ fn variants() -> Vec<(String, Int8Options)> {
                     estimator,
                     equalize,
                     correct_bias,
+                    keep_f32: Vec::new(),
                 },
             ));
         }

@@ -89,26 +89,36 @@ pub const SOFTMAX_OUTPUT: QParams = QParams {
     zero_point: -128,
 };
 
+/// Layout, pooling, padding and clamping operators: they keep their input's dtype and codes.
+fn passes_through(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::MaxPool(_)
+            | Op::AveragePool(_)
+            | Op::GlobalAveragePool
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Pad { .. }
+            | Op::Activation(_)
+    )
+}
+
 /// Which values run in int8: the outputs of nodes with an int8 form (and not kept f32), and
-/// the graph input when an int8 node reads it.
+/// what an int8 dense or convolution layer reads (the graph input, or a value an f32 node
+/// wrote: it is converted for the layer, with a range of its own), so a layer kept f32 or
+/// without an int8 form costs only itself.
 pub fn int8_values(g: &Graph, keep_f32: &[usize]) -> Vec<bool> {
     let mut int8 = alloc::vec![false; g.values.len()];
     for (i, node) in g.nodes.iter().enumerate() {
         let last = node.output == g.output;
-        let pass_through = matches!(
-            node.op,
-            Op::MaxPool(_)
-                | Op::AveragePool(_)
-                | Op::GlobalAveragePool
-                | Op::Reshape { .. }
-                | Op::Transpose { .. }
-                | Op::Pad { .. }
-                | Op::Activation(_)
-        );
         int8[node.output] = has_int8_form(&node.op, last)
             && !keep_f32.contains(&i)
-            // Layout and pooling operators keep their input's dtype.
-            && (!pass_through || int8[node.inputs[0]] || node.inputs[0] == g.input);
+            && (!passes_through(&node.op) || int8[node.inputs[0]] || node.inputs[0] == g.input);
+    }
+    for node in &g.nodes {
+        if int8[node.output] && matches!(node.op, Op::Dense(_) | Op::Conv2d(_)) {
+            node.inputs.iter().for_each(|&v| int8[v] = true);
+        }
     }
     int8[g.input] = g
         .consumers(g.input)
@@ -118,21 +128,15 @@ pub fn int8_values(g: &Graph, keep_f32: &[usize]) -> Vec<bool> {
 }
 
 /// The value whose parameters `v` shares: a layout, pooling, padding or clamping operator
-/// reads and writes the same codes, so its output takes its input's parameters.
-fn params_source(g: &Graph, v: ValueId) -> ValueId {
+/// reads and writes the same codes, so its output takes its int8 input's parameters.
+fn params_source(g: &Graph, int8: &[bool], v: ValueId) -> ValueId {
     let mut v = v;
     while let Some(p) = g.producer(v) {
         let node = &g.nodes[p];
-        match node.op {
-            Op::MaxPool(_)
-            | Op::AveragePool(_)
-            | Op::GlobalAveragePool
-            | Op::Reshape { .. }
-            | Op::Transpose { .. }
-            | Op::Pad { .. }
-            | Op::Activation(_) => v = node.inputs[0],
-            _ => break,
+        if !passes_through(&node.op) || !int8[node.inputs[0]] {
+            break;
         }
+        v = node.inputs[0];
     }
     v
 }
@@ -187,7 +191,13 @@ pub fn nominal(g: &Graph) -> Quantized {
 pub fn quantize(g: &Graph, probes: &Probes, options: &QuantOptions) -> Result<Quantized> {
     let int8 = int8_values(g, &options.keep_f32);
     let sources: Vec<ValueId> = (0..g.values.len())
-        .map(|v| if int8[v] { params_source(g, v) } else { v })
+        .map(|v| {
+            if int8[v] {
+                params_source(g, &int8, v)
+            } else {
+                v
+            }
+        })
         .collect();
     let mut free: Vec<ValueId> = (0..g.values.len())
         .filter(|&v| int8[v] && sources[v] == v)
