@@ -21,15 +21,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use object::{Object, ObjectSection, ObjectSymbol};
-use paoding_cli::fit::{fit, FitOptions};
+use paoding_cli::fit::{fit, DtypeChoice, FitOptions};
 use paoding_core::cost::{ModelCost, WeightDtype};
 use paoding_runtime::Model;
 
-/// The models the firmware embeds (same names and files as its build.rs).
-const MODELS: &[(&str, &str)] = &[
-    ("cnn_pool", "cnn_pool_torch.onnx"),
-    ("dscnn", "dscnn_torch.onnx"),
-    ("mlp", "mlp_torch.onnx"),
+/// The models the firmware embeds (same names, files and dtypes as its build.rs).
+const MODELS: &[(&str, &str, DtypeChoice)] = &[
+    ("cnn_pool", "cnn_pool_torch.onnx", DtypeChoice::F32),
+    ("dscnn", "dscnn_torch.onnx", DtypeChoice::F32),
+    ("mlp", "mlp_torch.onnx", DtypeChoice::F32),
+    ("cnn_pool_i8", "cnn_pool_torch.onnx", DtypeChoice::Int8),
+    ("dscnn_i8", "dscnn_torch.onnx", DtypeChoice::Int8),
+    ("mlp_i8", "mlp_torch.onnx", DtypeChoice::Int8),
 ];
 const PROFILE: &str = "boards/qemu-mps2-an500.toml";
 const INPUTS: &str = "digits_test_x_nchw.npy";
@@ -235,6 +238,8 @@ fn parse(out: &str) -> Run {
 /// The host's side: the same fit, the same inputs, the host runtime.
 struct HostModel {
     name: &'static str,
+    /// Stored in int8 (TFLite's scheme): outputs must be bit-exact.
+    int8: bool,
     blob: Vec<u8>,
     /// Total MACs, and those of dense and convolution layers.
     macs: u64,
@@ -248,11 +253,15 @@ fn host_models(samples: usize) -> Vec<HostModel> {
     let fixtures = root().join("tests/fixtures");
     let profile = root().join(PROFILE);
     let mut models = Vec::new();
-    for &(name, file) in MODELS {
+    for &(name, file, dtype) in MODELS {
+        let options = FitOptions {
+            dtype: Some(dtype),
+            ..FitOptions::default()
+        };
         let fitted = fit(
             &fixtures.join(file),
             profile.to_str().expect("utf-8 path"),
-            &FitOptions::default(),
+            &options,
         )
         .unwrap_or_else(|e| panic!("{name}: fit: {e}"));
         assert!(fitted.ok(), "{name}: {}", fitted.report.message);
@@ -281,6 +290,7 @@ fn host_models(samples: usize) -> Vec<HostModel> {
             .collect();
         models.push(HostModel {
             name,
+            int8: dtype == DtypeChoice::Int8,
             blob,
             macs: cost.macs,
             dense_conv_macs,
@@ -355,6 +365,16 @@ fn firmware_on_qemu_matches_host_runtime() {
                     values += 1;
                     if g.to_bits() == w.to_bits() {
                         exact += 1;
+                    }
+                    // int8 arithmetic is integer up to the final dequantization, which both
+                    // sides compute with the same single f32 operations: every bit agrees.
+                    if m.int8 {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "{machine} {} sample {i}: int8 firmware {g:e} vs host {w:e}",
+                            m.name
+                        );
                     }
                     let rel = f64::from((g - w).abs()) / f64::from(w.abs().max(1.0));
                     worst = worst.max(rel);
