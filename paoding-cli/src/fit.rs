@@ -224,9 +224,14 @@ impl Fitted {
     }
 }
 
-/// The budget a profile leaves, with command-line overrides applied.
-pub fn budget(profile: &Profile, o: &BudgetOverrides) -> Result<Budget, CliError> {
-    let mut b = profile.budget()?;
+/// The budget a profile leaves for a model stored as `dtype` (a latency limit allows the MACs
+/// that dtype's kernels run in it), with command-line overrides applied.
+pub fn budget(
+    profile: &Profile,
+    o: &BudgetOverrides,
+    dtype: WeightDtype,
+) -> Result<Budget, CliError> {
+    let mut b = profile.budget_for(dtype)?;
     if let Some(f) = o.flash_bytes {
         b.flash_bytes = f;
     }
@@ -234,7 +239,7 @@ pub fn budget(profile: &Profile, o: &BudgetOverrides) -> Result<Budget, CliError
         b.ram_bytes = r;
     }
     if let Some(ms) = o.latency_ms {
-        let (Some(cpm), Some(hz)) = (profile.cycles_per_mac, profile.clock_hz) else {
+        let (Some(cpm), Some(hz)) = (profile.cycles_per_mac_for(dtype), profile.clock_hz) else {
             return Err(CliError::Usage(format!(
                 "--latency-ms needs clock_hz and cycles_per_mac in profile {}",
                 profile.name
@@ -323,7 +328,10 @@ pub fn fit_graph(
     check: &LazyCheckSet<'_>,
     progress: &Progress,
 ) -> Result<Fitted, CliError> {
-    let budget = budget(profile, &options.overrides)?;
+    let budgets = [
+        budget(profile, &options.overrides, WeightDtype::F32)?,
+        budget(profile, &options.overrides, WeightDtype::Int8)?,
+    ];
     let min_agreement = options.min_agreement.or(profile.min_agreement);
     let task = paoding_core::estimate::task(graph);
     if min_agreement.is_some() && !task.is_classifier() {
@@ -340,7 +348,7 @@ pub fn fit_graph(
         options,
         check,
         progress,
-        budget,
+        budgets,
         min_agreement,
         probes: std::cell::OnceCell::new(),
         selection: std::cell::OnceCell::new(),
@@ -371,7 +379,9 @@ struct Fit<'a> {
     options: &'a FitOptions,
     check: &'a LazyCheckSet<'a>,
     progress: &'a Progress,
-    budget: Budget,
+    /// The budget for an f32 model and for an int8 one (a latency limit allows each dtype the
+    /// MACs its kernels run in it).
+    budgets: [Budget; 2],
     min_agreement: Option<f64>,
     probes: std::cell::OnceCell<crate::probes::ResolvedProbes>,
     /// Probes of their own that choose the units no merge compensates, and what the report
@@ -454,6 +464,13 @@ impl Fit<'_> {
         })
     }
 
+    fn budget(&self, dtype: WeightDtype) -> &Budget {
+        match dtype {
+            WeightDtype::F32 => &self.budgets[0],
+            WeightDtype::Int8 => &self.budgets[1],
+        }
+    }
+
     fn check(&self) -> Result<&CheckSet, CliError> {
         self.check.get(self.progress)
     }
@@ -503,7 +520,8 @@ impl Fit<'_> {
     /// the pruned f32 and pruned int8 results keeps more agreement on the check set.
     fn auto(&self) -> Result<Fitted, CliError> {
         let f32_use = Usage::of(self.graph)?;
-        if f32_use.fits(&self.budget) {
+        let f32_budget = self.budget(WeightDtype::F32);
+        if f32_use.fits(f32_budget) {
             return self.run(
                 WeightDtype::F32,
                 "auto: the model fits unpruned in f32, its most faithful form".into(),
@@ -517,7 +535,7 @@ impl Fit<'_> {
             } else {
                 format!(
                     "auto: f32 needs pruning ({}), int8 fits unpruned",
-                    over_text(&f32_use, &self.budget)
+                    over_text(&f32_use, f32_budget)
                 )
             };
             return Ok(int8);
@@ -557,7 +575,7 @@ impl Fit<'_> {
 
     /// Fit storing the model as `dtype`.
     fn run(&self, dtype: WeightDtype, reason: String) -> Result<Fitted, CliError> {
-        let (graph, budget, model) = (self.graph, &self.budget, self.model);
+        let (graph, budget, model) = (self.graph, self.budget(dtype), self.model);
         let options = self.options;
         let task = paoding_core::estimate::task(graph);
         let original = Usage::of(graph)?;

@@ -28,19 +28,31 @@ fn inspect_json_is_stable_and_complete() {
         "cortex-m7",
         "--json",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The profile stores int8; its 50 ms at 216 MHz and the portable int8 kernels' 11 cycles
+    // per MAC allow 981,818 MACs, and the keyword spotter takes 2.66 M: exit 1.
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     assert_eq!(v["schema"], "paoding.inspect/2");
     assert_eq!(v["cost"]["params"], 22_604);
     assert_eq!(v["input_shape"], serde_json::json!([1, 49, 10, 1]));
-    assert_eq!(v["fits"], true);
-    let resources: Vec<&str> = v["constraints"]
+    assert_eq!(v["fits"], false);
+    let verdicts: Vec<(&str, bool)> = v["constraints"]
         .as_array()
         .expect("constraints")
         .iter()
-        .map(|c| c["resource"].as_str().unwrap_or(""))
+        .map(|c| {
+            (
+                c["resource"].as_str().unwrap_or(""),
+                c["fits"].as_bool().unwrap_or(true),
+            )
+        })
         .collect();
-    assert_eq!(resources, ["flash", "ram", "macs"]);
+    assert_eq!(
+        verdicts,
+        [("flash", true), ("ram", true), ("macs", false)],
+        "{v}"
+    );
+    assert_eq!(v["profile"]["budget"]["macs"], 981_818);
     let layers = v["cost"]["nodes"].as_array().expect("layers");
     let sum: u64 = layers.iter().map(|l| l["macs"].as_u64().unwrap_or(0)).sum();
     assert_eq!(
@@ -134,7 +146,7 @@ fn prune_writes_a_valid_model_and_reports_fidelity() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
-    assert_eq!(v["schema"], "paoding.prune/2");
+    assert_eq!(v["schema"], "paoding.prune/3");
     assert_eq!(v["after"]["params"], 10_730);
     assert!(v["fidelity"]["accuracy_after"].as_f64().unwrap_or(0.0) > 0.95);
     // The written model imports again and has the pruned size.

@@ -46,10 +46,13 @@ pub struct Profile {
     /// `cycles_per_mac`). Default: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_latency_ms: Option<f64>,
-    /// CPU cycles one multiply-accumulate takes on this core, to turn latency into MACs.
-    /// Default: none.
+    /// CPU cycles one multiply-accumulate takes on this core with paoding-runtime's f32
+    /// kernels, to turn latency into MACs. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cycles_per_mac: Option<f64>,
+    /// The same with its int8 kernels, for a model stored as int8. Default: `cycles_per_mac`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycles_per_mac_int8: Option<f64>,
     /// Least top-1 agreement with the original model a fitted model must keep, in [0, 1].
     /// Default: none (`fit --min-agreement` may set it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,6 +73,7 @@ pub const KEYS: &[&str] = &[
     "max_macs",
     "max_latency_ms",
     "cycles_per_mac",
+    "cycles_per_mac_int8",
     "min_agreement",
 ];
 
@@ -128,6 +132,7 @@ impl Profile {
             max_macs: None,
             max_latency_ms: None,
             cycles_per_mac: None,
+            cycles_per_mac_int8: None,
             min_agreement: None,
         }
     }
@@ -243,12 +248,12 @@ impl Profile {
                 );
             }
         }
-        if let Some(cpm) = self.cycles_per_mac {
-            if !positive(cpm) {
-                problem(
-                    "cycles_per_mac",
-                    format!("must be a positive number, got {cpm}"),
-                );
+        for (key, value) in [
+            ("cycles_per_mac", self.cycles_per_mac),
+            ("cycles_per_mac_int8", self.cycles_per_mac_int8),
+        ] {
+            if let Some(cpm) = value.filter(|&c| !positive(c)) {
+                problem(key, format!("must be a positive number, got {cpm}"));
             }
         }
         if let Some(a) = self.min_agreement {
@@ -259,16 +264,43 @@ impl Profile {
         out
     }
 
-    /// The budget left for the model, or why the profile is inconsistent (its first
-    /// [`problem`](Profile::problems)).
+    /// The budget left for the model stored as the profile's `weight_dtype`, or why the
+    /// profile is inconsistent (its first [`problem`](Profile::problems)).
     pub fn budget(&self) -> Result<Budget> {
+        self.budget_for(self.weight_dtype)
+    }
+
+    /// CPU cycles per multiply-accumulate of the kernels for `dtype`, if the profile says.
+    pub fn cycles_per_mac_for(&self, dtype: WeightDtype) -> Option<f64> {
+        match dtype {
+            WeightDtype::F32 => self.cycles_per_mac,
+            WeightDtype::Int8 => self.cycles_per_mac_int8.or(self.cycles_per_mac),
+        }
+    }
+
+    /// The budget left for the model stored as `dtype`: a latency limit allows as many MACs
+    /// as that dtype's kernels run in it.
+    ///
+    /// ```
+    /// use paoding_core::{cost::WeightDtype, profile::{ByteSize, Profile}};
+    ///
+    /// let mut p = Profile::new("board", ByteSize(1 << 20), ByteSize(256 << 10));
+    /// p.clock_hz = Some(100_000_000);
+    /// p.max_latency_ms = Some(10.0);
+    /// (p.cycles_per_mac, p.cycles_per_mac_int8) = (Some(2.0), Some(8.0));
+    /// assert_eq!(p.budget_for(WeightDtype::F32)?.macs, Some(500_000));
+    /// assert_eq!(p.budget_for(WeightDtype::Int8)?.macs, Some(125_000));
+    /// # Ok::<(), paoding_core::Error>(())
+    /// ```
+    pub fn budget_for(&self, dtype: WeightDtype) -> Result<Budget> {
         if let Some(p) = self.problems().into_iter().next() {
             return Err(Error::Profile(format!(
                 "{}: {}: {}",
                 self.name, p.key, p.message
             )));
         }
-        let latency_macs = match (self.max_latency_ms, self.cycles_per_mac, self.clock_hz) {
+        let cycles = self.cycles_per_mac_for(dtype);
+        let latency_macs = match (self.max_latency_ms, cycles, self.clock_hz) {
             (Some(ms), Some(cpm), Some(hz)) => Some(latency_to_macs(ms, hz, cpm)),
             _ => None,
         };
