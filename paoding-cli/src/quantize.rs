@@ -30,6 +30,10 @@ pub struct Int8Options {
     pub equalize: bool,
     /// Bias correction of the weights' rounding error, measured on the probes.
     pub correct_bias: bool,
+    /// Each weight rounded down or up to minimise its layer's output error on the probes
+    /// (AdaRound's objective, solved greedily: `quant::correct::refine_rounding`), instead of
+    /// to nearest.
+    pub refine_rounding: bool,
     /// Layers that stay f32 (mixed precision), by name: the full node name or a unique
     /// suffix of it (as the short names in reports show them).
     pub keep_f32: Vec<String>,
@@ -45,6 +49,7 @@ impl Default for Int8Options {
             estimator: RangeEstimator::MinMax,
             equalize: false,
             correct_bias: true,
+            refine_rounding: false,
             keep_f32: Vec::new(),
         }
     }
@@ -59,6 +64,9 @@ impl Int8Options {
         );
         if self.equalize {
             out.push_str(", cross-layer equalization");
+        }
+        if self.refine_rounding {
+            out.push_str(", rounding refined on the probes");
         }
         if self.correct_bias {
             out.push_str(", bias correction");
@@ -174,6 +182,9 @@ pub fn quantize(
             keep_f32,
         },
     )?;
+    if options.refine_rounding {
+        correct::refine_rounding(&graph, &mut quantized, probes)?;
+    }
     if options.correct_bias {
         correct::correct_biases(&graph, &mut quantized, probes)?;
     }

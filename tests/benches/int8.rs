@@ -77,10 +77,22 @@ fn variants() -> Vec<(String, Int8Options)> {
                     estimator,
                     equalize,
                     correct_bias,
-                    keep_f32: Vec::new(),
+                    ..Int8Options::default()
                 },
             ));
         }
+    }
+    // The rounding refinement, alone and with bias correction, on min/max ranges.
+    for correct_bias in [false, true] {
+        out.push((
+            format!("min/max +round{}", if correct_bias { " +bias" } else { "" }),
+            Int8Options {
+                estimator: RangeEstimator::MinMax,
+                correct_bias,
+                refine_rounding: true,
+                ..Int8Options::default()
+            },
+        ));
     }
     out
 }
@@ -92,10 +104,10 @@ fn main() {
 
     println!("== unpruned int8 vs f32 on the real test images (calibrated on --probes auto)");
     println!(
-        "{:<28} {:<26} {:>8} {:>8} {:>7} {:>9} {:>9} {:>6}",
-        "model", "variant", "f32 acc", "i8 acc", "drop", "agreement", "blob B", "of f32"
+        "{:<28} {:<26} {:>8} {:>8} {:>7} {:>9} {:>7} {:>9} {:>6}",
+        "model", "variant", "f32 acc", "i8 acc", "drop", "agreement", "rel L2", "blob B", "of f32"
     );
-    let mut scores: Vec<(String, f64, f64)> = Vec::new();
+    let mut scores: Vec<(String, f64, f64, f64)> = Vec::new();
     let mut default_rows = Vec::new();
     for f in fixtures() {
         if !f.file.contains(&only) {
@@ -134,35 +146,39 @@ fn main() {
             );
             let share = 100.0 * q.blob.len() as f64 / f32_bytes as f64;
             let is_default = options == default;
+            // Finer than top-1: the outputs' relative L2 error against f32.
+            let rel_l2 = paoding_core::fidelity::compare(&f32_out, &out, per).relative_l2;
             println!(
-                "{:<28} {:<26} {:>8.2} {:>8.2} {:>+7.2} {:>9.2} {:>9} {:>5.1}%{}",
+                "{:<28} {:<26} {:>8.2} {:>8.2} {:>+7.2} {:>9.2} {:>7.4} {:>9} {:>5.1}%{}",
                 f.file.trim_end_matches(".onnx"),
                 name,
                 f32_acc,
                 acc,
                 acc - f32_acc,
                 agreement,
+                rel_l2,
                 q.blob.len(),
                 share,
                 if is_default { "  <- default" } else { "" }
             );
-            scores.push((name.clone(), acc - f32_acc, agreement));
+            scores.push((name.clone(), acc - f32_acc, agreement, rel_l2));
             if is_default {
                 default_rows.push((f.file.clone(), f32_acc, acc, agreement, share));
             }
         }
     }
-    println!("\nper variant over the fixtures: mean accuracy change, worst change, mean agreement, worst agreement");
+    println!("\nper variant over the fixtures: mean accuracy change, worst change, mean agreement, worst agreement, mean relative L2 against f32");
     for (name, _) in variants() {
-        let rows: Vec<_> = scores.iter().filter(|(n, _, _)| *n == name).collect();
+        let rows: Vec<_> = scores.iter().filter(|r| r.0 == name).collect();
         let n = rows.len().max(1) as f64;
         println!(
-            "  {:<26} {:>+7.2} {:>+7.2} {:>8.2} {:>8.2}",
+            "  {:<26} {:>+7.2} {:>+7.2} {:>8.2} {:>8.2} {:>8.4}",
             name,
             rows.iter().map(|r| r.1).sum::<f64>() / n,
             rows.iter().map(|r| r.1).fold(f64::INFINITY, f64::min),
             rows.iter().map(|r| r.2).sum::<f64>() / n,
             rows.iter().map(|r| r.2).fold(f64::INFINITY, f64::min),
+            rows.iter().map(|r| r.3).sum::<f64>() / n,
         );
     }
     println!("\ndefault ({}) against the targets (accuracy within {ACCURACY_DROP} points, agreement >= {AGREEMENT} %, blob <= {BLOB_SHARE} % of f32):", default.describe());
