@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use paoding_core::estimate::{self, Spread, Task, CHECK_CONFIDENCE, CHECK_STOP_CONFIDENCE};
 use paoding_core::fidelity::{self, Fidelity};
 use paoding_core::ir::Graph;
+use paoding_core::plan::MemoryPlan;
 use paoding_core::probes::Probes;
 use paoding_core::synth::{self, SynthMethod, SynthOptions};
 use serde::{Deserialize, Serialize};
@@ -102,6 +103,11 @@ pub struct CheckSet {
     pub input_range: (f32, f32),
     /// The original model's FGSM robustness at [`FGSM_EPSILON_OF_RANGE`] (classifiers).
     original_robustness: Option<crate::eval::Robustness>,
+    /// The attack on the original (its predictions, its gradient's directions) and the digest
+    /// of the graph it came from: a candidate attacked through that same graph and predicting
+    /// the same classes (an unpruned int8 model) is attacked along the same directions, without
+    /// computing them again.
+    original_attack: Option<(u64, Vec<usize>, Attack)>,
     /// With real data: the data-free check set too, so that every report shows what the
     /// estimate would have said beside what the data says.
     without_data: Option<Box<CheckSet>>,
@@ -193,14 +199,17 @@ impl CheckSet {
                  representative inputs (--check-probes FILE.npy)"
             ));
         }
-        let original_robustness = match task {
+        let (original_robustness, original_attack) = match task {
             Task::Classifier { .. } => {
                 let preds = crate::eval::predictions(&reference, per);
                 let attack = Attack::prepare(g, &inputs, &preds, labels.as_deref())?;
                 let epsilon = fgsm_epsilon(input_range);
-                Some(attack.robustness(&Model::Graph(g.clone()), &inputs, epsilon, input_range)?)
+                let robustness =
+                    attack.robustness(&Model::Graph(g.clone()), &inputs, epsilon, input_range)?;
+                let digest = paoding_core::blob::digest(g, &MemoryPlan::new(g))?;
+                (Some(robustness), Some((digest, preds, attack)))
             }
-            _ => None,
+            _ => (None, None),
         };
         Ok(CheckSet {
             inputs,
@@ -213,6 +222,7 @@ impl CheckSet {
             warnings,
             input_range,
             original_robustness,
+            original_attack,
             without_data: None,
         })
     }
@@ -257,7 +267,21 @@ impl CheckSet {
         let robustness = match self.original_robustness {
             Some(original) => {
                 let preds = crate::eval::predictions(&out, per);
-                let attack = Attack::prepare(surrogate, &self.inputs, &preds, labels)?;
+                let same = match &self.original_attack {
+                    Some((digest, original_preds, attack)) if *original_preds == preds => {
+                        let plan = MemoryPlan::new(surrogate);
+                        (paoding_core::blob::digest(surrogate, &plan)? == *digest).then_some(attack)
+                    }
+                    _ => None,
+                };
+                let prepared;
+                let attack = match same {
+                    Some(a) => a,
+                    None => {
+                        prepared = Attack::prepare(surrogate, &self.inputs, &preds, labels)?;
+                        &prepared
+                    }
+                };
                 let pruned = attack.robustness(
                     candidate,
                     &self.inputs,

@@ -617,7 +617,11 @@ impl Fit<'_> {
         };
         if let Some(q) = unpruned.as_ref().filter(|c| c.int8.is_some()) {
             report.probe_description = self.probes()?.description.clone();
-            report.quantization = Some(self.quantization_report(q)?);
+            // Left unpruned, the result is this model: its own measurement below says what
+            // quantization costs, without running it over the check set twice.
+            if !q.usage.fits(budget) {
+                report.quantization = Some(self.quantization_report(q)?);
+            }
         }
         if let Some(c) = unpruned.filter(|c| c.usage.fits(budget)) {
             report.fitted = c.usage;
@@ -629,6 +633,13 @@ impl Fit<'_> {
             if c.int8.is_some() {
                 self.progress.phase("measuring fidelity");
                 let fidelity = self.check()?.measure_model(&c.judged(), &c.graph)?;
+                if let Some(q) = &c.int8 {
+                    report.quantization = Some(QuantizationReport {
+                        calibration: q.calibration.clone(),
+                        f32_layers: q.f32_nodes(),
+                        cost: fidelity.fidelity,
+                    });
+                }
                 report
                     .message
                     .push_str(&format!(", {}", result_text(&fidelity)));

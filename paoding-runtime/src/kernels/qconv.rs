@@ -55,7 +55,17 @@ pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out
             gi,
             f0,
         };
-        block.run(g, q, out.get_mut(f0 * out_plane..).unwrap_or(&mut []));
+        let out = out.get_mut(f0 * out_plane..).unwrap_or(&mut []);
+        // A full block with its width known at compile time unrolls and vectorises on the
+        // host; Cortex-M keeps one copy of the loop (code size; its inner loop is the next
+        // issue's SMLAD kernel).
+        #[cfg(not(target_arch = "arm"))]
+        if c == FILTER_BLOCK {
+            block.run::<FILTER_BLOCK>(g, q, out);
+            f0 += c;
+            continue;
+        }
+        block.run::<0>(g, q, out);
         f0 += c;
     }
 }
@@ -76,10 +86,12 @@ impl Block<'_> {
     /// Every output pixel of the block's channels into `out` (their planes): per pixel, one
     /// accumulator per channel over every tap inside the image; each input value meets the
     /// block's contiguous run of weights.
+    /// `C`: the block's width when known at compile time (it must then equal `self.c`), 0
+    /// for any.
     #[inline(never)]
-    fn run(&self, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) {
+    fn run<const C: usize>(&self, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) {
         let (in_plane, out_plane, zp) = (g.ih * g.iw, g.oh * g.ow, q.input_zp);
-        let c = self.c.max(1);
+        let c = if C == 0 { self.c.max(1) } else { C };
         let mut pixel = 0;
         for oy in 0..g.oh {
             let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
