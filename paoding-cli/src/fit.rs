@@ -199,11 +199,59 @@ pub struct FitReport {
 pub struct QuantizationReport {
     /// Scheme, range estimator, corrections and the calibration probes.
     pub calibration: String,
-    /// Layers that run in f32 (no int8 form), with conversions around them.
+    /// Layers that run in f32 (no int8 form, or kept on request), with conversions around
+    /// them.
     pub f32_layers: Vec<String>,
+    /// What every layer of the model runs as, in execution order.
+    pub layers: Vec<LayerDtype>,
     /// The unpruned model quantized, against the f32 original on the check set: what
     /// quantization alone costs, before any pruning.
     pub cost: Fidelity,
+}
+
+/// The dtype one layer runs in.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerDtype {
+    /// The layer's full name.
+    pub layer: String,
+    /// `int8` or `f32`.
+    pub dtype: WeightDtype,
+}
+
+impl QuantizationReport {
+    /// The report of the int8 model `q`, whose quantization alone costs `cost`.
+    pub fn new(q: &Int8Model, cost: Fidelity) -> Self {
+        let layers = q
+            .graph
+            .nodes
+            .iter()
+            .zip(&q.node_dtypes)
+            .map(|(n, d)| LayerDtype {
+                layer: n.name.clone(),
+                dtype: match d {
+                    paoding_runtime::format::Dtype::I8 => WeightDtype::Int8,
+                    paoding_runtime::format::Dtype::F32 => WeightDtype::F32,
+                },
+            })
+            .collect();
+        QuantizationReport {
+            calibration: q.calibration.clone(),
+            f32_layers: q.f32_nodes(),
+            layers,
+            cost,
+        }
+    }
+
+    /// Every layer's short name and dtype, for a text report: `conv1 int8, pool f32, ...`.
+    pub fn per_layer_text(&self) -> String {
+        let full: Vec<&str> = self.layers.iter().map(|l| l.layer.as_str()).collect();
+        crate::names::short_names(&full)
+            .iter()
+            .zip(&self.layers)
+            .map(|(name, l)| format!("{name} {}", l.dtype.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// A fit's report and, when it succeeded, the model.
@@ -509,11 +557,10 @@ impl Fit<'_> {
             .int8
             .as_ref()
             .ok_or_else(|| CliError::Usage("not an int8 candidate".into()))?;
-        Ok(QuantizationReport {
-            calibration: q.calibration.clone(),
-            f32_layers: q.f32_nodes(),
-            cost: unpruned.fidelity(self.check()?)?,
-        })
+        Ok(QuantizationReport::new(
+            q,
+            unpruned.fidelity(self.check()?)?,
+        ))
     }
 
     /// `auto`: unpruned f32 if it fits; else unpruned int8 if it fits; else whichever of
@@ -634,11 +681,7 @@ impl Fit<'_> {
                 self.progress.phase("measuring fidelity");
                 let fidelity = self.check()?.measure_model(&c.judged(), &c.graph)?;
                 if let Some(q) = &c.int8 {
-                    report.quantization = Some(QuantizationReport {
-                        calibration: q.calibration.clone(),
-                        f32_layers: q.f32_nodes(),
-                        cost: fidelity.fidelity,
-                    });
+                    report.quantization = Some(QuantizationReport::new(q, fidelity.fidelity));
                 }
                 report
                     .message
@@ -893,16 +936,7 @@ impl FitReport {
                 q.cost.mean_kl,
                 q.cost.relative_l2
             );
-            if !q.f32_layers.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "  kept f32 (no int8 form): {}",
-                    crate::names::short_names(
-                        &q.f32_layers.iter().map(String::as_str).collect::<Vec<_>>()
-                    )
-                    .join(", ")
-                );
-            }
+            let _ = writeln!(out, "  dtype per layer: {}", q.per_layer_text());
         }
         let _ = writeln!(
             out,

@@ -192,11 +192,8 @@ pub fn prune(
             let unpruned = calibrate(graph)?;
             let q = calibrate(&pruned.graph)?;
             progress.phase("measuring fidelity");
-            let quantization = QuantizationReport {
-                calibration: q.calibration.clone(),
-                f32_layers: q.f32_nodes(),
-                cost: check.fidelity_of(&Model::Blob(BlobBytes::new(&unpruned.blob)))?,
-            };
+            let cost = check.fidelity_of(&Model::Blob(BlobBytes::new(&unpruned.blob)))?;
+            let quantization = QuantizationReport::new(&q, cost);
             let fidelity =
                 check.measure_model(&Model::Blob(BlobBytes::new(&q.blob)), &pruned.graph)?;
             (
@@ -325,9 +322,7 @@ impl PruneReport {
         out.push('\n');
         if let Some(q) = &self.quantization {
             let _ = writeln!(out, "int8: {}", q.calibration);
-            if !q.f32_layers.is_empty() {
-                let _ = writeln!(out, "  layers left f32: {}", q.f32_layers.join(", "));
-            }
+            let _ = writeln!(out, "  dtype per layer: {}", q.per_layer_text());
             let _ = writeln!(
                 out,
                 "  quantizing the unpruned model alone: top-1 agreement {:.2} %, relative L2 error {:.4}\n",

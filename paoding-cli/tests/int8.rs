@@ -223,6 +223,22 @@ fn keep_f32_leaves_the_named_layer_in_f32_and_its_neighbours_in_int8() {
         .collect();
     // conv1 and the max pooling that reads it stay f32; conv2 and the dense layers do not.
     assert_eq!(left, ["/conv1/Conv", "/MaxPool"], "{r}");
+    let dtypes: Vec<(&str, &str)> = r["quantization"]["layers"]
+        .as_array()
+        .expect("per-layer dtypes")
+        .iter()
+        .map(|l| {
+            (
+                l["layer"].as_str().unwrap_or(""),
+                l["dtype"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(dtypes.first(), Some(&("/conv1/Conv", "f32")), "{r}");
+    assert_eq!(
+        dtypes.iter().filter(|(_, d)| *d == "int8").count(),
+        dtypes.len() - 2
+    );
     assert!(r["quantization"]["calibration"]
         .as_str()
         .unwrap_or("")
