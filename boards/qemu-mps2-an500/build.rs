@@ -13,12 +13,36 @@ use paoding_cli::fit::{fit, DtypeChoice, FitOptions};
 /// convolutions with pooling and dense layers, depthwise-separable convolutions, and a
 /// dense-only MLP; each in f32 and in int8 (calibrated without data, TFLite's scheme).
 const MODELS: &[(&str, &str, DtypeChoice)] = &[
-    ("cnn_pool", "../../tests/fixtures/cnn_pool_torch.onnx", DtypeChoice::F32),
-    ("dscnn", "../../tests/fixtures/dscnn_torch.onnx", DtypeChoice::F32),
-    ("mlp", "../../tests/fixtures/mlp_torch.onnx", DtypeChoice::F32),
-    ("cnn_pool_i8", "../../tests/fixtures/cnn_pool_torch.onnx", DtypeChoice::Int8),
-    ("dscnn_i8", "../../tests/fixtures/dscnn_torch.onnx", DtypeChoice::Int8),
-    ("mlp_i8", "../../tests/fixtures/mlp_torch.onnx", DtypeChoice::Int8),
+    (
+        "cnn_pool",
+        "../../tests/fixtures/cnn_pool_torch.onnx",
+        DtypeChoice::F32,
+    ),
+    (
+        "dscnn",
+        "../../tests/fixtures/dscnn_torch.onnx",
+        DtypeChoice::F32,
+    ),
+    (
+        "mlp",
+        "../../tests/fixtures/mlp_torch.onnx",
+        DtypeChoice::F32,
+    ),
+    (
+        "cnn_pool_i8",
+        "../../tests/fixtures/cnn_pool_torch.onnx",
+        DtypeChoice::Int8,
+    ),
+    (
+        "dscnn_i8",
+        "../../tests/fixtures/dscnn_torch.onnx",
+        DtypeChoice::Int8,
+    ),
+    (
+        "mlp_i8",
+        "../../tests/fixtures/mlp_torch.onnx",
+        DtypeChoice::Int8,
+    ),
 ];
 /// The board profile the models are fitted to (a path, so a change re-runs this script).
 const PROFILE: &str = "../../boards/qemu-mps2-an500.toml";
