@@ -54,6 +54,19 @@ pub enum ImportError {
         /// What is wrong.
         reason: String,
     },
+    /// A quantization operator of a quantized (QDQ) model is invalid, or a quantized pattern
+    /// has no exact int8 form.
+    #[error("{path}: node '{node}' ({op}): {reason}")]
+    Quantization {
+        /// The file.
+        path: PathBuf,
+        /// The node's name (or the graph input's or output's).
+        node: String,
+        /// Its operator.
+        op: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// tract refused the model.
     #[error("{path}: tract could not load the model: {reason}")]
     Tract {

@@ -58,19 +58,29 @@ enum Command {
     /// budgets, and write the runtime model (-o). Exit 0 if every board fits, 1 if one cannot
     /// (each explained), 2 on bad input.
     Fit(FitArgs),
-    /// Run a .pdg model with the runtime over a batch of inputs: float32 .npy of shape
-    /// [N, model input without its batch axis]. Exit 0 on success, 2 on a corrupted blob or
-    /// bad input.
+    /// Run a .pdg model (or an .onnx one, lowered as fit would store it unpruned: a
+    /// quantized file as its own int8 model) with the runtime over a batch of inputs: .npy of
+    /// shape [N, model input without its batch axis], int8 for a model with int8 input and
+    /// output, else float32. Exit 0 on success, 2 on a corrupted blob or bad input.
     Run {
-        /// The runtime model (.pdg).
+        /// The runtime model (.pdg), or an ONNX model.
         model: PathBuf,
-        /// Inputs (.npy, float32 or float64, C order): [N, the model's input dims without
-        /// its batch axis], in the model's layout (`paoding inspect` shows it).
+        /// Inputs (.npy, C order): [N, the model's input dims without its batch axis], in the
+        /// model's layout (`paoding inspect` shows it); int8 codes for an int8 model (float
+        /// values are quantized with its input's parameters), else float32 or float64.
         #[arg(long)]
         input: PathBuf,
-        /// Write the outputs here (.npy) instead of printing them.
+        /// Write the outputs here (.npy: int8 for an int8 model) instead of printing them.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Compare the outputs with this .npy (e.g. TFLite's): how many values differ, the
+        /// largest difference and where, and on how many samples the top-1 agrees.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// For a quantized ONNX model: run nodes without an exact int8 form in f32 (between
+        /// explicit conversions) instead of refusing the model.
+        #[arg(long)]
+        allow_f32_islands: bool,
     },
     /// Accuracy, agreement, KL and FGSM robustness of a candidate (.onnx or .pdg) against
     /// the original. Exit 0, or 2 on bad input.
@@ -256,12 +266,26 @@ fn run(command: Command) -> Result<u8, CliError> {
             model,
             input,
             output,
+            reference,
+            allow_f32_islands,
         } => {
-            let out = paoding_cli::run::run(&model, &input, output.as_deref())?;
-            match output {
-                Some(path) => output::print(&format!("wrote {}\n", path.display()))?,
-                None => output::print(&out.to_text())?,
+            let out = paoding_cli::run::run(
+                &model,
+                &input,
+                output.as_deref(),
+                paoding_cli::run::RunOptions {
+                    reference: reference.as_deref(),
+                    allow_f32_islands,
+                },
+            )?;
+            let mut text = match output {
+                Some(path) => format!("wrote {}\n", path.display()),
+                None => out.to_text(),
+            };
+            if let Some(c) = &out.comparison {
+                text += &c.to_text();
             }
+            output::print(&text)?;
             Ok(EXIT_OK)
         }
         Command::Profiles { json } => {

@@ -141,3 +141,73 @@ pub fn quantize(
         usage,
     })
 }
+
+/// The int8 model a quantized (QDQ) file describes, exactly as the file has it: its scales,
+/// zero points, int8 weights and int32 biases, its int8 input and output when the file's are
+/// integers. A node without an exact int8 form (float weights in a quantized model, a
+/// requantizing ReLU, a softmax that does not end the model...) is an error naming it, unless
+/// `allow_f32_islands`: it then runs in f32 between an explicit dequantization and
+/// quantization, and [`Int8Model::f32_nodes`] lists it.
+pub fn from_file(
+    path: &std::path::Path,
+    g: &Graph,
+    file: &crate::import::FileQuant,
+    allow_f32_islands: bool,
+) -> Result<Int8Model, CliError> {
+    let quantized = file.quantized.clone();
+    let lowered = QuantizedBlob::new(g, &quantized, file.io)?;
+    if !allow_f32_islands {
+        if let Some((node, _)) = g
+            .nodes
+            .iter()
+            .zip(lowered.node_dtypes())
+            .find(|(_, d)| **d == Dtype::F32)
+        {
+            let param = |v: usize| match quantized.values[v] {
+                Some(p) => format!("int8 (scale {}, zero point {})", p.scale, p.zero_point),
+                None => "f32".to_string(),
+            };
+            let inputs: Vec<String> = node.inputs.iter().map(|&v| param(v)).collect();
+            let weights = match node.op {
+                paoding_core::ir::Op::Dense(_) | paoding_core::ir::Op::Conv2d(_) => {
+                    let i = g.nodes.iter().position(|n| std::ptr::eq(n, node));
+                    if i.is_some_and(|i| quantized.layers[i].is_none()) {
+                        ", f32 weights"
+                    } else {
+                        ""
+                    }
+                }
+                _ => "",
+            };
+            return Err(crate::error::ImportError::Quantization {
+                path: path.to_path_buf(),
+                node: node.name.clone(),
+                op: node.op.kind().to_string(),
+                reason: format!(
+                    "has no exact int8 form (input {}, output {}{weights}); \
+                     --allow-f32-islands runs it in f32 between explicit conversions",
+                    inputs.join(", "),
+                    param(node.output)
+                ),
+            }
+            .into());
+        }
+    }
+    let plan = lowered.plan();
+    let blob = lowered.write(&plan)?;
+    let usage = Usage {
+        flash_bytes: blob.len() as u64,
+        ram_bytes: plan.arena_bytes as u64,
+        macs: paoding_core::cost::ModelCost::new(g, Default::default()).macs,
+    };
+    Ok(Int8Model {
+        node_dtypes: lowered.node_dtypes().to_vec(),
+        calibration: "the file's own quantization (scales, zero points, int8 weights and \
+                      int32 biases as stored)"
+            .into(),
+        graph: g.clone(),
+        quantized,
+        blob,
+        usage,
+    })
+}
