@@ -1,0 +1,229 @@
+//! Quantized (QDQ) ONNX models through the binary: the MLPerf Tiny int8 keyword-spotting
+//! model runs bit for bit as TFLite's reference kernels do, a weights-only int8 file keeps its
+//! int8 weights, and every invalid quantization parameter is refused with exit 2, the node
+//! named, and no output written.
+//!
+//! The third-party models are in ../shared/models (see its README); as in the other tests,
+//! their absence is a failure, not a skip.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fixture, paoding, shared, stderr};
+use prost::Message;
+use tract_onnx::pb;
+
+/// The int8 values of an int8 `.npy` (header skipped).
+fn npy_i8(path: &str) -> Vec<i8> {
+    let bytes = std::fs::read(path).expect("npy");
+    let npy = npyz::NpyFile::new(&bytes[..]).expect("npy header");
+    npy.into_vec::<i8>().expect("int8 array")
+}
+
+#[test]
+fn kws_int8_runs_bit_for_bit_as_tflite_s_reference_kernels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("y.npy");
+    let reference = shared("kws_dscnn_int8.tflite_ref.npy");
+    let o = paoding(&[
+        "run",
+        &shared("kws_dscnn_int8.onnx"),
+        "--input",
+        &shared("kws_dscnn_int8.x.npy"),
+        "--output",
+        &out.display().to_string(),
+        "--reference",
+        &reference,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("384 of 384 output values identical (100.00 %), 0 differ")
+            && text.contains("top-1 identical on 32 of 32 samples"),
+        "{text}"
+    );
+    // The file written is TFLite's, byte for byte.
+    let got = npy_i8(&out.display().to_string());
+    assert_eq!(got, npy_i8(&reference));
+}
+
+#[test]
+fn run_reports_where_outputs_differ_from_a_reference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The reference with two values changed: sample 0's output 11 (-127) by 3, sample 5's
+    // output 9 (127) by 1.
+    let mut want = npy_i8(&shared("kws_dscnn_int8.tflite_ref.npy"));
+    assert_eq!((want[11], want[5 * 12 + 9]), (-127, 127));
+    want[11] += 3;
+    want[5 * 12 + 9] -= 1;
+    let path = dir.path().join("ref.npy");
+    {
+        use npyz::WriterBuilder;
+        let mut bytes = Vec::new();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[32, 12])
+            .writer(&mut bytes)
+            .begin_nd()
+            .expect("npy");
+        w.extend(want.iter().copied()).expect("npy");
+        w.finish().expect("npy");
+        std::fs::write(&path, bytes).expect("write");
+    }
+    let o = paoding(&[
+        "run",
+        &shared("kws_dscnn_int8.onnx"),
+        "--input",
+        &shared("kws_dscnn_int8.x.npy"),
+        "--reference",
+        &path.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(
+            "382 of 384 output values identical (99.48 %), 2 differ; largest difference 3 \
+             (sample 0, output 11); top-1 identical on 32 of 32 samples"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_weights_only_int8_file_keeps_its_int8_weights() {
+    // inspect reads the file's int8 weights: its int8 size is about a quarter of f32's.
+    let o = paoding(&["inspect", &fixture("mlp_keras_int8_tf2onnx.onnx"), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let q = &r["quantization"];
+    assert_eq!(q["source"], "file", "{r}");
+    assert_eq!(q["weights"], "int8", "{r}");
+}
+
+/// kws_dscnn_int8.onnx with `edit` applied, written to `dir`.
+fn edited(dir: &Path, name: &str, edit: impl FnOnce(&mut pb::ModelProto)) -> String {
+    let bytes = std::fs::read(shared("kws_dscnn_int8.onnx")).expect("model");
+    let mut m = pb::ModelProto::decode(&bytes[..]).expect("protobuf");
+    edit(&mut m);
+    let path = dir.join(format!("{name}.onnx"));
+    std::fs::write(&path, m.encode_to_vec()).expect("write");
+    path.display().to_string()
+}
+
+fn initializer<'a>(m: &'a mut pb::ModelProto, name: &str) -> &'a mut pb::TensorProto {
+    m.graph
+        .as_mut()
+        .and_then(|g| g.initializer.iter_mut().find(|t| t.name == name))
+        .unwrap_or_else(|| panic!("no initializer {name}"))
+}
+
+fn set_float(t: &mut pb::TensorProto, values: &[f32]) {
+    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t.float_data.clear();
+    t.dims = if values.len() == 1 {
+        vec![]
+    } else {
+        vec![values.len() as i64]
+    };
+}
+
+/// The dense layer's output Q (scale__181, zero_point__180 are its own).
+const DENSE_Q: &str = "functional_1/dense/BiasAdd_quantize";
+/// The first convolution's weight DequantizeLinear (per axis 0, 64 scales in scale__49).
+const CONV_W_DQ: &str = "functional_1/conv2d/Conv2D_dequant";
+
+#[test]
+fn invalid_quantization_parameters_are_refused_naming_the_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut cases: Vec<(String, &str, &str)> = Vec::new();
+    for (name, s) in [
+        ("zero", 0.0f32),
+        ("negative", -0.1),
+        ("nan", f32::NAN),
+        ("inf", f32::INFINITY),
+    ] {
+        let file = edited(d, &format!("scale-{name}"), |m| {
+            set_float(initializer(m, "scale__181"), &[s]);
+        });
+        cases.push((file, DENSE_Q, "a scale must be positive and finite"));
+    }
+    let file = edited(d, "zp-outside", |m| {
+        let t = initializer(m, "zero_point__180");
+        t.raw_data.clear();
+        t.int32_data = vec![300];
+    });
+    cases.push((
+        file,
+        DENSE_Q,
+        "zero point 300 in 'zero_point__180' is outside int8",
+    ));
+    let file = edited(d, "axis-short", |m| {
+        let t = initializer(m, "scale__49");
+        let v: Vec<f32> = t
+            .raw_data
+            .chunks(4)
+            .take(63)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        set_float(t, &v);
+    });
+    cases.push((
+        file,
+        CONV_W_DQ,
+        "63 per-axis scales for axis 0, of length 64",
+    ));
+    let file = edited(d, "axis-missing", |m| {
+        let node = m
+            .graph
+            .as_mut()
+            .and_then(|g| g.node.iter_mut().find(|n| n.name == CONV_W_DQ))
+            .expect("node");
+        node.attribute
+            .iter_mut()
+            .for_each(|a| a.i = if a.name == "axis" { 4 } else { a.i });
+    });
+    cases.push((
+        file,
+        CONV_W_DQ,
+        "per-axis parameters on axis 4, which its rank-4 input does not have",
+    ));
+    let file = edited(d, "output-type", |m| {
+        let out = m
+            .graph
+            .as_mut()
+            .map(|g| &mut g.output[0])
+            .and_then(|o| o.r#type.as_mut())
+            .and_then(|t| t.value.as_mut());
+        if let Some(pb::type_proto::Value::TensorType(t)) = out {
+            t.elem_type = pb::tensor_proto::DataType::Uint8 as i32;
+        }
+    });
+    cases.push((
+        file,
+        "Identity_quantize",
+        "its output 'Identity' is declared uint8 but its zero point is int8",
+    ));
+
+    for (file, node, why) in &cases {
+        for cmd in ["inspect", "run"] {
+            let out = d.join("y.npy");
+            let out_s = out.display().to_string();
+            let x = shared("kws_dscnn_int8.x.npy");
+            let args: Vec<&str> = match cmd {
+                "inspect" => vec!["inspect", file],
+                _ => vec!["run", file, "--input", &x, "--output", &out_s],
+            };
+            let o = paoding(&args);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{cmd} {file}: {err}");
+            assert!(
+                err.contains(&format!("node '{node}'")) && err.contains(why),
+                "{cmd} {file}: {err}"
+            );
+            assert!(!err.contains("panicked"), "{err}");
+            assert!(!out.exists(), "{cmd} {file} wrote an output");
+        }
+    }
+}
