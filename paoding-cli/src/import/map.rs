@@ -263,7 +263,16 @@ fn file_quant(
     let layers: Vec<Option<FileLayer>> = graph
         .nodes
         .iter()
-        .map(|n| qdq.layers.get(&n.name).cloned())
+        .map(|n| {
+            // tract names the nodes of an operator it expands `{onnx name}.{part}`.
+            let mut name = n.name.as_str();
+            loop {
+                if let Some(l) = qdq.layers.get(name) {
+                    return Some(l.clone());
+                }
+                name = name.rsplit_once('.')?.0;
+            }
+        })
         .collect();
     let quantized = imported::from_file(graph, tags, &layers).map_err(|e| {
         let node = &graph.nodes[e.node];

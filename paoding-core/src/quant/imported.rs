@@ -94,6 +94,18 @@ pub fn from_file(
     layers: &[Option<FileLayer>],
 ) -> core::result::Result<Quantized, FileError> {
     values.resize(g.values.len(), None);
+    // An Add (or any node) whose output only a ReLU or clip reads, the file quantizing the
+    // clamp's output alone: TFLite's fused activation. The node writes the clamp's
+    // parameters, which the clamp keeps (saturating, then clamping to the activation's codes,
+    // as TFLite's fused activation range does).
+    for node in g.nodes.iter().rev() {
+        let x = node.inputs[0];
+        if let (Op::Activation(_), Some(p), None) = (&node.op, values[node.output], values[x]) {
+            if x != g.input && g.consumers(x).len() == 1 {
+                values[x] = Some(p);
+            }
+        }
+    }
     for node in &g.nodes {
         if values[node.output].is_none() && passes_codes(&node.op) {
             values[node.output] = values[node.inputs[0]];
