@@ -175,9 +175,14 @@ struct FitArgs {
     min_agreement: Option<f64>,
     /// How the model is stored: f32, int8 (calibrated on the refit's probes), or auto (the
     /// most faithful that fits: f32 unpruned, else int8 unpruned, else the better pruned one).
-    /// Default: the profile's weight_dtype.
+    /// Default: the profile's weight_dtype; int8 for a quantized file (its own int8 model,
+    /// or its int8 weights).
     #[arg(long, value_enum)]
     dtype: Option<paoding_cli::fit::DtypeChoice>,
+    /// For a quantized file: run nodes without an exact int8 form in f32 between explicit
+    /// conversions instead of refusing the model.
+    #[arg(long)]
+    allow_f32_islands: bool,
     #[command(flatten)]
     widths: WidthArgs,
     /// The refit's probes: uniform, invert (class-conditional inversion), bn (BatchNorm
@@ -359,7 +364,8 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     let model_name = a.model.display().to_string();
     let g = &imported.graph;
     let probes = a.probe_args.settings(&imported, a.probes.clone())?;
-    let check = LazyCheckSet::new(g, &probes, a.data.clone());
+    let original = fit_cmd::original_model(&a.model, &imported, a.allow_f32_islands)?;
+    let check = LazyCheckSet::new(g, &probes, a.data.clone()).for_original(original);
     let options = FitOptions {
         overrides: BudgetOverrides {
             flash_bytes: a.flash,
@@ -377,6 +383,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         max_layer_ratio: a.widths.max_layer_ratio,
         dtype: a.dtype,
         int8: Default::default(),
+        allow_f32_islands: a.allow_f32_islands,
     };
     let mut reports = Vec::new();
     let mut files = Vec::new();
@@ -384,7 +391,15 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     let mut all_ok = true;
     for p in &profiles {
         progress.set_prefix(&p.name);
-        let fitted = fit_cmd::fit_graph(&model_name, g, p, &options, &check, &progress)?;
+        let fitted = fit_cmd::fit_graph_with(
+            &model_name,
+            g,
+            imported.quant.as_ref(),
+            p,
+            &options,
+            &check,
+            &progress,
+        )?;
         if let (Some(out), Some(blob)) = (&a.output, &fitted.blob) {
             files.push((name(out, p), blob.clone()));
         }

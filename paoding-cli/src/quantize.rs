@@ -109,6 +109,20 @@ pub fn quantize(
     probes_text: &str,
     options: &Int8Options,
 ) -> Result<Int8Model, CliError> {
+    quantize_keeping(g, probes, probes_text, options, &[])
+}
+
+/// [`quantize`], keeping the int8 weights of a file that quantizes only its weights
+/// (`file_layers`, per node, from the import): every output channel whose weights are still
+/// the file's takes the file's codes and scale instead of paoding's rounding
+/// ([`paoding_core::quant::imported::apply_file_weights`]).
+pub fn quantize_keeping(
+    g: &Graph,
+    probes: &Probes,
+    probes_text: &str,
+    options: &Int8Options,
+    file_layers: &[Option<quant::QLayer>],
+) -> Result<Int8Model, CliError> {
     let mut graph = g.clone();
     if options.equalize {
         correct::equalize(&mut graph, EQUALIZE_ROUNDS);
@@ -121,7 +135,11 @@ pub fn quantize(
             ..Default::default()
         },
     )?;
-    if options.correct_bias {
+    let kept = !file_layers.is_empty() && !options.equalize;
+    if kept {
+        paoding_core::quant::imported::apply_file_weights(&graph, &mut quantized, file_layers);
+    }
+    if options.correct_bias && !kept {
         correct::correct_biases(&graph, &mut quantized, probes)?;
     }
     let lowered = QuantizedBlob::new(&graph, &quantized, Dtype::F32)?;
@@ -132,9 +150,15 @@ pub fn quantize(
         ram_bytes: plan.arena_bytes as u64,
         macs: paoding_core::cost::ModelCost::new(&graph, Default::default()).macs,
     };
+    let describe = if kept {
+        "weights int8 as the file stores them, activations int8 per tensor (min/max ranges)"
+            .to_string()
+    } else {
+        options.describe()
+    };
     Ok(Int8Model {
         node_dtypes: lowered.node_dtypes().to_vec(),
-        calibration: format!("{}; ranges from {probes_text}", options.describe()),
+        calibration: format!("{describe}; ranges from {probes_text}"),
         graph,
         quantized,
         blob,
@@ -154,8 +178,29 @@ pub fn from_file(
     file: &crate::import::FileQuant,
     allow_f32_islands: bool,
 ) -> Result<Int8Model, CliError> {
-    let quantized = file.quantized.clone();
-    let lowered = QuantizedBlob::new(g, &quantized, file.io)?;
+    lower(
+        path,
+        g,
+        file.quantized.clone(),
+        file.io,
+        allow_f32_islands,
+        "the file's own quantization (scales, zero points, int8 weights and int32 biases as \
+         stored)"
+            .into(),
+    )
+}
+
+/// `g` lowered in the int8 form `quantized` with `io` input and output: every node without
+/// an exact int8 form an error naming it (the file at `path`), unless `allow_f32_islands`.
+pub fn lower(
+    path: &std::path::Path,
+    g: &Graph,
+    quantized: Quantized,
+    io: Dtype,
+    allow_f32_islands: bool,
+    calibration: String,
+) -> Result<Int8Model, CliError> {
+    let lowered = QuantizedBlob::new(g, &quantized, io)?;
     if !allow_f32_islands {
         if let Some((node, _)) = g
             .nodes
@@ -202,9 +247,7 @@ pub fn from_file(
     };
     Ok(Int8Model {
         node_dtypes: lowered.node_dtypes().to_vec(),
-        calibration: "the file's own quantization (scales, zero points, int8 weights and \
-                      int32 biases as stored)"
-            .into(),
+        calibration,
         graph: g.clone(),
         quantized,
         blob,

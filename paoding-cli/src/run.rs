@@ -294,8 +294,23 @@ pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>, NpyKind), RunError
     })
 }
 
-/// Run a validated blob over a batch: `inputs` holds whole samples back to back.
+/// Run a validated blob over a batch: `inputs` holds whole samples back to back. A blob with
+/// int8 input and output takes its inputs quantized with its input's parameters and gives
+/// its outputs dequantized with its output's (TFLite's conversions), so that every blob
+/// compares with a float model.
 pub fn run_batch(model: &Model<'_>, inputs: &[f32]) -> Result<Vec<f32>, RunError> {
+    if let (paoding_runtime::format::Dtype::I8, Some(qi), Some(qo)) =
+        (model.io_dtype(), model.input_quant(), model.output_quant())
+    {
+        let codes: Vec<i8> = inputs
+            .iter()
+            .map(|&v| paoding_runtime::quant::quantize(v, qi.scale, qi.zero_point))
+            .collect();
+        return Ok(run_batch_i8(model, &codes)?
+            .into_iter()
+            .map(|q| paoding_runtime::quant::dequantize(q, qo.scale, qo.zero_point))
+            .collect());
+    }
     let per = model.input_len();
     let mut arena = vec![0.0f32; model.arena_len()];
     let mut out = vec![0.0f32; model.output_len()];

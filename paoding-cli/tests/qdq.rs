@@ -90,6 +90,73 @@ fn run_reports_where_outputs_differ_from_a_reference() {
     );
 }
 
+/// `fit MODEL --profile qemu-mps2-an500 ARGS -o DIR/m.pdg --report DIR/r.json` with quick
+/// uniform probes: the report.
+fn fit(dir: &Path, model: &str, args: &[&str]) -> serde_json::Value {
+    let (blob, report) = (dir.join("m.pdg"), dir.join("r.json"));
+    let cache = dir.join("cache");
+    let mut all = vec![
+        "fit",
+        model,
+        "--profile",
+        "qemu-mps2-an500",
+        "--probes",
+        "uniform",
+        "--check-probes",
+        "uniform",
+        "--probe-count",
+        "64",
+    ];
+    all.extend_from_slice(args);
+    let (b, r, c) = (
+        blob.display().to_string(),
+        report.display().to_string(),
+        cache.display().to_string(),
+    );
+    all.extend_from_slice(&["-o", &b, "--report", &r, "--cache-dir", &c]);
+    let o = paoding(&all);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON")
+}
+
+#[test]
+fn kws_int8_fits_a_budget_below_its_size_pruned_in_int8() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = fit(
+        dir.path(),
+        &shared("kws_dscnn_int8.onnx"),
+        &["--flash", "24K"],
+    );
+    assert_eq!(r["status"], "pruned", "{r}");
+    assert_eq!(r["dtype"], "int8", "{r}");
+    // The original is the file's own int8 model (27,996 B), not an f32 one.
+    let original = r["original"]["flash_bytes"].as_u64().expect("original");
+    assert!(original < 30_000, "{r}");
+    let flash = r["fitted"]["flash_bytes"].as_u64().expect("flash");
+    assert!(flash <= 24 * 1024, "{r}");
+    let q = &r["quantization"];
+    assert_eq!(q["from_file"], true, "{r}");
+    assert!(
+        q["calibration"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("the file's own quantization, except the channels")),
+        "{r}"
+    );
+    // Agreement with the unpruned int8 model, reported.
+    let agreement = r["fidelity"]["fidelity"]["agreement"]
+        .as_f64()
+        .expect("agreement");
+    assert!(agreement > 0.5, "{r}");
+    // The blob takes the file's int8 inputs and gives int8 outputs, mostly the same top-1.
+    let blob = dir.path().join("m.pdg").display().to_string();
+    let line = compare(
+        &blob,
+        &shared("kws_dscnn_int8.x.npy"),
+        &shared("kws_dscnn_int8.tflite_ref.npy"),
+    );
+    assert!(line.contains("top-1 identical on"), "{line}");
+}
+
 #[test]
 fn a_weights_only_int8_file_keeps_its_int8_weights() {
     // inspect reads the file's int8 weights: its int8 size is about a quarter of f32's.
@@ -99,6 +166,24 @@ fn a_weights_only_int8_file_keeps_its_int8_weights() {
     let q = &r["quantization"];
     assert_eq!(q["source"], "file", "{r}");
     assert_eq!(q["weights"], "int8", "{r}");
+    assert_eq!(q["activations"], "f32", "{r}");
+    // fit stores it in int8 by default, with the file's codes: about a quarter of f32.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = fit(dir.path(), &fixture("mlp_keras_int8_tf2onnx.onnx"), &[]);
+    assert_eq!(
+        (&r["status"], &r["dtype"]),
+        (&"fits-unpruned".into(), &"int8".into()),
+        "{r}"
+    );
+    let flash = r["fitted"]["flash_bytes"].as_u64().expect("flash");
+    let original = r["original"]["flash_bytes"].as_u64().expect("original");
+    assert!(flash * 100 <= original * 30, "{flash} of {original}");
+    assert!(
+        r["quantization"]["calibration"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("weights int8 as the file stores them")),
+        "{r}"
+    );
 }
 
 /// kws_dscnn_int8.onnx with `edit` applied, written to `dir`.

@@ -178,28 +178,121 @@ pub fn from_file(
 }
 
 /// Put a file's int8 weights (from [`from_file`] on a weights-only file) into `q`, a
-/// quantization of the same graph calibrated by paoding: each int8 layer takes the file's
-/// codes and scales instead of its own rounding, and its biases are quantized at its input's
-/// scale times the file's weight scales.
+/// quantization of `g` (the imported graph, or a pruning of it) calibrated by paoding: every
+/// output channel of an int8 layer whose weights are exactly a file scale's codes (the
+/// channels surgery left alone) takes those codes and that scale instead of paoding's
+/// rounding; its biases are quantized at its input's scale times the channels' scales.
 pub fn apply_file_weights(g: &Graph, q: &mut Quantized, file: &[Option<QLayer>]) {
     for (i, node) in g.nodes.iter().enumerate() {
-        let (Some(Some(f)), Some(Some(layer)), Some(inp)) =
-            (file.get(i), q.layers.get_mut(i), q.values[node.inputs[0]])
-        else {
+        let (Some(Some(f)), Some(inp)) = (file.get(i), q.values[node.inputs[0]]) else {
             continue;
         };
-        let b = match &node.op {
-            Op::Dense(d) => &d.bias,
-            Op::Conv2d(c) => &c.bias,
+        let Some(Some(layer)) = q.layers.get_mut(i) else {
+            continue;
+        };
+        let (w, b, channels) = match &node.op {
+            Op::Dense(d) => (&d.weights, &d.bias, d.units),
+            Op::Conv2d(c) => (&c.weights, &c.bias, c.out_channels),
             _ => continue,
         };
-        if f.weights.len() != layer.weights.len() || f.weight_scales.len() != b.len() {
+        let per = w.len() / channels.max(1);
+        if layer.weights.len() != w.len() || layer.weight_scales.len() != channels {
             continue;
         }
-        layer.weights.clone_from(&f.weights);
-        layer.weight_scales.clone_from(&f.weight_scales);
-        layer.bias = quantize_bias(b, inp.scale, &f.weight_scales);
+        let mut candidates = f.weight_scales.clone();
+        candidates.sort_by(f32::total_cmp);
+        candidates.dedup();
+        for (c, row) in w.chunks(per.max(1)).take(channels).enumerate() {
+            if let Some((codes, scales)) = candidates
+                .iter()
+                .find_map(|&s| recover_codes(row, 1, &[s]).ok())
+            {
+                layer.weights[c * per..(c + 1) * per].copy_from_slice(&codes);
+                layer.weight_scales[c] = scales[0];
+            }
+        }
+        layer.bias = quantize_bias(b, inp.scale, &layer.weight_scales);
     }
+}
+
+/// The int8 form of `pruned` (a pruning of `original`: node `i` is node `i`, value `v` is
+/// value `v`) from `file`, the file's int8 form of `original`: every activation keeps the
+/// file's parameters (the refit reproduces the original's activations, so their ranges
+/// hold); every layer output channel whose weights surgery left as they were keeps the
+/// file's codes and scale; every other channel (a merge or the refit changed its weights) is
+/// quantized again, symmetric per channel as TFLite's converter does. Biases are quantized
+/// at the input's scale times each channel's weight scale (which gives the file's code back
+/// for an unchanged channel). Returns the form and the number of layers with a channel
+/// quantized again. `None` if `pruned` is not a pruning of `original`.
+pub fn for_pruned(
+    original: &Graph,
+    file: &Quantized,
+    pruned: &Graph,
+) -> Option<(Quantized, usize)> {
+    if pruned.values.len() != original.values.len()
+        || pruned.nodes.len() != original.nodes.len()
+        || file.values.len() != original.values.len()
+        || file.layers.len() != original.nodes.len()
+    {
+        return None;
+    }
+    let mut layers = Vec::with_capacity(pruned.nodes.len());
+    let mut changed = 0;
+    for (i, node) in pruned.nodes.iter().enumerate() {
+        let (w, b, channels) = match &node.op {
+            Op::Dense(d) => (&d.weights, &d.bias, d.units),
+            Op::Conv2d(c) => (&c.weights, &c.bias, c.out_channels),
+            _ => {
+                layers.push(None);
+                continue;
+            }
+        };
+        let (Some(f), Some(inp)) = (&file.layers[i], file.values[node.inputs[0]]) else {
+            layers.push(file.layers[i].clone());
+            continue;
+        };
+        if original.nodes[i].op == node.op {
+            layers.push(Some(f.clone()));
+            continue;
+        }
+        let per = w.len() / channels.max(1);
+        let mut requantized = false;
+        let mut candidates = f.weight_scales.clone();
+        candidates.sort_by(f32::total_cmp);
+        candidates.dedup();
+        let mut weights = Vec::with_capacity(w.len());
+        let mut weight_scales = Vec::with_capacity(channels);
+        for row in w.chunks(per.max(1)).take(channels) {
+            // The file's scale that represents the row exactly, if surgery left it as it was.
+            let kept = candidates
+                .iter()
+                .find_map(|&s| recover_codes(row, 1, &[s]).ok());
+            let (codes, scale) = match kept {
+                Some((codes, scales)) => (codes, scales[0]),
+                None => {
+                    requantized = true;
+                    let s = super::params::channel_scales(row, 1);
+                    (super::params::quantize_weights(row, &s), s[0])
+                }
+            };
+            weights.extend(codes);
+            weight_scales.push(scale);
+        }
+        changed += usize::from(requantized);
+        layers.push(Some(QLayer {
+            weights,
+            bias: quantize_bias(b, inp.scale, &weight_scales),
+            weight_scales,
+        }));
+    }
+    Some((
+        Quantized {
+            values: file.values.clone(),
+            layers,
+            estimator: file.estimator,
+        },
+        changed,
+    ))
 }
 
 #[cfg(test)]
@@ -270,5 +363,38 @@ mod tests {
         };
         let e = from_file(&g, values, &[Some(wrong)]).err().map(|e| e.node);
         assert_eq!(e, Some(0));
+    }
+
+    #[test]
+    fn a_pruning_keeps_the_file_s_codes_where_surgery_left_the_weights() {
+        let (si, sw) = (0.5f32, 0.25f32);
+        let g = dense(alloc::vec![sw, 2.0 * sw, -sw, 0.0], alloc::vec![0.0, 0.0]);
+        let p = QParams {
+            scale: si,
+            zero_point: 0,
+        };
+        let file = FileLayer {
+            scales: alloc::vec![sw],
+            bias: None,
+        };
+        let q = from_file(&g, alloc::vec![Some(p), Some(p)], &[Some(file)]).map_err(|e| e.reason);
+        let Ok(q) = q else {
+            panic!("{q:?}");
+        };
+        // The refit changed the second row; the first is the file's.
+        let mut pruned = g.clone();
+        if let Op::Dense(d) = &mut pruned.nodes[0].op {
+            d.weights[3] = 0.3;
+        }
+        let (qp, changed) = for_pruned(&g, &q, &pruned).unwrap_or_else(|| panic!("a pruning"));
+        assert_eq!(changed, 1);
+        let layer = qp.layers[0].clone().unwrap_or_else(|| panic!("int8"));
+        assert_eq!(&layer.weights[..2], &[1, 2]);
+        assert_eq!(layer.weight_scales[0], sw);
+        // Row 2 quantized again: max |w| = 0.3 is code 127.
+        assert_eq!(layer.weights[3], 127);
+        assert!((layer.weight_scales[1] - 0.3 / 127.0).abs() < 1e-9);
+        // Unchanged, nothing is quantized again.
+        assert_eq!(for_pruned(&g, &q, &g).map(|(_, c)| c), Some(0));
     }
 }
