@@ -129,8 +129,16 @@ impl CheckSet {
         data: &DataArgs,
         progress: &Progress,
     ) -> Result<Self, CliError> {
+        // An int8 original takes int8 arrays: its input's codes.
+        let quant = match original {
+            Some(Model::Blob(b)) => paoding_runtime::Model::from_bytes(b.as_bytes())
+                .ok()
+                .and_then(|m| m.input_quant())
+                .map(|q| (q.scale, q.zero_point)),
+            _ => None,
+        };
         if let Some(path) = &data.data {
-            let (n, xs) = crate::npy::read_inputs(path, g.shape(g.input))?;
+            let (n, xs) = crate::npy::read_inputs_quantized(path, g.shape(g.input), quant)?;
             let labels = data
                 .labels
                 .as_deref()
@@ -162,7 +170,7 @@ impl CheckSet {
         }
         let (inputs, made) = match &settings.check {
             CheckSource::File(path) => {
-                let (n, xs) = crate::npy::read_inputs(path, g.shape(g.input))?;
+                let (n, xs) = crate::npy::read_inputs_quantized(path, g.shape(g.input), quant)?;
                 (
                     Probes::from_batch(xs, g.values[g.input].len())?,
                     format!("{n} check inputs from {}", path.display()),

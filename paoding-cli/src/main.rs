@@ -129,6 +129,10 @@ struct PruneArgs {
     /// Print the report as JSON (schema paoding.prune/2).
     #[arg(long)]
     json: bool,
+    /// For a quantized file: run nodes without an exact int8 form in f32 between explicit
+    /// conversions instead of refusing the model.
+    #[arg(long)]
+    allow_f32_islands: bool,
 }
 
 #[derive(Args)]
@@ -477,8 +481,17 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
         input_range: probes.input_range,
         ..Default::default()
     };
-    let check = CheckSet::build(g, &probes, &a.data, &progress)?;
-    let (pruned, report) = prune_cmd::prune(&model_name, g, &options, &probes, &check, &progress)?;
+    let original = fit_cmd::original_model(&a.model, &imported, a.allow_f32_islands)?;
+    let check = CheckSet::build_for(g, original.as_ref(), &probes, &a.data, &progress)?;
+    let (pruned, report) = prune_cmd::prune_with(
+        &model_name,
+        g,
+        imported.quant.as_ref().map(|q| (q, a.allow_f32_islands)),
+        &options,
+        &probes,
+        &check,
+        &progress,
+    )?;
     drop(progress);
     export::save_onnx(
         &pruned,

@@ -69,12 +69,32 @@ pub struct PruneReport {
     pub layers: Vec<LayerChange>,
     /// How close the pruned model stays.
     pub fidelity: FidelityReport,
+    /// For a quantized file: how the pruned model was judged in int8.
+    pub int8: Option<String>,
 }
 
 /// Prune `graph` and measure the result on `check`, showing each phase on `progress`.
 pub fn prune(
     model: &str,
     graph: &Graph,
+    options: &PruneOptions,
+    probes: &ProbeSettings,
+    check: &CheckSet,
+    progress: &Progress,
+) -> Result<(Graph, PruneReport), CliError> {
+    prune_with(model, graph, None, options, probes, check, progress)
+}
+
+/// [`prune`] of an imported model with the file's own quantization, when it has one
+/// (activations quantized): the result is judged in int8 — its layers that surgery changed
+/// quantized again, everything else as the file has it
+/// ([`paoding_core::quant::imported::for_pruned`]) — against `check`, which should hold the
+/// file's int8 model's outputs ([`crate::fit::original_model`]). The graph returned (and
+/// written as ONNX) is the pruned model's f32 form; `fit` writes its int8 blob.
+pub fn prune_with(
+    model: &str,
+    graph: &Graph,
+    file: Option<(&crate::import::FileQuant, bool)>,
     options: &PruneOptions,
     probes: &ProbeSettings,
     check: &CheckSet,
@@ -124,7 +144,36 @@ pub fn prune(
         resolved.selection(),
     )?;
     progress.phase("measuring fidelity");
-    let fidelity = check.measure(&pruned.graph)?;
+    let (fidelity, int8) = match file.filter(|(f, _)| !f.weights_only()) {
+        Some((f, islands)) => {
+            let (quantized, changed) =
+                paoding_core::quant::imported::for_pruned(graph, &f.quantized, &pruned.graph)
+                    .ok_or_else(|| {
+                        CliError::Usage(format!(
+                            "{model}: the pruned model does not match the file's"
+                        ))
+                    })?;
+            let calibration = format!(
+                "judged in int8: the file's own quantization, except the channels pruning \
+                 changed in {changed} layer(s), quantized again; the ONNX written is the f32 \
+                 form (paoding fit writes the int8 blob)"
+            );
+            let m = crate::quantize::lower(
+                std::path::Path::new(model),
+                &pruned.graph,
+                quantized,
+                f.io,
+                islands,
+                calibration,
+            )?;
+            let blob = crate::eval::Model::Blob(crate::run::BlobBytes::new(&m.blob));
+            (
+                check.measure_model(&blob, &pruned.graph)?,
+                Some(m.calibration),
+            )
+        }
+        None => (check.measure(&pruned.graph)?, None),
+    };
     let report = PruneReport {
         schema: PRUNE_SCHEMA,
         model: model.to_string(),
@@ -137,6 +186,7 @@ pub fn prune(
         after: Size::of(&pruned.graph),
         layers: pruned.layers,
         fidelity,
+        int8,
     };
     Ok((pruned.graph, report))
 }
@@ -230,6 +280,9 @@ impl PruneReport {
             let _ = writeln!(out, "  {name:<width$} {:>5} -> {}", l.before, l.after);
         }
         out.push('\n');
+        if let Some(q) = &self.int8 {
+            let _ = writeln!(out, "{q}; against the file's own int8 model:");
+        }
         out.push_str(&self.fidelity.to_text(""));
         out
     }

@@ -352,3 +352,51 @@ fn mlperf_tiny_shaped_int8_models_run_as_tflite_micro_does() {
         );
     }
 }
+
+#[test]
+fn prune_and_eval_judge_a_quantized_file_against_its_own_int8_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("p.onnx").display().to_string();
+    let cache = dir.path().join("cache").display().to_string();
+    let model = shared("kws_dscnn_int8.onnx");
+    let o = paoding(&[
+        "prune",
+        &model,
+        "--ratio",
+        "0.2",
+        "-o",
+        &out,
+        "--probes",
+        "uniform",
+        "--check-probes",
+        "uniform",
+        "--probe-count",
+        "64",
+        "--cache-dir",
+        &cache,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(
+        r["int8"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("judged in int8")),
+        "{r}"
+    );
+    // eval takes the int8 model's own inputs (an int8 .npy) for a quantized original: the
+    // original against itself agrees on every sample.
+    let o = paoding(&[
+        "eval",
+        &model,
+        &model,
+        "--data",
+        &shared("kws_dscnn_int8.x.npy"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("100.00 %") && text.contains("(32 samples)"),
+        "{text}"
+    );
+}

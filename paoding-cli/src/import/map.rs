@@ -154,6 +154,7 @@ pub(super) fn load_and_map(
         let mut graph = mapper.graph;
         drop(typed);
         let implied = paoding_core::estimate::implied_input_range(&graph);
+        saturate(&mut graph, &tags);
         paoding_core::simplify::simplify_tagged(&mut graph, &mut tags).map_err(|source| {
             ImportError::Graph {
                 path: path.to_path_buf(),
@@ -251,6 +252,39 @@ fn value_params(
         }
     }
     Ok(tags)
+}
+
+/// Make the f32 graph saturate where the int8 model does: a quantized value cannot leave
+/// the range its codes cover, so the layer or ReLU that writes it clips to that range (a
+/// ReLU becomes a clip, a layer without activation gets one). The int8 model is unchanged
+/// (the clip's codes are the whole int8 range), and the f32 graph — what pruning refits and
+/// probes are synthesized on — stays the int8 model without its rounding, even for inputs
+/// that drive activations out of their calibrated ranges.
+fn saturate(graph: &mut Graph, tags: &[Option<QParams>]) {
+    for node in &mut graph.nodes {
+        let Some(Some(p)) = tags.get(node.output) else {
+            continue;
+        };
+        let (lo, hi) = p.range();
+        let slot = match &mut node.op {
+            Op::Dense(d) if d.activation == Activation::Identity => &mut d.activation,
+            Op::Conv2d(c) if c.activation == Activation::Identity => &mut c.activation,
+            Op::Activation(a) => a,
+            _ => continue,
+        };
+        *slot = match *slot {
+            Activation::Identity => Activation::Clip { min: lo, max: hi },
+            Activation::Relu => Activation::Clip {
+                min: 0.0,
+                max: hi.max(0.0),
+            },
+            Activation::Clip { min, max } => Activation::Clip {
+                min: min.max(lo),
+                max: max.min(hi).max(min.max(lo)),
+            },
+            other => other,
+        };
+    }
 }
 
 /// The file's int8 form on the simplified graph.
