@@ -352,18 +352,25 @@ pub struct RunOptions<'a> {
 /// model exactly as the file has it (int8 input and output when the file's are integers),
 /// any other file's f32 model (a file that quantizes only its weights runs them dequantized,
 /// as the file defines them).
-pub fn onnx_blob(path: &Path, allow_f32_islands: bool) -> Result<Vec<u8>, crate::error::CliError> {
+///
+/// Also says whether the file's input and output were uint8 (run as int8, codes shifted by
+/// 128).
+pub fn onnx_blob(
+    path: &Path,
+    allow_f32_islands: bool,
+) -> Result<(Vec<u8>, [bool; 2]), crate::error::CliError> {
     let imported = crate::import::import_onnx(path)?;
     match &imported.quant {
-        Some(q) if !q.weights_only() => {
-            Ok(crate::quantize::from_file(path, &imported.graph, q, allow_f32_islands)?.blob)
-        }
+        Some(q) if !q.weights_only() => Ok((
+            crate::quantize::from_file(path, &imported.graph, q, allow_f32_islands)?.blob,
+            q.unsigned_io,
+        )),
         _ => {
             let g = &imported.graph;
-            Ok(paoding_core::blob::write_blob(
-                g,
-                &paoding_core::plan::MemoryPlan::new(g),
-            )?)
+            Ok((
+                paoding_core::blob::write_blob(g, &paoding_core::plan::MemoryPlan::new(g))?,
+                [false; 2],
+            ))
         }
     }
 }
@@ -397,10 +404,11 @@ pub fn run(
     let is_onnx = model
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
-    let blob = if is_onnx {
-        BlobBytes::new(&onnx_blob(model, options.allow_f32_islands)?)
+    let (blob, unsigned) = if is_onnx {
+        let (bytes, unsigned) = onnx_blob(model, options.allow_f32_islands)?;
+        (BlobBytes::new(&bytes), unsigned)
     } else {
-        read_blob(model)?
+        (read_blob(model)?, [false; 2])
     };
     let m = Model::from_bytes(blob.as_bytes()).map_err(|source| RunError::Blob {
         path: model.to_path_buf(),
@@ -416,7 +424,9 @@ pub fn run(
     let int8 = m.io_dtype() == paoding_runtime::format::Dtype::I8;
     let data: Vec<f32> = if int8 {
         let codes: Vec<i8> = match kind {
-            NpyKind::I8 => xs.iter().map(|&v| v as i8).collect(),
+            NpyKind::I8 if !unsigned[0] => xs.iter().map(|&v| v as i8).collect(),
+            // A uint8 input runs as int8: the same reals, codes shifted by 128.
+            NpyKind::U8 if unsigned[0] => xs.iter().map(|&v| (v as i32 - 128) as i8).collect(),
             NpyKind::Float => {
                 let p = m
                     .input_quant()
@@ -426,15 +436,17 @@ pub fn run(
                     .collect()
             }
             _ => {
-                return Err(bad_input(
-                    "the model takes int8 codes: give an int8 (or float) array".into(),
-                )
-                .into())
+                let t = if unsigned[0] { "uint8" } else { "int8" };
+                return Err(bad_input(format!(
+                    "the model takes {t} codes: give a {t} (or float) array"
+                ))
+                .into());
             }
         };
+        let shift = if unsigned[1] { 128.0 } else { 0.0 };
         run_batch_i8(&m, &codes)?
             .into_iter()
-            .map(f32::from)
+            .map(|q| f32::from(q) + shift)
             .collect()
     } else {
         if kind != NpyKind::Float {
@@ -465,7 +477,9 @@ pub fn run(
         None => None,
     };
     if let Some(path) = output {
-        if int8 {
+        if int8 && unsigned[1] {
+            write_npy_u8(path, &out_shape, &data)?;
+        } else if int8 {
             write_npy_i8(path, &out_shape, &data)?;
         } else {
             write_npy(path, &out_shape, &data)?;
@@ -477,6 +491,26 @@ pub fn run(
         int8,
         comparison,
     })
+}
+
+/// Write uint8 codes (held exactly as f32) as a uint8 `.npy` file (atomically).
+fn write_npy_u8(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), RunError> {
+    use npyz::WriterBuilder;
+    let io = |source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut bytes = Vec::new();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&dims)
+        .writer(&mut bytes)
+        .begin_nd()
+        .map_err(io)?;
+    w.extend(data.iter().map(|&v| v as u8)).map_err(io)?;
+    w.finish().map_err(io)?;
+    crate::output::write_atomic(path, &bytes).map_err(io)
 }
 
 /// Write int8 codes (held exactly as f32) as an int8 `.npy` file (atomically).

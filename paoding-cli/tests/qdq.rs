@@ -400,3 +400,41 @@ fn prune_and_eval_judge_a_quantized_file_against_its_own_int8_model() {
         "{text}"
     );
 }
+
+/// onnxruntime's QDQ (uint8 activations, int8 per-channel weights): float io, and the same
+/// model with uint8 input and output (uint8 .npy in and out). onnxruntime requantizes in
+/// float, paoding in TFLite's fixed point: at most one step apart, the same top-1.
+#[test]
+fn onnxruntime_uint8_qdq_models_run_within_one_step() {
+    let f = |name: &str| fixture(&format!("qdq/{name}"));
+    let line = compare(
+        &f("cnn_pool_ort_u8.onnx"),
+        &fixture("digits_test_x_nchw.npy"),
+        &f("cnn_pool_ort_u8.ort_ref.npy"),
+    );
+    assert!(line.contains("top-1 identical on 450 of 450"), "{line}");
+    let line = compare(
+        &f("cnn_pool_ort_u8io.onnx"),
+        &f("cnn_pool_ort_u8io.x.npy"),
+        &f("cnn_pool_ort_u8io.ort_ref.npy"),
+    );
+    assert!(
+        line.contains("largest difference 1 ") && line.contains("top-1 identical on 450 of 450"),
+        "{line}"
+    );
+    // uint8 out: a uint8 .npy.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("y.npy");
+    let o = paoding(&[
+        "run",
+        &f("cnn_pool_ort_u8io.onnx"),
+        "--input",
+        &f("cnn_pool_ort_u8io.x.npy"),
+        "--output",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let bytes = std::fs::read(&out).expect("npy");
+    let npy = npyz::NpyFile::new(&bytes[..]).expect("npy");
+    assert_eq!(npy.into_vec::<u8>().expect("uint8").len(), 4500);
+}
