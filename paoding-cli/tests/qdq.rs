@@ -438,3 +438,42 @@ fn onnxruntime_uint8_qdq_models_run_within_one_step() {
     let npy = npyz::NpyFile::new(&bytes[..]).expect("npy");
     assert_eq!(npy.into_vec::<u8>().expect("uint8").len(), 4500);
 }
+
+/// onnxruntime's QOperator form: QLinearConv is read (as the QDQ pattern it stands for); its
+/// max pooling between two different quantizations, and its float Gemm layers, have no exact
+/// int8 form: refused naming the node, and run in f32 with --allow-f32-islands.
+#[test]
+fn qlinearconv_is_read_and_f32_islands_only_on_request() {
+    let f = |name: &str| fixture(&format!("qdq/{name}"));
+    let (model, x) = (
+        f("cnn_pool_ort_qop.onnx"),
+        fixture("digits_test_x_nchw.npy"),
+    );
+    let o = paoding(&["run", &model, "--input", &x]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("node '/MaxPool' (MaxPool): has no exact int8 form")
+            && err.contains("--allow-f32-islands"),
+        "{err}"
+    );
+    let o = paoding(&[
+        "run",
+        &model,
+        "--input",
+        &x,
+        "--reference",
+        &f("cnn_pool_ort_qop.ort_ref.npy"),
+        "--allow-f32-islands",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("top-1 identical on 450 of 450"), "{text}");
+    // inspect lists the islands.
+    let o = paoding(&["inspect", &model, "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let islands = r["quantization"]["f32_nodes"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(islands, 3, "{r}");
+}

@@ -135,7 +135,7 @@ pub(crate) fn is_quantized(proto: &ModelProto) -> bool {
 fn is_layout(op: &str) -> bool {
     matches!(
         op,
-        "Reshape" | "Flatten" | "Transpose" | "Squeeze" | "Unsqueeze" | "Identity"
+        "Reshape" | "Flatten" | "Transpose" | "Squeeze" | "Unsqueeze" | "Identity" | "MaxPool"
     )
 }
 
@@ -156,6 +156,7 @@ pub(crate) fn rewrite(path: &Path, proto: &mut ModelProto) -> Result<Option<Qdq>
             seen.insert(node.name.clone());
         }
     }
+    expand_qlinear(graph, path)?;
     let err = |node: &NodeProto, reason: String| ImportError::Quantization {
         path: path.to_path_buf(),
         node: node.name.clone(),
@@ -227,18 +228,26 @@ pub(crate) fn rewrite(path: &Path, proto: &mut ModelProto) -> Result<Option<Qdq>
         let node = graph.node[i].clone();
         let op = node.op_type.as_str();
         match op {
-            "QLinearConv"
-            | "QLinearMatMul"
-            | "MatMulInteger"
-            | "ConvInteger"
-            | "DynamicQuantizeLinear"
-            | "QLinearAdd"
-            | "QLinearMul" => {
+            "MatMulInteger" | "ConvInteger" | "DynamicQuantizeLinear" => {
                 return Err(err(
                     &node,
-                    "this quantized operator is not mapped yet; export the model in QDQ form \
-                     (QuantizeLinear/DequantizeLinear around float operators: onnxruntime's \
-                     quantize_static with QuantFormat.QDQ, or tf2onnx from a TFLite file)"
+                    "dynamic quantization (activations quantized at run time, int32 results \
+                     rescaled in float) has no static int8 form; quantize the model statically \
+                     (onnxruntime's quantize_static, QDQ or QOperator format)"
+                        .into(),
+                ))
+            }
+            "QLinearAdd"
+            | "QLinearMul"
+            | "QLinearConcat"
+            | "QLinearAveragePool"
+            | "QLinearGlobalAveragePool"
+            | "QLinearSigmoid"
+            | "QLinearLeakyRelu" => {
+                return Err(err(
+                    &node,
+                    "this quantized operator (com.microsoft) is not mapped; export the model in \
+                     QDQ form (onnxruntime's quantize_static with QuantFormat.QDQ)"
                         .into(),
                 ))
             }
@@ -523,6 +532,110 @@ pub(crate) fn rewrite(path: &Path, proto: &mut ModelProto) -> Result<Option<Qdq>
     });
     graph.initializer.extend(new_inits);
     Ok(Some(qdq))
+}
+
+/// Rewrite every QLinearConv and QLinearMatMul into the QDQ form it stands for, in place:
+/// `DequantizeLinear` of its input and of its integer weights (and of its int32 bias, at the
+/// input's scale times the weights'), the float operator, a `QuantizeLinear` of its output
+/// with the output's parameters. The main pass then reads them as any QDQ file.
+fn expand_qlinear(graph: &mut tract_onnx::pb::GraphProto, path: &Path) -> Result<(), ImportError> {
+    if !graph
+        .node
+        .iter()
+        .any(|n| matches!(n.op_type.as_str(), "QLinearConv" | "QLinearMatMul"))
+    {
+        return Ok(());
+    }
+    let consts: HashMap<String, Const> = graph
+        .initializer
+        .iter()
+        .filter_map(|t| Some((t.name.clone(), decode(t)?)))
+        .collect();
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    let mut inits = Vec::new();
+    for node in std::mem::take(&mut graph.node) {
+        let conv = node.op_type == "QLinearConv";
+        if !conv && node.op_type != "QLinearMatMul" {
+            nodes.push(node);
+            continue;
+        }
+        let bad = |reason: &str| ImportError::Quantization {
+            path: path.to_path_buf(),
+            node: node.name.clone(),
+            op: node.op_type.clone(),
+            reason: reason.to_string(),
+        };
+        if node.input.len() < 8 || node.output.len() != 1 {
+            return Err(bad("needs its eight quantization inputs and one output"));
+        }
+        let name = &node.name;
+        let i = |k: usize| node.input[k].clone();
+        let dq = |x: String, s: String, z: String, out: String, axis: Option<i64>| NodeProto {
+            name: format!("{out}_dq"),
+            op_type: "DequantizeLinear".into(),
+            input: vec![x, s, z],
+            output: vec![out],
+            attribute: axis
+                .map(|a| tract_onnx::pb::AttributeProto {
+                    name: "axis".into(),
+                    r#type: tract_onnx::pb::attribute_proto::AttributeType::Int as i32,
+                    i: a,
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let (x_f, w_f, y_f) = (
+            format!("{name}/x"),
+            format!("{name}/w"),
+            format!("{name}/y"),
+        );
+        // Weights per output channel: axis 0 of a convolution's, axis 1 of a matmul's.
+        let w_axis = if conv { 0 } else { 1 };
+        nodes.push(dq(i(0), i(1), i(2), x_f.clone(), None));
+        nodes.push(dq(i(3), i(4), i(5), w_f.clone(), Some(w_axis)));
+        let mut float_inputs = vec![x_f, w_f];
+        if conv && node.input.len() > 8 && !node.input[8].is_empty() {
+            // The int32 bias is at the input's scale times each channel's weight scale.
+            let scale = |k: usize| match consts.get(&node.input[k]).map(|c| &c.values) {
+                Some(Values::Floats(v)) if !v.is_empty() => Ok(v.clone()),
+                _ => Err(bad("its scales must be float constants")),
+            };
+            let (xs, ws) = (scale(1)?, scale(4)?);
+            let bias_scale: Vec<f32> = ws.iter().map(|w| xs[0] * w).collect();
+            let b_scale = format!("{name}/bias_scale");
+            let dims = if bias_scale.len() == 1 {
+                vec![]
+            } else {
+                vec![bias_scale.len()]
+            };
+            inits.push(float_tensor(&b_scale, &dims, &bias_scale));
+            let b_f = format!("{name}/b");
+            let mut b = dq(i(8), b_scale, String::new(), b_f.clone(), Some(0));
+            b.input.truncate(2);
+            nodes.push(b);
+            float_inputs.push(b_f);
+        }
+        nodes.push(NodeProto {
+            name: name.clone(),
+            op_type: if conv { "Conv" } else { "MatMul" }.into(),
+            input: float_inputs,
+            output: vec![y_f.clone()],
+            attribute: if conv { node.attribute.clone() } else { vec![] },
+            ..Default::default()
+        });
+        nodes.push(NodeProto {
+            name: format!("{name}/quantize"),
+            op_type: "QuantizeLinear".into(),
+            input: vec![y_f, i(6), i(7)],
+            output: node.output.clone(),
+            ..Default::default()
+        });
+    }
+    graph.node = nodes;
+    graph.initializer.extend(inits);
+    Ok(())
 }
 
 /// The checked parameters of a Quantize/DequantizeLinear (scale and zero point constants).
