@@ -89,8 +89,9 @@ pub enum ImportError {
 pub const SUPPORTED: &str = "Conv (grouped and depthwise included), Gemm and MatMul with constant weights, \
 BatchNormalization, Relu, Clip, Sigmoid, Tanh, Softmax, MaxPool, AveragePool, GlobalAveragePool, \
 ReduceMean/ReduceSum/ReduceMax over H and W, Add, Sub/Mul/Div by a per-channel constant, Concat, \
-Flatten, Reshape, Squeeze/Unsqueeze, Transpose, Pad (constant), Identity, Dropout, and any operator \
-whose inputs are all constants (Shape, Gather, Cast, DequantizeLinear, ...)";
+Flatten, Reshape, Squeeze/Unsqueeze, Transpose, Pad (constant), Identity, Dropout, any operator \
+whose inputs are all constants (Shape, Gather, Cast, DequantizeLinear, ...), and quantized models: \
+QuantizeLinear/DequantizeLinear (QDQ), QLinearConv, QLinearMatMul";
 
 /// Why a hardware profile could not be used.
 #[derive(Debug, thiserror::Error)]
