@@ -86,7 +86,8 @@ pub enum ImportError {
 }
 
 /// The ONNX operators paoding maps, for error messages and the README.
-pub const SUPPORTED: &str = "Conv (grouped and depthwise included), Gemm and MatMul with constant weights, \
+pub const SUPPORTED: &str =
+    "Conv (grouped and depthwise included), Gemm and MatMul with constant weights, \
 BatchNormalization, Relu, Clip, Sigmoid, Tanh, Softmax, MaxPool, AveragePool, GlobalAveragePool, \
 ReduceMean/ReduceSum/ReduceMax over H and W, Add, Sub/Mul/Div by a per-channel constant, Concat, \
 Flatten, Reshape, Squeeze/Unsqueeze, Transpose, Pad (constant), Identity, Dropout, any operator \
