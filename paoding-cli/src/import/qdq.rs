@@ -49,7 +49,7 @@ pub(crate) struct Qdq {
 #[derive(Debug, Clone)]
 enum Values {
     Floats(Vec<f32>),
-    Ints(Vec<i64>),
+    Ints(Vec<i32>),
 }
 
 #[derive(Debug, Clone)]
@@ -163,10 +163,22 @@ pub(crate) fn rewrite(path: &Path, proto: &mut ModelProto) -> Result<Option<Qdq>
         op: node.op_type.clone(),
         reason,
     };
+    // Only the constants quantization operators read are decoded (their codes, scales and
+    // zero points); every constant's name is known.
+    let needed: HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear"))
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    let mut const_names: HashSet<String> = HashSet::new();
     let mut consts: HashMap<String, Const> = HashMap::new();
     for t in &graph.initializer {
-        if let Some(c) = decode(t) {
-            consts.insert(t.name.clone(), c);
+        const_names.insert(t.name.clone());
+        if needed.contains(t.name.as_str()) {
+            if let Some(c) = decode(t) {
+                consts.insert(t.name.clone(), c);
+            }
         }
     }
     for node in &graph.node {
@@ -178,8 +190,11 @@ pub(crate) fn rewrite(path: &Path, proto: &mut ModelProto) -> Result<Option<Qdq>
                     .find(|a| a.name == "value")
                     .and_then(|a| a.t.as_ref()),
             ) {
-                if let Some(c) = decode(t) {
-                    consts.insert(out.clone(), c);
+                const_names.insert(out.clone());
+                if needed.contains(out.as_str()) {
+                    if let Some(c) = decode(t) {
+                        consts.insert(out.clone(), c);
+                    }
                 }
             }
         }
@@ -196,7 +211,7 @@ pub(crate) fn rewrite(path: &Path, proto: &mut ModelProto) -> Result<Option<Qdq>
         .input
         .iter()
         .map(|v| v.name.clone())
-        .filter(|n| !consts.contains_key(n))
+        .filter(|n| !const_names.contains(n))
         .collect();
 
     let mut qdq = Qdq::default();
@@ -476,7 +491,7 @@ pub(crate) fn rewrite(path: &Path, proto: &mut ModelProto) -> Result<Option<Qdq>
                     .enumerate()
                     .map(|(k, &q)| {
                         let z = zps.get(k).or(zps.first()).copied().unwrap_or(0);
-                        (q - z).clamp(i32::MIN.into(), i32::MAX.into()) as i32
+                        (i64::from(q) - z).clamp(i32::MIN.into(), i32::MAX.into()) as i32
                     })
                     .collect();
                 layer.bias = Some((biased, bp.scales.clone()));
@@ -697,13 +712,13 @@ fn linear_params(
                 return Err(format!("its zero point '{name}' is not an integer"));
             };
             let (lo, hi) = ty.range();
-            if let Some(bad) = z.iter().find(|&&v| v < lo || v > hi) {
+            if let Some(bad) = z.iter().find(|&&v| i64::from(v) < lo || i64::from(v) > hi) {
                 return Err(format!(
                     "zero point {bad} in '{name}' is outside {} ([{lo}, {hi}])",
                     ty.name()
                 ));
             }
-            (z.clone(), ty)
+            (z.iter().map(|&v| i64::from(v)).collect(), ty)
         }
     };
     if node.op_type == "DequantizeLinear" {
@@ -795,7 +810,7 @@ fn dequantize(c: &Const, p: &LinearParams) -> Result<Vec<f32>, String> {
             } else {
                 0
             };
-            (v - p.zero_points[ch]) as f32 * p.scales[ch]
+            (i64::from(v) - p.zero_points[ch]) as f32 * p.scales[ch]
         })
         .collect())
 }
@@ -821,28 +836,23 @@ fn decode(t: &TensorProto) -> Option<Const> {
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect()
         }),
+        // int32_data holds int8 and uint8 values widened (and may hold any int32: the range
+        // of a zero point is checked where it is read).
         DataType::Int8 => Values::Ints(if raw.is_empty() {
-            t.int32_data.iter().map(|&v| v.into()).collect()
+            t.int32_data.clone()
         } else {
             raw.iter().map(|&b| (b as i8).into()).collect()
         }),
         DataType::Uint8 => Values::Ints(if raw.is_empty() {
-            t.int32_data.iter().map(|&v| v.into()).collect()
+            t.int32_data.clone()
         } else {
             raw.iter().map(|&b| b.into()).collect()
         }),
         DataType::Int32 => Values::Ints(if raw.is_empty() {
-            t.int32_data.iter().map(|&v| v.into()).collect()
+            t.int32_data.clone()
         } else {
             raw.chunks_exact(4)
-                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]).into())
-                .collect()
-        }),
-        DataType::Int64 => Values::Ints(if raw.is_empty() {
-            t.int64_data.clone()
-        } else {
-            raw.chunks_exact(8)
-                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect()
         }),
         _ => return None,
