@@ -292,12 +292,13 @@ fn invalid_quantization_parameters_are_refused_naming_the_node() {
     ));
 
     for (file, node, why) in &cases {
-        for cmd in ["inspect", "run"] {
+        for cmd in ["inspect", "run", "fit"] {
             let out = d.join("y.npy");
             let out_s = out.display().to_string();
             let x = shared("kws_dscnn_int8.x.npy");
             let args: Vec<&str> = match cmd {
                 "inspect" => vec!["inspect", file],
+                "fit" => vec!["fit", file, "--profile", "qemu-mps2-an500", "-o", &out_s],
                 _ => vec!["run", file, "--input", &x, "--output", &out_s],
             };
             let o = paoding(&args);
