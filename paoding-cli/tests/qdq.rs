@@ -478,3 +478,27 @@ fn qlinearconv_is_read_and_f32_islands_only_on_request() {
         .map_or(0, Vec::len);
     assert_eq!(islands, 3, "{r}");
 }
+
+/// The MLPerf Tiny int8 reference models themselves (KWS, ResNet-8, VWW, the anomaly
+/// detector with int8 and with float io), converted by tests/fixtures/qdq/mlperf_tiny.py into
+/// `$PAODING_MLPERF_DIR` (not committed: 1.1 MB of third-party files): every output byte is
+/// TFLite Micro's. Run with `-- --ignored` once the folder exists.
+#[test]
+#[ignore = "needs $PAODING_MLPERF_DIR, made by tests/fixtures/qdq/mlperf_tiny.py"]
+fn mlperf_tiny_published_int8_models_run_as_tflite_micro_does() {
+    let dir = std::env::var("PAODING_MLPERF_DIR").expect("PAODING_MLPERF_DIR");
+    for name in [
+        "kws_ref_model",
+        "pretrainedResnet_quant",
+        "vww_96_int8",
+        "model_ToyCar_quant_fullint_micro_intio",
+        "model_ToyCar_quant_fullint_micro",
+    ] {
+        let f = |suffix: &str| format!("{dir}/{name}{suffix}");
+        let micro = compare(&f(".onnx"), &f(".x.npy"), &f(".tflm_ref.npy"));
+        assert!(
+            micro.contains(", 0 differ;"),
+            "{name} vs TFLite Micro: {micro}"
+        );
+    }
+}
