@@ -46,6 +46,15 @@ fn kws_int8_runs_bit_for_bit_as_tflite_s_reference_kernels() {
     // The file written is TFLite's, byte for byte.
     let got = npy_i8(&out.display().to_string());
     assert_eq!(got, npy_i8(&reference));
+    // The blob fit stores (unpruned: the budget holds it), which the firmware runs, too.
+    let r = fit(dir.path(), &shared("kws_dscnn_int8.onnx"), &[]);
+    assert_eq!(r["status"], "fits-unpruned", "{r}");
+    let blob = dir.path().join("m.pdg").display().to_string();
+    let line = compare(&blob, &shared("kws_dscnn_int8.x.npy"), &reference);
+    assert!(
+        line.contains("384 of 384 output values identical"),
+        "{line}"
+    );
 }
 
 #[test]
