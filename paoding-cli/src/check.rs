@@ -122,8 +122,29 @@ impl CheckSet {
         data: &DataArgs,
         progress: &Progress,
     ) -> Result<Self, CliError> {
+        Self::build_for(g, None, settings, data, progress)
+    }
+
+    /// [`Self::build`] for a model the runtime blob `original` is (a quantized file's own
+    /// int8 model), `g` its f32 graph: the set's inputs are made for `g`, but the outputs
+    /// every candidate is compared with are the blob's.
+    pub fn build_for(
+        g: &Graph,
+        original: Option<&Model>,
+        settings: &ProbeSettings,
+        data: &DataArgs,
+        progress: &Progress,
+    ) -> Result<Self, CliError> {
+        // An int8 original takes int8 arrays: its input's codes.
+        let quant = match original {
+            Some(Model::Blob(b)) => paoding_runtime::Model::from_bytes(b.as_bytes())
+                .ok()
+                .and_then(|m| m.input_quant())
+                .map(|q| (q.scale, q.zero_point)),
+            _ => None,
+        };
         if let Some(path) = &data.data {
-            let (n, xs) = crate::npy::read_inputs(path, g.shape(g.input))?;
+            let (n, xs) = crate::npy::read_inputs_quantized(path, g.shape(g.input), quant)?;
             let labels = data
                 .labels
                 .as_deref()
@@ -135,9 +156,18 @@ impl CheckSet {
                 if labels.is_some() { ", labelled" } else { "" }
             );
             let inputs = Probes::from_batch(xs, g.values[g.input].len())?;
-            let mut set = Self::new(g, inputs, labels, description, false, settings.input_range)?;
-            set.without_data = Some(Box::new(Self::build(
+            let mut set = Self::new_for(
                 g,
+                original,
+                inputs,
+                labels,
+                description,
+                false,
+                settings.input_range,
+            )?;
+            set.without_data = Some(Box::new(Self::build_for(
+                g,
+                original,
                 settings,
                 &DataArgs::default(),
                 progress,
@@ -146,7 +176,7 @@ impl CheckSet {
         }
         let (inputs, made) = match &settings.check {
             CheckSource::File(path) => {
-                let (n, xs) = crate::npy::read_inputs(path, g.shape(g.input))?;
+                let (n, xs) = crate::npy::read_inputs_quantized(path, g.shape(g.input), quant)?;
                 (
                     Probes::from_batch(xs, g.values[g.input].len())?,
                     format!("{n} check inputs from {}", path.display()),
@@ -163,7 +193,15 @@ impl CheckSet {
             CheckSource::Auto => synthesized(g, settings, progress)?,
         };
         let description = format!("{made}; {}", settings.range_text());
-        let mut set = Self::new(g, inputs, None, description, true, settings.input_range)?;
+        let mut set = Self::new_for(
+            g,
+            original,
+            inputs,
+            None,
+            description,
+            true,
+            settings.input_range,
+        )?;
         if set.warnings.is_empty() && settings.range_source == RangeSource::Assumed {
             // Not degenerate, but only as good as the assumption: say what it rests on.
             set.description
@@ -181,6 +219,20 @@ impl CheckSet {
         data_free: bool,
         input_range: (f32, f32),
     ) -> Result<Self, CliError> {
+        Self::new_for(g, None, inputs, labels, description, data_free, input_range)
+    }
+
+    /// [`Self::new`] with the reference outputs (and robustness) of `original` when given
+    /// (a runtime blob whose f32 graph is `g`).
+    pub fn new_for(
+        g: &Graph,
+        original: Option<&Model>,
+        inputs: Probes,
+        labels: Option<Vec<usize>>,
+        description: String,
+        data_free: bool,
+        input_range: (f32, f32),
+    ) -> Result<Self, CliError> {
         let task = estimate::task(g);
         if labels.is_some() && !task.is_classifier() {
             return Err(CliError::Usage(format!(
@@ -188,7 +240,15 @@ impl CheckSet {
                 g.shape(g.output)
             )));
         }
-        let reference = crate::eval::outputs(g, &inputs.data)?;
+        let graph_model;
+        let original = match original {
+            Some(m) => m,
+            None => {
+                graph_model = Model::Graph(g.clone());
+                &graph_model
+            }
+        };
+        let reference = original.outputs(&inputs.data)?;
         let per = g.values[g.output].len();
         let spread = Spread::of(&reference, per, task);
         let mut warnings = Vec::new();
@@ -204,8 +264,7 @@ impl CheckSet {
                 let preds = crate::eval::predictions(&reference, per);
                 let attack = Attack::prepare(g, &inputs, &preds, labels.as_deref())?;
                 let epsilon = fgsm_epsilon(input_range);
-                let robustness =
-                    attack.robustness(&Model::Graph(g.clone()), &inputs, epsilon, input_range)?;
+                let robustness = attack.robustness(original, &inputs, epsilon, input_range)?;
                 let digest = paoding_core::blob::digest(g, &MemoryPlan::new(g))?;
                 (Some(robustness), Some((digest, preds, attack)))
             }
@@ -323,6 +382,7 @@ impl CheckSet {
 #[derive(Debug)]
 pub struct LazyCheckSet<'a> {
     graph: &'a Graph,
+    original: Option<Model>,
     settings: &'a ProbeSettings,
     data: DataArgs,
     set: std::cell::OnceCell<CheckSet>,
@@ -333,10 +393,18 @@ impl<'a> LazyCheckSet<'a> {
     pub fn new(graph: &'a Graph, settings: &'a ProbeSettings, data: DataArgs) -> Self {
         LazyCheckSet {
             graph,
+            original: None,
             settings,
             data,
             set: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The set of [`CheckSet::build_for`], whose reference outputs are `original`'s (a
+    /// quantized file's own int8 blob), not built yet.
+    pub fn for_original(mut self, original: Option<Model>) -> Self {
+        self.original = original;
+        self
     }
 
     /// The set, built on first use.
@@ -344,7 +412,13 @@ impl<'a> LazyCheckSet<'a> {
         if let Some(set) = self.set.get() {
             return Ok(set);
         }
-        let set = CheckSet::build(self.graph, self.settings, &self.data, progress)?;
+        let set = CheckSet::build_for(
+            self.graph,
+            self.original.as_ref(),
+            self.settings,
+            &self.data,
+            progress,
+        )?;
         Ok(self.set.get_or_init(|| set))
     }
 }

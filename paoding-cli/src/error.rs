@@ -54,6 +54,19 @@ pub enum ImportError {
         /// What is wrong.
         reason: String,
     },
+    /// A quantization operator of a quantized (QDQ) model is invalid, or a quantized pattern
+    /// has no exact int8 form.
+    #[error("{path}: node '{node}' ({op}): {reason}")]
+    Quantization {
+        /// The file.
+        path: PathBuf,
+        /// The node's name (or the graph input's or output's).
+        node: String,
+        /// Its operator.
+        op: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// tract refused the model.
     #[error("{path}: tract could not load the model: {reason}")]
     Tract {
@@ -73,11 +86,13 @@ pub enum ImportError {
 }
 
 /// The ONNX operators paoding maps, for error messages and the README.
-pub const SUPPORTED: &str = "Conv (grouped and depthwise included), Gemm and MatMul with constant weights, \
+pub const SUPPORTED: &str =
+    "Conv (grouped and depthwise included), Gemm and MatMul with constant weights, \
 BatchNormalization, Relu, Clip, Sigmoid, Tanh, Softmax, MaxPool, AveragePool, GlobalAveragePool, \
 ReduceMean/ReduceSum/ReduceMax over H and W, Add, Sub/Mul/Div by a per-channel constant, Concat, \
-Flatten, Reshape, Squeeze/Unsqueeze, Transpose, Pad (constant), Identity, Dropout, and any operator \
-whose inputs are all constants (Shape, Gather, Cast, DequantizeLinear, ...)";
+Flatten, Reshape, Squeeze/Unsqueeze, Transpose, Pad (constant), Identity, Dropout, any operator \
+whose inputs are all constants (Shape, Gather, Cast, DequantizeLinear, ...), and quantized models: \
+QuantizeLinear/DequantizeLinear (QDQ), QLinearConv, QLinearMatMul";
 
 /// Why a hardware profile could not be used.
 #[derive(Debug, thiserror::Error)]

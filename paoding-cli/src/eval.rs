@@ -64,7 +64,12 @@ impl Model {
             })?;
             Ok(Model::Blob(blob))
         } else {
-            Ok(Model::Graph(crate::import::import_onnx(path)?.graph))
+            // A quantized file is its own int8 model.
+            let imported = crate::import::import_onnx(path)?;
+            match crate::fit::original_model(path, &imported, false)? {
+                Some(m) => Ok(m),
+                None => Ok(Model::Graph(imported.graph)),
+            }
         }
     }
 
@@ -516,7 +521,15 @@ pub fn run_eval(args: EvalArgs) -> Result<u8, CliError> {
         .probes
         .settings(&imported, crate::probes::ProbeSource::Auto)?;
     let progress = crate::progress::Progress::on_stderr(!args.json);
-    let set = CheckSet::build(&imported.graph, &settings, &args.data, &progress)?;
+    // A quantized original is its own int8 model (int8 .npy data are its input codes).
+    let original = crate::fit::original_model(&args.original, &imported, false)?;
+    let set = CheckSet::build_for(
+        &imported.graph,
+        original.as_ref(),
+        &settings,
+        &args.data,
+        &progress,
+    )?;
     drop(progress);
     let report = evaluate(
         &args.original.display().to_string(),

@@ -33,6 +33,7 @@ use serde::Serialize;
 use crate::check::{CheckSet, DataArgs, FidelityReport, LazyCheckSet};
 use crate::error::CliError;
 use crate::eval::Model;
+use crate::import::FileQuant;
 use crate::probes::ProbeSettings;
 use crate::progress::Progress;
 use crate::quantize::{Int8Model, Int8Options};
@@ -86,6 +87,9 @@ pub struct FitOptions {
     pub dtype: Option<DtypeChoice>,
     /// How an int8 model is quantized.
     pub int8: Int8Options,
+    /// For a quantized file: nodes without an exact int8 form run in f32 (else they are an
+    /// error naming them).
+    pub allow_f32_islands: bool,
 }
 
 /// The dtype a fit stores the model in.
@@ -124,6 +128,7 @@ impl Default for FitOptions {
             max_layer_ratio: 0.9,
             dtype: None,
             int8: Int8Options::default(),
+            allow_f32_islands: false,
         }
     }
 }
@@ -207,6 +212,9 @@ pub struct QuantizationReport {
     /// The unpruned model quantized, against the f32 original on the check set: what
     /// quantization alone costs, before any pruning.
     pub cost: Fidelity,
+    /// Whether the quantization is the file's own (a quantized file: the original is the
+    /// file's int8 model, and `cost` compares it with itself).
+    pub from_file: bool,
 }
 
 /// The dtype one layer runs in.
@@ -239,6 +247,7 @@ impl QuantizationReport {
             f32_layers: q.f32_nodes(),
             layers,
             cost,
+            from_file: false,
         }
     }
 
@@ -354,15 +363,35 @@ pub fn fit(
     let given = (options.probes.range_source == crate::probes::RangeSource::Given)
         .then_some(options.probes.input_range);
     options.probes = ProbeSettings::for_model(&imported, given, options.probes)?;
-    let check = LazyCheckSet::new(&imported.graph, &options.probes, DataArgs::default());
-    fit_graph(
+    let original = original_model(model, &imported, options.allow_f32_islands)?;
+    let check = LazyCheckSet::new(&imported.graph, &options.probes, DataArgs::default())
+        .for_original(original);
+    fit_graph_with(
         &model.display().to_string(),
         &imported.graph,
+        imported.quant.as_ref(),
         &profile,
         &options,
         &check,
         &Progress::hidden(),
     )
+}
+
+/// The model every candidate of an imported model is judged against: a quantized file's own
+/// int8 model (its runtime blob, [`crate::quantize::from_file`]), else `None` (the f32
+/// graph itself).
+pub fn original_model(
+    path: &Path,
+    imported: &crate::import::Imported,
+    allow_f32_islands: bool,
+) -> Result<Option<crate::eval::Model>, CliError> {
+    match &imported.quant {
+        Some(q) if !q.weights_only() => {
+            let m = crate::quantize::from_file(path, &imported.graph, q, allow_f32_islands)?;
+            Ok(Some(crate::eval::Model::Blob(BlobBytes::new(&m.blob))))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Fit an imported graph to one profile, showing each phase (the search's size evaluations,
@@ -371,6 +400,24 @@ pub fn fit(
 pub fn fit_graph(
     model: &str,
     graph: &Graph,
+    profile: &Profile,
+    options: &FitOptions,
+    check: &LazyCheckSet<'_>,
+    progress: &Progress,
+) -> Result<Fitted, CliError> {
+    fit_graph_with(model, graph, None, profile, options, check, progress)
+}
+
+/// [`fit_graph`] of an imported model with the file's own quantization, when it has one: a
+/// quantized file is stored in int8 unless `--dtype f32` asks otherwise — its own int8 model
+/// when it fits, else pruned with only the layers surgery changed quantized again (the file's
+/// scales kept everywhere else, [`paoding_core::quant::imported::for_pruned`]); a file that
+/// quantizes only its weights keeps its int8 weights. `check` should judge against the
+/// file's int8 model ([`original_model`]).
+pub fn fit_graph_with(
+    model: &str,
+    graph: &Graph,
+    file: Option<&FileQuant>,
     profile: &Profile,
     options: &FitOptions,
     check: &LazyCheckSet<'_>,
@@ -400,7 +447,24 @@ pub fn fit_graph(
         min_agreement,
         probes: std::cell::OnceCell::new(),
         selection: std::cell::OnceCell::new(),
+        file,
     };
+    if let Some(f) = file {
+        let what = if f.weights_only() {
+            "the file stores its weights as int8"
+        } else {
+            "the file is an int8 model"
+        };
+        match options.dtype {
+            None | Some(DtypeChoice::Auto) => {
+                return fit.run(WeightDtype::Int8, format!("{what}: stored as int8"))
+            }
+            Some(DtypeChoice::Int8) => {
+                return fit.run(WeightDtype::Int8, format!("as --dtype asks ({what})"))
+            }
+            Some(DtypeChoice::F32) => {}
+        }
+    }
     match options.dtype {
         Some(DtypeChoice::Auto) => fit.auto(),
         Some(choice) => fit.run(stored_as(choice), "as --dtype asks".into()),
@@ -436,6 +500,8 @@ struct Fit<'a> {
     /// says of them ([`crate::probes::ResolvedProbes::selection_probes`]); made only when a
     /// pruning needs them.
     selection: std::cell::OnceCell<Option<(Probes, String)>>,
+    /// The file's own quantization, for a quantized file.
+    file: Option<&'a FileQuant>,
 }
 
 /// A candidate result: the model a runtime would run, and the f32 graph behind it.
@@ -533,14 +599,21 @@ impl Fit<'_> {
                 int8: None,
             }),
             WeightDtype::Int8 => {
-                let probes = self.probes()?;
-                self.progress.phase("quantizing");
-                let q = crate::quantize::quantize(
-                    &g,
-                    &probes.probes,
-                    &probes.description,
-                    &self.options.int8,
-                )?;
+                let q = match self.file {
+                    Some(f) if !f.weights_only() => self.file_int8(&g, f)?,
+                    _ => {
+                        let probes = self.probes()?;
+                        self.progress.phase("quantizing");
+                        let file_layers = self.file.map(|f| f.quantized.layers.as_slice());
+                        crate::quantize::quantize_keeping(
+                            &g,
+                            &probes.probes,
+                            &probes.description,
+                            &self.options.int8,
+                            file_layers.unwrap_or_default(),
+                        )?
+                    }
+                };
                 Ok(Candidate {
                     blob: q.blob.clone(),
                     usage: q.usage,
@@ -551,16 +624,41 @@ impl Fit<'_> {
         }
     }
 
+    /// `g` (the imported graph, or a pruning of it) in the file's own int8 form: exactly the
+    /// file's for the imported graph; for a pruning, the layers surgery changed quantized
+    /// again and the file's parameters everywhere else.
+    fn file_int8(&self, g: &Graph, f: &FileQuant) -> Result<Int8Model, CliError> {
+        let path = Path::new(self.model);
+        let islands = self.options.allow_f32_islands;
+        if g == self.graph {
+            return crate::quantize::from_file(path, g, f, islands);
+        }
+        let (quantized, changed) =
+            paoding_core::quant::imported::for_pruned(self.graph, &f.quantized, g).ok_or_else(
+                || {
+                    CliError::Usage(format!(
+                        "{}: the pruned model does not match the file's",
+                        self.model
+                    ))
+                },
+            )?;
+        let calibration = format!(
+            "the file's own quantization, except the channels pruning changed in {changed} \
+             layer(s), quantized again (per channel, symmetric); every other weight and every \
+             activation as the file has it"
+        );
+        crate::quantize::lower(path, g, quantized, f.io, islands, calibration)
+    }
+
     /// What quantizing the unpruned model costs, on the check set.
     fn quantization_report(&self, unpruned: &Candidate) -> Result<QuantizationReport, CliError> {
         let q = unpruned
             .int8
             .as_ref()
             .ok_or_else(|| CliError::Usage("not an int8 candidate".into()))?;
-        Ok(QuantizationReport::new(
-            q,
-            unpruned.fidelity(self.check()?)?,
-        ))
+        let mut report = QuantizationReport::new(q, unpruned.fidelity(self.check()?)?);
+        report.from_file = self.file.is_some_and(|f| !f.weights_only());
+        Ok(report)
     }
 
     /// `auto`: unpruned f32 if it fits; else unpruned int8 if it fits; else whichever of
@@ -625,8 +723,16 @@ impl Fit<'_> {
         let (graph, budget, model) = (self.graph, self.budget(dtype), self.model);
         let options = self.options;
         let task = paoding_core::estimate::task(graph);
-        let original = Usage::of(graph)?;
         let as_stored = Usage::of_dtype(graph, dtype)?;
+        // A quantized file's original is its own int8 model.
+        let file_model = match self.file.filter(|f| !f.weights_only()) {
+            Some(f) if dtype == WeightDtype::Int8 => Some(self.file_int8(graph, f)?),
+            _ => None,
+        };
+        let original = match &file_model {
+            Some(m) => m.usage,
+            None => Usage::of(graph)?,
+        };
         let mut report = FitReport {
             schema: FIT_SCHEMA,
             model: model.to_string(),
@@ -681,7 +787,9 @@ impl Fit<'_> {
                 self.progress.phase("measuring fidelity");
                 let fidelity = self.check()?.measure_model(&c.judged(), &c.graph)?;
                 if let Some(q) = &c.int8 {
-                    report.quantization = Some(QuantizationReport::new(q, fidelity.fidelity));
+                    let mut quantization = QuantizationReport::new(q, fidelity.fidelity);
+                    quantization.from_file = self.file.is_some_and(|f| !f.weights_only());
+                    report.quantization = Some(quantization);
                 }
                 report
                     .message
@@ -766,6 +874,11 @@ impl Fit<'_> {
         let check = self.check()?;
         progress.phase("measuring fidelity");
         let fidelity = check.measure_model(&result.judged(), &result.graph)?;
+        if let (Some(q), Some(r)) = (report.quantization.as_mut(), &result.int8) {
+            // What the stored result's quantization is (for a quantized file: which layers
+            // pruning made it quantize again).
+            q.calibration.clone_from(&r.calibration);
+        }
         report.status = Status::Pruned;
         report.fitted = result.usage;
         report.constraints = result.usage.check(budget);
@@ -927,7 +1040,13 @@ impl FitReport {
             r => format!(" ({r})"),
         };
         let _ = writeln!(out, "  stored as {}{why}", self.dtype.name());
-        if let Some(q) = &self.quantization {
+        if let Some(q) = self.quantization.as_ref().filter(|q| q.from_file) {
+            let _ = writeln!(out, "  quantization: {}", q.calibration);
+            let _ = writeln!(
+                out,
+                "  the original is the file's own int8 model: sizes and fidelity are against it"
+            );
+        } else if let Some(q) = &self.quantization {
             let _ = writeln!(out, "  quantization: {}", q.calibration);
             let _ = writeln!(
                 out,

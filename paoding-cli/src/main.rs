@@ -58,19 +58,29 @@ enum Command {
     /// budgets, and write the runtime model (-o). Exit 0 if every board fits, 1 if one cannot
     /// (each explained), 2 on bad input.
     Fit(FitArgs),
-    /// Run a .pdg model with the runtime over a batch of inputs: float32 .npy of shape
-    /// [N, model input without its batch axis]. Exit 0 on success, 2 on a corrupted blob or
-    /// bad input.
+    /// Run a .pdg model (or an .onnx one, lowered as fit would store it unpruned: a
+    /// quantized file as its own int8 model) with the runtime over a batch of inputs: .npy of
+    /// shape [N, model input without its batch axis], int8 for a model with int8 input and
+    /// output, else float32. Exit 0 on success, 2 on a corrupted blob or bad input.
     Run {
-        /// The runtime model (.pdg).
+        /// The runtime model (.pdg), or an ONNX model.
         model: PathBuf,
-        /// Inputs (.npy, float32 or float64, C order): [N, the model's input dims without
-        /// its batch axis], in the model's layout (`paoding inspect` shows it).
+        /// Inputs (.npy, C order): [N, the model's input dims without its batch axis], in the
+        /// model's layout (`paoding inspect` shows it); int8 codes for an int8 model (float
+        /// values are quantized with its input's parameters), else float32 or float64.
         #[arg(long)]
         input: PathBuf,
-        /// Write the outputs here (.npy) instead of printing them.
+        /// Write the outputs here (.npy: int8 for an int8 model) instead of printing them.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Compare the outputs with this .npy (e.g. TFLite's): how many values differ, the
+        /// largest difference and where, and on how many samples the top-1 agrees.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// For a quantized ONNX model: run nodes without an exact int8 form in f32 (between
+        /// explicit conversions) instead of refusing the model.
+        #[arg(long)]
+        allow_f32_islands: bool,
     },
     /// Accuracy, agreement, KL and FGSM robustness of a candidate (.onnx or .pdg) against
     /// the original. Exit 0, or 2 on bad input.
@@ -128,6 +138,10 @@ struct PruneArgs {
     /// Print the report as JSON (schema paoding.prune/3).
     #[arg(long)]
     json: bool,
+    /// For a quantized file: run nodes without an exact int8 form in f32 between explicit
+    /// conversions instead of refusing the model.
+    #[arg(long)]
+    allow_f32_islands: bool,
 }
 
 #[derive(Args)]
@@ -174,9 +188,14 @@ struct FitArgs {
     min_agreement: Option<f64>,
     /// How the model is stored: f32, int8 (calibrated on the refit's probes), or auto (the
     /// most faithful that fits: f32 unpruned, else int8 unpruned, else the better pruned one).
-    /// Default: the profile's weight_dtype.
+    /// Default: the profile's weight_dtype; int8 for a quantized file (its own int8 model,
+    /// or its int8 weights).
     #[arg(long, value_enum)]
     dtype: Option<paoding_cli::fit::DtypeChoice>,
+    /// For a quantized file: run nodes without an exact int8 form in f32 between explicit
+    /// conversions instead of refusing the model.
+    #[arg(long)]
+    allow_f32_islands: bool,
     #[command(flatten)]
     int8: Int8Args,
     #[command(flatten)]
@@ -285,12 +304,26 @@ fn run(command: Command) -> Result<u8, CliError> {
             model,
             input,
             output,
+            reference,
+            allow_f32_islands,
         } => {
-            let out = paoding_cli::run::run(&model, &input, output.as_deref())?;
-            match output {
-                Some(path) => output::print(&format!("wrote {}\n", path.display()))?,
-                None => output::print(&out.to_text())?,
+            let out = paoding_cli::run::run(
+                &model,
+                &input,
+                output.as_deref(),
+                paoding_cli::run::RunOptions {
+                    reference: reference.as_deref(),
+                    allow_f32_islands,
+                },
+            )?;
+            let mut text = match output {
+                Some(path) => format!("wrote {}\n", path.display()),
+                None => out.to_text(),
+            };
+            if let Some(c) = &out.comparison {
+                text += &c.to_text();
             }
+            output::print(&text)?;
             Ok(EXIT_OK)
         }
         Command::Profiles { json } => {
@@ -364,7 +397,8 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     let model_name = a.model.display().to_string();
     let g = &imported.graph;
     let probes = a.probe_args.settings(&imported, a.probes.clone())?;
-    let check = LazyCheckSet::new(g, &probes, a.data.clone());
+    let original = fit_cmd::original_model(&a.model, &imported, a.allow_f32_islands)?;
+    let check = LazyCheckSet::new(g, &probes, a.data.clone()).for_original(original);
     let options = FitOptions {
         overrides: BudgetOverrides {
             flash_bytes: a.flash,
@@ -382,6 +416,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         max_layer_ratio: a.widths.max_layer_ratio,
         dtype: a.dtype,
         int8: a.int8.options(),
+        allow_f32_islands: a.allow_f32_islands,
     };
     let mut reports = Vec::new();
     let mut files = Vec::new();
@@ -389,7 +424,15 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
     let mut all_ok = true;
     for p in &profiles {
         progress.set_prefix(&p.name);
-        let fitted = fit_cmd::fit_graph(&model_name, g, p, &options, &check, &progress)?;
+        let fitted = fit_cmd::fit_graph_with(
+            &model_name,
+            g,
+            imported.quant.as_ref(),
+            p,
+            &options,
+            &check,
+            &progress,
+        )?;
         if let (Some(out), Some(blob)) = (&a.output, &fitted.blob) {
             files.push((name(out, p), blob.clone()));
         }
@@ -470,11 +513,13 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
         input_range: probes.input_range,
         ..Default::default()
     };
-    let check = CheckSet::build(g, &probes, &a.data, &progress)?;
+    let original = fit_cmd::original_model(&a.model, &imported, a.allow_f32_islands)?;
+    let check = CheckSet::build_for(g, original.as_ref(), &probes, &a.data, &progress)?;
     let int8 = a.int8.options();
     let pruned = prune_cmd::prune(
         &model_name,
         g,
+        imported.quant.as_ref().map(|q| (q, a.allow_f32_islands)),
         &options,
         &probes,
         (a.dtype, &int8),

@@ -44,6 +44,12 @@ fn read_numbers(path: &Path) -> Result<(Vec<usize>, Vec<f64>), CliError> {
             .into_iter()
             .map(f64::from)
             .collect(),
+        (npyz::TypeChar::Int, 1) => npy
+            .into_vec::<i8>()
+            .map_err(read)?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
         (npyz::TypeChar::Uint, 1) => npy
             .into_vec::<u8>()
             .map_err(read)?
@@ -75,9 +81,51 @@ pub fn read_batch(path: &Path, sample_len: usize) -> Result<(usize, Vec<f32>), C
 /// A batch of inputs for a model whose input has shape `input` (batch axis first): the array
 /// must have shape `[N, input[1..]...]` ([`batch_len`]). Returns N and the samples back to back.
 pub fn read_inputs(path: &Path, input: &[usize]) -> Result<(usize, Vec<f32>), CliError> {
+    read_inputs_quantized(path, input, None)
+}
+
+/// [`read_inputs`] for a model whose input is int8 with parameters `(scale, zero point)`
+/// when given: an int8 array holds that input's codes, and is read as the reals they stand
+/// for (TFLite's dequantization), which the int8 model quantizes back to the same codes.
+/// Without parameters an int8 array is refused (the model takes reals).
+pub fn read_inputs_quantized(
+    path: &Path,
+    input: &[usize],
+    quant: Option<(f32, i32)>,
+) -> Result<(usize, Vec<f32>), CliError> {
+    let int8 = is_int8(path)?;
     let (shape, values) = read_numbers(path)?;
     let n = batch_len(&shape, input).map_err(|reason| bad(path, reason))?;
-    Ok((n, values.into_iter().map(|v| v as f32).collect()))
+    Ok((
+        n,
+        match (int8, quant) {
+            (false, _) => values.into_iter().map(|v| v as f32).collect(),
+            (true, Some((scale, zp))) => values
+                .into_iter()
+                .map(|v| paoding_runtime::quant::dequantize(v as i8, scale, zp))
+                .collect(),
+            (true, None) => {
+                return Err(bad(
+                    path,
+                    "an int8 array holds a quantized model's input codes; this model's input \
+                     is f32: give its real values"
+                        .into(),
+                ))
+            }
+        },
+    ))
+}
+
+/// Whether a `.npy` file holds int8 values.
+fn is_int8(path: &Path) -> Result<bool, CliError> {
+    let bytes = std::fs::read(path).map_err(|source| CliError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let npy =
+        npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(path, format!("not a .npy file: {e}")))?;
+    Ok(matches!(npy.dtype(), npyz::DType::Plain(t)
+        if t.type_char() == npyz::TypeChar::Int && t.size_field() == 1))
 }
 
 /// The number of samples in an array of shape `shape` that holds inputs of a model whose

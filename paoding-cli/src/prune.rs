@@ -117,13 +117,25 @@ pub struct PruneReport {
     pub layers: Vec<LayerChange>,
     /// How close the pruned model stays.
     pub fidelity: FidelityReport,
+    /// For a quantized file: how the pruned model was judged in int8.
+    pub int8: Option<String>,
 }
 
 /// Prune `graph`, store it as `dtype` and measure the result on `check`, showing each phase on
 /// `progress`.
+///
+/// `file` is the imported model's own quantization, if it has one, and whether nodes without
+/// an exact int8 form may run in f32. A file that quantizes its activations is judged in int8
+/// whatever `dtype` says — the layers surgery changed quantized again, everything else as the
+/// file has it ([`paoding_core::quant::imported::for_pruned`]) — against `check`, which should
+/// hold the file's int8 model's outputs ([`crate::fit::original_model`]); a file that
+/// quantizes only its weights keeps its int8 weights under `--dtype int8`. The graph returned
+/// (written as ONNX) is the pruned model's f32 form.
+#[allow(clippy::too_many_arguments)]
 pub fn prune(
     model: &str,
     graph: &Graph,
+    file: Option<(&crate::import::FileQuant, bool)>,
     options: &PruneOptions,
     probes: &ProbeSettings,
     (dtype, int8): (PruneDtype, &Int8Options),
@@ -174,20 +186,61 @@ pub fn prune(
         &resolved.probes,
         resolved.selection(),
     )?;
-    let (blob, after, fidelity, quantization) = match dtype {
-        PruneDtype::F32 => {
+    let file_model = file.filter(|(f, _)| !f.weights_only());
+    let dtype = if file_model.is_some() {
+        PruneDtype::Int8
+    } else {
+        dtype
+    };
+    let (blob, after, fidelity, quantization, judged) = match (file_model, dtype) {
+        (Some((f, islands)), _) => {
+            progress.phase("quantizing");
+            let (quantized, changed) =
+                paoding_core::quant::imported::for_pruned(graph, &f.quantized, &pruned.graph)
+                    .ok_or_else(|| {
+                        CliError::Usage(format!(
+                            "{model}: the pruned model does not match the file's"
+                        ))
+                    })?;
+            let calibration = format!(
+                "judged in int8: the file's own quantization, except the channels pruning \
+                 changed in {changed} layer(s), quantized again"
+            );
+            let m = crate::quantize::lower(
+                std::path::Path::new(model),
+                &pruned.graph,
+                quantized,
+                f.io,
+                islands,
+                calibration,
+            )?;
+            progress.phase("measuring fidelity");
+            let fidelity =
+                check.measure_model(&Model::Blob(BlobBytes::new(&m.blob)), &pruned.graph)?;
+            let after = Size::of_int8(&m);
+            (m.blob, after, fidelity, None, Some(m.calibration))
+        }
+        (None, PruneDtype::F32) => {
             progress.phase("measuring fidelity");
             let blob = paoding_core::blob::write_blob(
                 &pruned.graph,
                 &paoding_core::plan::MemoryPlan::new(&pruned.graph),
             )?;
             let fidelity = check.measure(&pruned.graph)?;
-            (blob, Size::of(&pruned.graph)?, fidelity, None)
+            (blob, Size::of(&pruned.graph)?, fidelity, None, None)
         }
-        PruneDtype::Int8 => {
+        (None, PruneDtype::Int8) => {
             progress.phase("quantizing");
+            // A file that quantizes only its weights keeps its codes where pruning left them.
+            let file_layers = file.map(|(f, _)| f.quantized.layers.as_slice());
             let calibrate = |g: &Graph| {
-                crate::quantize::quantize(g, &resolved.probes, &resolved.description, int8)
+                crate::quantize::quantize_keeping(
+                    g,
+                    &resolved.probes,
+                    &resolved.description,
+                    int8,
+                    file_layers.unwrap_or_default(),
+                )
             };
             let unpruned = calibrate(graph)?;
             let q = calibrate(&pruned.graph)?;
@@ -196,12 +249,8 @@ pub fn prune(
             let quantization = QuantizationReport::new(&q, cost);
             let fidelity =
                 check.measure_model(&Model::Blob(BlobBytes::new(&q.blob)), &pruned.graph)?;
-            (
-                q.blob.clone(),
-                Size::of_int8(&q),
-                fidelity,
-                Some(quantization),
-            )
+            let after = Size::of_int8(&q);
+            (q.blob, after, fidelity, Some(quantization), None)
         }
     };
     let report = PruneReport {
@@ -218,6 +267,7 @@ pub fn prune(
         after,
         layers: pruned.layers,
         fidelity,
+        int8: judged,
     };
     Ok(Pruned {
         graph: pruned.graph,
@@ -329,6 +379,9 @@ impl PruneReport {
                 100.0 * q.cost.agreement,
                 q.cost.relative_l2
             );
+        }
+        if let Some(q) = &self.int8 {
+            let _ = writeln!(out, "{q}; against the file's own int8 model:");
         }
         out.push_str(&self.fidelity.to_text(""));
         out

@@ -169,6 +169,20 @@ pub fn quantize(
     probes_text: &str,
     options: &Int8Options,
 ) -> Result<Int8Model, CliError> {
+    quantize_keeping(g, probes, probes_text, options, &[])
+}
+
+/// [`quantize`], keeping the int8 weights of a file that quantizes only its weights
+/// (`file_layers`, per node, from the import): every output channel whose weights are still
+/// the file's takes the file's codes and scale instead of paoding's rounding
+/// ([`paoding_core::quant::imported::apply_file_weights`]).
+pub fn quantize_keeping(
+    g: &Graph,
+    probes: &Probes,
+    probes_text: &str,
+    options: &Int8Options,
+    file_layers: &[Option<quant::QLayer>],
+) -> Result<Int8Model, CliError> {
     let keep_f32 = options.keep_f32_nodes(g)?;
     let mut graph = g.clone();
     if options.equalize {
@@ -182,10 +196,13 @@ pub fn quantize(
             keep_f32,
         },
     )?;
-    if options.refine_rounding {
+    let kept = !file_layers.is_empty() && !options.equalize;
+    if kept {
+        paoding_core::quant::imported::apply_file_weights(&graph, &mut quantized, file_layers);
+    } else if options.refine_rounding {
         correct::refine_rounding(&graph, &mut quantized, probes)?;
     }
-    if options.correct_bias {
+    if options.correct_bias && !kept {
         correct::correct_biases(&graph, &mut quantized, probes)?;
     }
     let lowered = QuantizedBlob::new(&graph, &quantized, Dtype::F32)?;
@@ -196,10 +213,105 @@ pub fn quantize(
         ram_bytes: plan.arena_bytes as u64,
         macs: paoding_core::cost::ModelCost::new(&graph, Default::default()).macs,
     };
+    let describe = if kept {
+        "weights int8 as the file stores them, activations int8 per tensor (min/max ranges)"
+            .to_string()
+    } else {
+        options.describe()
+    };
     Ok(Int8Model {
         node_dtypes: lowered.node_dtypes().to_vec(),
-        calibration: format!("{}; ranges from {probes_text}", options.describe()),
+        calibration: format!("{describe}; ranges from {probes_text}"),
         graph,
+        quantized,
+        blob,
+        usage,
+    })
+}
+
+/// The int8 model a quantized (QDQ) file describes, exactly as the file has it: its scales,
+/// zero points, int8 weights and int32 biases, its int8 input and output when the file's are
+/// integers. A node without an exact int8 form (float weights in a quantized model, a
+/// requantizing ReLU, a softmax that does not end the model...) is an error naming it, unless
+/// `allow_f32_islands`: it then runs in f32 between an explicit dequantization and
+/// quantization, and [`Int8Model::f32_nodes`] lists it.
+pub fn from_file(
+    path: &std::path::Path,
+    g: &Graph,
+    file: &crate::import::FileQuant,
+    allow_f32_islands: bool,
+) -> Result<Int8Model, CliError> {
+    lower(
+        path,
+        g,
+        file.quantized.clone(),
+        file.io,
+        allow_f32_islands,
+        "the file's own quantization (scales, zero points, int8 weights and int32 biases as \
+         stored)"
+            .into(),
+    )
+}
+
+/// `g` lowered in the int8 form `quantized` with `io` input and output: every node without
+/// an exact int8 form an error naming it (the file at `path`), unless `allow_f32_islands`.
+pub fn lower(
+    path: &std::path::Path,
+    g: &Graph,
+    quantized: Quantized,
+    io: Dtype,
+    allow_f32_islands: bool,
+    calibration: String,
+) -> Result<Int8Model, CliError> {
+    let lowered = QuantizedBlob::new(g, &quantized, io)?;
+    if !allow_f32_islands {
+        if let Some((node, _)) = g
+            .nodes
+            .iter()
+            .zip(lowered.node_dtypes())
+            .find(|(_, d)| **d == Dtype::F32)
+        {
+            let param = |v: usize| match quantized.values[v] {
+                Some(p) => format!("int8 (scale {}, zero point {})", p.scale, p.zero_point),
+                None => "f32".to_string(),
+            };
+            let inputs: Vec<String> = node.inputs.iter().map(|&v| param(v)).collect();
+            let weights = match node.op {
+                paoding_core::ir::Op::Dense(_) | paoding_core::ir::Op::Conv2d(_) => {
+                    let i = g.nodes.iter().position(|n| std::ptr::eq(n, node));
+                    if i.is_some_and(|i| quantized.layers[i].is_none()) {
+                        ", f32 weights"
+                    } else {
+                        ""
+                    }
+                }
+                _ => "",
+            };
+            return Err(crate::error::ImportError::Quantization {
+                path: path.to_path_buf(),
+                node: node.name.clone(),
+                op: node.op.kind().to_string(),
+                reason: format!(
+                    "has no exact int8 form (input {}, output {}{weights}); \
+                     --allow-f32-islands runs it in f32 between explicit conversions",
+                    inputs.join(", "),
+                    param(node.output)
+                ),
+            }
+            .into());
+        }
+    }
+    let plan = lowered.plan();
+    let blob = lowered.write(&plan)?;
+    let usage = Usage {
+        flash_bytes: blob.len() as u64,
+        ram_bytes: plan.arena_bytes as u64,
+        macs: paoding_core::cost::ModelCost::new(g, Default::default()).macs,
+    };
+    Ok(Int8Model {
+        node_dtypes: lowered.node_dtypes().to_vec(),
+        calibration,
+        graph: g.clone(),
         quantized,
         blob,
         usage,

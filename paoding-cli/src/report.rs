@@ -46,6 +46,23 @@ pub struct InspectReport {
     pub constraints: Vec<Constraint>,
     /// Whether every constraint holds (`None` without a profile).
     pub fits: Option<bool>,
+    /// What the file itself quantizes, for a quantized (QDQ) file.
+    pub quantization: Option<FileQuantSummary>,
+}
+
+/// What a quantized file quantizes (`inspect`'s `quantization`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FileQuantSummary {
+    /// Always `file`: the parameters are the file's own.
+    pub source: &'static str,
+    /// `int8`: the file's weights.
+    pub weights: &'static str,
+    /// `int8` when the file quantizes its activations, else `f32` (weights-only file).
+    pub activations: &'static str,
+    /// The input's and output's dtype.
+    pub io: &'static str,
+    /// Nodes with no exact int8 form (run in f32 only with `--allow-f32-islands`).
+    pub f32_nodes: Vec<String>,
 }
 
 /// The part of a profile a report repeats.
@@ -67,12 +84,36 @@ impl InspectReport {
         profile: Option<&Profile>,
     ) -> Result<Self, paoding_core::Error> {
         let g = &imported.graph;
-        let dtype = profile.map(|p| p.weight_dtype).unwrap_or_default();
+        // A quantized file is an int8 model: it costs as int8.
+        let file = imported.quant.as_ref().filter(|q| !q.weights_only());
+        let dtype = match file {
+            Some(_) => WeightDtype::Int8,
+            None => profile.map(|p| p.weight_dtype).unwrap_or_default(),
+        };
         let other = match dtype {
             WeightDtype::F32 => WeightDtype::Int8,
             WeightDtype::Int8 => WeightDtype::F32,
         };
-        let (f32, int8) = (Usage::of(g)?, Usage::of_dtype(g, WeightDtype::Int8)?);
+        let lowered = match file {
+            Some(q) => Some(paoding_core::blob::QuantizedBlob::new(
+                g,
+                &q.quantized,
+                q.io,
+            )?),
+            None => None,
+        };
+        let f32 = Usage::of(g)?;
+        let int8 = match &lowered {
+            Some(l) => {
+                let plan = l.plan();
+                Usage {
+                    flash_bytes: l.size(&plan)? as u64,
+                    ram_bytes: plan.arena_bytes as u64,
+                    macs: f32.macs,
+                }
+            }
+            None => Usage::of_dtype(g, WeightDtype::Int8)?,
+        };
         let used = if dtype == WeightDtype::Int8 {
             int8
         } else {
@@ -81,9 +122,10 @@ impl InspectReport {
         // The arena of the plan the runtime executes in that dtype (conversions included).
         let plan = |d: WeightDtype| match d {
             WeightDtype::F32 => Ok(MemoryPlan::new(g)),
-            WeightDtype::Int8 => {
-                MemoryPlan::quantized(g, &paoding_core::quant::nominal(g), Dtype::F32)
-            }
+            WeightDtype::Int8 => match &lowered {
+                Some(l) => Ok(l.plan()),
+                None => MemoryPlan::quantized(g, &paoding_core::quant::nominal(g), Dtype::F32),
+            },
         };
         let cost = ModelCost::with_plan(g, dtype, &plan(dtype)?);
         // The exact blob the runtime would load: weights plus the format's overhead.
@@ -116,6 +158,26 @@ impl InspectReport {
             other_cost: ModelCost::with_plan(g, other, &plan(other)?),
             f32,
             int8,
+            quantization: imported.quant.as_ref().map(|q| FileQuantSummary {
+                source: "file",
+                weights: "int8",
+                activations: if q.weights_only() { "f32" } else { "int8" },
+                io: match q.io {
+                    Dtype::I8 => "int8",
+                    Dtype::F32 => "f32",
+                },
+                f32_nodes: lowered
+                    .as_ref()
+                    .map(|l| {
+                        g.nodes
+                            .iter()
+                            .zip(l.node_dtypes())
+                            .filter(|(_, d)| **d == Dtype::F32)
+                            .map(|(n, _)| n.name.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
         })
     }
 
@@ -212,6 +274,29 @@ impl InspectReport {
             self.int8.ram_bytes,
             100.0 * self.int8.ram_bytes as f64 / self.f32.ram_bytes.max(1) as f64
         );
+        if let Some(q) = &self.quantization {
+            let _ = if q.activations == "f32" {
+                writeln!(
+                    out,
+                    "quantized file: int8 weights, f32 activations (fit --dtype int8 keeps the \
+                     file's weights and calibrates the activations)"
+                )
+            } else {
+                writeln!(
+                    out,
+                    "quantized file: int8 weights and activations as the file quantizes them, \
+                     {} input and output; costs above as int8",
+                    q.io
+                )
+            };
+            if !q.f32_nodes.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  no exact int8 form (f32 islands only with --allow-f32-islands): {}",
+                    q.f32_nodes.join(", ")
+                );
+            }
+        }
         if let Some(p) = &self.profile {
             let _ = match p.description.as_str() {
                 "" => writeln!(out, "\nprofile {}", p.name),

@@ -27,34 +27,76 @@ use crate::ir::{Activation, BatchNorm, Graph, Op, ValueId};
 /// # Ok::<(), paoding_core::Error>(())
 /// ```
 pub fn simplify(graph: &mut Graph) -> Result<()> {
-    while fold_once(graph) {}
-    remove_dead(graph);
+    simplify_tagged::<()>(graph, &mut Vec::new())
+}
+
+/// [`simplify`] carrying one optional tag per value (an imported int8 model's quantization
+/// parameters): a rewrite that removes a node merges its output's tag into the value that
+/// replaces it, and a rewrite that would merge two different tags is not made (the two values
+/// stay apart, as the file has them). `tags` is resized to the graph's values first, and
+/// renumbered with them.
+///
+/// ```
+/// use paoding_core::ir::{Activation, Dense, Graph, Op};
+///
+/// let mut g = Graph::new("x", vec![1, 2]);
+/// let h = g.push("fc", Op::Dense(Dense {
+///     units: 2, inputs: 2, weights: vec![1.0, 0.0, 0.0, 1.0], bias: vec![0.0; 2],
+///     activation: Activation::Identity,
+/// }), &[g.input])?;
+/// g.output = g.push("relu", Op::Activation(Activation::Relu), &[h])?;
+/// // The ReLU's output is tagged; the dense layer's is not: the fused layer takes the tag.
+/// let mut tags = vec![None, None, Some(7)];
+/// paoding_core::simplify::simplify_tagged(&mut g, &mut tags)?;
+/// assert_eq!((g.nodes.len(), tags), (1, vec![None, Some(7)]));
+/// # Ok::<(), paoding_core::Error>(())
+/// ```
+pub fn simplify_tagged<T: Clone + PartialEq>(
+    graph: &mut Graph,
+    tags: &mut Vec<Option<T>>,
+) -> Result<()> {
+    tags.resize(graph.values.len(), None);
+    while fold_once(graph, tags) {}
+    remove_dead(graph, tags);
     graph.check()
 }
 
+/// Whether removing node `i` (its output replaced by its first input) keeps the tags apart.
+fn mergeable<T: PartialEq>(g: &Graph, tags: &[Option<T>], i: usize) -> bool {
+    let (from, to) = (g.nodes[i].output, g.nodes[i].inputs[0]);
+    match (&tags[from], &tags[to]) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
 /// Apply the first rewrite that matches; false when none does.
-fn fold_once(g: &mut Graph) -> bool {
+fn fold_once<T: Clone + PartialEq>(g: &mut Graph, tags: &mut [Option<T>]) -> bool {
     for i in 0..g.nodes.len() {
         let input = g.nodes[i].inputs[0];
         let producer = g.producer(input);
         let sole_use = producer.is_some() && input != g.output && g.consumers(input).len() == 1;
+        // A rewrite that removes node i merges its output into its input.
+        let merge = mergeable(g, tags, i);
         match g.nodes[i].op.clone() {
-            Op::BatchNorm(bn) if bn.is_identity() => return bypass(g, i),
-            Op::BatchNorm(bn) if sole_use && bn.stats.is_none() => {
+            Op::BatchNorm(bn) if merge && bn.is_identity() => return bypass(g, tags, i),
+            Op::BatchNorm(bn) if merge && sole_use && bn.stats.is_none() => {
                 let p = producer.unwrap_or_default();
                 if fold_affine(&mut g.nodes[p].op, &bn) {
-                    return bypass(g, i);
+                    return bypass(g, tags, i);
                 }
             }
-            Op::Activation(Activation::Identity) => return bypass(g, i),
-            Op::Activation(act) if sole_use => {
+            Op::Activation(Activation::Identity) if merge => return bypass(g, tags, i),
+            Op::Activation(act) if merge && sole_use => {
                 let p = producer.unwrap_or_default();
                 if fuse_activation(&mut g.nodes[p].op, act) {
-                    return bypass(g, i);
+                    return bypass(g, tags, i);
                 }
             }
-            Op::Reshape { ref shape } if g.shape(input) == shape.as_slice() => return bypass(g, i),
-            Op::Reshape { .. } if sole_use => {
+            Op::Reshape { ref shape } if merge && g.shape(input) == shape.as_slice() => {
+                return bypass(g, tags, i)
+            }
+            Op::Reshape { .. } if sole_use && tags[input].is_none() => {
                 let p = producer.unwrap_or_default();
                 if let Op::Reshape { .. } = g.nodes[p].op {
                     // Reshape of a reshape: read the first one's input directly.
@@ -147,9 +189,12 @@ fn keeps_order(perm: &[usize], shape: &[usize]) -> bool {
 }
 
 /// Remove node `i`, whose output equals its first input, rewiring its readers.
-fn bypass(g: &mut Graph, i: usize) -> bool {
+fn bypass<T: Clone>(g: &mut Graph, tags: &mut [Option<T>], i: usize) -> bool {
     let node = g.nodes.remove(i);
     let (from, to) = (node.output, node.inputs[0]);
+    if tags[to].is_none() {
+        tags[to] = tags[from].take();
+    }
     for n in &mut g.nodes {
         n.inputs
             .iter_mut()
@@ -165,7 +210,7 @@ fn bypass(g: &mut Graph, i: usize) -> bool {
 }
 
 /// Drop nodes whose output nobody reads, then renumber values densely.
-fn remove_dead(g: &mut Graph) {
+fn remove_dead<T: Clone>(g: &mut Graph, tags: &mut Vec<Option<T>>) {
     loop {
         let dead = (0..g.nodes.len())
             .find(|&i| g.nodes[i].output != g.output && g.consumers(g.nodes[i].output).is_empty());
@@ -183,13 +228,16 @@ fn remove_dead(g: &mut Graph) {
     }
     let mut renumber: Vec<Option<ValueId>> = alloc::vec![None; g.values.len()];
     let mut values = Vec::new();
+    let mut kept_tags = Vec::new();
     for (v, value) in g.values.drain(..).enumerate() {
         if used[v] {
             renumber[v] = Some(values.len());
             values.push(value);
+            kept_tags.push(tags[v].clone());
         }
     }
     g.values = values;
+    *tags = kept_tags;
     let map = |v: ValueId| renumber[v].unwrap_or(v);
     for n in &mut g.nodes {
         n.output = map(n.output);

@@ -98,6 +98,7 @@ fn study(dir: &Path, f: &Fixture, seeds: &[u64], cache: &Path) -> Vec<Row> {
             let pruned = paoding_cli::prune::prune(
                 file,
                 g,
+                None,
                 &options,
                 &s,
                 (PruneDtype::F32, &Int8Options::default()),
@@ -284,6 +285,7 @@ fn main() {
         let report = paoding_cli::prune::prune(
             "mlperf",
             &imported.graph,
+            None,
             &options,
             &s,
             (PruneDtype::F32, &Int8Options::default()),

@@ -12,6 +12,7 @@ use paoding_core::{blob, plan::MemoryPlan, probes::Probes, quant};
 use paoding_runtime::{format::Dtype, Model};
 use paoding_tests::onnx_builder::{Attr, OnnxBuilder};
 use paoding_tests::seeded_uniform;
+use tract_onnx::pb;
 
 fn seeds_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -137,6 +138,62 @@ fn onnx_seeds() -> Vec<(&'static str, Vec<u8>)> {
         )
         .node("Reshape", &["t", "shape"], "r", &[]);
     out.push(("pad_concat_transpose", b.encode("r")));
+
+    // A quantized (QDQ) dense layer: int8 weights per output channel, int32 biases, the
+    // input and the ReLU's output quantized.
+    let tensor = |name: &str, dims: &[i64], data_type: i32, raw: Vec<u8>| pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type,
+        raw_data: raw,
+        ..Default::default()
+    };
+    let (f, i8t, i32t) = (1, 3, 6);
+    let floats = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (sx, sw) = (0.02f32, [0.01f32, 0.005, 0.02]);
+    let mut b = OnnxBuilder::new(&[1, 4], 13);
+    b.tensor(tensor("sx", &[], f, floats(&[sx])))
+        .tensor(tensor("zx", &[], i8t, vec![3]))
+        .tensor(tensor(
+            "w",
+            &[4, 3],
+            i8t,
+            (0..12u8).map(|k| k.wrapping_mul(37)).collect(),
+        ))
+        .tensor(tensor("sw", &[3], f, floats(&sw)))
+        .tensor(tensor("zw", &[3], i8t, vec![0; 3]))
+        .tensor(tensor(
+            "bq",
+            &[3],
+            i32t,
+            [100i32, -50, 7]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ))
+        .tensor(tensor("sb", &[3], f, floats(&sw.map(|s| s * sx))))
+        .tensor(tensor("sr", &[], f, floats(&[0.05])))
+        .tensor(tensor("zr", &[], i8t, vec![128]));
+    b.node("QuantizeLinear", &["x", "sx", "zx"], "xq", &[])
+        .node("DequantizeLinear", &["xq", "sx", "zx"], "xd", &[])
+        .node(
+            "DequantizeLinear",
+            &["w", "sw", "zw"],
+            "wd",
+            &[("axis", Attr::Int(1))],
+        )
+        .node(
+            "DequantizeLinear",
+            &["bq", "sb"],
+            "bd",
+            &[("axis", Attr::Int(0))],
+        )
+        .node("MatMul", &["xd", "wd"], "h", &[])
+        .node("Add", &["h", "bd"], "a", &[])
+        .node("Relu", &["a"], "r", &[])
+        .node("QuantizeLinear", &["r", "sr", "zr"], "rq", &[])
+        .node("DequantizeLinear", &["rq", "sr", "zr"], "y", &[]);
+    out.push(("qdq_dense", b.encode("y")));
     out
 }
 

@@ -28,7 +28,12 @@ use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::infer::InferenceNode;
 
 use super::checks::MAX_ELEMENTS;
+use super::qdq::Qdq;
+use super::FileQuant;
 use crate::error::ImportError;
+use paoding_core::quant::imported::{self, FileLayer};
+use paoding_core::quant::params::QParams;
+use paoding_runtime::format::Dtype;
 
 #[derive(Clone)]
 enum Mapped {
@@ -36,12 +41,17 @@ enum Mapped {
     Value(ValueId),
 }
 
+/// What [`load_and_map`] gives: the graph, the graph before its batch norms are folded (when
+/// they carry statistics), the input range the file implies, and a quantized file's int8 form.
+pub(super) type Loaded = (Graph, Option<Graph>, Option<InputRange>, Option<FileQuant>);
+
 pub(super) fn load_and_map(
     path: &Path,
     dir: &Path,
     proto: ModelProto,
     onnx: &tract_onnx::Onnx,
-) -> Result<(Graph, Option<Graph>, Option<InputRange>), ImportError> {
+    qdq: Option<&Qdq>,
+) -> Result<Loaded, ImportError> {
     let tract_err = |e: TractError| ImportError::Tract {
         path: path.to_path_buf(),
         reason: format!("{e:#}"),
@@ -139,6 +149,33 @@ pub(super) fn load_and_map(
         Some(Mapped::Value(v)) => mapper.graph.output = *v,
         _ => return Err(model_err("the output does not depend on the input".into())),
     }
+    if let Some(qdq) = qdq {
+        let mut tags = value_params(path, &typed, &mapper.mapped, mapper.graph.input, qdq)?;
+        let mut graph = mapper.graph;
+        drop(typed);
+        let implied = paoding_core::estimate::implied_input_range(&graph);
+        saturate(&mut graph, &tags);
+        paoding_core::simplify::simplify_tagged(&mut graph, &mut tags).map_err(|source| {
+            ImportError::Graph {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let quant = file_quant(path, &graph, tags, qdq)?;
+        // An integer input spans its codes.
+        let input_range = match qdq.input {
+            Some((p, _)) => {
+                let (lo, hi) = p.range();
+                Some(InputRange {
+                    lo,
+                    hi,
+                    source: "the int8 input's quantization".into(),
+                })
+            }
+            None => implied,
+        };
+        return Ok((graph, None, input_range, Some(quant)));
+    }
     let simplify = |mut graph: Graph| {
         paoding_core::simplify::simplify(&mut graph).map_err(|source| ImportError::Graph {
             path: path.to_path_buf(),
@@ -155,7 +192,7 @@ pub(super) fn load_and_map(
         .iter()
         .any(|n| matches!(&n.op, Op::BatchNorm(b) if b.stats.is_some()));
     if !kept {
-        return Ok((simplify(with_stats)?, None, input_range));
+        return Ok((simplify(with_stats)?, None, input_range, None));
     }
     let mut folded = with_stats.clone();
     for node in &mut folded.nodes {
@@ -163,7 +200,135 @@ pub(super) fn load_and_map(
             b.stats = None;
         }
     }
-    Ok((simplify(folded)?, Some(simplify(with_stats)?), input_range))
+    Ok((
+        simplify(folded)?,
+        Some(simplify(with_stats)?),
+        input_range,
+        None,
+    ))
+}
+
+/// The file's quantization parameters on the IR's values (before simplification), through
+/// the ONNX tensor names tract keeps as outlet labels. Two names of one value (an `Identity`
+/// between them) must agree.
+fn value_params(
+    path: &Path,
+    typed: &TypedModel,
+    mapped: &HashMap<OutletId, Mapped>,
+    input: ValueId,
+    qdq: &Qdq,
+) -> Result<Vec<Option<QParams>>, ImportError> {
+    let mut tags: Vec<Option<QParams>> = Vec::new();
+    let mut set = |v: ValueId, p: QParams, name: &str| {
+        if tags.len() <= v {
+            tags.resize(v + 1, None);
+        }
+        match tags[v] {
+            Some(old) if old != p => Err(ImportError::Quantization {
+                path: path.to_path_buf(),
+                node: name.to_string(),
+                op: "tensor".into(),
+                reason: format!(
+                    "quantized with scale {} and zero point {}, and also with scale {} and \
+                     zero point {}",
+                    p.scale, p.zero_point, old.scale, old.zero_point
+                ),
+            }),
+            _ => {
+                tags[v] = Some(p);
+                Ok(())
+            }
+        }
+    };
+    if let Some((p, _)) = qdq.input {
+        set(input, p, "the graph input")?;
+    }
+    // In a fixed order, so that a conflict is reported the same way every time.
+    let mut labels: Vec<(&OutletId, &String)> = typed.outlet_labels.iter().collect();
+    labels.sort();
+    for (outlet, label) in labels {
+        if let (Some(&p), Some(Mapped::Value(v))) = (qdq.values.get(label), mapped.get(outlet)) {
+            set(*v, p, label)?;
+        }
+    }
+    Ok(tags)
+}
+
+/// Make the f32 graph saturate where the int8 model does: a quantized value cannot leave
+/// the range its codes cover, so the layer or ReLU that writes it clips to that range (a
+/// ReLU becomes a clip, a layer without activation gets one). The int8 model is unchanged
+/// (the clip's codes are the whole int8 range), and the f32 graph — what pruning refits and
+/// probes are synthesized on — stays the int8 model without its rounding, even for inputs
+/// that drive activations out of their calibrated ranges.
+fn saturate(graph: &mut Graph, tags: &[Option<QParams>]) {
+    for node in &mut graph.nodes {
+        let Some(Some(p)) = tags.get(node.output) else {
+            continue;
+        };
+        let (lo, hi) = p.range();
+        let slot = match &mut node.op {
+            Op::Dense(d) if d.activation == Activation::Identity => &mut d.activation,
+            Op::Conv2d(c) if c.activation == Activation::Identity => &mut c.activation,
+            Op::Activation(a) => a,
+            _ => continue,
+        };
+        *slot = match *slot {
+            Activation::Identity => Activation::Clip { min: lo, max: hi },
+            Activation::Relu => Activation::Clip {
+                min: 0.0,
+                max: hi.max(0.0),
+            },
+            Activation::Clip { min, max } => Activation::Clip {
+                min: min.max(lo),
+                max: max.min(hi).max(min.max(lo)),
+            },
+            other => other,
+        };
+    }
+}
+
+/// The file's int8 form on the simplified graph.
+fn file_quant(
+    path: &Path,
+    graph: &Graph,
+    tags: Vec<Option<QParams>>,
+    qdq: &Qdq,
+) -> Result<FileQuant, ImportError> {
+    let layers: Vec<Option<FileLayer>> = graph
+        .nodes
+        .iter()
+        .map(|n| {
+            // tract names the nodes of an operator it expands `{onnx name}.{part}`.
+            let mut name = n.name.as_str();
+            loop {
+                if let Some(l) = qdq.layers.get(name) {
+                    return Some(l.clone());
+                }
+                name = name.rsplit_once('.')?.0;
+            }
+        })
+        .collect();
+    let quantized = imported::from_file(graph, tags, &layers).map_err(|e| {
+        let node = &graph.nodes[e.node];
+        ImportError::Quantization {
+            path: path.to_path_buf(),
+            node: node.name.clone(),
+            op: node.op.kind().to_string(),
+            reason: e.reason,
+        }
+    })?;
+    let io = match (qdq.input, qdq.output) {
+        (Some(_), Some(_)) => Dtype::I8,
+        _ => Dtype::F32,
+    };
+    Ok(FileQuant {
+        quantized,
+        io,
+        unsigned_io: [
+            qdq.input.is_some_and(|(_, u)| u),
+            qdq.output.is_some_and(|(_, u)| u),
+        ],
+    })
 }
 
 /// Walk the graph in order, as tract's analysis will, and refuse any node whose output

@@ -3,6 +3,7 @@
 
 mod checks;
 mod map;
+mod qdq;
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use paoding_core::ir::Graph;
+use paoding_core::quant::Quantized;
+use paoding_runtime::format::Dtype;
 use tract_onnx::prelude::*;
 
 use crate::error::ImportError;
@@ -31,6 +34,30 @@ pub struct Imported {
     /// The input range the file implies (an input normalisation, the first batch norm's
     /// statistics: [`paoding_core::estimate::implied_input_range`]), for data-free probes.
     pub input_range: Option<paoding_core::estimate::InputRange>,
+    /// The file's own quantization, when it is a quantized (QDQ) model: see [`FileQuant`].
+    pub quant: Option<FileQuant>,
+}
+
+/// A quantized file's int8 form, as the file has it (scales, zero points, integer weights
+/// and biases), on [`Imported::graph`] (whose weights are the file's, dequantized).
+#[derive(Debug, Clone)]
+pub struct FileQuant {
+    /// Per value its parameters, per layer its int8 weights. For a file that quantizes only
+    /// its weights, every value is `None` and each layer's bias is empty (see
+    /// [`paoding_core::quant::imported::apply_file_weights`]).
+    pub quantized: Quantized,
+    /// The dtype of the model's input and output: int8 when the file's are integer tensors.
+    pub io: Dtype,
+    /// Whether the file's input and output were uint8 (their codes are shifted by 128 into
+    /// int8, with their zero points).
+    pub unsigned_io: [bool; 2],
+}
+
+impl FileQuant {
+    /// Whether the file quantizes its weights only (its activations are f32).
+    pub fn weights_only(&self) -> bool {
+        self.quantized.values.iter().all(Option::is_none)
+    }
 }
 
 /// Import an ONNX file into the IR.
@@ -87,6 +114,8 @@ fn import(source: Source<'_>, path: &Path) -> Result<Imported, ImportError> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     checks::check_proto(path, &dir, &proto, &onnx)?;
+    let mut proto = proto;
+    let qdq = qdq::rewrite(path, &mut proto)?;
     let opset = proto
         .opset_import
         .iter()
@@ -100,10 +129,10 @@ fn import(source: Source<'_>, path: &Path) -> Result<Imported, ImportError> {
     quiet_panics_while_importing();
     IMPORTING.with(|i| i.set(true));
     let result = catch_unwind(AssertUnwindSafe(|| {
-        map::load_and_map(path, &dir, proto, &onnx)
+        map::load_and_map(path, &dir, proto, &onnx, qdq.as_ref())
     }));
     IMPORTING.with(|i| i.set(false));
-    let (graph, with_bn_stats, input_range) = result.unwrap_or_else(|panic| {
+    let (graph, with_bn_stats, input_range, quant) = result.unwrap_or_else(|panic| {
         Err(ImportError::Tract {
             path: path.to_path_buf(),
             reason: format!("internal panic: {}", panic_message(&*panic)),
@@ -115,6 +144,7 @@ fn import(source: Source<'_>, path: &Path) -> Result<Imported, ImportError> {
         opset,
         with_bn_stats,
         input_range,
+        quant,
     })
 }
 

@@ -14,6 +14,7 @@
 
 pub mod calibrate;
 pub mod correct;
+pub mod imported;
 pub mod params;
 
 use alloc::vec::Vec;
