@@ -282,8 +282,8 @@ pub fn refine_rounding(g: &Graph, q: &mut Quantized, probes: &Probes) -> Result<
             let x: Vec<f32> = values[v]
                 .iter()
                 .map(|&a| {
-                    let code = ((a / p.scale).round() as i32 + p.zero_point).clamp(-128, 127);
-                    (code - p.zero_point) as f32 * p.scale
+                    let code = paoding_runtime::quant::quantize(a, p.scale, p.zero_point);
+                    paoding_runtime::quant::dequantize(code, p.scale, p.zero_point)
                 })
                 .collect();
             let eq = &mut grams[k];
