@@ -1,5 +1,5 @@
-//! Fits the fixture models to the board profile with `paoding fit`'s library entry point and
-//! writes the blobs, a few sample inputs and the Rust that embeds them into `OUT_DIR`.
+//! Fits the models to the board profile with `paoding fit`'s library entry point and writes
+//! the blobs, a few sample inputs per model and the Rust that embeds them into `OUT_DIR`.
 //!
 //! This is the pattern a firmware team copies: the ONNX file and the profile are the sources,
 //! the blob is a build artifact, and cargo re-fits when either changes.
@@ -7,48 +7,107 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use paoding_cli::fit::{fit, DtypeChoice, FitOptions};
+use paoding_cli::fit::{fit, BudgetOverrides, DtypeChoice, FitOptions};
 
-/// (name, ONNX file relative to this crate, dtype). One model of each kernel family: 3x3
-/// convolutions with pooling and dense layers, depthwise-separable convolutions, and a
-/// dense-only MLP; each in f32 and in int8 (calibrated without data, TFLite's scheme).
-const MODELS: &[(&str, &str, DtypeChoice)] = &[
-    (
+/// One embedded model: how it is fitted and what it runs on.
+struct Entry {
+    name: &'static str,
+    /// The ONNX file, relative to this crate.
+    onnx: &'static str,
+    /// `None`: the file's own choice (int8 for a quantized file, else the profile's).
+    dtype: Option<DtypeChoice>,
+    /// A flash budget below the profile's, to make the fit prune.
+    flash: Option<u64>,
+    inputs: Inputs,
+}
+
+/// Sample inputs: the first [`SAMPLES`] rows of a `.npy` file.
+#[derive(Clone, Copy)]
+enum Inputs {
+    /// The digits test split (NCHW, f32).
+    Digits,
+    /// The MLPerf Tiny keyword-spotting inputs (int8 codes of the int8 model's input; an f32
+    /// model takes the reals they stand for).
+    Kws,
+}
+
+const DIGITS: &str = "../../tests/fixtures/digits_test_x_nchw.npy";
+/// The third-party models sit in `../shared/models` beside the clone, as CI has them.
+const KWS_INPUTS: &str = "../../../shared/models/kws_dscnn_int8.x.npy";
+const KWS_INT8: &str = "../../../shared/models/kws_dscnn_int8.onnx";
+const KWS_F32: &str = "../../../shared/models/kws_dscnn.onnx";
+const SAMPLES: usize = 4;
+
+/// One model of each kernel family — 3x3 convolutions with pooling and dense layers,
+/// depthwise-separable convolutions, a dense-only MLP — in f32 and in int8 (calibrated
+/// without data, TFLite's scheme); and MLPerf Tiny's keyword spotter in f32, as its int8 file
+/// quantized it (whose outputs TFLite's reference kernels give), and that file pruned to 24 KiB.
+const MODELS: &[Entry] = &[
+    entry(
         "cnn_pool",
         "../../tests/fixtures/cnn_pool_torch.onnx",
         DtypeChoice::F32,
     ),
-    (
+    entry(
         "dscnn",
         "../../tests/fixtures/dscnn_torch.onnx",
         DtypeChoice::F32,
     ),
-    (
+    entry(
         "mlp",
         "../../tests/fixtures/mlp_torch.onnx",
         DtypeChoice::F32,
     ),
-    (
+    entry(
         "cnn_pool_i8",
         "../../tests/fixtures/cnn_pool_torch.onnx",
         DtypeChoice::Int8,
     ),
-    (
+    entry(
         "dscnn_i8",
         "../../tests/fixtures/dscnn_torch.onnx",
         DtypeChoice::Int8,
     ),
-    (
+    entry(
         "mlp_i8",
         "../../tests/fixtures/mlp_torch.onnx",
         DtypeChoice::Int8,
     ),
+    Entry {
+        name: "kws",
+        onnx: KWS_F32,
+        dtype: Some(DtypeChoice::F32),
+        flash: None,
+        inputs: Inputs::Kws,
+    },
+    Entry {
+        name: "kws_i8",
+        onnx: KWS_INT8,
+        dtype: None,
+        flash: None,
+        inputs: Inputs::Kws,
+    },
+    Entry {
+        name: "kws_i8_24k",
+        onnx: KWS_INT8,
+        dtype: None,
+        flash: Some(24 * 1024),
+        inputs: Inputs::Kws,
+    },
 ];
+
+const fn entry(name: &'static str, onnx: &'static str, dtype: DtypeChoice) -> Entry {
+    Entry {
+        name,
+        onnx,
+        dtype: Some(dtype),
+        flash: None,
+        inputs: Inputs::Digits,
+    }
+}
+
 /// The board profile the models are fitted to (a path, so a change re-runs this script).
 const PROFILE: &str = "../../boards/qemu-mps2-an500.toml";
-/// Sample inputs: the first `SAMPLES` rows of the digits test split (NCHW, f32).
-const INPUTS: &str = "../../tests/fixtures/digits_test_x_nchw.npy";
-const SAMPLES: usize = 4;
 
 fn main() {
     if let Err(e) = run() {
@@ -62,8 +121,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let here = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed={PROFILE}");
-    println!("cargo:rerun-if-changed={INPUTS}");
+    for p in [PROFILE, DIGITS, KWS_INPUTS] {
+        println!("cargo:rerun-if-changed={p}");
+    }
 
     // The linker script: cortex-m-rt's link.x includes memory.x from the search path.
     std::fs::copy(here.join("memory.x"), out.join("memory.x"))?;
@@ -72,76 +132,101 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let profile = here.join(PROFILE);
     let mut rs = String::from("// Generated by build.rs: the fitted models and sample inputs.\n");
-    let mut input_len = None;
-    for (i, (name, onnx, dtype)) in MODELS.iter().enumerate() {
-        println!("cargo:rerun-if-changed={onnx}");
+    let mut entries = Vec::new();
+    // The keyword spotter's int8 input parameters, for its f32 form's real inputs.
+    let mut kws_quant = None;
+    for (i, e) in MODELS.iter().enumerate() {
+        println!("cargo:rerun-if-changed={}", e.onnx);
         let options = FitOptions {
-            dtype: Some(*dtype),
+            dtype: e.dtype,
+            overrides: BudgetOverrides {
+                flash_bytes: e.flash,
+                ..Default::default()
+            },
             ..FitOptions::default()
         };
-        let fitted = fit(&here.join(onnx), &profile, &options)?;
+        let fitted = fit(&here.join(e.onnx), &profile, &options)?;
         let blob = match (&fitted.blob, fitted.ok()) {
             (Some(b), true) => b,
-            _ => {
-                return Err(format!("{onnx}: {}", fitted.report.message).into());
-            }
+            _ => return Err(format!("{}: {}", e.onnx, fitted.report.message).into()),
         };
-        let n_in = paoding_runtime::format::input_len(blob);
-        if *input_len.get_or_insert(n_in) != n_in {
-            return Err(format!("{onnx}: input of {n_in} values, unlike the other models").into());
+        let model = paoding_runtime::Model::from_bytes(blob)
+            .map_err(|err| format!("{}: the fitted blob does not load: {err:?}", e.onnx))?;
+        let n_in = model.input_len();
+        let int8_io = model.io_dtype() == paoding_runtime::format::Dtype::I8;
+        if let Some(q) = model.input_quant() {
+            kws_quant.get_or_insert((q.scale, q.zero_point));
         }
-        let path = out.join(format!("{name}.pdg"));
+        let path = out.join(format!("{}.pdg", e.name));
         paoding_cli::output::write_atomic(&path, blob)?;
         let p = rust_str(&path)?;
         writeln!(
             rs,
-            "const RAW_{i}: &[u8] = include_bytes!({p});\n\
-             static BLOB_{i}: Aligned<[u8; RAW_{i}.len()]> = Aligned(*include_bytes!({p}));"
+            "static BLOB_{i}: Aligned<[u8; {len}]> = Aligned(*include_bytes!({p}));",
+            len = blob.len()
         )?;
+        entries.push((e, i, n_in, int8_io, model.arena_len(), model.output_len()));
     }
-    let arenas: Vec<String> = (0..MODELS.len())
-        .map(|i| format!("format::arena_len(RAW_{i})"))
-        .collect();
-    let outs: Vec<String> = (0..MODELS.len())
-        .map(|i| format!("format::output_len(RAW_{i})"))
-        .collect();
-    let entries: Vec<String> = MODELS
-        .iter()
-        .enumerate()
-        .map(|(i, (name, ..))| format!("({name:?}, &BLOB_{i}.0)"))
-        .collect();
-    writeln!(
-        rs,
-        "/// (name, blob) of each embedded model.\n\
-         static MODELS: [(&str, &[u8]); {n}] = [{entries}];\n\
-         /// The largest arena any model needs, in f32 (one arena serves them in turn).\n\
-         const ARENA_LEN: usize = max_of(&[{arenas}]);\n\
-         /// The longest output, in f32.\n\
-         const OUT_MAX: usize = max_of(&[{outs}]);",
-        n = MODELS.len(),
-        entries = entries.join(", "),
-        arenas = arenas.join(", "),
-        outs = outs.join(", "),
-    )?;
 
-    // Sample inputs, as f32 bit patterns (exact, and no alignment to think about).
-    let n_in = input_len.ok_or("no model")?;
-    let (count, values) = paoding_cli::npy::read_batch(&here.join(INPUTS), n_in)?;
-    let samples = SAMPLES.min(count);
+    // Sample inputs, per model: f32 as bit patterns (exact), int8 as they are.
+    for &(e, i, n_in, int8_io, _, _) in &entries {
+        let (file, codes) = match e.inputs {
+            Inputs::Digits => (DIGITS, false),
+            Inputs::Kws => (KWS_INPUTS, true),
+        };
+        let (count, values) = paoding_cli::npy::read_batch(&here.join(file), n_in)?;
+        let values = &values[..SAMPLES.min(count) * n_in];
+        if int8_io {
+            let vals: Vec<String> = values.iter().map(|v| format!("{}", *v as i8)).collect();
+            writeln!(
+                rs,
+                "static INPUTS_{i}: [i8; {}] = [{}];",
+                vals.len(),
+                vals.join(", ")
+            )?;
+        } else {
+            // int8 codes for an f32 model: the reals the int8 model's input quantization
+            // gives them.
+            let reals: Vec<f32> = match (codes, kws_quant) {
+                (true, Some((scale, zp))) => values
+                    .iter()
+                    .map(|&v| paoding_runtime::quant::dequantize(v as i8, scale, zp))
+                    .collect(),
+                (true, None) => return Err("no int8 keyword spotter to take inputs from".into()),
+                (false, _) => values.to_vec(),
+            };
+            let vals: Vec<String> = reals
+                .iter()
+                .map(|v| format!("f32::from_bits({:#010x})", v.to_bits()))
+                .collect();
+            writeln!(
+                rs,
+                "static INPUTS_{i}: [f32; {}] = [{}];",
+                vals.len(),
+                vals.join(", ")
+            )?;
+        }
+    }
+    let table: Vec<String> = entries
+        .iter()
+        .map(|&(e, i, _, int8_io, _, _)| {
+            let kind = if int8_io { "I8" } else { "F32" };
+            format!("({:?}, &BLOB_{i}.0, Samples::{kind}(&INPUTS_{i}))", e.name)
+        })
+        .collect();
+    let arena = entries.iter().map(|e| e.4).max().unwrap_or(0);
+    let out_max = entries.iter().map(|e| e.5).max().unwrap_or(0);
     writeln!(
         rs,
-        "/// Values per input.\nconst IN_LEN: usize = {n_in};\n\
-         /// Sample inputs: rows of {INPUTS}.\nconst SAMPLES: usize = {samples};\n\
-         static INPUTS: [[f32; IN_LEN]; SAMPLES] = ["
+        "/// (name, blob, sample inputs back to back) of each embedded model.\n\
+         static MODELS: [(&str, &[u8], Samples); {n}] = [{table}];\n\
+         /// The largest arena any model needs, in f32 (one arena serves them in turn).\n\
+         const ARENA_LEN: usize = {arena};\n\
+         /// The longest output.\n\
+         const OUT_MAX: usize = {out_max};",
+        n = entries.len(),
+        table = table.join(", "),
     )?;
-    for row in values.chunks(n_in).take(samples) {
-        rs.push_str("    [");
-        for v in row {
-            write!(rs, "f32::from_bits({:#010x}), ", v.to_bits())?;
-        }
-        rs.push_str("],\n");
-    }
-    rs.push_str("];\n");
     paoding_cli::output::write_atomic(&out.join("models.rs"), rs.as_bytes())?;
     Ok(())
 }

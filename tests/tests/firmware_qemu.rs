@@ -21,21 +21,91 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use object::{Object, ObjectSection, ObjectSymbol};
-use paoding_cli::fit::{fit, DtypeChoice, FitOptions};
+use paoding_cli::fit::{fit, BudgetOverrides, DtypeChoice, FitOptions};
 use paoding_core::cost::{ModelCost, WeightDtype};
+use paoding_runtime::format::Dtype;
+use paoding_runtime::quant::dequantize;
 use paoding_runtime::Model;
 
-/// The models the firmware embeds (same names, files and dtypes as its build.rs).
-const MODELS: &[(&str, &str, DtypeChoice)] = &[
-    ("cnn_pool", "cnn_pool_torch.onnx", DtypeChoice::F32),
-    ("dscnn", "dscnn_torch.onnx", DtypeChoice::F32),
-    ("mlp", "mlp_torch.onnx", DtypeChoice::F32),
-    ("cnn_pool_i8", "cnn_pool_torch.onnx", DtypeChoice::Int8),
-    ("dscnn_i8", "dscnn_torch.onnx", DtypeChoice::Int8),
-    ("mlp_i8", "mlp_torch.onnx", DtypeChoice::Int8),
+/// Sample inputs of a model (as the firmware's build.rs takes them).
+#[derive(Clone, Copy, PartialEq)]
+enum Inputs {
+    /// The digits test split, f32 NCHW.
+    Digits,
+    /// MLPerf Tiny's keyword-spotting inputs: int8 codes (an f32 model takes their reals).
+    Kws,
+}
+
+/// An embedded model: (name, file relative to the workspace root, dtype (`None`: the file's
+/// own choice), flash budget below the profile's, inputs).
+type Embedded = (
+    &'static str,
+    &'static str,
+    Option<DtypeChoice>,
+    Option<u64>,
+    Inputs,
+);
+
+/// The models the firmware embeds (same names, files, dtypes, budgets and inputs as its
+/// build.rs).
+const MODELS: &[Embedded] = &[
+    (
+        "cnn_pool",
+        FIXTURE_POOL,
+        Some(DtypeChoice::F32),
+        None,
+        Inputs::Digits,
+    ),
+    (
+        "dscnn",
+        FIXTURE_DSCNN,
+        Some(DtypeChoice::F32),
+        None,
+        Inputs::Digits,
+    ),
+    (
+        "mlp",
+        FIXTURE_MLP,
+        Some(DtypeChoice::F32),
+        None,
+        Inputs::Digits,
+    ),
+    (
+        "cnn_pool_i8",
+        FIXTURE_POOL,
+        Some(DtypeChoice::Int8),
+        None,
+        Inputs::Digits,
+    ),
+    (
+        "dscnn_i8",
+        FIXTURE_DSCNN,
+        Some(DtypeChoice::Int8),
+        None,
+        Inputs::Digits,
+    ),
+    (
+        "mlp_i8",
+        FIXTURE_MLP,
+        Some(DtypeChoice::Int8),
+        None,
+        Inputs::Digits,
+    ),
+    ("kws", KWS_F32, Some(DtypeChoice::F32), None, Inputs::Kws),
+    ("kws_i8", KWS_INT8, None, None, Inputs::Kws),
+    ("kws_i8_24k", KWS_INT8, None, Some(24 * 1024), Inputs::Kws),
 ];
+const FIXTURE_POOL: &str = "tests/fixtures/cnn_pool_torch.onnx";
+const FIXTURE_DSCNN: &str = "tests/fixtures/dscnn_torch.onnx";
+const FIXTURE_MLP: &str = "tests/fixtures/mlp_torch.onnx";
+const KWS_F32: &str = "../shared/models/kws_dscnn.onnx";
+const KWS_INT8: &str = "../shared/models/kws_dscnn_int8.onnx";
+const KWS_INPUTS: &str = "../shared/models/kws_dscnn_int8.x.npy";
+/// TFLite's reference kernels' outputs for [`KWS_INPUTS`], which `kws_i8` must give byte for
+/// byte.
+const KWS_REFERENCE: &str = "../shared/models/kws_dscnn_int8.tflite_ref.npy";
 const PROFILE: &str = "boards/qemu-mps2-an500.toml";
-const INPUTS: &str = "digits_test_x_nchw.npy";
+const DIGITS: &str = "tests/fixtures/digits_test_x_nchw.npy";
 const ELF_NAME: &str = "paoding-qemu-mps2-an500";
 /// (QEMU machine, CPU) pairs the firmware runs on.
 const MACHINES: &[(&str, &str)] = &[("mps2-an500", "cortex-m7"), ("mps2-an386", "cortex-m4")];
@@ -163,8 +233,10 @@ struct Run {
     calib_ticks: u64,
     /// name → (blob bytes, crc, arena bytes, validate ticks).
     models: BTreeMap<String, (usize, u32, usize, u64)>,
-    /// (name, sample) → output bits.
+    /// (name, sample) → output bits (f32 outputs).
     outputs: BTreeMap<(String, usize), Vec<u32>>,
+    /// (name, sample) → outputs (int8 outputs).
+    outputs_i8: BTreeMap<(String, usize), Vec<i8>>,
     /// (name, sample) → ticks.
     ticks: BTreeMap<(String, usize), u64>,
     stack_hwm: usize,
@@ -212,6 +284,10 @@ fn parse(out: &str) -> Run {
                 let bits = ys.iter().map(|y| hex(y) as u32).collect();
                 r.outputs.insert((name.to_string(), num(sample)), bits);
             }
+            ["q", name, sample, ys @ ..] => {
+                let values = ys.iter().map(|y| num(y)).collect();
+                r.outputs_i8.insert((name.to_string(), num(sample)), values);
+            }
             ["t", name, sample, ticks] => {
                 r.ticks.insert((name.to_string(), num(sample)), num(ticks));
             }
@@ -246,20 +322,38 @@ struct HostModel {
     dense_conv_macs: u64,
     /// (op, MACs) per node.
     nodes: Vec<(String, u64)>,
+    /// Per sample: f32 outputs, or (a model with int8 output) empty.
     outputs: Vec<Vec<f32>>,
+    /// Per sample: int8 outputs (a model with int8 input and output).
+    outputs_i8: Vec<Vec<i8>>,
+}
+
+/// The first `samples` rows of a `.npy` of inputs of `n` values.
+fn rows(path: &str, n: usize, samples: usize) -> Vec<f32> {
+    let (count, x) = paoding_cli::npy::read_batch(&root().join(path), n).expect("inputs");
+    assert!(count >= samples, "{path}: {count} rows");
+    x[..samples * n].to_vec()
 }
 
 fn host_models(samples: usize) -> Vec<HostModel> {
-    let fixtures = root().join("tests/fixtures");
     let profile = root().join(PROFILE);
     let mut models = Vec::new();
-    for &(name, file, dtype) in MODELS {
+    // The keyword spotter's int8 input parameters: an f32 model takes the reals of its codes.
+    let kws_quant = Model::from_bytes(&fit_model("kws_i8", KWS_INT8, None, None))
+        .expect("kws blob")
+        .input_quant()
+        .expect("int8 input");
+    for &(name, file, dtype, flash, inputs) in MODELS {
         let options = FitOptions {
-            dtype: Some(dtype),
+            dtype,
+            overrides: BudgetOverrides {
+                flash_bytes: flash,
+                ..Default::default()
+            },
             ..FitOptions::default()
         };
         let fitted = fit(
-            &fixtures.join(file),
+            &root().join(file),
             profile.to_str().expect("utf-8 path"),
             &options,
         )
@@ -275,30 +369,73 @@ fn host_models(samples: usize) -> Vec<HostModel> {
             .map(|(_, m)| m)
             .sum();
         let model = Model::from_bytes(&blob).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let (count, x) = paoding_cli::npy::read_batch(&fixtures.join(INPUTS), model.input_len())
-            .expect("inputs");
-        assert!(count >= samples);
+        let (n_in, n_out) = (model.input_len(), model.output_len());
+        let x = match inputs {
+            Inputs::Digits => rows(DIGITS, n_in, samples),
+            Inputs::Kws => rows(KWS_INPUTS, n_in, samples),
+        };
         let mut arena = vec![0.0f32; model.arena_len()];
-        let outputs = x
-            .chunks(model.input_len())
-            .take(samples)
-            .map(|x| {
-                let mut y = vec![0.0f32; model.output_len()];
-                model.run(x, &mut arena, &mut y).expect("host run");
-                y
-            })
-            .collect();
+        let (mut outputs, mut outputs_i8) = (Vec::new(), Vec::new());
+        for x in x.chunks(n_in) {
+            if model.io_dtype() == Dtype::I8 {
+                let codes: Vec<i8> = x.iter().map(|&v| v as i8).collect();
+                let mut y = vec![0i8; n_out];
+                model.run_i8(&codes, &mut arena, &mut y).expect("host run");
+                outputs_i8.push(y);
+            } else {
+                let reals: Vec<f32> = match inputs {
+                    Inputs::Kws => x
+                        .iter()
+                        .map(|&v| dequantize(v as i8, kws_quant.scale, kws_quant.zero_point))
+                        .collect(),
+                    Inputs::Digits => x.to_vec(),
+                };
+                let mut y = vec![0.0f32; n_out];
+                model.run(&reals, &mut arena, &mut y).expect("host run");
+                outputs.push(y);
+            }
+        }
         models.push(HostModel {
             name,
-            int8: dtype == DtypeChoice::Int8,
+            int8: fitted.report.dtype == WeightDtype::Int8,
             blob,
             macs: cost.macs,
             dense_conv_macs,
             nodes,
             outputs,
+            outputs_i8,
         });
     }
     models
+}
+
+/// An int8 `.npy` of shape `[N, k]`, row by row.
+fn read_i8_rows(path: &str, k: usize) -> Vec<Vec<i8>> {
+    let (_, values) = paoding_cli::npy::read_batch(&root().join(path), k).expect("reference");
+    values
+        .chunks(k.max(1))
+        .map(|r| r.iter().map(|&v| v as i8).collect())
+        .collect()
+}
+
+/// The blob `fit` makes of `file` with `dtype` and `flash` on the firmware's profile.
+fn fit_model(name: &str, file: &str, dtype: Option<DtypeChoice>, flash: Option<u64>) -> Vec<u8> {
+    let options = FitOptions {
+        dtype,
+        overrides: BudgetOverrides {
+            flash_bytes: flash,
+            ..Default::default()
+        },
+        ..FitOptions::default()
+    };
+    let fitted = fit(
+        &root().join(file),
+        root().join(PROFILE).to_str().expect("utf-8 path"),
+        &options,
+    )
+    .unwrap_or_else(|e| panic!("{name}: fit: {e}"));
+    assert!(fitted.ok(), "{name}: {}", fitted.report.message);
+    fitted.blob.expect("blob")
 }
 
 /// Section sizes of the ELF, and the code size of paoding-runtime's own functions.
@@ -386,18 +523,52 @@ fn firmware_on_qemu_matches_host_runtime() {
                 }
             }
         }
+        // Models with int8 input and output: the same bytes.
+        let mut bytes = 0;
+        for m in &host {
+            for (i, want) in m.outputs_i8.iter().enumerate() {
+                let got = run
+                    .outputs_i8
+                    .get(&(m.name.to_string(), i))
+                    .unwrap_or_else(|| panic!("{machine} {} #{i}: no int8 outputs", m.name));
+                assert_eq!(
+                    got, want,
+                    "{machine} {} sample {i}: firmware vs host",
+                    m.name
+                );
+                bytes += got.len();
+            }
+        }
         println!(
-            "{machine}: {exact} of {values} output values bit-exact with the host runtime \
-             (largest relative difference {worst:e})"
+            "{machine}: {exact} of {values} f32 output values bit-exact with the host runtime \
+             (largest relative difference {worst:e}); {bytes} of {bytes} int8 outputs identical"
+        );
+        // The keyword spotter as its file quantized it: TFLite's reference kernels' bytes.
+        let kws = host.iter().find(|m| m.name == "kws_i8").expect("kws_i8");
+        let reference = read_i8_rows(KWS_REFERENCE, kws.outputs_i8[0].len());
+        let mut same = 0;
+        for (i, want) in reference.iter().take(samples).enumerate() {
+            let got = &run.outputs_i8[&("kws_i8".to_string(), i)];
+            assert_eq!(got, want, "{machine} kws_i8 sample {i}: firmware vs TFLite");
+            same += got.len();
+        }
+        println!(
+            "{machine}: kws_dscnn_int8 {same} of {same} output bytes identical to TFLite's \
+             reference kernels ({samples} samples of {KWS_INPUTS})"
         );
     }
     // Both CPUs compute the same bits.
     assert_eq!(
-        runs[0].1.outputs, runs[1].1.outputs,
+        (&runs[0].1.outputs, &runs[0].1.outputs_i8),
+        (&runs[1].1.outputs, &runs[1].1.outputs_i8),
         "Cortex-M7 and Cortex-M4 outputs differ"
     );
     for m in &host {
-        let y: Vec<String> = m.outputs[0].iter().map(|v| format!("{v:.4}")).collect();
+        let y: Vec<String> = match (m.outputs.first(), m.outputs_i8.first()) {
+            (Some(y), _) => y.iter().map(|v| format!("{v:.4}")).collect(),
+            (_, Some(y)) => y.iter().map(|v| v.to_string()).collect(),
+            _ => Vec::new(),
+        };
         println!("{} sample 0 on the device: [{}]", m.name, y.join(", "));
     }
 

@@ -8,7 +8,8 @@
 //! paoding-firmware 1
 //! calib <instructions> <ticks>          a loop of known length, to turn ticks into instructions
 //! model <name> <blob bytes> <crc32 hex> <arena bytes> <inputs> <outputs> <validate ticks>
-//! y <name> <sample> <f32 bits hex>...   the outputs of one inference
+//! y <name> <sample> <f32 bits hex>...   the outputs of one inference (f32 outputs)
+//! q <name> <sample> <int8 value>...     the outputs of one inference (int8 outputs)
 //! t <name> <sample> <ticks>             SysTick ticks of that inference
 //! stack <high-water mark bytes> <painted bytes>
 //! pc <address hex> <samples>            (feature `profile` only) program-counter histogram
@@ -24,23 +25,49 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use cortex_m::peripheral::{syst::SystClkSource, SYST};
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hio};
-use paoding_runtime::{format, Aligned, Model};
+use paoding_runtime::{Aligned, Model};
 
-// MODELS, ARENA_LEN, OUT_MAX, IN_LEN, SAMPLES, INPUTS.
-include!(concat!(env!("OUT_DIR"), "/models.rs"));
-
-/// The largest of `xs`, in `const` context.
-const fn max_of(xs: &[usize]) -> usize {
-    let mut m = 0;
-    let mut i = 0;
-    while i < xs.len() {
-        if xs[i] > m {
-            m = xs[i];
-        }
-        i += 1;
-    }
-    m
+/// A model's sample inputs, back to back, in its input's dtype.
+enum Samples {
+    F32(&'static [f32]),
+    I8(&'static [i8]),
 }
+
+impl Samples {
+    /// How many samples there are for `model`.
+    fn count(&self, model: &Model) -> usize {
+        let n = model.input_len().max(1);
+        match self {
+            Samples::F32(xs) => xs.len() / n,
+            Samples::I8(xs) => xs.len() / n,
+        }
+    }
+
+    /// Run `model` on sample `i`; its outputs land in `out` (f32 outputs) or `out8` (int8).
+    fn infer(
+        &self,
+        model: &Model,
+        i: usize,
+        arena: &mut [f32],
+        out: &mut [f32],
+        out8: &mut [i8],
+    ) -> bool {
+        let (n_in, n_out) = (model.input_len(), model.output_len());
+        let inputs = i * n_in..(i + 1) * n_in;
+        match (self, out.get_mut(..n_out), out8.get_mut(..n_out)) {
+            (Samples::F32(xs), Some(out), _) => xs
+                .get(inputs)
+                .is_some_and(|x| model.run(x, arena, out).is_ok()),
+            (Samples::I8(xs), _, Some(out)) => xs
+                .get(inputs)
+                .is_some_and(|x| model.run_i8(x, arena, out).is_ok()),
+            _ => false,
+        }
+    }
+}
+
+// MODELS, ARENA_LEN, OUT_MAX, and each model's blob and inputs.
+include!(concat!(env!("OUT_DIR"), "/models.rs"));
 
 /// Stack painting pattern.
 const PAINT: u32 = 0xDEAD_BEEF;
@@ -51,6 +78,7 @@ fn main() -> ! {
     // arena is a plain, statically sized buffer in .bss with no `unsafe`.
     static mut ARENA: [f32; ARENA_LEN] = [0.0; ARENA_LEN];
     static mut OUT: [f32; OUT_MAX] = [0.0; OUT_MAX];
+    static mut OUT8: [i8; OUT_MAX] = [0; OUT_MAX];
 
     let painted = paint_stack();
     let mut w = Line::new();
@@ -76,7 +104,7 @@ fn main() -> ! {
         .dec(ticks)
         .end();
 
-    for (name, blob) in MODELS.iter() {
+    for (name, blob, samples) in MODELS.iter() {
         let t0 = now();
         let model = match Model::from_bytes(blob) {
             Ok(m) => m,
@@ -99,17 +127,27 @@ fn main() -> ! {
             .s(" ")
             .dec(validate)
             .end();
-        let out = &mut OUT[..model.output_len()];
-        for (i, x) in INPUTS.iter().enumerate() {
+        let n_out = model.output_len();
+        for i in 0..samples.count(&model) {
             let t0 = now();
-            let r = model.run(x, ARENA, out);
+            let ok = samples.infer(&model, i, ARENA, OUT, OUT8);
             let ticks = now() - t0;
-            if r.is_err() {
+            if !ok {
                 fail(w.s("error ").s(name), " run failed");
             }
-            w.s("y ").s(name).s(" ").dec(i as u64);
-            for y in out.iter() {
-                w.s(" ").hex(y.to_bits());
+            match samples {
+                Samples::F32(_) => {
+                    w.s("y ").s(name).s(" ").dec(i as u64);
+                    for y in OUT.iter().take(n_out) {
+                        w.s(" ").hex(y.to_bits());
+                    }
+                }
+                Samples::I8(_) => {
+                    w.s("q ").s(name).s(" ").dec(i as u64);
+                    for &y in OUT8.iter().take(n_out) {
+                        w.s(" ").int(i64::from(y));
+                    }
+                }
             }
             w.end();
             w.s("t ")
@@ -129,7 +167,7 @@ fn main() -> ! {
         .end();
 
     #[cfg(feature = "profile")]
-    profile::run(&mut p.SYST, &mut w, ARENA, OUT);
+    profile::run(&mut p.SYST, &mut w, ARENA, OUT, OUT8);
 
     w.s("done").end();
     debug::exit(debug::EXIT_SUCCESS);
@@ -325,6 +363,13 @@ impl Line {
         self
     }
 
+    fn int(&mut self, v: i64) -> &mut Self {
+        if v < 0 {
+            self.byte(b'-');
+        }
+        self.dec(v.unsigned_abs())
+    }
+
     fn hex(&mut self, v: u32) -> &mut Self {
         self.s("0x");
         for k in (0..8).rev() {
@@ -385,21 +430,27 @@ mod profile {
     /// Repetitions of each inference while sampling.
     const REPEAT: usize = 8;
 
-    pub(super) fn run(syst: &mut SYST, w: &mut Line, arena: &mut [f32], out: &mut [f32]) {
-        for (name, blob) in MODELS.iter() {
+    pub(super) fn run(
+        syst: &mut SYST,
+        w: &mut Line,
+        arena: &mut [f32],
+        out: &mut [f32],
+        out8: &mut [i8],
+    ) {
+        for (name, blob, samples) in MODELS.iter() {
             let Ok(model) = Model::from_bytes(blob) else {
                 fail(w.s("error ").s(name), " does not validate")
             };
-            let out = &mut out[..model.output_len()];
             for c in HIST.iter() {
                 c.store(0, Ordering::Relaxed);
             }
             OUTSIDE.store(0, Ordering::Relaxed);
             timer_start(syst, 36);
             PROFILING.store(true, Ordering::Relaxed);
+            let count = samples.count(&model);
             for _ in 0..REPEAT {
-                for x in INPUTS.iter() {
-                    if model.run(x, arena, out).is_err() {
+                for i in 0..count {
+                    if !samples.infer(&model, i, arena, out, out8) {
                         fail(w.s("error ").s(name), " run failed");
                     }
                 }
@@ -409,7 +460,7 @@ mod profile {
             w.s("profile ")
                 .s(name)
                 .s(" ")
-                .dec((REPEAT * SAMPLES) as u64)
+                .dec((REPEAT * count) as u64)
                 .s(" ")
                 .dec(u64::from(OUTSIDE.load(Ordering::Relaxed)))
                 .end();
