@@ -449,6 +449,36 @@ fn onnxruntime_uint8_qdq_models_run_within_one_step() {
     assert_eq!(npy.into_vec::<u8>().expect("uint8").len(), 4500);
 }
 
+/// PyTorch's TorchScript export of an eager-mode quantized model: each quantized tensor cast
+/// to the type it has, the biases' zero points computed (`Cast(ConstantOfShape)`). It imports
+/// as the int8 model it is and runs within one output step of PyTorch (which requantizes in
+/// float).
+#[test]
+fn pytorch_quantized_exports_run_within_one_step_of_pytorch() {
+    let f = |name: &str| fixture(&format!("qdq/{name}"));
+    let line = compare(
+        &f("cnn_torch_qnnpack.onnx"),
+        &fixture("digits_test_x_nchw.npy"),
+        &f("cnn_torch_qnnpack.torch_ref.npy"),
+    );
+    assert!(line.contains("top-1 identical on 450 of 450"), "{line}");
+    let identical: f64 = line
+        .split('(')
+        .nth(1)
+        .and_then(|s| s.split(" %").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    assert!(identical >= 95.0, "{line}");
+    // One step of the output's quantization is 0.00084928.
+    let largest: f64 = line
+        .split("largest difference ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::MAX);
+    assert!(largest <= 0.000_85, "{line}");
+}
+
 /// onnxruntime's QOperator form: QLinearConv is read (as the QDQ pattern it stands for); its
 /// max pooling between two different quantizations, and its float Gemm layers, have no exact
 /// int8 form: refused naming the node, and run in f32 with --allow-f32-islands.

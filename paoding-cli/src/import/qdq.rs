@@ -157,6 +157,7 @@ pub(crate) fn rewrite(path: &Path, proto: &mut ModelProto) -> Result<Option<Qdq>
         }
     }
     expand_qlinear(graph, path)?;
+    fold_constant_chains(graph);
     let err = |node: &NodeProto, reason: String| ImportError::Quantization {
         path: path.to_path_buf(),
         node: node.name.clone(),
@@ -275,7 +276,25 @@ pub(crate) fn rewrite(path: &Path, proto: &mut ModelProto) -> Result<Option<Qdq>
                     .filter(|n| int_root.contains_key(*n))
                     .collect();
                 if let Some(first) = int_inputs.first() {
-                    if is_layout(op) && node.input.first() == Some(*first) {
+                    // PyTorch's exporter casts each quantized tensor to the type it already has.
+                    let root_type = roots
+                        .get(&int_root[*first])
+                        .and_then(|(p, _)| p.as_ref())
+                        .map(|p| p.ty);
+                    let same_type_cast = op == "Cast"
+                        && root_type.is_some()
+                        && node
+                            .attribute
+                            .iter()
+                            .find(|a| a.name == "to")
+                            .and_then(|a| IntType::of(a.i as i32))
+                            == root_type;
+                    if same_type_cast {
+                        let n = &mut graph.node[i];
+                        n.op_type = "Identity".into();
+                        n.attribute.clear();
+                    }
+                    if (is_layout(op) || same_type_cast) && node.input.first() == Some(*first) {
                         let root = int_root[*first].clone();
                         for out in &node.output {
                             int_root.insert(out.clone(), root.clone());
@@ -291,8 +310,9 @@ pub(crate) fn rewrite(path: &Path, proto: &mut ModelProto) -> Result<Option<Qdq>
                         &node,
                         format!(
                             "reads the integer tensor '{first}'; only layout operators \
-                             (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Identity) and \
-                             DequantizeLinear may read quantized tensors in a QDQ model"
+                             (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Identity), a \
+                             Cast to the type it has, and DequantizeLinear may read quantized \
+                             tensors in a QDQ model"
                         ),
                     ));
                 }
@@ -865,6 +885,127 @@ fn decode(t: &TensorProto) -> Option<Const> {
         data_type: t.data_type,
         dims,
         values,
+    })
+}
+
+/// Most elements a folded constant may have (zero points and shapes are small; this keeps a
+/// hostile shape from allocating).
+const MAX_FOLDED: usize = 1 << 16;
+
+/// Fold `ConstantOfShape` of a constant shape, and `Cast` of a constant, into `Constant`
+/// nodes: PyTorch's exporter computes some zero points so (`Cast(ConstantOfShape(shape))`),
+/// and the parameters read below must be constants.
+fn fold_constant_chains(graph: &mut tract_onnx::pb::GraphProto) {
+    let read: HashSet<String> = graph
+        .node
+        .iter()
+        .filter(|n| matches!(n.op_type.as_str(), "ConstantOfShape" | "Cast"))
+        .filter_map(|n| n.input.first().cloned())
+        .collect();
+    let mut known: HashMap<String, TensorProto> = graph
+        .initializer
+        .iter()
+        .filter(|t| read.contains(&t.name))
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect();
+    for i in topological(graph.node.as_slice()) {
+        let node = &graph.node[i];
+        let attr = |name: &str| node.attribute.iter().find(|a| a.name == name);
+        if node.op_type == "Constant" {
+            if let Some(out) = node.output.first().filter(|o| read.contains(*o)) {
+                if let Some(t) = attr("value").and_then(|a| a.t.as_ref()) {
+                    known.insert(out.clone(), t.clone());
+                }
+            }
+            continue;
+        }
+        let (Some(input), Some(output)) = (node.input.first(), node.output.first()) else {
+            continue;
+        };
+        let folded = match node.op_type.as_str() {
+            "ConstantOfShape" => known.get(input).and_then(|shape| {
+                let dims: Vec<i64> = numbers(shape)?.iter().map(|&d| d as i64).collect();
+                let count = dims
+                    .iter()
+                    .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))?;
+                let fill = attr("value").and_then(|a| a.t.as_ref());
+                let (ty, value) = match fill {
+                    Some(t) => (t.data_type, *numbers(t)?.first()?),
+                    None => (DataType::Float as i32, 0.0),
+                };
+                (count <= MAX_FOLDED).then(|| tensor_of(output, &dims, ty, &vec![value; count]))?
+            }),
+            "Cast" => known.get(input).and_then(|t| {
+                let to = attr("to")?.i as i32;
+                let values = numbers(t)?;
+                (values.len() <= MAX_FOLDED).then(|| tensor_of(output, &t.dims, to, &values))?
+            }),
+            _ => None,
+        };
+        if let Some(t) = folded {
+            known.insert(output.clone(), t.clone());
+            let n = &mut graph.node[i];
+            n.op_type = "Constant".into();
+            n.input.clear();
+            n.attribute = vec![tract_onnx::pb::AttributeProto {
+                name: "value".into(),
+                r#type: tract_onnx::pb::attribute_proto::AttributeType::Tensor as i32,
+                t: Some(t),
+                ..Default::default()
+            }];
+        }
+    }
+}
+
+/// The values of a constant of a numeric type the folding handles, as f64 (exact for them).
+fn numbers(t: &TensorProto) -> Option<Vec<f64>> {
+    let raw = &t.raw_data;
+    let from_raw = |size: usize, f: &dyn Fn(&[u8]) -> f64| -> Vec<f64> {
+        raw.chunks_exact(size).map(f).collect()
+    };
+    Some(match DataType::try_from(t.data_type).ok()? {
+        DataType::Float if raw.is_empty() => t.float_data.iter().map(|&v| v.into()).collect(),
+        DataType::Float => from_raw(4, &|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).into()),
+        DataType::Int8 | DataType::Uint8 | DataType::Int32 if raw.is_empty() => {
+            t.int32_data.iter().map(|&v| v.into()).collect()
+        }
+        DataType::Int8 => from_raw(1, &|b| (b[0] as i8).into()),
+        DataType::Uint8 => from_raw(1, &|b| b[0].into()),
+        DataType::Int32 => from_raw(4, &|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]).into()),
+        DataType::Int64 if raw.is_empty() => t.int64_data.iter().map(|&v| v as f64).collect(),
+        DataType::Int64 => from_raw(8, &|b| {
+            i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64
+        }),
+        _ => return None,
+    })
+}
+
+/// A constant of type `ty` (one the folding handles) holding `values`, as ONNX's Cast
+/// converts them (saturating `as` casts: ONNX leaves out-of-range casts undefined).
+fn tensor_of(name: &str, dims: &[i64], ty: i32, values: &[f64]) -> Option<TensorProto> {
+    let raw: Vec<u8> = match DataType::try_from(ty).ok()? {
+        DataType::Float => values
+            .iter()
+            .flat_map(|&v| (v as f32).to_le_bytes())
+            .collect(),
+        DataType::Int8 => values.iter().map(|&v| v as i8 as u8).collect(),
+        DataType::Uint8 => values.iter().map(|&v| v as u8).collect(),
+        DataType::Int32 => values
+            .iter()
+            .flat_map(|&v| (v as i32).to_le_bytes())
+            .collect(),
+        DataType::Int64 => values
+            .iter()
+            .flat_map(|&v| (v as i64).to_le_bytes())
+            .collect(),
+        _ => return None,
+    };
+    Some(TensorProto {
+        name: name.to_string(),
+        dims: dims.to_vec(),
+        data_type: ty,
+        raw_data: raw,
+        ..Default::default()
     })
 }
 
