@@ -194,6 +194,51 @@ fn onnx_seeds() -> Vec<(&'static str, Vec<u8>)> {
         .node("QuantizeLinear", &["r", "sr", "zr"], "rq", &[])
         .node("DequantizeLinear", &["rq", "sr", "zr"], "y", &[]);
     out.push(("qdq_dense", b.encode("y")));
+
+    // The same layer as PyTorch's TorchScript exporter writes it: each quantized tensor cast to
+    // the type it has, the bias's zero point computed by Cast(ConstantOfShape) (folded).
+    let mut b = OnnxBuilder::new(&[1, 4], 13);
+    b.tensor(tensor("sx", &[], f, floats(&[sx])))
+        .tensor(tensor("zx", &[], i8t, vec![3]))
+        .tensor(tensor(
+            "w",
+            &[4, 3],
+            i8t,
+            (0..12u8).map(|k| k.wrapping_mul(41)).collect(),
+        ))
+        .tensor(tensor("sw", &[3], f, floats(&sw)))
+        .tensor(tensor("zw", &[3], i8t, vec![0; 3]))
+        .tensor(tensor(
+            "bq",
+            &[3],
+            i32t,
+            [-20i32, 60, 5]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ))
+        .tensor(tensor("sb", &[3], f, floats(&sw.map(|s| s * sx))))
+        .tensor(tensor("nb", &[1], 7, 3i64.to_le_bytes().to_vec()));
+    b.node("QuantizeLinear", &["x", "sx", "zx"], "xq", &[])
+        .node("Cast", &["xq"], "xc", &[("to", Attr::Int(i8t.into()))])
+        .node("DequantizeLinear", &["xc", "sx", "zx"], "xd", &[])
+        .node(
+            "DequantizeLinear",
+            &["w", "sw", "zw"],
+            "wd",
+            &[("axis", Attr::Int(1))],
+        )
+        .node("ConstantOfShape", &["nb"], "zb0", &[])
+        .node("Cast", &["zb0"], "zb", &[("to", Attr::Int(i32t.into()))])
+        .node(
+            "DequantizeLinear",
+            &["bq", "sb", "zb"],
+            "bd",
+            &[("axis", Attr::Int(0))],
+        )
+        .node("MatMul", &["xd", "wd"], "h", &[])
+        .node("Add", &["h", "bd"], "y", &[]);
+    out.push(("qdq_torch_casts", b.encode("y")));
     out
 }
 
