@@ -109,7 +109,7 @@ pub struct PruneReport {
     /// For int8: the calibration, the layers left f32, and what quantizing the unpruned model
     /// alone costs on the check set (so quantization and pruning are told apart).
     pub quantization: Option<QuantizationReport>,
-    /// Size before (the original, f32).
+    /// Size before: the original, f32 (a quantized file: its own int8 model).
     pub before: Size,
     /// Size after (pruned, in `dtype`).
     pub after: Size,
@@ -263,7 +263,15 @@ pub fn prune(
         probe_description: resolved.description,
         dtype,
         quantization,
-        before: Size::of(graph)?,
+        before: match file_model {
+            Some((f, islands)) => Size::of_int8(&crate::quantize::from_file(
+                std::path::Path::new(model),
+                graph,
+                f,
+                islands,
+            )?),
+            None => Size::of(graph)?,
+        },
         after,
         layers: pruned.layers,
         fidelity,

@@ -394,6 +394,16 @@ fn prune_and_eval_judge_a_quantized_file_against_its_own_int8_model() {
             .is_some_and(|s| s.starts_with("judged in int8")),
         "{r}"
     );
+    // Sizes in int8 on both sides: the file's own model before, the pruned int8 one after.
+    assert_eq!(
+        (r["dtype"].as_str(), r["before"]["blob_bytes"].as_u64()),
+        (Some("int8"), Some(27_996)),
+        "{r}"
+    );
+    assert!(
+        r["after"]["blob_bytes"].as_u64().unwrap_or(u64::MAX) < 27_996,
+        "{r}"
+    );
     // eval takes the int8 model's own inputs (an int8 .npy) for a quantized original: the
     // original against itself agrees on every sample.
     let o = paoding(&[
