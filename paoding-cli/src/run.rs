@@ -478,9 +478,9 @@ pub fn run(
     };
     if let Some(path) = output {
         if int8 && unsigned[1] {
-            write_npy_u8(path, &out_shape, &data)?;
+            write_npy_of(path, &out_shape, data.iter().map(|&v| v as u8))?;
         } else if int8 {
-            write_npy_i8(path, &out_shape, &data)?;
+            write_npy_of(path, &out_shape, data.iter().map(|&v| v as i8))?;
         } else {
             write_npy(path, &out_shape, &data)?;
         }
@@ -493,48 +493,18 @@ pub fn run(
     })
 }
 
-/// Write uint8 codes (held exactly as f32) as a uint8 `.npy` file (atomically).
-fn write_npy_u8(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), RunError> {
-    use npyz::WriterBuilder;
-    let io = |source| RunError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    let mut bytes = Vec::new();
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&dims)
-        .writer(&mut bytes)
-        .begin_nd()
-        .map_err(io)?;
-    w.extend(data.iter().map(|&v| v as u8)).map_err(io)?;
-    w.finish().map_err(io)?;
-    crate::output::write_atomic(path, &bytes).map_err(io)
-}
-
-/// Write int8 codes (held exactly as f32) as an int8 `.npy` file (atomically).
-fn write_npy_i8(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), RunError> {
-    use npyz::WriterBuilder;
-    let io = |source| RunError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    let mut bytes = Vec::new();
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&dims)
-        .writer(&mut bytes)
-        .begin_nd()
-        .map_err(io)?;
-    w.extend(data.iter().map(|&v| v as i8)).map_err(io)?;
-    w.finish().map_err(io)?;
-    crate::output::write_atomic(path, &bytes).map_err(io)
-}
-
 /// Write an f32 `.npy` file (atomically, see [`crate::output`]).
 pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), RunError> {
+    write_npy_of(path, shape, data.iter().copied())
+}
+
+/// Write a `.npy` file of `values`' element type (int8 and uint8 codes, held exactly as f32 by
+/// the caller, are cast on the way), atomically.
+fn write_npy_of<T: npyz::AutoSerialize>(
+    path: &Path,
+    shape: &[usize],
+    values: impl Iterator<Item = T>,
+) -> Result<(), RunError> {
     use npyz::WriterBuilder;
     let io = |source| RunError::Io {
         path: path.to_path_buf(),
@@ -548,7 +518,7 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), RunEr
         .writer(&mut bytes)
         .begin_nd()
         .map_err(io)?;
-    w.extend(data.iter().copied()).map_err(io)?;
+    w.extend(values).map_err(io)?;
     w.finish().map_err(io)?;
     crate::output::write_atomic(path, &bytes).map_err(io)
 }

@@ -336,29 +336,17 @@ fn rows(path: &str, n: usize, samples: usize) -> Vec<f32> {
 }
 
 fn host_models(samples: usize) -> Vec<HostModel> {
-    let profile = root().join(PROFILE);
     let mut models = Vec::new();
     // The keyword spotter's int8 input parameters: an f32 model takes the reals of its codes.
-    let kws_quant = Model::from_bytes(&fit_model("kws_i8", KWS_INT8, None, None))
+    let kws = fit_entry("kws_i8", KWS_INT8, None, None)
+        .blob
+        .expect("blob");
+    let kws_quant = Model::from_bytes(&kws)
         .expect("kws blob")
         .input_quant()
         .expect("int8 input");
     for &(name, file, dtype, flash, inputs) in MODELS {
-        let options = FitOptions {
-            dtype,
-            overrides: BudgetOverrides {
-                flash_bytes: flash,
-                ..Default::default()
-            },
-            ..FitOptions::default()
-        };
-        let fitted = fit(
-            &root().join(file),
-            profile.to_str().expect("utf-8 path"),
-            &options,
-        )
-        .unwrap_or_else(|e| panic!("{name}: fit: {e}"));
-        assert!(fitted.ok(), "{name}: {}", fitted.report.message);
+        let fitted = fit_entry(name, file, dtype, flash);
         let blob = fitted.blob.clone().expect("blob");
         let graph = fitted.graph.as_ref().expect("graph");
         let cost = ModelCost::new(graph, WeightDtype::F32);
@@ -418,8 +406,14 @@ fn read_i8_rows(path: &str, k: usize) -> Vec<Vec<i8>> {
         .collect()
 }
 
-/// The blob `fit` makes of `file` with `dtype` and `flash` on the firmware's profile.
-fn fit_model(name: &str, file: &str, dtype: Option<DtypeChoice>, flash: Option<u64>) -> Vec<u8> {
+/// What `fit` makes of `file` with `dtype` and `flash` on the firmware's profile (as build.rs
+/// fits it); panics unless it fits.
+fn fit_entry(
+    name: &str,
+    file: &str,
+    dtype: Option<DtypeChoice>,
+    flash: Option<u64>,
+) -> paoding_cli::fit::Fitted {
     let options = FitOptions {
         dtype,
         overrides: BudgetOverrides {
@@ -435,7 +429,7 @@ fn fit_model(name: &str, file: &str, dtype: Option<DtypeChoice>, flash: Option<u
     )
     .unwrap_or_else(|e| panic!("{name}: fit: {e}"));
     assert!(fitted.ok(), "{name}: {}", fitted.report.message);
-    fitted.blob.expect("blob")
+    fitted
 }
 
 /// Section sizes of the ELF, and the code size of paoding-runtime's own functions.

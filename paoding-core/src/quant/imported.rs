@@ -36,21 +36,6 @@ pub struct FileError {
     pub reason: String,
 }
 
-/// Whether a node moves or clamps codes: its output takes its input's parameters when the
-/// file gives it none (TFLite's pooling, reshape and ReLU keep their input's quantization).
-fn passes_codes(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::MaxPool(_)
-            | Op::AveragePool(_)
-            | Op::GlobalAveragePool
-            | Op::Reshape { .. }
-            | Op::Transpose { .. }
-            | Op::Pad { .. }
-            | Op::Activation(_)
-    )
-}
-
 /// The int8 codes of one layer's f32 weights at their file scales (one, or one per
 /// channel), checked to give the weights back exactly.
 pub fn recover_codes(
@@ -107,7 +92,7 @@ pub fn from_file(
         }
     }
     for node in &g.nodes {
-        if values[node.output].is_none() && passes_codes(&node.op) {
+        if values[node.output].is_none() && super::passes_through(&node.op) {
             values[node.output] = values[node.inputs[0]];
         }
     }

@@ -90,8 +90,9 @@ pub const SOFTMAX_OUTPUT: QParams = QParams {
     zero_point: -128,
 };
 
-/// Layout, pooling, padding and clamping operators: they keep their input's dtype and codes.
-fn passes_through(op: &Op) -> bool {
+/// Layout, pooling, padding and clamping operators: they keep their input's dtype and codes
+/// (TFLite's pooling, reshape and ReLU keep their input's quantization).
+pub(crate) fn passes_through(op: &Op) -> bool {
     matches!(
         op,
         Op::MaxPool(_)
