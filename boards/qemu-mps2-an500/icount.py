@@ -51,6 +51,9 @@ def main():
     ap.add_argument("elf")
     ap.add_argument("log")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--hot", metavar="FUNCTION",
+                    help="also print the most executed instruction addresses of the functions "
+                         "whose name contains FUNCTION (for `llvm-objdump -d`)")
     args = ap.parse_args()
     syms = symbols(args.elf)
     addrs = [a for a, _ in syms]
@@ -60,11 +63,12 @@ def main():
 
     validation = {a for a, n in syms if n.endswith("check_lifetimes")}
     kernels = {a for a, n in syms
-               if re.search(r"kernels::(conv::conv2d|pool::pool)$", n)}
+               if re.search(r"kernels::(conv::conv2d|qconv::qconv2d|pool::pool)$", n)}
     blocks = {}  # start address -> Counter of function names over its instructions
     block = None
     sections = []  # [validation Counter, inference Counter] per model
     phase = None
+    hot = collections.Counter()  # instruction address -> executions, with --hot
     with open(args.log, errors="replace") as log:
         for line in log:
             if line.startswith("IN:"):
@@ -73,7 +77,8 @@ def main():
                 block.append(int(line[2:10], 16))
             elif line.startswith("Trace"):
                 if block:
-                    blocks[block[0]] = collections.Counter(name(a) for a in block)
+                    blocks[block[0]] = (collections.Counter(name(a) for a in block),
+                                        [a for a in block if args.hot and args.hot in name(a)])
                 block = None
                 pc = int(line.split("[", 1)[1].split("/")[1], 16)
                 if pc in validation:
@@ -82,12 +87,17 @@ def main():
                 elif pc in kernels and phase == 0:
                     phase = 1
                 if sections and pc in blocks:
-                    sections[-1][phase].update(blocks[pc])
+                    sections[-1][phase].update(blocks[pc][0])
+                    hot.update(blocks[pc][1])
     for i, (valid, infer) in enumerate(sections):
         for label, counts in (("validation", valid), ("inference", infer)):
             print(f"model {i} {label}: {sum(counts.values())} instructions")
             for fn, n in counts.most_common(args.top):
                 print(f"  {n:10d}  {fn[:100]}")
+    if args.hot:
+        print(f"hottest instructions of *{args.hot}*:")
+        for a, n in hot.most_common(args.top * 4):
+            print(f"  {n:10d}  {a:#x}")
 
 
 if __name__ == "__main__":

@@ -738,7 +738,7 @@ mod tests {
             v2: true,
         };
         assert_eq!(r.wref(), None);
-        // The same bytes in version 3 read as they are.
+        // The same bytes in version 3 and later read as they are.
         assert_eq!(
             reader(&huge).wref(),
             Some(WRef {

@@ -52,9 +52,13 @@
 //! output operand, and bytes 88..92 are 0; the decoder converts its offsets to bytes. The variant indices of [`OpRec`] are those of
 //! version 2, the int8 operators appended after them.
 //!
+//! **Version 3** stored int8 filters in [`pack_filters`]' order; read in version 4's
+//! ([`pack_filters_i8`]) they would compute garbage, so it is refused as unsupported: fit or
+//! convert the model again (a blob is a build artifact).
+//!
 //! Filters (convolution and dense weights, f32 or int8) are stored in the order the kernels
-//! read them: see [`pack_filters`]. Every other weight run is stored as the operator defines
-//! it.
+//! read them: see [`pack_filters`] and [`pack_filters_i8`]. Every other weight run is stored
+//! as the operator defines it.
 
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +67,7 @@ use crate::error::Error;
 /// First four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"PDNG";
 /// Format version paoding-core writes (this runtime also reads [`VERSION_2`]).
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// The previous version, f32 only, still read (see the module documentation).
 pub const VERSION_2: u16 = 2;
 /// Bytes of the fixed header.
@@ -211,8 +215,8 @@ pub struct RequantRec {
 pub struct QConvRec {
     /// Geometry.
     pub params: ConvParams,
-    /// i8 filters `[out_channels][in_channels / groups][kh][kw]`, stored as [`pack_filters`]
-    /// orders them.
+    /// i8 filters `[out_channels][in_channels / groups][kh][kw]`, stored as
+    /// [`pack_filters_i8`] orders them.
     pub weights: WRef,
     /// Bias and per-channel requantization.
     pub quant: RequantRec,
@@ -317,7 +321,7 @@ pub enum OpRec {
         value: f32,
     },
     /// int8 dense layer: `y = requant(W (x - input_zp) + bias)`, i8 weights `[units][inputs]`
-    /// stored as [`pack_filters`] orders them (one group, one tap).
+    /// stored as [`pack_filters_i8`] orders them (one group, one tap).
     QDense {
         /// Output neurons.
         units: u32,
@@ -803,6 +807,85 @@ pub fn pack_filters<T: Copy>(
                 }
             }
             first += block;
+        }
+    }
+    true
+}
+
+/// int8 filters are stored in blocks of this many output channels (the remainder as single
+/// filters): a Cortex-M kernel accumulates a block in 4 registers.
+pub const I8_BLOCK: usize = 4;
+
+/// Rearrange int8 filters from ONNX order `[groups * per_group][inputs][taps]` into the
+/// stored order: per group, per block of [`I8_BLOCK`] filters while that many remain (then
+/// single filters), per tap, the block's weights for each input. Within a block of 4 and a
+/// tap, the weights of two consecutive inputs `i`, `i + 1` (`i` even) are interleaved by
+/// pairs of filters: `w[f][i], w[f+1][i], w[f][i+1], w[f+1][i+1]` for `f = 0, 2`; an odd
+/// last input's 4 weights follow in filter order. A Cortex-M kernel loads four bytes as one
+/// word and sign-extends them (SXTB16) into the two 16-bit pairs `(w[f][i], w[f][i+1])` and
+/// `(w[f+1][i], w[f+1][i+1])` that one dual multiply-accumulate (SMLAD) each takes against
+/// the pair of inputs. A single filter's weights are `[taps][inputs]`. `src` and `dst` must
+/// both hold `groups * per_group * inputs * taps` values; otherwise nothing is written and
+/// `false` is returned.
+///
+/// ```
+/// use paoding_runtime::format::pack_filters_i8;
+/// // Five 1x1 filters (a block of 4 and a single one) over three inputs, filter f's weights
+/// // f*10 + input.
+/// let src: [i8; 15] = [0, 1, 2, 10, 11, 12, 20, 21, 22, 30, 31, 32, 40, 41, 42];
+/// let mut dst = [0i8; 15];
+/// assert!(pack_filters_i8(&src, 1, 5, 3, 1, &mut dst));
+/// // Inputs 0 and 1 by filter pairs, input 2's weights, then the single filter.
+/// assert_eq!(dst, [0, 10, 1, 11, 20, 30, 21, 31, 2, 12, 22, 32, 40, 41, 42]);
+/// ```
+pub fn pack_filters_i8(
+    src: &[i8],
+    groups: usize,
+    per_group: usize,
+    inputs: usize,
+    taps: usize,
+    dst: &mut [i8],
+) -> bool {
+    let filter = inputs * taps;
+    let total = groups
+        .checked_mul(per_group)
+        .and_then(|f| f.checked_mul(filter));
+    if total != Some(src.len()) || src.len() != dst.len() {
+        return false;
+    }
+    let mut out = dst.iter_mut();
+    let mut first = 0;
+    for _ in 0..groups {
+        let mut left = per_group;
+        while left > 0 {
+            let c = if left >= I8_BLOCK { I8_BLOCK } else { 1 };
+            left -= c;
+            // Filter f (of the block) at input i of tap t.
+            let mut put = |f: usize, i: usize, t: usize| {
+                if let (Some(d), Some(&s)) =
+                    (out.next(), src.get((first + f) * filter + i * taps + t))
+                {
+                    *d = s;
+                }
+            };
+            for t in 0..taps {
+                if c == 1 {
+                    (0..inputs).for_each(|i| put(0, i, t));
+                    continue;
+                }
+                for i in (0..inputs - inputs % 2).step_by(2) {
+                    for (f, di) in [0, 1, 0, 1, 2, 3, 2, 3]
+                        .into_iter()
+                        .zip([0, 0, 1, 1, 0, 0, 1, 1])
+                    {
+                        put(f, i + di, t);
+                    }
+                }
+                if inputs % 2 == 1 {
+                    (0..c).for_each(|f| put(f, inputs - 1, t));
+                }
+            }
+            first += c;
         }
     }
     true

@@ -42,11 +42,11 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
     if a == i32::MIN && b == i32::MIN {
         return i32::MAX;
     }
-    let ab = i64::from(a) * i64::from(b);
-    let nudge = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
-    // |ab| <= 2^62 and the quotient fits in an i32 (the one case that does not is above);
-    // the division truncates towards zero, as C's.
-    ((ab + nudge) / (1i64 << 31)) as i32
+    // gemmlowp's sign-dependent nudge and truncating division equal this floor (for a
+    // negative product, trunc((ab + 1 - 2^30) / 2^31) = floor((ab + 2^30) / 2^31)), which is
+    // one multiply-accumulate and a shift; the quotient fits in an i32 (the one case that
+    // does not is above).
+    ((i64::from(a) * i64::from(b) + (1 << 30)) >> 31) as i32
 }
 
 /// gemmlowp's `RoundingDivideByPOT`: `x / 2^exponent`, rounded to nearest with ties away from
@@ -114,6 +114,12 @@ pub fn saturating_rounding_multiply_by_pot(x: i32, exponent: i32) -> i32 {
 /// ```
 #[inline(never)]
 pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
+    requantize(x, multiplier, shift)
+}
+
+/// [`multiply_by_quantized_multiplier`], inlined into the convolution's per-channel loop.
+#[inline(always)]
+pub(crate) fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
     let s = shift.clamp(-31, 31);
     let (left, right) = if s > 0 { (s, 0) } else { (0, -s) };
     rounding_divide_by_pot(

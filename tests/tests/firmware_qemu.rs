@@ -605,6 +605,8 @@ fn firmware_on_qemu_matches_host_runtime() {
         m7.stack_hwm
     );
     println!("  RAM beyond the arena: {} B", ram.saturating_sub(arena));
+    // Instructions per MAC on the Cortex-M7 (the first run; the M4 counts the same).
+    let mut per_mac = BTreeMap::new();
     for (machine, run) in &runs {
         let ipt = run.insns_per_tick();
         println!(
@@ -640,8 +642,43 @@ fn firmware_on_qemu_matches_host_runtime() {
                 ticks,
                 m.nodes
             );
+            per_mac.entry(m.name).or_insert(insns / m.macs as f64);
         }
     }
+    check_instructions(&per_mac);
+}
+
+/// The regression gate: every model's instructions per MAC (the M7 run's, exact under
+/// `-icount`) within 5 % of `boards/qemu-mps2-an500/instructions.json`.
+fn check_instructions(per_mac: &BTreeMap<&str, f64>) {
+    let path = firmware_dir().join("instructions.json");
+    let text = std::fs::read_to_string(&path).expect("instructions.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("instructions.json parses");
+    let baseline = json["instructions_per_mac"]
+        .as_object()
+        .expect("instructions_per_mac");
+    println!("\ninstructions per MAC against {}:", path.display());
+    let mut worse = Vec::new();
+    for (name, want) in baseline {
+        let want = want.as_f64().expect("a number");
+        let got = *per_mac
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("{name} was not measured"));
+        println!(
+            "  {name:<11} {got:>8.3} (baseline {want:.3}, {:+.1} %)",
+            100.0 * (got / want - 1.0)
+        );
+        if got > want * 1.05 {
+            worse.push(format!(
+                "{name}: {got:.3} instructions per MAC, over 5 % above {want:.3}"
+            ));
+        }
+    }
+    assert!(
+        worse.is_empty(),
+        "instructions per MAC regressed:\n{}",
+        worse.join("\n")
+    );
 }
 
 #[test]

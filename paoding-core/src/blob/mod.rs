@@ -34,8 +34,8 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use paoding_runtime::format::{
-    blob_crc, pack_filters, Act, ConvParams, ConvRec, DescHead, Header, NodeRec, OpRec, Operand,
-    PoolRec, Shape, WRef, HEADER_LEN, MAX_INPUTS, MAX_RANK, VERSION, WEIGHTS_ALIGN,
+    blob_crc, pack_filters, pack_filters_i8, Act, ConvParams, ConvRec, DescHead, Header, NodeRec,
+    OpRec, Operand, PoolRec, Shape, WRef, HEADER_LEN, MAX_INPUTS, MAX_RANK, VERSION, WEIGHTS_ALIGN,
 };
 
 use crate::error::{Error, Result};
@@ -124,7 +124,8 @@ fn flush_subnormal(w: f32) -> f32 {
 ///
 /// Weight runs are appended with [`BlobBuilder::f32s`], [`BlobBuilder::i8s`],
 /// [`BlobBuilder::i32s`] and the filter forms [`BlobBuilder::f32_filters`] /
-/// [`BlobBuilder::i8_filters`] (which store filters in the kernels' order, [`pack_filters`]);
+/// [`BlobBuilder::i8_filters`] (which store filters in the kernels' order, [`pack_filters`]
+/// and [`pack_filters_i8`]);
 /// each returns the [`WRef`] to put in a record, f32 and i32 runs 4-byte aligned. Nodes are
 /// added in execution order with [`BlobBuilder::node`] (node `i` writes value `i + 1`; value 0
 /// is the input), then [`BlobBuilder::finish`] assembles the blob: header (shapes, element
@@ -337,7 +338,7 @@ impl BlobBuilder {
     }
 
     /// Append int8 filters given in ONNX order `[groups * per_group][inputs][taps]`, stored in
-    /// the kernels' order ([`pack_filters`]).
+    /// the kernels' order ([`pack_filters_i8`]), 4-byte aligned.
     pub fn i8_filters(
         &mut self,
         w: &[i8],
@@ -347,10 +348,14 @@ impl BlobBuilder {
         taps: usize,
     ) -> Result<WRef> {
         let mut packed = alloc::vec![0i8; if self.sizing { 0 } else { w.len() }];
-        if !self.sizing && !pack_filters(w, groups, per_group, inputs, taps, &mut packed) {
+        if !self.sizing && !pack_filters_i8(w, groups, per_group, inputs, taps, &mut packed) {
             return Err(fail("filter count does not match the layer's shape"));
         }
-        self.i8s(if self.sizing { w } else { &packed })
+        // 4-byte aligned: a Cortex-M kernel loads four weights at once.
+        self.append(4, 1, w.len(), |out| {
+            out.extend(packed.iter().map(|&v| v as u8));
+            Ok(())
+        })
     }
 
     /// Add the next node (node `i` must write value `i + 1`).

@@ -508,7 +508,8 @@ const MAX_TAPS: usize = 64;
 /// zeros), and a row's last tile computes up to 7 pixels past its end into lanes that are not
 /// stored. Rows too wide for the window and filters of more than [`MAX_TAPS`] taps take
 /// [`row`] instead.
-#[inline(never)]
+// Its one caller's; one copy.
+#[inline(always)]
 fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32]) {
     let (in_plane, out_plane, taps) = (g.ih * g.iw, g.oh * g.ow, g.kh * g.kw);
     // A phase holds the columns `ox + kx * dx / sx` that whole tiles read; a window row, the

@@ -2,22 +2,24 @@
 //! portable: TFLite's reference `ConvPerChannel`, `DepthwiseConvPerChannel` and
 //! `FullyConnected` arithmetic.
 //!
-//! Per output pixel, a block of up to [`FILTER_BLOCK`] filters accumulates
+//! Per output pixel, a block of up to [`I8_BLOCK`] filters accumulates
 //! `w * (x - input_zp)` in `i32` over every tap inside the image (the taps
 //! over the padding are cut off in closed form, as the f32 kernels do: TFLite skips them, which
 //! is padding with the input zero point); then each channel adds its bias and is requantized
 //! ([`crate::quant::multiply_by_quantized_multiplier`] by its own multiplier and shift), offset
 //! by the output zero point and clamped to the fused activation's range. The filters are
-//! stored as [`crate::format::pack_filters`] orders them (`[taps][inputs][block]`, the f32
-//! kernels' order): each input value meets its block's contiguous run of weights, the run a
-//! Cortex-M kernel (SMLAD, to come) loads at once, without a format change. Integer arithmetic
-//! wraps, so no blob can make it panic (validation keeps the parameters where it cannot
-//! overflow).
+//! stored as [`crate::format::pack_filters_i8`] orders them: per tap, a block's weights for
+//! two consecutive inputs interleaved by pairs of filters, so that on Cortex-M4/M7/M33 (the
+//! DSP extension) the inner loop (`dsp`) takes two inputs at once: one word of weights
+//! sign-extends (SXTB16) into two filters' pairs of weights, each multiplied against the two
+//! inputs by one dual multiply-accumulate (SMLAD), 16 instructions for 8 MACs. Elsewhere (the
+//! host, Cortex-M0+) the same loop is plain integer Rust. Integer arithmetic wraps, so no
+//! blob can make it panic (validation keeps the parameters where it cannot overflow).
 //!
 //! A dense layer is a 1x1 convolution over a 1x1 image.
 
 use super::conv::{lanes, ConvGeom};
-use crate::format::{block_len, FILTER_BLOCK};
+use crate::format::I8_BLOCK;
 use crate::quant::multiply_by_quantized_multiplier;
 
 /// The per-channel requantization of one layer, its runs read in place from the weights.
@@ -47,7 +49,11 @@ pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out
     // holds c * filter weights.
     let mut f0 = 0;
     while f0 < g.out_c {
-        let c = block_len(go - f0 % go);
+        let c = if go - f0 % go >= I8_BLOCK {
+            I8_BLOCK
+        } else {
+            1
+        };
         let block = Block {
             planes: input.get(f0 / go * gi * in_plane..).unwrap_or(&[]),
             w: w.get(f0 * filter..).unwrap_or(&[]),
@@ -56,12 +62,11 @@ pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out
             f0,
         };
         let out = out.get_mut(f0 * out_plane..).unwrap_or(&mut []);
-        // A full block with its width known at compile time unrolls and vectorises on the
-        // host; Cortex-M keeps one copy of the loop (code size; its inner loop is the next
-        // issue's SMLAD kernel).
+        // A full block with its width known at compile time unrolls on the host; Cortex-M
+        // keeps one copy of the loop (code size).
         #[cfg(not(target_arch = "arm"))]
-        if c == FILTER_BLOCK {
-            block.run::<FILTER_BLOCK>(g, q, out);
+        if c == I8_BLOCK {
+            block.run::<I8_BLOCK>(g, q, out);
             f0 += c;
             continue;
         }
@@ -88,7 +93,9 @@ impl Block<'_> {
     /// block's contiguous run of weights.
     /// `C`: the block's width when known at compile time (it must then equal `self.c`), 0
     /// for any.
-    #[inline(never)]
+    // One copy on Cortex-M (code size), inlined into its one caller.
+    #[cfg_attr(target_arch = "arm", inline(always))]
+    #[cfg_attr(not(target_arch = "arm"), inline(never))]
     fn run<const C: usize>(&self, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) {
         let (in_plane, out_plane, zp) = (g.ih * g.iw, g.oh * g.ow, q.input_zp);
         let c = if C == 0 { self.c.max(1) } else { C };
@@ -97,29 +104,40 @@ impl Block<'_> {
             let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
             for ox in 0..g.ow {
                 let (kx0, kx1) = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
-                let mut acc = [0i32; FILTER_BLOCK];
+                let mut acc = [0i32; I8_BLOCK];
                 for ky in ky0..ky1 {
                     // Inside the image for ky in ky0..ky1 (`lanes`); wrapping keeps a violated
                     // assumption from panicking (the reads below then find nothing).
                     let iy = (oy * g.sy + ky * g.dy).wrapping_sub(g.pt);
                     for kx in kx0..kx1 {
                         let ix = (ox * g.sx + kx * g.dx).wrapping_sub(g.pl);
-                        // Input channel ci of this tap: every in_plane-th input from the
-                        // pixel, each meeting the next run of c weights.
-                        let mut xi = iy.wrapping_mul(g.iw).wrapping_add(ix);
-                        let mut wi = (ky * g.kw + kx) * self.gi * c;
-                        for _ in 0..self.gi {
-                            let (Some(&x), Some(run)) =
-                                (self.planes.get(xi), self.w.get(wi..wi + c))
-                            else {
-                                break;
-                            };
-                            let x = i32::from(x).wrapping_sub(zp);
-                            for (a, &wv) in acc.iter_mut().zip(run) {
-                                *a = a.wrapping_add(i32::from(wv).wrapping_mul(x));
+                        // Input channel i of this tap: every in_plane-th input from the
+                        // pixel; the tap's weights for the block start at wi.
+                        let xi = iy.wrapping_mul(g.iw).wrapping_add(ix);
+                        let wi = (ky * g.kw + kx) * self.gi * c;
+                        let (Some(xs), Some(ws)) = (
+                            self.planes
+                                .get(xi..xi.wrapping_add(self.gi.saturating_sub(1) * in_plane + 1)),
+                            self.w.get(wi..wi + self.gi * c),
+                        ) else {
+                            continue;
+                        };
+                        // A block of 4 takes pairs of inputs first, then the odd last one;
+                        // its weights then run plain, as a single filter's.
+                        let from = if c == I8_BLOCK && self.gi > 1 {
+                            // SAFETY: xs holds the tap's gi inputs in_plane apart, ws its 4 gi
+                            // weights (sliced above).
+                            unsafe { pairs(&mut acc, xs, in_plane, self.gi / 2, ws, zp) };
+                            self.gi & !1
+                        } else {
+                            0
+                        };
+                        for i in from..self.gi {
+                            let x = xs.get(i * in_plane).map_or(0, |&v| i32::from(v) - zp);
+                            let run = ws.get(i * c..i * c + c).unwrap_or(&[]);
+                            for (a, &w) in acc.iter_mut().zip(run) {
+                                *a = a.wrapping_add(i32::from(w) * x);
                             }
-                            xi = xi.wrapping_add(in_plane);
-                            wi += c;
                         }
                     }
                 }
@@ -143,11 +161,106 @@ impl Block<'_> {
     }
 }
 
+/// `acc[f] += w[f][i] * (xs[i * stride] - zp)` over the first `2 n` inputs of one tap for
+/// a block of 4 filters, `ws` holding their `8 n` weights in
+/// [`crate::format::pack_filters_i8`]'s order: portable (on the DSP extension, [`dsp::pairs`]).
+///
+/// # Safety
+/// `xs` holds at least `(2 n - 1) stride + 1` inputs and `ws` at least `8 n` weights (the
+/// portable loop checks anyway; the DSP one trusts it).
+#[cfg(not(paoding_dsp))]
+unsafe fn pairs(acc: &mut [i32; I8_BLOCK], xs: &[i8], stride: usize, n: usize, ws: &[i8], zp: i32) {
+    let mut x = xs.iter().step_by(stride.max(1)).map(|&v| i32::from(v) - zp);
+    for w in ws.chunks_exact(8).take(n) {
+        let (Some(a), Some(b), &[w0, w1, w2, w3, w4, w5, w6, w7]) = (x.next(), x.next(), w) else {
+            return;
+        };
+        let w = [w0, w1, w2, w3, w4, w5, w6, w7].map(i32::from);
+        let [a0, a1, a2, a3] = acc;
+        // Word j: filters 2 j and 2 j + 1 at inputs i, i + 1.
+        *a0 = a0.wrapping_add(w[0] * a + w[2] * b);
+        *a1 = a1.wrapping_add(w[1] * a + w[3] * b);
+        *a2 = a2.wrapping_add(w[4] * a + w[6] * b);
+        *a3 = a3.wrapping_add(w[5] * a + w[7] * b);
+    }
+}
+
+#[cfg(paoding_dsp)]
+use dsp::pairs;
+
+/// The pairs-of-inputs loop with the DSP extension's dual 16-bit multiply-accumulate
+/// (ARMv7E-M; ARMv8-M Mainline with DSP).
+#[cfg(paoding_dsp)]
+mod dsp {
+    use super::I8_BLOCK;
+    use core::arch::asm;
+
+    /// [`super::pairs`] on the DSP extension: per pair, two `ldrsb`, packed into 16-bit
+    /// halves (`pkhbt`) less the zero point (`ssub16`); two words of weights, each
+    /// sign-extended (`sxtb16`) into two filters' pairs; 4 `smlad`. 17 instructions for 8
+    /// MACs.
+    ///
+    /// # Safety
+    /// As [`super::pairs`].
+    #[inline(always)]
+    pub(super) unsafe fn pairs(
+        acc: &mut [i32; I8_BLOCK],
+        xs: &[i8],
+        stride: usize,
+        n: usize,
+        ws: &[i8],
+        zp: i32,
+    ) {
+        let [mut a0, mut a1, mut a2, mut a3] = *acc;
+        // SAFETY: reads 2 n inputs `stride` apart from `xs` and 8 n weights from `ws`, inside
+        // them (the caller's contract), none for n = 0; writes only its registers.
+        unsafe {
+            asm!(
+                "cmp r9, #0",
+                "beq 3f",
+                "2:",
+                "ldrsb r11, [r4]",
+                "ldrsb r12, [r4, r5]",
+                "add r4, r4, r5, lsl #1",
+                "pkhbt r11, r11, r12, lsl #16",
+                "ssub16 r11, r11, r10",
+                "ldr r12, [r8], #4",
+                "sxtb16 lr, r12",
+                "sxtb16 r12, r12, ror #8",
+                "smlad r0, lr, r11, r0",
+                "smlad r1, r12, r11, r1",
+                "ldr r12, [r8], #4",
+                "sxtb16 lr, r12",
+                "sxtb16 r12, r12, ror #8",
+                "smlad r2, lr, r11, r2",
+                "smlad r3, r12, r11, r3",
+                "subs r9, #1",
+                "bne 2b",
+                "3:",
+                inout("r0") a0,
+                inout("r1") a1,
+                inout("r2") a2,
+                inout("r3") a3,
+                inout("r4") xs.as_ptr() => _,
+                in("r5") stride,
+                inout("r8") ws.as_ptr() => _,
+                inout("r9") n => _,
+                in("r10") (zp as u32 & 0xFFFF) * 0x1_0001,
+                out("r11") _,
+                out("r12") _,
+                out("lr") _,
+                options(nostack, readonly),
+            );
+        }
+        *acc = [a0, a1, a2, a3];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
-    use crate::format::pack_filters;
+    use crate::format::pack_filters_i8;
     use std::vec::Vec;
 
     /// Deterministic int8 values.
@@ -255,7 +368,7 @@ mod tests {
                 act_max: 90,
             };
             let mut packed = std::vec![0i8; w.len()];
-            assert!(pack_filters(
+            assert!(pack_filters_i8(
                 &w,
                 groups,
                 out_c / groups,
@@ -315,7 +428,7 @@ mod tests {
             act_max: 127,
         };
         let mut packed = std::vec![0i8; 60];
-        assert!(pack_filters(&w, 1, 3, 20, 1, &mut packed));
+        assert!(pack_filters_i8(&w, 1, 3, 20, 1, &mut packed));
         let mut out = [0i8; 3];
         qconv2d(&ConvGeom::dense(20, 3), &x, &packed, &q, &mut out);
         let g = ConvGeom::dense(20, 3);
