@@ -109,16 +109,22 @@ impl Block<'_> {
                     // Inside the image for ky in ky0..ky1 (`lanes`); wrapping keeps a violated
                     // assumption from panicking (the reads below then find nothing).
                     let iy = (oy * g.sy + ky * g.dy).wrapping_sub(g.pt);
-                    for kx in kx0..kx1 {
+                    // One input channel (depthwise, a first layer): the row's admitted
+                    // kernel columns are the run, dx apart; otherwise each tap's gi inputs,
+                    // in_plane apart.
+                    let (taps, n, step) = if self.gi == 1 {
+                        (kx0..kx0 + 1, kx1.saturating_sub(kx0), g.dx)
+                    } else {
+                        (kx0..kx1, self.gi, in_plane)
+                    };
+                    for kx in taps {
                         let ix = (ox * g.sx + kx * g.dx).wrapping_sub(g.pl);
-                        // Input channel i of this tap: every in_plane-th input from the
-                        // pixel; the tap's weights for the block start at wi.
                         let xi = iy.wrapping_mul(g.iw).wrapping_add(ix);
                         let wi = (ky * g.kw + kx) * self.gi * c;
                         let (Some(xs), Some(ws)) = (
                             self.planes
-                                .get(xi..xi.wrapping_add(self.gi.saturating_sub(1) * in_plane + 1)),
-                            self.w.get(wi..wi + self.gi * c),
+                                .get(xi..xi.wrapping_add(n.saturating_sub(1) * step + 1)),
+                            self.w.get(wi..wi + n * c),
                         ) else {
                             continue;
                         };
@@ -127,13 +133,13 @@ impl Block<'_> {
                         let from = if c == I8_BLOCK && self.gi > 1 {
                             // SAFETY: xs holds the tap's gi inputs in_plane apart, ws its 4 gi
                             // weights (sliced above).
-                            unsafe { pairs(&mut acc, xs, in_plane, self.gi / 2, ws, zp) };
-                            self.gi & !1
+                            unsafe { pairs(&mut acc, xs, step, n / 2, ws, zp) };
+                            n & !1
                         } else {
                             0
                         };
-                        for i in from..self.gi {
-                            let x = xs.get(i * in_plane).map_or(0, |&v| i32::from(v) - zp);
+                        for i in from..n {
+                            let x = xs.get(i * step).map_or(0, |&v| i32::from(v) - zp);
                             let run = ws.get(i * c..i * c + c).unwrap_or(&[]);
                             for (a, &w) in acc.iter_mut().zip(run) {
                                 *a = a.wrapping_add(i32::from(w) * x);
