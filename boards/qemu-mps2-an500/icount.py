@@ -13,7 +13,7 @@ Usage (from boards/qemu-mps2-an500, after `cargo build --release`):
 (`nochain` makes QEMU log each execution instead of chaining blocks silently), so the count is
 exact, unlike the sampling profiler (feature `profile`). The firmware validates each model,
 then runs it on every sample: the trace is split into one section per model at each call of
-`check_lifetimes` (validation), and within it into validation and inference at the first
+the firmware's `next_model` (just before validation), and within it into validation and inference at the first
 convolution, dense or pooling kernel, which is how the firmware orders its work. Counts are
 totals over the section (divide the inference counts by the number of samples).
 
@@ -61,7 +61,7 @@ def main():
     def name(addr):
         return syms[max(bisect.bisect_right(addrs, addr) - 1, 0)][1]
 
-    validation = {a for a, n in syms if n.endswith("check_lifetimes")}
+    validation = {a for a, n in syms if n.endswith("next_model")}
     kernels = {a for a, n in syms
                if re.search(r"kernels::(conv::conv2d|qconv::qconv2d|pool::pool)$", n)}
     blocks = {}  # start address -> Counter of function names over its instructions

@@ -722,7 +722,8 @@ impl<'a> Model<'a> {
     ///
     /// One pass over the nodes after `u` per value: the first write over `u`'s region is an
     /// error as soon as a later node reads `u` (or at the end, if `u` is the graph's output).
-    #[inline(never)]
+    // Its one caller's (code size).
+    #[inline(always)]
     fn check_lifetimes(&self, output_id: usize, node: &mut NodeRec) -> Result<(), Error> {
         // `after` is positioned after value `u`'s producer, `reg_u` is u's region.
         let mut after = self.node_iter();
