@@ -39,6 +39,12 @@
 /// ```
 #[inline(never)]
 pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    srdhm(a, b)
+}
+
+/// [`saturating_rounding_doubling_high_mul`], inlined into the requantization.
+#[inline(always)]
+fn srdhm(a: i32, b: i32) -> i32 {
     if a == i32::MIN && b == i32::MIN {
         return i32::MAX;
     }
@@ -63,6 +69,12 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
 /// ```
 #[inline(never)]
 pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
+    rdbp(x, exponent)
+}
+
+/// [`rounding_divide_by_pot`], inlined into the requantization.
+#[inline(always)]
+fn rdbp(x: i32, exponent: i32) -> i32 {
     let e = exponent.clamp(0, 31) as u32;
     let mask = ((1u32 << e) - 1) as i32;
     let remainder = x & mask;
@@ -122,10 +134,8 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
 pub(crate) fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
     let s = shift.clamp(-31, 31);
     let (left, right) = if s > 0 { (s, 0) } else { (0, -s) };
-    rounding_divide_by_pot(
-        saturating_rounding_doubling_high_mul(x.wrapping_shl(left as u32), multiplier),
-        right,
-    )
+    // One call per output for the convolutions: the two steps inlined.
+    rdbp(srdhm(x.wrapping_shl(left as u32), multiplier), right)
 }
 
 /// TFLite's `MultiplyByQuantizedMultiplierSmallerThanOneExp` (double rounding): for a real
