@@ -751,14 +751,13 @@ pub const fn block_len(left: usize) -> usize {
     }
 }
 
-/// Rearrange filters from ONNX order `[groups * per_group][inputs][taps]` (`taps` = kernel
+/// Rearrange f32 filters from ONNX order `[groups * per_group][inputs][taps]` (`taps` = kernel
 /// height x width; a dense layer is one group of `units` filters with one tap) into the
-/// stored order: per group, per block of filters ([`block_len`]),
-/// `[taps][inputs][block]`. A kernel then reads, for one input pixel, the weights of a whole
-/// block as one contiguous run, and walks the runs in order. Depthwise filters (one per
-/// group) keep their order. `src` and `dst` must both hold `groups * per_group * inputs * taps`
-/// values; otherwise nothing is written and `false` is returned. Generic over the element
-/// type: f32 and int8 filters share the order.
+/// stored order: per group, per block of filters ([`block_len`]), `[taps][inputs][block]`. A
+/// kernel then reads, for one input pixel, the weights of a whole block as one contiguous run,
+/// and walks the runs in order. Depthwise filters (one per group) keep their order. `src` and
+/// `dst` must both hold `groups * per_group * inputs * taps` values; otherwise nothing is
+/// written and `false` is returned. (int8 filters: [`pack_filters_i8`].)
 ///
 /// ```
 /// use paoding_runtime::format::pack_filters;
@@ -768,65 +767,49 @@ pub const fn block_len(left: usize) -> usize {
 /// let mut dst = [0.0; 8];
 /// assert!(pack_filters(&src, 1, 4, 2, 1, &mut dst));
 /// assert_eq!(dst, [1.0, 3.0, 5.0, 7.0, 2.0, 4.0, 6.0, 8.0]);
-/// // The same order for int8 filters.
-/// let src: [i8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
-/// let mut dst = [0i8; 8];
-/// assert!(pack_filters(&src, 1, 4, 2, 1, &mut dst));
-/// assert_eq!(dst, [1, 3, 5, 7, 2, 4, 6, 8]);
 /// ```
-pub fn pack_filters<T: Copy>(
-    src: &[T],
+pub fn pack_filters(
+    src: &[f32],
     groups: usize,
     per_group: usize,
     inputs: usize,
     taps: usize,
-    dst: &mut [T],
+    dst: &mut [f32],
 ) -> bool {
-    let filter = inputs * taps;
-    let total = groups
-        .checked_mul(per_group)
-        .and_then(|f| f.checked_mul(filter));
-    if total != Some(src.len()) || src.len() != dst.len() {
-        return false;
-    }
-    let mut out = dst.iter_mut();
-    let mut first = 0;
-    for _ in 0..groups {
-        let mut left = per_group;
-        while left > 0 {
-            let block = block_len(left);
-            left -= block;
-            for t in 0..taps {
-                for i in 0..inputs {
-                    for o in 0..block {
-                        let at = (first + o) * filter + i * taps + t;
-                        if let (Some(d), Some(&s)) = (out.next(), src.get(at)) {
-                            *d = s;
-                        }
-                    }
-                }
-            }
-            first += block;
-        }
-    }
-    true
+    let shape = (groups, per_group, inputs, taps);
+    pack_in(src, shape, dst, block_len, |c, put| {
+        (0..inputs).for_each(|i| (0..c).for_each(|f| put(f, i)));
+    })
 }
 
 /// int8 filters are stored in blocks of this many output channels (the remainder as single
 /// filters): a Cortex-M kernel accumulates a block in 4 registers.
 pub const I8_BLOCK: usize = 4;
 
+/// Size of the next int8 filter block when `left` filters of a group remain to be stored:
+/// [`I8_BLOCK`] while that many remain, then single filters.
+///
+/// ```
+/// use paoding_runtime::format::i8_block_len;
+/// assert_eq!((i8_block_len(9), i8_block_len(3)), (4, 1));
+/// ```
+pub const fn i8_block_len(left: usize) -> usize {
+    if left >= I8_BLOCK {
+        I8_BLOCK
+    } else {
+        1
+    }
+}
+
 /// Rearrange int8 filters from ONNX order `[groups * per_group][inputs][taps]` into the
-/// stored order: per group, per block of [`I8_BLOCK`] filters while that many remain (then
-/// single filters), per tap, the block's weights for each input. Within a block of 4 and a
-/// tap, the weights of two consecutive inputs `i`, `i + 1` (`i` even) are interleaved by
-/// pairs of filters: `w[f][i], w[f+1][i], w[f][i+1], w[f+1][i+1]` for `f = 0, 2`; an odd
-/// last input's 4 weights follow in filter order. A Cortex-M kernel loads four bytes as one
-/// word and sign-extends them (SXTB16) into the two 16-bit pairs `(w[f][i], w[f][i+1])` and
-/// `(w[f+1][i], w[f+1][i+1])` that one dual multiply-accumulate (SMLAD) each takes against
-/// the pair of inputs. A single filter's weights are `[taps][inputs]`. `src` and `dst` must
-/// both hold `groups * per_group * inputs * taps` values; otherwise nothing is written and
-/// `false` is returned.
+/// stored order: [`pack_filters`]' order with blocks of [`i8_block_len`], except that within a
+/// block of 4 and a tap, the weights of two consecutive inputs `i`, `i + 1` (`i` even) are
+/// interleaved by pairs of filters: `w[f][i], w[f+1][i], w[f][i+1], w[f+1][i+1]` for
+/// `f = 0, 2`; an odd last input's 4 weights follow in filter order. A Cortex-M kernel loads
+/// four bytes as one word and sign-extends them (SXTB16) into the two 16-bit pairs
+/// `(w[f][i], w[f][i+1])` and `(w[f+1][i], w[f+1][i+1])` that one dual multiply-accumulate
+/// (SMLAD) each takes against the pair of inputs. A single filter's weights are
+/// `[taps][inputs]`. Same contract as [`pack_filters`].
 ///
 /// ```
 /// use paoding_runtime::format::pack_filters_i8;
@@ -846,6 +829,37 @@ pub fn pack_filters_i8(
     taps: usize,
     dst: &mut [i8],
 ) -> bool {
+    let shape = (groups, per_group, inputs, taps);
+    pack_in(src, shape, dst, i8_block_len, |c, put| {
+        let paired = if c == I8_BLOCK { inputs & !1 } else { 0 };
+        for i in (0..paired).step_by(2) {
+            for (f, di) in [
+                (0, 0),
+                (1, 0),
+                (0, 1),
+                (1, 1),
+                (2, 0),
+                (3, 0),
+                (2, 1),
+                (3, 1),
+            ] {
+                put(f, i + di);
+            }
+        }
+        (paired..inputs).for_each(|i| (0..c).for_each(|f| put(f, i)));
+    })
+}
+
+/// The walk both filter orders share: per group `(groups, per_group, inputs, taps)`, per block
+/// of `block(left)` filters, per tap, `tap_order(c, put)` calls `put(filter of the block,
+/// input)` once for each of the tap's `c * inputs` weights, in stored order.
+fn pack_in<T: Copy>(
+    src: &[T],
+    (groups, per_group, inputs, taps): (usize, usize, usize, usize),
+    dst: &mut [T],
+    block: fn(usize) -> usize,
+    tap_order: impl Fn(usize, &mut dyn FnMut(usize, usize)),
+) -> bool {
     let filter = inputs * taps;
     let total = groups
         .checked_mul(per_group)
@@ -858,32 +872,15 @@ pub fn pack_filters_i8(
     for _ in 0..groups {
         let mut left = per_group;
         while left > 0 {
-            let c = if left >= I8_BLOCK { I8_BLOCK } else { 1 };
+            let c = block(left);
             left -= c;
-            // Filter f (of the block) at input i of tap t.
-            let mut put = |f: usize, i: usize, t: usize| {
-                if let (Some(d), Some(&s)) =
-                    (out.next(), src.get((first + f) * filter + i * taps + t))
-                {
-                    *d = s;
-                }
-            };
             for t in 0..taps {
-                if c == 1 {
-                    (0..inputs).for_each(|i| put(0, i, t));
-                    continue;
-                }
-                for i in (0..inputs - inputs % 2).step_by(2) {
-                    for (f, di) in [0, 1, 0, 1, 2, 3, 2, 3]
-                        .into_iter()
-                        .zip([0, 0, 1, 1, 0, 0, 1, 1])
-                    {
-                        put(f, i + di, t);
+                tap_order(c, &mut |f, i| {
+                    let at = (first + f) * filter + i * taps + t;
+                    if let (Some(d), Some(&s)) = (out.next(), src.get(at)) {
+                        *d = s;
                     }
-                }
-                if inputs % 2 == 1 {
-                    (0..c).for_each(|f| put(f, inputs - 1, t));
-                }
+                });
             }
             first += c;
         }

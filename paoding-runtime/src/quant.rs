@@ -42,7 +42,8 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
     srdhm(a, b)
 }
 
-/// [`saturating_rounding_doubling_high_mul`], inlined into the requantization.
+/// [`saturating_rounding_doubling_high_mul`]'s body, inlined into
+/// [`multiply_by_quantized_multiplier`] (one call per convolution output, not three).
 #[inline(always)]
 fn srdhm(a: i32, b: i32) -> i32 {
     if a == i32::MIN && b == i32::MIN {
@@ -72,7 +73,7 @@ pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
     rdbp(x, exponent)
 }
 
-/// [`rounding_divide_by_pot`], inlined into the requantization.
+/// [`rounding_divide_by_pot`]'s body, inlined as above.
 #[inline(always)]
 fn rdbp(x: i32, exponent: i32) -> i32 {
     let e = exponent.clamp(0, 31) as u32;
@@ -126,12 +127,6 @@ pub fn saturating_rounding_multiply_by_pot(x: i32, exponent: i32) -> i32 {
 /// ```
 #[inline(never)]
 pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
-    requantize(x, multiplier, shift)
-}
-
-/// [`multiply_by_quantized_multiplier`], inlined into the convolution's per-channel loop.
-#[inline(always)]
-pub(crate) fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
     let s = shift.clamp(-31, 31);
     let (left, right) = if s > 0 { (s, 0) } else { (0, -s) };
     // One call per output for the convolutions: the two steps inlined.

@@ -151,28 +151,31 @@ fn onnx_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let (f, i8t, i32t) = (1, 3, 6);
     let floats = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let (sx, sw) = (0.02f32, [0.01f32, 0.005, 0.02]);
-    let mut b = OnnxBuilder::new(&[1, 4], 13);
-    b.tensor(tensor("sx", &[], f, floats(&[sx])))
-        .tensor(tensor("zx", &[], i8t, vec![3]))
-        .tensor(tensor(
-            "w",
-            &[4, 3],
-            i8t,
-            (0..12u8).map(|k| k.wrapping_mul(37)).collect(),
-        ))
-        .tensor(tensor("sw", &[3], f, floats(&sw)))
-        .tensor(tensor("zw", &[3], i8t, vec![0; 3]))
-        .tensor(tensor(
-            "bq",
-            &[3],
-            i32t,
-            [100i32, -50, 7]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-        ))
-        .tensor(tensor("sb", &[3], f, floats(&sw.map(|s| s * sx))))
-        .tensor(tensor("sr", &[], f, floats(&[0.05])))
+    // The layer's quantized tensors: input scale and zero point, int8 weights (byte k times
+    // `mul`), their per-channel scales, int32 biases and theirs.
+    let dense = |mul: u8, bias: [i32; 3]| {
+        let mut b = OnnxBuilder::new(&[1, 4], 13);
+        b.tensor(tensor("sx", &[], f, floats(&[sx])))
+            .tensor(tensor("zx", &[], i8t, vec![3]))
+            .tensor(tensor(
+                "w",
+                &[4, 3],
+                i8t,
+                (0..12u8).map(|k| k.wrapping_mul(mul)).collect(),
+            ))
+            .tensor(tensor("sw", &[3], f, floats(&sw)))
+            .tensor(tensor("zw", &[3], i8t, vec![0; 3]))
+            .tensor(tensor(
+                "bq",
+                &[3],
+                i32t,
+                bias.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ))
+            .tensor(tensor("sb", &[3], f, floats(&sw.map(|s| s * sx))));
+        b
+    };
+    let mut b = dense(37, [100, -50, 7]);
+    b.tensor(tensor("sr", &[], f, floats(&[0.05])))
         .tensor(tensor("zr", &[], i8t, vec![128]));
     b.node("QuantizeLinear", &["x", "sx", "zx"], "xq", &[])
         .node("DequantizeLinear", &["xq", "sx", "zx"], "xd", &[])
@@ -197,28 +200,8 @@ fn onnx_seeds() -> Vec<(&'static str, Vec<u8>)> {
 
     // The same layer as PyTorch's TorchScript exporter writes it: each quantized tensor cast to
     // the type it has, the bias's zero point computed by Cast(ConstantOfShape) (folded).
-    let mut b = OnnxBuilder::new(&[1, 4], 13);
-    b.tensor(tensor("sx", &[], f, floats(&[sx])))
-        .tensor(tensor("zx", &[], i8t, vec![3]))
-        .tensor(tensor(
-            "w",
-            &[4, 3],
-            i8t,
-            (0..12u8).map(|k| k.wrapping_mul(41)).collect(),
-        ))
-        .tensor(tensor("sw", &[3], f, floats(&sw)))
-        .tensor(tensor("zw", &[3], i8t, vec![0; 3]))
-        .tensor(tensor(
-            "bq",
-            &[3],
-            i32t,
-            [-20i32, 60, 5]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-        ))
-        .tensor(tensor("sb", &[3], f, floats(&sw.map(|s| s * sx))))
-        .tensor(tensor("nb", &[1], 7, 3i64.to_le_bytes().to_vec()));
+    let mut b = dense(41, [-20, 60, 5]);
+    b.tensor(tensor("nb", &[1], 7, 3i64.to_le_bytes().to_vec()));
     b.node("QuantizeLinear", &["x", "sx", "zx"], "xq", &[])
         .node("Cast", &["xq"], "xc", &[("to", Attr::Int(i8t.into()))])
         .node("DequantizeLinear", &["xc", "sx", "zx"], "xd", &[])

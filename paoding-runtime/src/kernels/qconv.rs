@@ -12,14 +12,14 @@
 //! two consecutive inputs interleaved by pairs of filters, so that on Cortex-M4/M7/M33 (the
 //! DSP extension) the inner loop (`dsp`) takes two inputs at once: one word of weights
 //! sign-extends (SXTB16) into two filters' pairs of weights, each multiplied against the two
-//! inputs by one dual multiply-accumulate (SMLAD), 16 instructions for 8 MACs. Elsewhere (the
+//! inputs by one dual multiply-accumulate (SMLAD), 17 instructions for 8 MACs. Elsewhere (the
 //! host, Cortex-M0+) the same loop is plain integer Rust. Integer arithmetic wraps, so no
 //! blob can make it panic (validation keeps the parameters where it cannot overflow).
 //!
 //! A dense layer is a 1x1 convolution over a 1x1 image.
 
 use super::conv::{lanes, ConvGeom};
-use crate::format::I8_BLOCK;
+use crate::format::{i8_block_len, I8_BLOCK};
 use crate::quant::multiply_by_quantized_multiplier;
 
 /// The per-channel requantization of one layer, its runs read in place from the weights.
@@ -49,11 +49,7 @@ pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out
     // holds c * filter weights.
     let mut f0 = 0;
     while f0 < g.out_c {
-        let c = if go - f0 % go >= I8_BLOCK {
-            I8_BLOCK
-        } else {
-            1
-        };
+        let c = i8_block_len(go - f0 % go);
         let block = Block {
             planes: input.get(f0 / go * gi * in_plane..).unwrap_or(&[]),
             w: w.get(f0 * filter..).unwrap_or(&[]),
