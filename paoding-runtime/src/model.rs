@@ -870,6 +870,8 @@ impl<'a> Model<'a> {
 
     /// Run on the input's bytes, into the output's bytes (lengths checked by the caller).
     fn run_raw(&self, input: &[u8], arena: &mut [f32], output: &mut [u8]) -> Result<(), Error> {
+        #[cfg(target_arch = "x86_64")]
+        kernels::x86::clear_upper_vector_state();
         let got = arena.len();
         let needed = self.arena_len();
         let arena = bytes_mut(

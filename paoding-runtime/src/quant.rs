@@ -37,7 +37,10 @@
 /// assert_eq!(srdhm(-3, 1 << 30), -1); // -1.5 rounds up too
 /// assert_eq!(srdhm(-5, 1 << 29), -1); // -1.25
 /// ```
-#[inline(never)]
+// One copy on Cortex-M (code size); inlined on the host, where the callers' loops then
+// vectorise.
+#[cfg_attr(target_arch = "arm", inline(never))]
+#[cfg_attr(not(target_arch = "arm"), inline)]
 pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
     srdhm(a, b)
 }
@@ -68,7 +71,10 @@ fn srdhm(a: i32, b: i32) -> i32 {
 /// assert_eq!(rdbp(7, 2), 2); // 1.75
 /// assert_eq!(rdbp(i32::MIN, 31), -1);
 /// ```
-#[inline(never)]
+// One copy on Cortex-M (code size); inlined on the host, where the callers' loops then
+// vectorise.
+#[cfg_attr(target_arch = "arm", inline(never))]
+#[cfg_attr(not(target_arch = "arm"), inline)]
 pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
     rdbp(x, exponent)
 }
@@ -125,7 +131,10 @@ pub fn saturating_rounding_multiply_by_pot(x: i32, exponent: i32) -> i32 {
 /// assert_eq!(mbqm(-3, 1 << 30, -1), -1); // -0.75
 /// assert_eq!(mbqm(5, 1_610_612_736, 2), 15); // 3.0
 /// ```
-#[inline(never)]
+// One copy on Cortex-M (code size); inlined on the host, where the callers' loops then
+// vectorise.
+#[cfg_attr(target_arch = "arm", inline(never))]
+#[cfg_attr(not(target_arch = "arm"), inline)]
 pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
     let s = shift.clamp(-31, 31);
     let (left, right) = if s > 0 { (s, 0) } else { (0, -s) };

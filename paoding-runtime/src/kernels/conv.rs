@@ -18,6 +18,9 @@
 
 use crate::format::{block_len, Act, FILTER_BLOCK};
 
+#[cfg(not(target_arch = "arm"))]
+mod host;
+
 /// Geometry of one convolution, proven consistent by validation.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConvGeom {
@@ -401,6 +404,24 @@ unsafe fn run_block(
     }
 }
 
+/// The loops over a pixel's taps for `nkx` admitted kernel columns of a block of `c`
+/// filters over `gi` channels, the longer one innermost: (outer count, outer input step,
+/// outer weight step, inner input step, inner weight step, inner count).
+#[inline(always)]
+fn tap_loops(
+    g: &ConvGeom,
+    gi: usize,
+    c: usize,
+    nkx: usize,
+) -> (usize, usize, usize, usize, usize, usize) {
+    let in_plane = g.ih * g.iw;
+    if gi >= nkx {
+        (nkx, g.dx, gi * c, in_plane, c, gi)
+    } else {
+        (gi, in_plane, c, g.dx, gi * c, nkx)
+    }
+}
+
 /// Output pixels `xs` of row `oy` for a block of filters: each pixel accumulates every tap in
 /// registers and stores its sums at `out[ox + o * oh * ow]` (`out` starts at the row in the
 /// block's first plane). The taps that fall into the padding are cut off once per pixel
@@ -420,17 +441,8 @@ unsafe fn row(
     xs: core::ops::Range<usize>,
     out: &mut [f32],
 ) {
-    let (c, in_plane) = (f.c, g.ih * g.iw);
-    // The longer of the two tap loops innermost, for `nkx` admitted kernel columns: (outer
-    // count, outer input step, outer weight step, inner input step, inner weight step, inner
-    // count).
-    let loops = |nkx: usize| {
-        if gi >= nkx {
-            (nkx, g.dx, gi * c, in_plane, c, gi)
-        } else {
-            (gi, in_plane, c, g.dx, gi * c, nkx)
-        }
-    };
+    let c = f.c;
+    let loops = |nkx: usize| tap_loops(g, gi, c, nkx);
     let whole = loops(g.kw);
     let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
     // Input row and weights of kernel row ky0, and their steps per kernel row.
@@ -703,7 +715,13 @@ fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, out: &mut [f32
     let plane = g.oh * g.ow;
     let pointwise = g.kh == 1 && g.kw == 1 && g.sy == 1 && g.sx == 1 && g.pt == 0 && g.pl == 0;
     if f.c == FILTER_BLOCK && pointwise && g.ih * g.iw == plane {
-        for q in (0..plane - 1).step_by(2) {
+        // The host takes the first pixels in wider tiles.
+        #[cfg(not(target_arch = "arm"))]
+        // SAFETY: the lengths were checked above.
+        let first = unsafe { host::pointwise(gi, planes, &f, out, plane) };
+        #[cfg(target_arch = "arm")]
+        let first = 0;
+        for q in (first..plane - 1).step_by(2) {
             // SAFETY: pixels q, q + 1 < plane of gi input and 8 output planes, gi runs of 8
             // weights (checked above); gi >= 1.
             unsafe {
@@ -725,7 +743,16 @@ fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, out: &mut [f32
         }
         return;
     }
+    // The host takes the rows inside the input in tiles of rows.
+    #[cfg(not(target_arch = "arm"))]
+    // SAFETY: the lengths were checked above.
+    let tiled = unsafe { host::rows(g, gi, planes, &f, out) };
+    #[cfg(target_arch = "arm")]
+    let tiled = 0..0;
     for oy in 0..g.oh {
+        if tiled.contains(&oy) {
+            continue;
+        }
         let Some(at) = out.get_mut(oy * g.ow..) else {
             return;
         };
@@ -787,6 +814,15 @@ pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act
         // Filter f0 is the (f0 % go)-th of group f0 / go; a block never spans two groups.
         let mut f0 = 0;
         while f0 < g.out_c {
+            // The host takes several blocks at once where the group has them.
+            #[cfg(not(target_arch = "arm"))]
+            {
+                let done = host::blocks(g, gi, go, f0, input, w, b, out);
+                if done > 0 {
+                    f0 += done;
+                    continue;
+                }
+            }
             let n = block_len(go - f0 % go);
             let mut bias = [0.0; FILTER_BLOCK];
             for (d, s) in bias.iter_mut().zip(b.get(f0..f0 + n).unwrap_or(&[])) {
@@ -919,6 +955,84 @@ mod tests {
                     err <= 1e-4 * (1.0 + want.abs()),
                     "{g:?}: output {i}: {got} vs {want}"
                 );
+            }
+        }
+    }
+
+    /// The host's tiles (`host`) against the device's path, one pixel of one block at a time
+    /// through `row` (what the Cortex-M runs, in the same order): bit for bit.
+    #[test]
+    fn host_tiles_give_the_device_bits() {
+        let cases: &[Case] = &[
+            // Pointwise: 4 + 2 + 1 blocks, even and odd planes (pair and quad tiles).
+            ((16, 8, 8), (56, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]),
+            ((24, 5, 5), (40, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]),
+            // Dense: one pixel, 2 blocks and a block of 4.
+            ((64, 1, 1), (20, 1), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]),
+            // Padded 3x3 on small and larger planes; one block (row tiles) and several.
+            ((8, 8, 8), (8, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((16, 4, 4), (64, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((3, 12, 11), (12, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            // A first layer like MLPerf KWS's (one channel, 10x4 kernel, stride 2).
+            ((1, 49, 10), (64, 1), (10, 4), (2, 2), (1, 1), [4, 1, 5, 1]),
+            // Strides, dilation, uneven padding, groups.
+            ((6, 13, 9), (20, 1), (3, 5), (2, 1), (1, 2), [2, 0, 1, 3]),
+            ((8, 9, 9), (48, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+        ];
+        for &((in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), [pt, pl, pb, pr]) in
+            cases
+        {
+            let oh = (ih + pt + pb - (kh - 1) * dy - 1) / sy + 1;
+            let ow = (iw + pl + pr - (kw - 1) * dx - 1) / sx + 1;
+            let g = ConvGeom {
+                in_c,
+                ih,
+                iw,
+                out_c,
+                oh,
+                ow,
+                kh,
+                kw,
+                sy,
+                sx,
+                dy,
+                dx,
+                pt,
+                pl,
+                groups,
+            };
+            let (gi, go) = (in_c / groups, out_c / groups);
+            let x = values(in_c * ih * iw, 4);
+            let w = values(out_c * gi * kh * kw, 5);
+            let b = values(out_c, 6);
+            let mut packed = std::vec![0.0; w.len()];
+            assert!(pack_filters(&w, groups, go, gi, kh * kw, &mut packed));
+            let mut tiled = std::vec![f32::NAN; out_c * oh * ow];
+            conv2d(&g, &x, &packed, &b, Act::Identity, &mut tiled);
+            let (plane, filter) = (oh * ow, gi * kh * kw);
+            let mut device = std::vec![f32::NAN; out_c * plane];
+            let mut f0 = 0;
+            while f0 < out_c {
+                let c = block_len(go - f0 % go);
+                let mut bias = [0.0; FILTER_BLOCK];
+                bias[..c].copy_from_slice(&b[f0..f0 + c]);
+                let f = Filters {
+                    c,
+                    w: &packed[f0 * filter..],
+                    bias,
+                };
+                let planes = &x[f0 / go * gi * ih * iw..];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let at = &mut device[f0 * plane + oy * ow..];
+                        // SAFETY: the block's planes, weights and outputs, as `block` passes.
+                        unsafe { row(&g, gi, planes, f, oy, ox..ox + 1, at) };
+                    }
+                }
+                f0 += c;
+            }
+            for (i, (t, d)) in tiled.iter().zip(&device).enumerate() {
+                assert_eq!(t.to_bits(), d.to_bits(), "{g:?}: output {i}: {t} vs {d}");
             }
         }
     }

@@ -13,6 +13,8 @@ pub(crate) mod layout;
 pub(crate) mod pool;
 pub(crate) mod qconv;
 pub(crate) mod qeltwise;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
 
 use crate::format::{Act, MAX_RANK};
 

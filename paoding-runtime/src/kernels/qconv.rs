@@ -18,9 +18,15 @@
 //!
 //! A dense layer is a 1x1 convolution over a 1x1 image.
 
-use super::conv::{lanes, ConvGeom};
-use crate::format::{i8_block_len, I8_BLOCK};
-use crate::quant::multiply_by_quantized_multiplier;
+#[cfg(any(target_arch = "arm", test))]
+use super::conv::lanes;
+use super::conv::ConvGeom;
+
+#[cfg(not(target_arch = "arm"))]
+mod host;
+use crate::format::i8_block_len;
+#[cfg(any(target_arch = "arm", test))]
+use crate::{format::I8_BLOCK, quant::multiply_by_quantized_multiplier};
 
 /// The per-channel requantization of one layer, its runs read in place from the weights.
 #[derive(Debug, Clone, Copy)]
@@ -58,15 +64,11 @@ pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out
             f0,
         };
         let out = out.get_mut(f0 * out_plane..).unwrap_or(&mut []);
-        // A full block with its width known at compile time unrolls on the host; Cortex-M
-        // keeps one copy of the loop (code size).
+        // The host runs several pixels at a time.
         #[cfg(not(target_arch = "arm"))]
-        if c == I8_BLOCK {
-            block.run::<I8_BLOCK>(g, q, out);
-            f0 += c;
-            continue;
-        }
-        block.run::<0>(g, q, out);
+        host::run(&block, g, q, out);
+        #[cfg(target_arch = "arm")]
+        block.run(g, q, out);
         f0 += c;
     }
 }
@@ -86,15 +88,15 @@ struct Block<'a> {
 impl Block<'_> {
     /// Every output pixel of the block's channels into `out` (their planes): per pixel, one
     /// accumulator per channel over every tap inside the image; each input value meets the
-    /// block's contiguous run of weights.
-    /// `C`: the block's width when known at compile time (it must then equal `self.c`), 0
-    /// for any.
+    /// block's contiguous run of weights. The device's loop (the host has its own, `host`;
+    /// its tests compare the two).
     // One copy on Cortex-M (code size), inlined into its one caller.
     #[cfg_attr(target_arch = "arm", inline(always))]
     #[cfg_attr(not(target_arch = "arm"), inline(never))]
-    fn run<const C: usize>(&self, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) {
+    #[cfg(any(target_arch = "arm", test))]
+    fn run(&self, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) {
         let (in_plane, out_plane, zp) = (g.ih * g.iw, g.oh * g.ow, q.input_zp);
-        let c = if C == 0 { self.c.max(1) } else { C };
+        let c = self.c.max(1);
         let mut pixel = 0;
         for oy in 0..g.oh {
             let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
@@ -170,7 +172,7 @@ impl Block<'_> {
 /// # Safety
 /// `xs` holds at least `(2 n - 1) stride + 1` inputs and `ws` at least `8 n` weights (the
 /// portable loop checks anyway; the DSP one trusts it).
-#[cfg(not(paoding_dsp))]
+#[cfg(all(not(paoding_dsp), any(target_arch = "arm", test)))]
 unsafe fn pairs(acc: &mut [i32; I8_BLOCK], xs: &[i8], stride: usize, n: usize, ws: &[i8], zp: i32) {
     let mut x = xs.iter().step_by(stride.max(1)).map(|&v| i32::from(v) - zp);
     for w in ws.chunks_exact(8).take(n) {
@@ -382,6 +384,23 @@ mod tests {
             qconv2d(&g, &x, &packed, &q, &mut out);
             let want = reference(&g, &x, &w, &q);
             assert_eq!(out, want, "{g:?}");
+            // The device's loop, block by block as qconv2d deals them out, gives the same.
+            let (go, filter, plane) = (out_c / groups, gi * kh * kw, oh * ow);
+            let mut device = std::vec![0i8; out.len()];
+            let mut f0 = 0;
+            while f0 < out_c {
+                let c = i8_block_len(go - f0 % go);
+                let block = Block {
+                    planes: &x[f0 / go * gi * ih * iw..],
+                    w: &packed[f0 * filter..],
+                    c,
+                    gi,
+                    f0,
+                };
+                block.run(&g, &q, &mut device[f0 * plane..]);
+                f0 += c;
+            }
+            assert_eq!(device, want, "{g:?}: the device's loop");
             // Some outputs clamp, most do not: the test sees the requantization.
             assert!(out.iter().any(|&v| v != -100 && v != 90), "{g:?}");
         }
@@ -394,6 +413,11 @@ mod tests {
             ((3, 9, 10), (12, 1), (5, 5), (2, 1), (1, 2), [2, 1, 0, 3]),
             ((8, 6, 6), (8, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
             ((6, 7, 5), (9, 3), (2, 3), (2, 2), (2, 1), [0, 2, 1, 0]),
+            // Rows wide enough for the host's tiles of 8 pixels, at strides 1 and 2.
+            ((4, 6, 20), (9, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((3, 7, 37), (5, 1), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]),
+            // A first layer like MLPerf KWS's (one channel, 10x4 kernel, stride 2).
+            ((1, 49, 10), (12, 1), (10, 4), (2, 2), (1, 1), [4, 1, 5, 1]),
         ]);
     }
 
@@ -405,6 +429,7 @@ mod tests {
             ((5, 9, 7), (5, 5), (3, 3), (1, 2), (2, 1), [2, 0, 1, 2]),
             // Depth multiplier 2.
             ((3, 6, 6), (6, 3), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((4, 5, 21), (4, 4), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
         ]);
     }
 
