@@ -49,8 +49,8 @@ fn run_in(b: &Block<'_>, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) {
 
 /// [`run`] for a block of `C` filters: a pointwise layer's plane as one row of pixels; else
 /// the rows whose every kernel row is inside the image 8 (then 4) at a time, down each
-/// column; the other rows along the row, 8 pixels at a time where every kernel column is
-/// inside the image.
+/// column; the other rows along the row, 8 (then 4) pixels at a time where every kernel
+/// column is inside the image.
 #[inline(always)]
 fn pixels<const C: usize>(b: &Block<'_>, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) {
     let zp = q.input_zp;
@@ -100,6 +100,10 @@ fn pixels<const C: usize>(b: &Block<'_>, g: &ConvGeom, q: &Requant<'_>, out: &mu
                 let acc = tile::<C, PIXELS>(b, g, zp, (oy, ox), g.sx, ky, (0, g.kw));
                 store(b, g, q, &acc, (oy * g.ow + ox, 1), out);
                 ox += PIXELS;
+            } else if ox >= lo && ox + PIXELS / 2 <= hi {
+                let acc = tile::<C, { PIXELS / 2 }>(b, g, zp, (oy, ox), g.sx, ky, (0, g.kw));
+                store(b, g, q, &acc, (oy * g.ow + ox, 1), out);
+                ox += PIXELS / 2;
             } else {
                 let kx = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
                 let acc = tile::<C, 1>(b, g, zp, (oy, ox), g.sx, ky, kx);
