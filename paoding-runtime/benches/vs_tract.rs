@@ -69,6 +69,17 @@ fn time_pair(mut a: impl FnMut(), mut b: impl FnMut()) -> (Duration, Duration) {
     (ta[ta.len() / 2], tb[tb.len() / 2])
 }
 
+/// One line of the table: both times and tract's over ours.
+fn print_row(name: &str, ours: Duration, theirs: Duration) {
+    println!(
+        "{:<34} {:>9.2} µs {:>9.2} µs {:>7.2}x",
+        name,
+        ours.as_secs_f64() * 1e6,
+        theirs.as_secs_f64() * 1e6,
+        theirs.as_secs_f64() / ours.as_secs_f64()
+    );
+}
+
 /// The int8 models: MLPerf Tiny's quantized keyword spotter and the QDQ fixtures (TFLite's
 /// conversions of MLPerf Tiny's models, onnxruntime's and PyTorch's quantizations). paoding
 /// runs each as its int8 blob (`paoding run` lowers it so), tract the file itself.
@@ -148,13 +159,7 @@ fn int8_row(name: &str, path: &Path) {
             black_box(out);
         },
     );
-    println!(
-        "{:<34} {:>9.2} µs {:>9.2} µs {:>7.2}x",
-        name,
-        ours.as_secs_f64() * 1e6,
-        theirs.as_secs_f64() * 1e6,
-        theirs.as_secs_f64() / ours.as_secs_f64()
-    );
+    print_row(name, ours, theirs);
 }
 
 fn main() {
@@ -199,13 +204,7 @@ fn main() {
                 black_box(out);
             },
         );
-        println!(
-            "{:<34} {:>9.2} µs {:>9.2} µs {:>7.2}x",
-            name,
-            ours.as_secs_f64() * 1e6,
-            theirs.as_secs_f64() * 1e6,
-            theirs.as_secs_f64() / ours.as_secs_f64()
-        );
+        print_row(&name, ours, theirs);
     }
     println!("\nint8 (paoding's int8 blob; tract runs the quantized file)");
     for (name, path) in int8_models() {

@@ -849,7 +849,7 @@ pub(crate) fn dense(x: &[f32], w: &[f32], b: &[f32], act: Act, out: &mut [f32]) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     extern crate std;
     use super::*;
     use crate::format::pack_filters;
@@ -900,7 +900,7 @@ mod tests {
 
     /// One geometry: (in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), padding
     /// (top, left, bottom, right).
-    type Case = (
+    pub(crate) type Case = (
         (usize, usize, usize),
         (usize, usize),
         (usize, usize),
@@ -909,14 +909,34 @@ mod tests {
         [usize; 4],
     );
 
+    /// The geometry of `case`, its output size as ONNX computes it.
+    pub(crate) fn geometry(
+        &((in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), [pt, pl, pb, pr]): &Case,
+    ) -> ConvGeom {
+        ConvGeom {
+            in_c,
+            ih,
+            iw,
+            out_c,
+            oh: (ih + pt + pb - (kh - 1) * dy - 1) / sy + 1,
+            ow: (iw + pl + pr - (kw - 1) * dx - 1) / sx + 1,
+            kh,
+            kw,
+            sy,
+            sx,
+            dy,
+            dx,
+            pt,
+            pl,
+            groups,
+        }
+    }
+
     /// conv2d against the reference for every geometry of `cases`.
     fn check(cases: &[Case]) {
-        for &((in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), [pt, pl, pb, pr]) in
-            cases
-        {
-            let oh = (ih + pt + pb - (kh - 1) * dy - 1) / sy + 1;
-            let ow = (iw + pl + pr - (kw - 1) * dx - 1) / sx + 1;
-            let g = ConvGeom {
+        for case in cases {
+            let g = geometry(case);
+            let ConvGeom {
                 in_c,
                 ih,
                 iw,
@@ -925,14 +945,9 @@ mod tests {
                 ow,
                 kh,
                 kw,
-                sy,
-                sx,
-                dy,
-                dx,
-                pt,
-                pl,
                 groups,
-            };
+                ..
+            } = g;
             let gi = in_c / groups;
             let x = values(in_c * ih * iw, 1);
             let w = values(out_c * gi * kh * kw, 2);
@@ -979,12 +994,9 @@ mod tests {
             ((6, 13, 9), (20, 1), (3, 5), (2, 1), (1, 2), [2, 0, 1, 3]),
             ((8, 9, 9), (48, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
         ];
-        for &((in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), [pt, pl, pb, pr]) in
-            cases
-        {
-            let oh = (ih + pt + pb - (kh - 1) * dy - 1) / sy + 1;
-            let ow = (iw + pl + pr - (kw - 1) * dx - 1) / sx + 1;
-            let g = ConvGeom {
+        for case in cases {
+            let g = geometry(case);
+            let ConvGeom {
                 in_c,
                 ih,
                 iw,
@@ -993,14 +1005,9 @@ mod tests {
                 ow,
                 kh,
                 kw,
-                sy,
-                sx,
-                dy,
-                dx,
-                pt,
-                pl,
                 groups,
-            };
+                ..
+            } = g;
             let (gi, go) = (in_c / groups, out_c / groups);
             let x = values(in_c * ih * iw, 4);
             let w = values(out_c * gi * kh * kw, 5);

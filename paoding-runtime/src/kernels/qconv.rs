@@ -265,6 +265,7 @@ mod tests {
     extern crate std;
     use super::*;
     use crate::format::pack_filters_i8;
+    use crate::kernels::conv::tests::{geometry, Case};
     use std::vec::Vec;
 
     /// Deterministic int8 values.
@@ -314,25 +315,10 @@ mod tests {
         out
     }
 
-    /// (in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), padding.
-    type Case = (
-        (usize, usize, usize),
-        (usize, usize),
-        (usize, usize),
-        (usize, usize),
-        (usize, usize),
-        [usize; 4],
-    );
-
     fn check(cases: &[Case]) {
-        for (
-            k,
-            &((in_c, ih, iw), (out_c, groups), (kh, kw), (sy, sx), (dy, dx), [pt, pl, pb, pr]),
-        ) in cases.iter().enumerate()
-        {
-            let oh = (ih + pt + pb - (kh - 1) * dy - 1) / sy + 1;
-            let ow = (iw + pl + pr - (kw - 1) * dx - 1) / sx + 1;
-            let g = ConvGeom {
+        for (k, case) in cases.iter().enumerate() {
+            let g = geometry(case);
+            let ConvGeom {
                 in_c,
                 ih,
                 iw,
@@ -341,14 +327,9 @@ mod tests {
                 ow,
                 kh,
                 kw,
-                sy,
-                sx,
-                dy,
-                dx,
-                pt,
-                pl,
                 groups,
-            };
+                ..
+            } = g;
             let gi = in_c / groups;
             let x = values(in_c * ih * iw, 1 + k as u32);
             let w = values(out_c * gi * kh * kw, 2 + k as u32);

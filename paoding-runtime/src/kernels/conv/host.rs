@@ -52,13 +52,18 @@ pub(super) unsafe fn rows(
             unsafe {
                 pixels(
                     f,
-                    x_row.wrapping_add((ox * g.sx + kx0 * g.dx).wrapping_sub(g.pl)),
-                    (g.sy * g.iw, g.ow),
-                    (g.kh, g.dy * g.iw, g.kw * gi * f.c),
-                    f.w.as_ptr().wrapping_add(kx0 * gi * f.c),
-                    loops,
-                    out.as_mut_ptr().wrapping_add(oy * g.ow + ox),
-                    g.oh * g.ow,
+                    Tile {
+                        x: x_row.wrapping_add((ox * g.sx + kx0 * g.dx).wrapping_sub(g.pl)),
+                        px: g.sy * g.iw,
+                        op: g.ow,
+                        rows: g.kh,
+                        x_row: g.dy * g.iw,
+                        w_row: g.kw * gi * f.c,
+                        w: f.w.as_ptr().wrapping_add(kx0 * gi * f.c),
+                        loops,
+                        out: out.as_mut_ptr().wrapping_add(oy * g.ow + ox),
+                        stride: g.oh * g.ow,
+                    },
                 )
             };
         }
@@ -86,47 +91,57 @@ pub(super) unsafe fn pointwise(
         unsafe {
             pixels(
                 f,
-                planes.as_ptr().add(q),
-                (1, 1),
-                (1, 0, 0),
-                f.w.as_ptr(),
-                (1, 0, 0, plane, FILTER_BLOCK, gi),
-                out.as_mut_ptr().add(q),
-                plane,
+                Tile {
+                    x: planes.as_ptr().add(q),
+                    px: 1,
+                    op: 1,
+                    rows: 1,
+                    x_row: 0,
+                    w_row: 0,
+                    w: f.w.as_ptr(),
+                    loops: (1, 0, 0, plane, FILTER_BLOCK, gi),
+                    out: out.as_mut_ptr().add(q),
+                    stride: plane,
+                },
             )
         };
     }
     end
 }
 
-/// The taps of one block over [`PIXELS`] pixels, each summed in the order [`super::row`]
-/// sums one, lane `o < c` of pixel `p` stored at `out + p * op + o * stride`. `x` is the first
-/// pixel's first tap; `(px, op)` the input and output steps between pixels; `(rows, x_row,
-/// w_row)` the kernel rows and their input and weight steps; `loops` a row's taps
-/// ([`tap_loops`]).
-///
-/// # Safety
-/// Every tap of every pixel lies inside the input planes, every run of weights read inside
-/// `f.w`, and every output written inside one slice.
-#[allow(clippy::too_many_arguments)]
-#[inline(never)]
-unsafe fn pixels(
-    f: &Filters<'_>,
+/// Where one tile's taps are and how to walk them: `x` is the first pixel's first tap; `px`
+/// and `op` the input and output steps between pixels; `rows` kernel rows, `x_row` and
+/// `w_row` inputs and weights apart; `loops` a row's taps ([`tap_loops`]); lane `o` of pixel
+/// `p` goes to `out + p * op + o * stride`.
+#[derive(Clone, Copy)]
+struct Tile {
     x: *const f32,
-    steps: (usize, usize),
-    rows: (usize, usize, usize),
+    px: usize,
+    op: usize,
+    rows: usize,
+    x_row: usize,
+    w_row: usize,
     w: *const f32,
     loops: (usize, usize, usize, usize, usize, usize),
     out: *mut f32,
     stride: usize,
-) {
+}
+
+/// The taps of one block over [`PIXELS`] pixels, each summed in the order [`super::row`]
+/// sums one.
+///
+/// # Safety
+/// Every tap of every pixel lies inside the input planes, every run of weights read inside
+/// `f.w`, and every output written inside one slice.
+#[inline(never)]
+unsafe fn pixels(f: &Filters<'_>, t: Tile) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::x86::has_avx() {
         // SAFETY: the caller's contract; the CPU has AVX.
-        return unsafe { pixels_avx(f, x, steps, rows, w, loops, out, stride) };
+        return unsafe { pixels_avx(f, t) };
     }
     // SAFETY: the caller's contract.
-    unsafe { pixels_in(f, x, steps, rows, w, loops, out, stride) }
+    unsafe { pixels_in(f, t) }
 }
 
 /// [`pixels`] compiled for AVX (8 lanes a vector, three-operand forms; no FMA).
@@ -134,44 +149,24 @@ unsafe fn pixels(
 /// # Safety
 /// As [`pixels`], on a CPU with AVX.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx")]
-unsafe fn pixels_avx(
-    f: &Filters<'_>,
-    x: *const f32,
-    steps: (usize, usize),
-    rows: (usize, usize, usize),
-    w: *const f32,
-    loops: (usize, usize, usize, usize, usize, usize),
-    out: *mut f32,
-    stride: usize,
-) {
+unsafe fn pixels_avx(f: &Filters<'_>, t: Tile) {
     // SAFETY: the caller's contract.
-    unsafe { pixels_in(f, x, steps, rows, w, loops, out, stride) }
+    unsafe { pixels_in(f, t) }
 }
 
 /// [`pixels`]'s body, inlined into each instruction set's copy.
 ///
 /// # Safety
 /// As [`pixels`].
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn pixels_in(
-    f: &Filters<'_>,
-    x: *const f32,
-    steps: (usize, usize),
-    rows: (usize, usize, usize),
-    w: *const f32,
-    loops: (usize, usize, usize, usize, usize, usize),
-    out: *mut f32,
-    stride: usize,
-) {
+unsafe fn pixels_in(f: &Filters<'_>, t: Tile) {
     // SAFETY: the caller's contract, for the block's width.
     unsafe {
         match (f.c, f.bias.first_chunk::<4>(), f.bias.first_chunk::<1>()) {
-            (FILTER_BLOCK, _, _) => taps(f.bias, x, steps, rows, w, loops, out, stride),
-            (4, Some(b), _) => taps(*b, x, steps, rows, w, loops, out, stride),
-            (_, _, Some(b)) => taps(*b, x, steps, rows, w, loops, out, stride),
+            (FILTER_BLOCK, _, _) => taps(f.bias, t),
+            (4, Some(b), _) => taps(*b, t),
+            (_, _, Some(b)) => taps(*b, t),
             _ => {}
         }
     }
@@ -181,18 +176,20 @@ unsafe fn pixels_in(
 ///
 /// # Safety
 /// As [`pixels`].
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn taps<L: Lanes>(
-    bias: L,
-    x: *const f32,
-    (px, op): (usize, usize),
-    (rows, x_row, w_row): (usize, usize, usize),
-    w: *const f32,
-    (outer, oxs, ows, ixs, iws, n): (usize, usize, usize, usize, usize, usize),
-    out: *mut f32,
-    stride: usize,
-) {
+unsafe fn taps<L: Lanes>(bias: L, t: Tile) {
+    let Tile {
+        x,
+        px,
+        op,
+        rows,
+        x_row,
+        w_row,
+        w,
+        loops: (outer, oxs, ows, ixs, iws, n),
+        out,
+        stride,
+    } = t;
     let mut acc = [bias; PIXELS];
     for r in 0..rows {
         let (xr, wr) = (x.wrapping_add(r * x_row), w.wrapping_add(r * w_row));
@@ -253,15 +250,34 @@ pub(super) fn blocks(
     ) else {
         return 0;
     };
+    let blocks = Blocks {
+        g,
+        gi,
+        t,
+        planes,
+        w,
+        b,
+    };
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::x86::has_avx() {
         // SAFETY: the lengths were checked above; the CPU has AVX.
-        unsafe { blocks_avx(g, gi, t, planes, w, b, out) };
+        unsafe { blocks_avx(&blocks, out) };
         return n;
     }
     // SAFETY: the lengths were checked above.
-    unsafe { blocks_in(g, gi, t, planes, w, b, out) };
+    unsafe { blocks_in(&blocks, out) };
     n
+}
+
+/// `t` (4 or 2) blocks of 8 filters of one group: the group's `gi` input `planes`, the
+/// blocks' `8 t` filters `w` and their biases `b`.
+struct Blocks<'a> {
+    g: &'a ConvGeom,
+    gi: usize,
+    t: usize,
+    planes: &'a [f32],
+    w: &'a [f32],
+    b: &'a [f32],
 }
 
 /// [`blocks_in`] compiled for AVX (no FMA).
@@ -270,40 +286,23 @@ pub(super) fn blocks(
 /// As [`blocks_in`], on a CPU with AVX.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn blocks_avx(
-    g: &ConvGeom,
-    gi: usize,
-    t: usize,
-    planes: &[f32],
-    w: &[f32],
-    b: &[f32],
-    out: &mut [f32],
-) {
+unsafe fn blocks_avx(blocks: &Blocks<'_>, out: &mut [f32]) {
     // SAFETY: the caller's contract.
-    unsafe { blocks_in(g, gi, t, planes, w, b, out) }
+    unsafe { blocks_in(blocks, out) }
 }
 
-/// `t` (4 or 2) blocks of 8 filters over every pixel.
+/// The blocks over every pixel, into their output planes `out`.
 ///
 /// # Safety
-/// `planes` holds the group's `gi` input planes, `w` the blocks' `8 t` filters, `b` their
-/// biases and `out` their output planes.
+/// `planes`, `w`, `b` and `out` hold what the geometry says.
 #[inline(always)]
-unsafe fn blocks_in(
-    g: &ConvGeom,
-    gi: usize,
-    t: usize,
-    planes: &[f32],
-    w: &[f32],
-    b: &[f32],
-    out: &mut [f32],
-) {
+unsafe fn blocks_in(blocks: &Blocks<'_>, out: &mut [f32]) {
     // SAFETY: the caller's contract.
     unsafe {
-        if t == 4 {
-            blocks_of::<4>(g, gi, planes, w, b, out)
+        if blocks.t == 4 {
+            blocks_of::<4>(blocks, out)
         } else {
-            blocks_of::<2>(g, gi, planes, w, b, out)
+            blocks_of::<2>(blocks, out)
         }
     }
 }
@@ -314,11 +313,14 @@ unsafe fn blocks_in(
 /// As [`blocks_in`].
 #[inline(always)]
 unsafe fn blocks_of<const T: usize>(
-    g: &ConvGeom,
-    gi: usize,
-    planes: &[f32],
-    w: &[f32],
-    b: &[f32],
+    &Blocks {
+        g,
+        gi,
+        planes,
+        w,
+        b,
+        ..
+    }: &Blocks<'_>,
     out: &mut [f32],
 ) {
     const C: usize = FILTER_BLOCK;
