@@ -411,6 +411,8 @@ mod tests {
             // Depth multiplier 2.
             ((3, 6, 6), (6, 3), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
             ((4, 5, 21), (4, 4), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            // Row stride 2 and dilation at column stride 1 (the host's padded window).
+            ((3, 11, 9), (3, 3), (3, 3), (2, 1), (2, 2), [2, 1, 1, 3]),
         ]);
     }
 

@@ -42,9 +42,62 @@ unsafe fn run_avx2(b: &Block<'_>, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8])
 fn run_in(b: &Block<'_>, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) {
     if b.c == I8_BLOCK {
         pixels::<I8_BLOCK>(b, g, q, out)
-    } else {
+    } else if !window(b, g, q, out) {
         pixels::<1>(b, g, q, out)
     }
+}
+
+/// Bytes of [`window`]'s padded copy of a plane (on the stack).
+const WINDOW: usize = 2048;
+
+/// A single filter over a single channel (depthwise) at column stride 1, through a copy of
+/// the plane padded with the input zero point (a tap there adds 0, as TFLite's padding does)
+/// and wide enough for whole tiles: every tile of 8 pixels along a row then reads each tap's
+/// inputs as one contiguous run, on planes of any width (the pixels past a row's end are
+/// computed and dropped). Returns false, having done nothing, where the layer is not such a
+/// one or its window does not fit.
+#[inline(always)]
+fn window(b: &Block<'_>, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) -> bool {
+    let Ok(zp8) = i8::try_from(q.input_zp) else {
+        return false;
+    };
+    let (span_x, span_y) = ((g.kw - 1) * g.dx, (g.kh - 1) * g.dy);
+    let width = (g.ow.div_ceil(PIXELS) * PIXELS + span_x).max(g.iw + g.pl);
+    let height = ((g.oh.max(1) - 1) * g.sy + span_y + 1).max(g.ih + g.pt);
+    let taps = g.kh * g.kw;
+    let (Some(ws), true) = (b.w.get(..taps), b.gi == 1 && g.sx == 1) else {
+        return false;
+    };
+    if width * height > WINDOW {
+        return false;
+    }
+    let mut win = [zp8; WINDOW];
+    for (r, row) in b.planes.chunks_exact(g.iw).take(g.ih).enumerate() {
+        let at = (r + g.pt) * width + g.pl;
+        if let Some(d) = win.get_mut(at..at + g.iw) {
+            d.copy_from_slice(row);
+        }
+    }
+    let zp = q.input_zp;
+    for oy in 0..g.oh {
+        for ox in (0..g.ow).step_by(PIXELS) {
+            let mut acc = [[0i32; PIXELS]; 1];
+            for (t, &w) in ws.iter().enumerate() {
+                let (ky, kx) = (t / g.kw, t % g.kw);
+                let at = (oy * g.sy + ky * g.dy) * width + ox + kx * g.dx;
+                let Some(xs) = win.get(at..at + PIXELS) else {
+                    continue;
+                };
+                let w = i32::from(w);
+                for (a, &x) in acc[0].iter_mut().zip(xs) {
+                    *a = a.wrapping_add(w * (i32::from(x) - zp));
+                }
+            }
+            let valid = (g.ow - ox).min(PIXELS);
+            store(b, g, q, &acc, (oy * g.ow + ox, 1, valid), out);
+        }
+    }
+    true
 }
 
 /// [`run`] for a block of `C` filters: a pointwise layer's plane as one row of pixels; else
@@ -61,12 +114,12 @@ fn pixels<const C: usize>(b: &Block<'_>, g: &ConvGeom, q: &Requant<'_>, out: &mu
         let mut at = 0;
         while at + PIXELS <= plane {
             let acc = tile::<C, PIXELS>(b, g, zp, (0, at), 1, whole, whole);
-            store(b, g, q, &acc, (at, 1), out);
+            store(b, g, q, &acc, (at, 1, PIXELS), out);
             at += PIXELS;
         }
         for at in at..plane {
             let acc = tile::<C, 1>(b, g, zp, (0, at), 1, whole, whole);
-            store(b, g, q, &acc, (at, 1), out);
+            store(b, g, q, &acc, (at, 1, 1), out);
         }
         return;
     }
@@ -98,16 +151,16 @@ fn pixels<const C: usize>(b: &Block<'_>, g: &ConvGeom, q: &Requant<'_>, out: &mu
         while ox < g.ow {
             if ox >= lo && ox + PIXELS <= hi {
                 let acc = tile::<C, PIXELS>(b, g, zp, (oy, ox), g.sx, ky, (0, g.kw));
-                store(b, g, q, &acc, (oy * g.ow + ox, 1), out);
+                store(b, g, q, &acc, (oy * g.ow + ox, 1, PIXELS), out);
                 ox += PIXELS;
             } else if ox >= lo && ox + PIXELS / 2 <= hi {
                 let acc = tile::<C, { PIXELS / 2 }>(b, g, zp, (oy, ox), g.sx, ky, (0, g.kw));
-                store(b, g, q, &acc, (oy * g.ow + ox, 1), out);
+                store(b, g, q, &acc, (oy * g.ow + ox, 1, PIXELS / 2), out);
                 ox += PIXELS / 2;
             } else {
                 let kx = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
                 let acc = tile::<C, 1>(b, g, zp, (oy, ox), g.sx, ky, kx);
-                store(b, g, q, &acc, (oy * g.ow + ox, 1), out);
+                store(b, g, q, &acc, (oy * g.ow + ox, 1, 1), out);
                 ox += 1;
             }
         }
@@ -129,7 +182,7 @@ fn column_tiles<const C: usize, const P: usize>(
     for ox in 0..g.ow {
         let kx = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
         let acc = tile::<C, P>(b, g, q.input_zp, (oy, ox), down, (0, g.kh), kx);
-        store(b, g, q, &acc, (oy * g.ow + ox, g.ow), out);
+        store(b, g, q, &acc, (oy * g.ow + ox, g.ow, P), out);
     }
 }
 
@@ -203,15 +256,15 @@ fn tile<const C: usize, const P: usize>(
     acc
 }
 
-/// Requantize `P` pixels' accumulators into the block's output planes, the first at
-/// `pixel`, the others `op` apart, as the device does.
+/// Requantize the first `valid` of `P` pixels' accumulators into the block's output planes,
+/// the first at `pixel`, the others `op` apart, as the device does.
 #[inline(always)]
 fn store<const C: usize, const P: usize>(
     b: &Block<'_>,
     g: &ConvGeom,
     q: &Requant<'_>,
     acc: &[[i32; P]; C],
-    (pixel, op): (usize, usize),
+    (pixel, op, valid): (usize, usize, usize),
     out: &mut [i8],
 ) {
     let out_plane = g.oh * g.ow;
@@ -222,7 +275,7 @@ fn store<const C: usize, const P: usize>(
         else {
             return;
         };
-        for (p, &a) in row.iter().enumerate() {
+        for (p, &a) in row.iter().enumerate().take(valid) {
             if let Some(d) = out.get_mut(o * out_plane + pixel + p * op) {
                 let v = multiply_by_quantized_multiplier(a.wrapping_add(bias), m, s.into())
                     .wrapping_add(q.output_zp);
