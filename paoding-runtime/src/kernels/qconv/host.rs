@@ -64,11 +64,7 @@ fn window(b: &Block<'_>, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) -> bool 
     let (span_x, span_y) = ((g.kw - 1) * g.dx, (g.kh - 1) * g.dy);
     let width = (g.ow.div_ceil(PIXELS) * PIXELS + span_x).max(g.iw + g.pl);
     let height = ((g.oh.max(1) - 1) * g.sy + span_y + 1).max(g.ih + g.pt);
-    let taps = g.kh * g.kw;
-    let (Some(ws), true) = (b.w.get(..taps), b.gi == 1 && g.sx == 1) else {
-        return false;
-    };
-    if width * height > WINDOW {
+    if b.gi != 1 || g.sx != 1 || width * height > WINDOW {
         return false;
     }
     let mut win = [zp8; WINDOW];
@@ -78,21 +74,23 @@ fn window(b: &Block<'_>, g: &ConvGeom, q: &Requant<'_>, out: &mut [i8]) -> bool 
             d.copy_from_slice(row);
         }
     }
-    let zp = q.input_zp;
+    // The same layer over the window: no padding, every tap of every tile inside.
+    let (wg, wb) = (
+        ConvGeom {
+            ih: height,
+            iw: width,
+            pt: 0,
+            pl: 0,
+            ..*g
+        },
+        Block {
+            planes: win.get(..width * height).unwrap_or(&[]),
+            ..*b
+        },
+    );
     for oy in 0..g.oh {
         for ox in (0..g.ow).step_by(PIXELS) {
-            let mut acc = [[0i32; PIXELS]; 1];
-            for (t, &w) in ws.iter().enumerate() {
-                let (ky, kx) = (t / g.kw, t % g.kw);
-                let at = (oy * g.sy + ky * g.dy) * width + ox + kx * g.dx;
-                let Some(xs) = win.get(at..at + PIXELS) else {
-                    continue;
-                };
-                let w = i32::from(w);
-                for (a, &x) in acc[0].iter_mut().zip(xs) {
-                    *a = a.wrapping_add(w * (i32::from(x) - zp));
-                }
-            }
+            let acc = tile::<1, PIXELS>(&wb, &wg, q.input_zp, (oy, ox), 1, (0, g.kh), (0, g.kw));
             let valid = (g.ow - ox).min(PIXELS);
             store(b, g, q, &acc, (oy * g.ow + ox, 1, valid), out);
         }
