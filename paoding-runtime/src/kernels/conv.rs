@@ -932,36 +932,23 @@ pub(crate) mod tests {
         }
     }
 
+    /// Seeded inputs, filters in ONNX order, biases, and the filters as stored, for `g`.
+    fn layer(g: &ConvGeom, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (gi, go) = (g.in_c / g.groups, g.out_c / g.groups);
+        let x = values(g.in_c * g.ih * g.iw, seed);
+        let w = values(g.out_c * gi * g.kh * g.kw, seed + 1);
+        let b = values(g.out_c, seed + 2);
+        let mut packed = std::vec![0.0; w.len()];
+        assert!(pack_filters(&w, g.groups, go, gi, g.kh * g.kw, &mut packed));
+        (x, w, b, packed)
+    }
+
     /// conv2d against the reference for every geometry of `cases`.
     fn check(cases: &[Case]) {
         for case in cases {
             let g = geometry(case);
-            let ConvGeom {
-                in_c,
-                ih,
-                iw,
-                out_c,
-                oh,
-                ow,
-                kh,
-                kw,
-                groups,
-                ..
-            } = g;
-            let gi = in_c / groups;
-            let x = values(in_c * ih * iw, 1);
-            let w = values(out_c * gi * kh * kw, 2);
-            let b = values(out_c, 3);
-            let mut packed = std::vec![0.0; w.len()];
-            assert!(pack_filters(
-                &w,
-                groups,
-                out_c / groups,
-                gi,
-                kh * kw,
-                &mut packed
-            ));
-            let mut out = std::vec![f32::NAN; out_c * oh * ow];
+            let (x, w, b, packed) = layer(&g, 1);
+            let mut out = std::vec![f32::NAN; g.out_c * g.oh * g.ow];
             conv2d(&g, &x, &packed, &b, Act::Identity, &mut out);
             let want = reference(&g, &x, &w, &b);
             for (i, (got, want)) in out.iter().zip(&want).enumerate() {
@@ -996,30 +983,14 @@ pub(crate) mod tests {
         ];
         for case in cases {
             let g = geometry(case);
-            let ConvGeom {
-                in_c,
-                ih,
-                iw,
-                out_c,
-                oh,
-                ow,
-                kh,
-                kw,
-                groups,
-                ..
-            } = g;
-            let (gi, go) = (in_c / groups, out_c / groups);
-            let x = values(in_c * ih * iw, 4);
-            let w = values(out_c * gi * kh * kw, 5);
-            let b = values(out_c, 6);
-            let mut packed = std::vec![0.0; w.len()];
-            assert!(pack_filters(&w, groups, go, gi, kh * kw, &mut packed));
-            let mut tiled = std::vec![f32::NAN; out_c * oh * ow];
+            let (x, _, b, packed) = layer(&g, 4);
+            let (gi, go) = (g.in_c / g.groups, g.out_c / g.groups);
+            let (plane, filter) = (g.oh * g.ow, gi * g.kh * g.kw);
+            let mut tiled = std::vec![f32::NAN; g.out_c * plane];
             conv2d(&g, &x, &packed, &b, Act::Identity, &mut tiled);
-            let (plane, filter) = (oh * ow, gi * kh * kw);
-            let mut device = std::vec![f32::NAN; out_c * plane];
+            let mut device = std::vec![f32::NAN; g.out_c * plane];
             let mut f0 = 0;
-            while f0 < out_c {
+            while f0 < g.out_c {
                 let c = block_len(go - f0 % go);
                 let mut bias = [0.0; FILTER_BLOCK];
                 bias[..c].copy_from_slice(&b[f0..f0 + c]);
@@ -1028,10 +999,10 @@ pub(crate) mod tests {
                     w: &packed[f0 * filter..],
                     bias,
                 };
-                let planes = &x[f0 / go * gi * ih * iw..];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let at = &mut device[f0 * plane + oy * ow..];
+                let planes = &x[f0 / go * gi * g.ih * g.iw..];
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let at = &mut device[f0 * plane + oy * g.ow..];
                         // SAFETY: the block's planes, weights and outputs, as `block` passes.
                         unsafe { row(&g, gi, planes, f, oy, ox..ox + 1, at) };
                     }

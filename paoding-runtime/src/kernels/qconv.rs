@@ -318,25 +318,13 @@ mod tests {
     fn check(cases: &[Case]) {
         for (k, case) in cases.iter().enumerate() {
             let g = geometry(case);
-            let ConvGeom {
-                in_c,
-                ih,
-                iw,
-                out_c,
-                oh,
-                ow,
-                kh,
-                kw,
-                groups,
-                ..
-            } = g;
-            let gi = in_c / groups;
-            let x = values(in_c * ih * iw, 1 + k as u32);
-            let w = values(out_c * gi * kh * kw, 2 + k as u32);
+            let gi = g.in_c / g.groups;
+            let x = values(g.in_c * g.ih * g.iw, 1 + k as u32);
+            let w = values(g.out_c * gi * g.kh * g.kw, 2 + k as u32);
             // Biases around the accumulator scale, per-channel multipliers from 2^-12 to
             // 2^-6 (the range a real layer has), zero points off centre, a ReLU6-like clamp.
-            let bias: Vec<i32> = (0..out_c as i32).map(|o| (o - 3) * 517).collect();
-            let (multiplier, shift): (Vec<i32>, Vec<i8>) = (0..out_c)
+            let bias: Vec<i32> = (0..g.out_c as i32).map(|o| (o - 3) * 517).collect();
+            let (multiplier, shift): (Vec<i32>, Vec<i8>) = (0..g.out_c)
                 .map(|o| {
                     let (m, s) =
                         crate::quant::quantize_multiplier(0.0003 * (1.0 + o as f64 * 0.37));
@@ -355,24 +343,24 @@ mod tests {
             let mut packed = std::vec![0i8; w.len()];
             assert!(pack_filters_i8(
                 &w,
-                groups,
-                out_c / groups,
+                g.groups,
+                g.out_c / g.groups,
                 gi,
-                kh * kw,
+                g.kh * g.kw,
                 &mut packed
             ));
-            let mut out = std::vec![0i8; out_c * oh * ow];
+            let mut out = std::vec![0i8; g.out_c * g.oh * g.ow];
             qconv2d(&g, &x, &packed, &q, &mut out);
             let want = reference(&g, &x, &w, &q);
             assert_eq!(out, want, "{g:?}");
             // The device's loop, block by block as qconv2d deals them out, gives the same.
-            let (go, filter, plane) = (out_c / groups, gi * kh * kw, oh * ow);
+            let (go, filter, plane) = (g.out_c / g.groups, gi * g.kh * g.kw, g.oh * g.ow);
             let mut device = std::vec![0i8; out.len()];
             let mut f0 = 0;
-            while f0 < out_c {
+            while f0 < g.out_c {
                 let c = i8_block_len(go - f0 % go);
                 let block = Block {
-                    planes: &x[f0 / go * gi * ih * iw..],
+                    planes: &x[f0 / go * gi * g.ih * g.iw..],
                     w: &packed[f0 * filter..],
                     c,
                     gi,
