@@ -54,6 +54,8 @@ def main():
     ap.add_argument("--hot", metavar="FUNCTION",
                     help="also print the most executed instruction addresses of the functions "
                          "whose name contains FUNCTION (for `llvm-objdump -d`)")
+    ap.add_argument("--model", type=int, metavar="N",
+                    help="with --hot, count only model N's inferences")
     args = ap.parse_args()
     syms = symbols(args.elf)
     addrs = [a for a, _ in syms]
@@ -88,7 +90,8 @@ def main():
                     phase = 1
                 if sections and pc in blocks:
                     sections[-1][phase].update(blocks[pc][0])
-                    hot.update(blocks[pc][1])
+                    if args.model is None or (len(sections) - 1 == args.model and phase == 1):
+                        hot.update(blocks[pc][1])
     for i, (valid, infer) in enumerate(sections):
         for label, counts in (("validation", valid), ("inference", infer)):
             print(f"model {i} {label}: {sum(counts.values())} instructions")

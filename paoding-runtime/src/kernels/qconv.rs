@@ -24,6 +24,8 @@ use super::conv::ConvGeom;
 
 #[cfg(not(target_arch = "arm"))]
 mod host;
+#[cfg(target_arch = "x86_64")]
+mod madd;
 use crate::format::i8_block_len;
 #[cfg(any(target_arch = "arm", test))]
 use crate::{format::I8_BLOCK, quant::multiply_by_quantized_multiplier};
@@ -47,6 +49,11 @@ pub(crate) struct Requant<'w> {
 /// `out = requant(W * (x - input_zp) + bias)` over NCHW, `w` as [`crate::format::pack_filters`]
 /// stores it.
 pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out: &mut [i8]) {
+    // x86-64 with AVX2: 16-bit pairs over a window of the whole layer.
+    #[cfg(target_arch = "x86_64")]
+    if madd::qconv2d(g, input, w, q, out) {
+        return;
+    }
     let groups = g.groups.max(1);
     let (gi, go) = (g.in_c / groups, (g.out_c / groups).max(1));
     let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
@@ -355,7 +362,7 @@ mod tests {
             assert_eq!(out, want, "{g:?}");
             // The device's loop, block by block as qconv2d deals them out, gives the same.
             let (go, filter, plane) = (g.out_c / g.groups, gi * g.kh * g.kw, g.oh * g.ow);
-            let mut device = std::vec![0i8; out.len()];
+            let (mut device, mut portable) = (std::vec![0i8; out.len()], std::vec![0i8; out.len()]);
             let mut f0 = 0;
             while f0 < g.out_c {
                 let c = i8_block_len(go - f0 % go);
@@ -367,9 +374,11 @@ mod tests {
                     f0,
                 };
                 block.run(&g, &q, &mut device[f0 * plane..]);
+                host::run(&block, &g, &q, &mut portable[f0 * plane..]);
                 f0 += c;
             }
             assert_eq!(device, want, "{g:?}: the device's loop");
+            assert_eq!(portable, want, "{g:?}: the host's portable tiles");
             // Some outputs clamp, most do not: the test sees the requantization.
             assert!(out.iter().any(|&v| v != -100 && v != 90), "{g:?}");
         }

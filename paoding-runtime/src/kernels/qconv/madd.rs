@@ -1,0 +1,454 @@
+//! Host-only int8 convolution on x86-64 with AVX2: 16-bit pairs through `vpmaddwd`.
+//!
+//! `vpmaddwd` multiplies 16 pairs of 16-bit values and adds each pair into one 32-bit lane:
+//! 16 MACs in one instruction, the x86 counterpart of the Cortex-M's SMLAD. To feed it, the
+//! inputs of a group are copied once per layer (not once per block of filters) into a
+//! *window* of 16-bit pairs, less the input zero point, with the padding already in place
+//! (zero, which is TFLite's padding with the zero point):
+//!
+//! - several input channels: a pair holds channels `2j` and `2j + 1` at one position;
+//! - one input channel (depthwise, a first layer): a pair holds kernel columns `kx` and
+//!   `kx + 1` at one position, so a kernel row takes half as many terms.
+//!
+//! At a column stride `sx` above 1, each pair plane is stored in `sx` phases (columns
+//! `x' * sx + phase`), so that one tap's inputs for consecutive output pixels are always
+//! adjacent. A tile of 16 consecutive output positions then reads each term's 16 pairs with
+//! two loads, and each filter's pair of weights (broadcast) meets them in two `vpmaddwd`.
+//! Positions past a row's end are computed and dropped; the window's slack keeps their reads
+//! inside it. Integer sums do not depend on their order, so every output is the device's
+//! exactly ([`super::Block::run`]); requantization is TFLite's, 8 lanes at a time.
+//!
+//! Layers whose window or weights would not fit the fixed stack buffers, dense layers (a
+//! plane of one position) and CPUs without AVX2 take the portable host path (`super::host`).
+
+use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
+
+use super::Requant;
+use crate::format::{i8_block_len, I8_BLOCK};
+use crate::kernels::conv::ConvGeom;
+
+/// 16-bit pairs of the window (64 KiB on the stack).
+const WINDOW: usize = 16 * 1024;
+/// Weight pairs of one block: `terms * C` (16 KiB).
+const WEIGHTS: usize = 4 * 1024;
+/// Output positions of a tile: two vectors of 8 lanes.
+const TILE: usize = 16;
+/// Extra pairs after each pair plane, so that a tile running past the last position reads
+/// inside its plane.
+const SLACK: usize = TILE;
+/// Below this many output positions per plane (dense layers), the portable path's one-pixel
+/// tiles waste less.
+const MIN_PLANE: usize = 8;
+
+/// `qconv2d` through `vpmaddwd` tiles, if this CPU has AVX2 and the layer fits; false (having
+/// written nothing) otherwise.
+pub(super) fn qconv2d(
+    g: &ConvGeom,
+    input: &[i8],
+    w: &[i8],
+    q: &Requant<'_>,
+    out: &mut [i8],
+) -> bool {
+    let Some(layout) = Layout::new(g, q) else {
+        return false;
+    };
+    if !crate::kernels::x86::has_avx2() {
+        return false;
+    }
+    // SAFETY: the CPU has AVX2.
+    unsafe { run(g, &layout, input, w, q, out) };
+    true
+}
+
+/// Where everything sits in the window and in a block's weight pairs.
+struct Layout {
+    /// Inputs of a group.
+    gi: usize,
+    /// Filters of a group.
+    go: usize,
+    /// Pair planes of a group: channel pairs, or one (kernel-column pairs).
+    pairs: usize,
+    /// Width of a phase row, in pairs.
+    width: usize,
+    /// Rows of the window.
+    height: usize,
+    /// Pairs from one phase plane to the next: `height * width + SLACK`.
+    plane: usize,
+    /// Terms of a filter: (plane, offset) per tap (and channel pair).
+    terms: usize,
+}
+
+impl Layout {
+    fn new(g: &ConvGeom, q: &Requant<'_>) -> Option<Layout> {
+        let groups = g.groups.max(1);
+        let (gi, go) = (g.in_c / groups, g.out_c / groups);
+        let positions = g.oh.checked_mul(g.ow)?;
+        // (x - zp) must fit 16 bits: zero points are validated to int8's range, but the
+        // arithmetic here relies on it, so it checks.
+        if gi == 0 || go == 0 || positions < MIN_PLANE || !(-255..=255).contains(&q.input_zp) {
+            return None;
+        }
+        let (sx, sy) = (g.sx.max(1), g.sy.max(1));
+        let pairs = if gi == 1 { 1 } else { gi.div_ceil(2) };
+        // The columns a tap reaches past the first (a pair of kernel columns holds its
+        // partner column's input itself).
+        let span_x = (g.kw.max(1) - 1) * g.dx;
+        let width = g.ow + span_x.div_ceil(sx);
+        let height = (g.oh - 1) * sy + (g.kh.max(1) - 1) * g.dy + 1;
+        let plane = height.checked_mul(width)?.checked_add(SLACK)?;
+        let terms = if gi == 1 {
+            g.kh * g.kw.div_ceil(2)
+        } else {
+            g.kh * g.kw * pairs
+        };
+        let fits = pairs
+            .checked_mul(sx)
+            .and_then(|p| p.checked_mul(plane))
+            .is_some_and(|n| n <= WINDOW)
+            && terms.checked_mul(I8_BLOCK).is_some_and(|n| n <= WEIGHTS);
+        fits.then_some(Layout {
+            gi,
+            go,
+            pairs,
+            width,
+            height,
+            plane,
+            terms,
+        })
+    }
+
+    /// Where term `t` reads the window for the tile's first position: for several channels,
+    /// term `(tap, j)` is `tap * pairs + j`; for one, `ky * ceil(kw / 2) + kx / 2`.
+    fn term(&self, g: &ConvGeom, t: usize) -> usize {
+        let sx = g.sx.max(1);
+        let (ky, kx, j) = if self.gi == 1 {
+            let half = g.kw.div_ceil(2);
+            (t / half, 2 * (t % half), 0)
+        } else {
+            let tap = t / self.pairs;
+            (tap / g.kw, tap % g.kw, t % self.pairs)
+        };
+        let col = kx * g.dx;
+        (j * sx + col % sx) * self.plane + ky * g.dy * self.width + col / sx
+    }
+}
+
+/// Every group and block of the layer. Single filters (a group's last `go % 4`, depthwise)
+/// run as blocks of one.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn run(g: &ConvGeom, l: &Layout, input: &[i8], w: &[i8], q: &Requant<'_>, out: &mut [i8]) {
+    let groups = g.groups.max(1);
+    let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
+    let filter = l.gi * g.kh * g.kw;
+    // Uninitialised: zeroing 80 KiB would cost more than a small layer; each buffer is read
+    // only where it was written.
+    let mut win = [MaybeUninit::<u32>::uninit(); WINDOW];
+    let mut weights = [MaybeUninit::<i32>::uninit(); WEIGHTS];
+    let mut offsets = [MaybeUninit::<usize>::uninit(); WEIGHTS / I8_BLOCK];
+    let offsets = filled(&mut offsets, l.terms, |t| l.term(g, t));
+    for group in 0..groups {
+        let planes = input.get(group * l.gi * in_plane..).unwrap_or(&[]);
+        let win = fill_window(g, l, planes, q.input_zp, &mut win);
+        let mut f = 0;
+        while f < l.go {
+            let f0 = group * l.go + f;
+            let c = i8_block_len(l.go - f);
+            let block = w.get(f0 * filter..(f0 + c) * filter).unwrap_or(&[]);
+            let out = out.get_mut(f0 * out_plane..).unwrap_or(&mut []);
+            if c == I8_BLOCK {
+                let weights = pair_weights::<I8_BLOCK>(g, l, block, &mut weights);
+                // SAFETY: AVX2, as this function's.
+                unsafe { tiles::<I8_BLOCK>(g, l, win, offsets, weights, q, f0, out) };
+            } else {
+                let weights = pair_weights::<1>(g, l, block, &mut weights);
+                // SAFETY: as above.
+                unsafe { tiles::<1>(g, l, win, offsets, weights, q, f0, out) };
+            }
+            f += c;
+        }
+    }
+}
+
+/// The first `len` values of `buf` (at most all of them), value `i` being `value(i)`.
+fn filled<T: Copy>(buf: &mut [MaybeUninit<T>], len: usize, value: impl Fn(usize) -> T) -> &[T] {
+    let buf = buf.get_mut(..len).unwrap_or_default();
+    for (i, v) in buf.iter_mut().enumerate() {
+        v.write(value(i));
+    }
+    // SAFETY: every value of `buf` was written just above.
+    unsafe { &*(buf as *const [MaybeUninit<T>] as *const [T]) }
+}
+
+/// Copy a group's input planes into the window as [`Layout`] places them, less the zero
+/// point, zero (the zero point) over the padding; the window's used part.
+fn fill_window<'w>(
+    g: &ConvGeom,
+    l: &Layout,
+    planes: &[i8],
+    zp: i32,
+    win: &'w mut [MaybeUninit<u32>; WINDOW],
+) -> &'w [u32] {
+    let sx = g.sx.max(1);
+    let in_plane = g.ih * g.iw;
+    // The padded input, 16 bits less the zero point; zero outside the image.
+    let at = |c: usize, y: usize, x: usize| -> u32 {
+        let (iy, ix) = (y.wrapping_sub(g.pt), x.wrapping_sub(g.pl));
+        if iy >= g.ih || ix >= g.iw || c >= l.gi {
+            return 0;
+        }
+        planes
+            .get(c * in_plane + iy * g.iw + ix)
+            .map_or(0, |&v| (i32::from(v) - zp) as u16 as u32)
+    };
+    // Layout::new checked that the planes fit.
+    let used = (l.pairs * sx * l.plane).min(WINDOW);
+    let win = win.get_mut(..used).unwrap_or_default();
+    for (k, plane) in win.chunks_exact_mut(l.plane).enumerate() {
+        let (j, phase) = (k / sx, k % sx);
+        let (rows, slack) = plane.split_at_mut(l.height * l.width);
+        slack.iter_mut().for_each(|d| {
+            d.write(0);
+        });
+        for (y, row) in rows.chunks_exact_mut(l.width).enumerate() {
+            for (x, d) in row.iter_mut().enumerate() {
+                let col = x * sx + phase;
+                let (lo, hi) = if l.gi == 1 {
+                    (at(0, y, col), at(0, y, col + g.dx))
+                } else {
+                    (at(2 * j, y, col), at(2 * j + 1, y, col))
+                };
+                d.write(lo | hi << 16);
+            }
+        }
+    }
+    // SAFETY: the planes tile `win` exactly (`used` is a multiple of `l.plane`), and every
+    // row and the slack of each were written above.
+    unsafe { &*(win as *const [MaybeUninit<u32>] as *const [u32]) }
+}
+
+/// A block's weights as [`Layout::term`]'s pairs, `[term][filter]`, each `(w_lo, w_hi)`
+/// packed as the window's pairs are (zero for a missing partner), read from
+/// [`crate::format::pack_filters_i8`]'s order.
+fn pair_weights<'w, const C: usize>(
+    g: &ConvGeom,
+    l: &Layout,
+    block: &[i8],
+    out: &'w mut [MaybeUninit<i32>; WEIGHTS],
+) -> &'w [i32] {
+    let gi = l.gi;
+    let paired = if C == I8_BLOCK { gi & !1 } else { 0 };
+    // Filter f's weight at tap `tap`, input `i`.
+    let weight = |tap: usize, i: usize, f: usize| -> i32 {
+        let at = if i < paired {
+            tap * gi * C + (i / 2) * 8 + (f / 2) * 4 + (i % 2) * 2 + f % 2
+        } else {
+            tap * gi * C + i * C + f
+        };
+        block.get(at).map_or(0, |&v| i32::from(v))
+    };
+    let pack = |lo: i32, hi: i32| (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
+    filled(out, l.terms * C, |k| {
+        let (t, f) = (k / C, k % C);
+        if gi == 1 {
+            let half = g.kw.div_ceil(2);
+            let (ky, kx) = (t / half, 2 * (t % half));
+            let hi = if kx + 1 < g.kw {
+                weight(ky * g.kw + kx + 1, 0, f)
+            } else {
+                0
+            };
+            pack(weight(ky * g.kw + kx, 0, f), hi)
+        } else {
+            let (tap, j) = (t / l.pairs, t % l.pairs);
+            let hi = if 2 * j + 1 < gi {
+                weight(tap, 2 * j + 1, f)
+            } else {
+                0
+            };
+            pack(weight(tap, 2 * j, f), hi)
+        }
+    })
+}
+
+/// Every tile of a block of `C` filters, the first being output channel `f0`: along the
+/// window's rows (one run over all of them at row stride 1, else one per output row).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles<const C: usize>(
+    g: &ConvGeom,
+    l: &Layout,
+    win: &[u32],
+    terms: &[usize],
+    weights: &[i32],
+    q: &Requant<'_>,
+    f0: usize,
+    out: &mut [i8],
+) {
+    let sy = g.sy.max(1);
+    let rows = if sy == 1 { 1 } else { g.oh };
+    let run = if sy == 1 {
+        (g.oh - 1) * l.width + g.ow
+    } else {
+        g.ow
+    };
+    let requant = Lanes::<C>::new(q, f0);
+    for r in 0..rows {
+        let start = r * sy * l.width;
+        let mut s = 0;
+        while s < run {
+            // The output index of each position of the tile; usize::MAX past a row's end.
+            let targets: [usize; TILE] = core::array::from_fn(|k| {
+                let p = s + k;
+                let (oy, ox) = if sy == 1 {
+                    (p / l.width, p % l.width)
+                } else {
+                    (r, p)
+                };
+                if p < run && ox < g.ow {
+                    oy * g.ow + ox
+                } else {
+                    usize::MAX
+                }
+            });
+            // SAFETY: AVX2, as this function's.
+            let acc = unsafe { tile::<C>(win, terms, weights, start + s) };
+            // SAFETY: as above.
+            unsafe { requant.store(&acc, &targets, g.oh * g.ow, out) };
+            s += TILE;
+        }
+    }
+}
+
+/// The accumulators `[filter][vector]` of 16 consecutive window positions from `s`.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn tile<const C: usize>(
+    win: &[u32],
+    terms: &[usize],
+    weights: &[i32],
+    s: usize,
+) -> [[__m256i; 2]; C] {
+    let mut acc = [[_mm256_setzero_si256(); 2]; C];
+    for (t, &off) in terms.iter().enumerate() {
+        let (Some(x), Some(ws)) = (
+            win.get(off + s..off + s + TILE),
+            weights.get(t * C..t * C + C),
+        ) else {
+            continue;
+        };
+        // SAFETY: x holds 16 pairs (64 bytes), read unaligned.
+        let (x0, x1) = unsafe {
+            (
+                _mm256_loadu_si256(x.as_ptr().cast()),
+                _mm256_loadu_si256(x.as_ptr().add(8).cast()),
+            )
+        };
+        for (a, &w) in acc.iter_mut().zip(ws) {
+            let w = _mm256_set1_epi32(w);
+            a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(x0, w));
+            a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(x1, w));
+        }
+    }
+    acc
+}
+
+/// TFLite's per-channel requantization of a block's `C` filters, 8 lanes at a time.
+struct Lanes<const C: usize> {
+    /// Per filter: bias, multiplier, left shift, right shift.
+    filters: [(i32, i32, i32, i32); C],
+    output_zp: i32,
+    act_min: i32,
+    act_max: i32,
+}
+
+impl<const C: usize> Lanes<C> {
+    fn new(q: &Requant<'_>, f0: usize) -> Lanes<C> {
+        let filters = core::array::from_fn(|o| {
+            let f = f0 + o;
+            let (bias, m, s) = (
+                q.bias.get(f).copied().unwrap_or(0),
+                q.multiplier.get(f).copied().unwrap_or(0),
+                q.shift.get(f).map_or(0, |&s| i32::from(s).clamp(-31, 31)),
+            );
+            (bias, m, s.max(0), (-s).max(0))
+        });
+        Lanes {
+            filters,
+            output_zp: q.output_zp,
+            act_min: q.act_min,
+            act_max: q.act_max,
+        }
+    }
+
+    /// Requantize a tile and write the positions that have a target into the block's output
+    /// planes (`plane` apart).
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn store(
+        &self,
+        acc: &[[__m256i; 2]; C],
+        targets: &[usize; TILE],
+        plane: usize,
+        out: &mut [i8],
+    ) {
+        for (o, (a, &(bias, m, left, right))) in acc.iter().zip(&self.filters).enumerate() {
+            for (v, targets) in a.iter().zip(targets.chunks_exact(8)) {
+                let x = _mm256_add_epi32(*v, _mm256_set1_epi32(bias));
+                // SAFETY: AVX2, as this function's.
+                let y = unsafe { requantize(x, m, left, right) };
+                let y = _mm256_add_epi32(y, _mm256_set1_epi32(self.output_zp));
+                let y = _mm256_min_epi32(
+                    _mm256_max_epi32(y, _mm256_set1_epi32(self.act_min)),
+                    _mm256_set1_epi32(self.act_max),
+                );
+                let mut lanes = [0i32; 8];
+                // SAFETY: lanes is 32 bytes.
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), y) };
+                for (&t, &v) in targets.iter().zip(&lanes).filter(|(&t, _)| t < plane) {
+                    if let Some(d) = out.get_mut(o * plane + t) {
+                        *d = v as i8;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`crate::quant::multiply_by_quantized_multiplier`] on 8 lanes, for a multiplier in
+/// `[2^30, 2^31)` or 0 (validated) and its shift split into `left`, `right` in `[0, 31]`.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn requantize(x: __m256i, m: i32, left: i32, right: i32) -> __m256i {
+    let x = _mm256_sll_epi32(x, _mm_cvtsi32_si128(left));
+    // Saturating rounding doubling high multiply: (x m + 2^30) >> 31 in 64 bits, even lanes
+    // then odd ones; the multiplier is never i32::MIN, so it never saturates. Bits 31..62 of
+    // the sum are the result: a logical shift gives them as an arithmetic one would.
+    let (mv, nudge) = (_mm256_set1_epi32(m), _mm256_set1_epi64x(1 << 30));
+    let even = _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epi32(x, mv), nudge), 31);
+    let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(x, 32), mv), nudge);
+    let odd = _mm256_slli_epi64(_mm256_srli_epi64(odd, 31), 32);
+    let high = _mm256_blend_epi32(even, odd, 0b1010_1010);
+    // Rounding divide by 2^right, ties away from zero.
+    let mask = _mm256_set1_epi32(((1u32 << right) - 1) as i32);
+    let remainder = _mm256_and_si256(high, mask);
+    let negative = _mm256_cmpgt_epi32(_mm256_setzero_si256(), high);
+    let threshold = _mm256_sub_epi32(_mm256_srai_epi32(mask, 1), negative);
+    let shifted = _mm256_sra_epi32(high, _mm_cvtsi32_si128(right));
+    _mm256_sub_epi32(shifted, _mm256_cmpgt_epi32(remainder, threshold))
+}
