@@ -28,8 +28,9 @@ use super::Requant;
 use crate::format::{i8_block_len, I8_BLOCK};
 use crate::kernels::conv::ConvGeom;
 
-/// 16-bit pairs of the window (64 KiB on the stack).
-const WINDOW: usize = 16 * 1024;
+/// 16-bit pairs of the window (32 KiB on the stack: the keyword spotter's pointwise layers take
+/// 18 KiB).
+const WINDOW: usize = 8 * 1024;
 /// Weight pairs of one block: `terms * C` (16 KiB).
 const WEIGHTS: usize = 4 * 1024;
 /// Output positions of a tile: two vectors of 8 lanes.
@@ -148,8 +149,9 @@ unsafe fn run(g: &ConvGeom, l: &Layout, input: &[i8], w: &[i8], q: &Requant<'_>,
     // only where it was written.
     let mut win = [MaybeUninit::<u32>::uninit(); WINDOW];
     let mut weights = [MaybeUninit::<i32>::uninit(); WEIGHTS];
-    let mut offsets = [MaybeUninit::<usize>::uninit(); WEIGHTS / I8_BLOCK];
-    let offsets = filled(&mut offsets, l.terms, |t| l.term(g, t));
+    let mut offsets = [MaybeUninit::<u32>::uninit(); WEIGHTS / I8_BLOCK];
+    // Below WINDOW, so they fit 32 bits.
+    let offsets = filled(&mut offsets, l.terms, |t| l.term(g, t) as u32);
     for group in 0..groups {
         let planes = input.get(group * l.gi * in_plane..).unwrap_or(&[]);
         let win = fill_window(g, l, planes, q.input_zp, &mut win);
@@ -285,7 +287,7 @@ unsafe fn tiles<const C: usize>(
     g: &ConvGeom,
     l: &Layout,
     win: &[u32],
-    terms: &[usize],
+    terms: &[u32],
     weights: &[i32],
     q: &Requant<'_>,
     f0: usize,
@@ -334,12 +336,13 @@ unsafe fn tiles<const C: usize>(
 #[inline]
 unsafe fn tile<const C: usize>(
     win: &[u32],
-    terms: &[usize],
+    terms: &[u32],
     weights: &[i32],
     s: usize,
 ) -> [[__m256i; 2]; C] {
     let mut acc = [[_mm256_setzero_si256(); 2]; C];
     for (t, &off) in terms.iter().enumerate() {
+        let off = off as usize;
         let (Some(x), Some(ws)) = (
             win.get(off + s..off + s + TILE),
             weights.get(t * C..t * C + C),
