@@ -396,6 +396,10 @@ mod tests {
             ((3, 7, 37), (5, 1), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]),
             // A first layer like MLPerf KWS's (one channel, 10x4 kernel, stride 2).
             ((1, 49, 10), (12, 1), (10, 4), (2, 2), (1, 1), [4, 1, 5, 1]),
+            // Planes too large for the host's window at once: bands of output rows, at row
+            // strides 1 and 2 and with an odd channel count.
+            ((8, 48, 48), (8, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((7, 50, 46), (5, 1), (3, 3), (2, 2), (1, 1), [1, 0, 1, 1]),
         ]);
     }
 

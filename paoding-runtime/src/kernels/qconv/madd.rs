@@ -18,8 +18,10 @@
 //! inside it. Integer sums do not depend on their order, so every output is the device's
 //! exactly ([`super::Block::run`]); requantization is TFLite's, 8 lanes at a time.
 //!
-//! Layers whose window or weights would not fit the fixed stack buffers, dense layers (a
-//! plane of one position) and CPUs without AVX2 take the portable host path (`super::host`).
+//! A plane too large for the window runs in bands of output rows, the window holding one
+//! band's input rows at a time. Layers whose weights, or a band of at least a tile's
+//! positions, would not fit the fixed stack buffers, dense layers (a plane of one position)
+//! and CPUs without AVX2 take the portable host path (`super::host`).
 
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -72,7 +74,9 @@ struct Layout {
     pairs: usize,
     /// Width of a phase row, in pairs.
     width: usize,
-    /// Rows of the window.
+    /// Output rows of a band: the window holds the input rows of one band at a time.
+    band: usize,
+    /// Rows of the window (of a band).
     height: usize,
     /// Pairs from one phase plane to the next: `height * width + SLACK`.
     plane: usize,
@@ -96,23 +100,37 @@ impl Layout {
         // partner column's input itself).
         let span_x = (g.kw.max(1) - 1) * g.dx;
         let width = g.ow + span_x.div_ceil(sx);
-        let height = (g.oh - 1) * sy + (g.kh.max(1) - 1) * g.dy + 1;
+        let span_y = (g.kh.max(1) - 1) * g.dy;
+        // As many output rows per band as the window holds (all of them if it can).
+        let rows_fit = (WINDOW / pairs.checked_mul(sx)?)
+            .saturating_sub(SLACK)
+            .checked_div(width)?;
+        let band = rows_fit
+            .checked_sub(span_y + 1)
+            .map_or(0, |r| r / sy + 1)
+            .min(g.oh);
+        let height = (band.max(1) - 1) * sy + span_y + 1;
         let plane = height.checked_mul(width)?.checked_add(SLACK)?;
         let terms = if gi == 1 {
             g.kh * g.kw.div_ceil(2)
         } else {
             g.kh * g.kw * pairs
         };
-        let fits = pairs
-            .checked_mul(sx)
-            .and_then(|p| p.checked_mul(plane))
-            .is_some_and(|n| n <= WINDOW)
+        // A band of fewer positions than a tile would spend more on its window than on its
+        // products: the portable tiles then.
+        let fits = band > 0
+            && (band == g.oh || band * g.ow >= TILE)
+            && pairs
+                .checked_mul(sx)
+                .and_then(|p| p.checked_mul(plane))
+                .is_some_and(|n| n <= WINDOW)
             && terms.checked_mul(I8_BLOCK).is_some_and(|n| n <= WEIGHTS);
         fits.then_some(Layout {
             gi,
             go,
             pairs,
             width,
+            band,
             height,
             plane,
             terms,
@@ -152,9 +170,11 @@ unsafe fn run(g: &ConvGeom, l: &Layout, input: &[i8], w: &[i8], q: &Requant<'_>,
     let mut offsets = [MaybeUninit::<u32>::uninit(); WEIGHTS / I8_BLOCK];
     // Below WINDOW, so they fit 32 bits.
     let offsets = filled(&mut offsets, l.terms, |t| l.term(g, t) as u32);
-    for group in 0..groups {
+    let bands = (0..groups).flat_map(|k| (0..g.oh).step_by(l.band).map(move |y| (k, y)));
+    for (group, oy0) in bands {
         let planes = input.get(group * l.gi * in_plane..).unwrap_or(&[]);
-        let win = fill_window(g, l, planes, q.input_zp, &mut win);
+        let rows = (oy0, l.band.min(g.oh - oy0));
+        let win = fill_window(g, l, planes, q.input_zp, oy0, &mut win);
         let mut f = 0;
         while f < l.go {
             let f0 = group * l.go + f;
@@ -164,11 +184,11 @@ unsafe fn run(g: &ConvGeom, l: &Layout, input: &[i8], w: &[i8], q: &Requant<'_>,
             if c == I8_BLOCK {
                 let weights = pair_weights::<I8_BLOCK>(g, l, block, &mut weights);
                 // SAFETY: AVX2, as this function's.
-                unsafe { tiles::<I8_BLOCK>(g, l, win, offsets, weights, q, f0, out) };
+                unsafe { tiles::<I8_BLOCK>(g, l, win, offsets, weights, q, f0, rows, out) };
             } else {
                 let weights = pair_weights::<1>(g, l, block, &mut weights);
                 // SAFETY: as above.
-                unsafe { tiles::<1>(g, l, win, offsets, weights, q, f0, out) };
+                unsafe { tiles::<1>(g, l, win, offsets, weights, q, f0, rows, out) };
             }
             f += c;
         }
@@ -185,20 +205,24 @@ fn filled<T: Copy>(buf: &mut [MaybeUninit<T>], len: usize, value: impl Fn(usize)
     unsafe { &*(buf as *const [MaybeUninit<T>] as *const [T]) }
 }
 
-/// Copy a group's input planes into the window as [`Layout`] places them, less the zero
-/// point, zero (the zero point) over the padding; the window's used part.
+/// Copy the input rows of the band of output rows from `oy0` of a group's input planes into
+/// the window as [`Layout`] places them, less the zero point, zero (the zero point) over the
+/// padding; the window's used part.
 fn fill_window<'w>(
     g: &ConvGeom,
     l: &Layout,
     planes: &[i8],
     zp: i32,
+    oy0: usize,
     win: &'w mut [MaybeUninit<u32>; WINDOW],
 ) -> &'w [u32] {
     let sx = g.sx.max(1);
     let in_plane = g.ih * g.iw;
-    // The padded input, 16 bits less the zero point; zero outside the image.
+    // The padded input (row `y` of the band's window), 16 bits less the zero point; zero
+    // outside the image.
+    let top = oy0 * g.sy.max(1);
     let at = |c: usize, y: usize, x: usize| -> u32 {
-        let (iy, ix) = (y.wrapping_sub(g.pt), x.wrapping_sub(g.pl));
+        let (iy, ix) = ((y + top).wrapping_sub(g.pt), x.wrapping_sub(g.pl));
         if iy >= g.ih || ix >= g.iw || c >= l.gi {
             return 0;
         }
@@ -276,8 +300,9 @@ fn pair_weights<'w, const C: usize>(
     })
 }
 
-/// Every tile of a block of `C` filters, the first being output channel `f0`: along the
-/// window's rows (one run over all of them at row stride 1, else one per output row).
+/// Every tile of a block of `C` filters, the first being output channel `f0`, over the band
+/// of `rows.1` output rows from `rows.0`: along the window's rows (one run over all of them
+/// at row stride 1, else one per output row).
 ///
 /// # Safety
 /// The CPU has AVX2.
@@ -291,17 +316,18 @@ unsafe fn tiles<const C: usize>(
     weights: &[i32],
     q: &Requant<'_>,
     f0: usize,
+    (oy0, band): (usize, usize),
     out: &mut [i8],
 ) {
     let sy = g.sy.max(1);
-    let rows = if sy == 1 { 1 } else { g.oh };
+    let runs = if sy == 1 { 1 } else { band };
     let run = if sy == 1 {
-        (g.oh - 1) * l.width + g.ow
+        (band.max(1) - 1) * l.width + g.ow
     } else {
         g.ow
     };
     let requant = Lanes::<C>::new(q, f0);
-    for r in 0..rows {
+    for r in 0..runs {
         let start = r * sy * l.width;
         let mut s = 0;
         while s < run {
@@ -309,9 +335,9 @@ unsafe fn tiles<const C: usize>(
             let targets: [usize; TILE] = core::array::from_fn(|k| {
                 let p = s + k;
                 let (oy, ox) = if sy == 1 {
-                    (p / l.width, p % l.width)
+                    (oy0 + p / l.width, p % l.width)
                 } else {
-                    (r, p)
+                    (oy0 + r, p)
                 };
                 if p < run && ox < g.ow {
                     oy * g.ow + ox
