@@ -4,7 +4,8 @@
 //! (> 1 means the runtime is faster).
 //!
 //! `cargo bench -p paoding-runtime --bench vs_tract` (`ONLY=name`: the models whose name
-//! contains it).
+//! contains it; `PAODING_MLPERF_DIR=DIR`: also the int8 models in DIR, as
+//! tests/fixtures/qdq/mlperf_tiny.py converts MLPerf Tiny's).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,19 @@ fn int8_models() -> Vec<(String, PathBuf)> {
     let kws = shared.join("kws_dscnn_int8.onnx");
     if kws.is_file() {
         out.push(("kws_dscnn_int8.onnx (shared)".into(), kws));
+    }
+    // The other MLPerf Tiny int8 models, converted by tests/fixtures/qdq/mlperf_tiny.py
+    // (not committed), as the qdq tests take them.
+    if let Ok(dir) = std::env::var("PAODING_MLPERF_DIR") {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|f| f.extension().is_some_and(|x| x == "onnx"));
+        files.sort();
+        for f in files {
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+            out.push((format!("{} (MLPerf)", name.unwrap_or_default()), f));
+        }
     }
     out
 }
