@@ -218,42 +218,67 @@ fn fill_window<'w>(
 ) -> &'w [u32] {
     let sx = g.sx.max(1);
     let in_plane = g.ih * g.iw;
-    // The padded input (row `y` of the band's window), 16 bits less the zero point; zero
-    // outside the image.
-    let top = oy0 * g.sy.max(1);
-    let at = |c: usize, y: usize, x: usize| -> u32 {
-        let (iy, ix) = ((y + top).wrapping_sub(g.pt), x.wrapping_sub(g.pl));
-        if iy >= g.ih || ix >= g.iw || c >= l.gi {
-            return 0;
-        }
-        planes
-            .get(c * in_plane + iy * g.iw + ix)
-            .map_or(0, |&v| (i32::from(v) - zp) as u16 as u32)
-    };
     // Layout::new checked that the planes fit.
     let used = (l.pairs * sx * l.plane).min(WINDOW);
     let win = win.get_mut(..used).unwrap_or_default();
+    // Zero first (the padding, the slack, a missing partner), then the inputs over it, row
+    // segment by row segment: contiguous runs the compiler vectorises.
+    win.iter_mut().for_each(|d| {
+        d.write(0);
+    });
+    // SAFETY: every value of `win` was written just above.
+    let win = unsafe { &mut *(win as *mut [MaybeUninit<u32>] as *mut [u32]) };
+    let top = oy0 * g.sy.max(1);
+    // Window rows whose padded row is an input row: `y0..y1`.
+    let y0 = g.pt.saturating_sub(top).min(l.height);
+    let y1 = (g.ih + g.pt).saturating_sub(top).clamp(y0, l.height);
+    let iy0 = (top + y0).wrapping_sub(g.pt);
     for (k, plane) in win.chunks_exact_mut(l.plane).enumerate() {
         let (j, phase) = (k / sx, k % sx);
-        let (rows, slack) = plane.split_at_mut(l.height * l.width);
-        slack.iter_mut().for_each(|d| {
-            d.write(0);
-        });
-        for (y, row) in rows.chunks_exact_mut(l.width).enumerate() {
-            for (x, d) in row.iter_mut().enumerate() {
-                let col = x * sx + phase;
-                let (lo, hi) = if l.gi == 1 {
-                    (at(0, y, col), at(0, y, col + g.dx))
+        let rows = plane
+            .get_mut(y0 * l.width..y1 * l.width)
+            .unwrap_or_default();
+        // (channel, column offset, half) of the two halves of each pair.
+        let halves = if l.gi == 1 {
+            [(0, 0, 0), (0, g.dx, 16)]
+        } else {
+            [(2 * j, 0, 0), (2 * j + 1, 0, 16)]
+        };
+        for (c, dx, shift) in halves {
+            if c >= l.gi {
+                continue;
+            }
+            let put = |d: &mut u32, v: &i8| *d |= u32::from((i32::from(*v) - zp) as u16) << shift;
+            let src = planes
+                .get(c * in_plane + iy0 * g.iw..c * in_plane + (iy0 + y1 - y0) * g.iw)
+                .unwrap_or(&[]);
+            // A row that is the input row itself (no padding, no phases): the band's rows
+            // are one contiguous run.
+            if sx == 1 && dx == 0 && g.pl == 0 && l.width == g.iw {
+                rows.iter_mut().zip(src).for_each(|(d, v)| put(d, v));
+                continue;
+            }
+            // Window column x reads padded column `x * sx + phase + dx`, input column that
+            // less `pl`: the x from `first` on, `count` of them, lie in [0, iw).
+            let first = (g.pl + sx - 1).saturating_sub(phase + dx) / sx;
+            let ix0 = (first * sx + phase + dx).saturating_sub(g.pl);
+            let count =
+                g.iw.saturating_sub(ix0)
+                    .div_ceil(sx)
+                    .min(l.width.saturating_sub(first));
+            for (dst, src) in rows.chunks_exact_mut(l.width).zip(src.chunks_exact(g.iw)) {
+                let dst = dst.get_mut(first..first + count).unwrap_or_default();
+                if sx == 1 {
+                    let src = src.get(ix0..ix0 + count).unwrap_or(&[]);
+                    dst.iter_mut().zip(src).for_each(|(d, v)| put(d, v));
                 } else {
-                    (at(2 * j, y, col), at(2 * j + 1, y, col))
-                };
-                d.write(lo | hi << 16);
+                    let src = src.get(ix0..).unwrap_or(&[]).iter().step_by(sx);
+                    dst.iter_mut().zip(src).for_each(|(d, v)| put(d, v));
+                }
             }
         }
     }
-    // SAFETY: the planes tile `win` exactly (`used` is a multiple of `l.plane`), and every
-    // row and the slack of each were written above.
-    unsafe { &*(win as *const [MaybeUninit<u32>] as *const [u32]) }
+    win
 }
 
 /// A block's weights as [`Layout::term`]'s pairs, `[term][filter]`, each `(w_lo, w_hi)`
@@ -332,19 +357,23 @@ unsafe fn tiles<const C: usize>(
         let mut s = 0;
         while s < run {
             // The output index of each position of the tile; usize::MAX past a row's end.
-            let targets: [usize; TILE] = core::array::from_fn(|k| {
-                let p = s + k;
-                let (oy, ox) = if sy == 1 {
-                    (oy0 + p / l.width, p % l.width)
-                } else {
-                    (oy0 + r, p)
-                };
-                if p < run && ox < g.ow {
-                    oy * g.ow + ox
-                } else {
-                    usize::MAX
+            // The first position's row and column, then one column at a time (no division
+            // per position).
+            let (mut oy, mut ox) = if sy == 1 {
+                (oy0 + s / l.width, s % l.width)
+            } else {
+                (oy0 + r, s)
+            };
+            let mut targets = [usize::MAX; TILE];
+            for (k, t) in targets.iter_mut().enumerate() {
+                if s + k < run && ox < g.ow {
+                    *t = oy * g.ow + ox;
                 }
-            });
+                ox += 1;
+                if sy == 1 && ox == l.width {
+                    (oy, ox) = (oy + 1, 0);
+                }
+            }
             // SAFETY: AVX2, as this function's.
             let acc = unsafe { tile::<C>(win, terms, weights, start + s) };
             // SAFETY: as above.
