@@ -19,9 +19,10 @@
 //! exactly ([`super::Block::run`]); requantization is TFLite's, 8 lanes at a time.
 //!
 //! A plane too large for the window runs in bands of output rows, the window holding one
-//! band's input rows at a time. Layers whose weights, or a band of at least a tile's
-//! positions, would not fit the fixed stack buffers, dense layers (a plane of one position)
-//! and CPUs without AVX2 take the portable host path (`super::host`).
+//! band's input rows at a time. Dense layers (one position) pair their inputs instead and
+//! run along them ([`dense`]). Layers whose weights, or a band of at least a tile's
+//! positions, would not fit the fixed stack buffers, planes of 2 to 7 positions and CPUs
+//! without AVX2 take the portable host path (`super::host`).
 
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -40,9 +41,12 @@ const TILE: usize = 16;
 /// Extra pairs after each pair plane, so that a tile running past the last position reads
 /// inside its plane.
 const SLACK: usize = TILE;
-/// Below this many output positions per plane (dense layers), the portable path's one-pixel
-/// tiles waste less.
+/// Below this many output positions per plane, the portable path's one-pixel tiles waste
+/// less (dense layers have their own kernel, [`dense`]).
 const MIN_PLANE: usize = 8;
+/// Pairs of inputs a dense layer may have ([`dense`] keeps them twice on the stack, 20 bytes
+/// a pair: 40 KiB).
+const DENSE_PAIRS: usize = 2048;
 
 /// `qconv2d` through `vpmaddwd` tiles, if this CPU has AVX2 and the layer fits; false (having
 /// written nothing) otherwise.
@@ -53,12 +57,21 @@ pub(super) fn qconv2d(
     q: &Requant<'_>,
     out: &mut [i8],
 ) -> bool {
-    let Some(layout) = Layout::new(g, q) else {
-        return false;
-    };
     if !crate::kernels::x86::has_avx2() {
         return false;
     }
+    let one_position = g.ih * g.iw == 1 && g.oh * g.ow == 1 && g.kh * g.kw == 1;
+    if one_position && g.groups <= 1 && g.in_c / 2 <= DENSE_PAIRS {
+        if (-255..=255).contains(&q.input_zp) {
+            // SAFETY: the CPU has AVX2.
+            unsafe { dense(g.in_c, g.out_c, input, w, q, out) };
+            return true;
+        }
+        return false;
+    }
+    let Some(layout) = Layout::new(g, q) else {
+        return false;
+    };
     // SAFETY: the CPU has AVX2.
     unsafe { run(g, &layout, input, w, q, out) };
     true
@@ -509,4 +522,114 @@ unsafe fn requantize(x: __m256i, m: i32, left: i32, right: i32) -> __m256i {
     let threshold = _mm256_sub_epi32(_mm256_srai_epi32(mask, 1), negative);
     let shifted = _mm256_sra_epi32(high, _mm_cvtsi32_si128(right));
     _mm256_sub_epi32(shifted, _mm256_cmpgt_epi32(remainder, threshold))
+}
+
+/// A dense layer (a 1x1 convolution over one position) of `k` inputs and `units` filters:
+/// here the pairs run along the inputs. The inputs, less the zero point, are paired once
+/// (`(x[2j], x[2j+1])`), and kept again four times over for the blocks of 4: each 8-byte
+/// group of a block's weights ([`crate::format::pack_filters_i8`]: filters 0 and 1, then 2
+/// and 3, at inputs 2j and 2j + 1) is sign-extended and reordered into each filter's pair,
+/// and one `vpmaddwd` takes two groups (16 MACs). A single filter's weights are its plain
+/// row: 8 pairs a `vpmaddwd`.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn dense(k: usize, units: usize, x: &[i8], w: &[i8], q: &Requant<'_>, out: &mut [i8]) {
+    let pairs = (k / 2).min(DENSE_PAIRS);
+    let zp = q.input_zp;
+    let value = |i: usize| x.get(i).map_or(0, |&v| i32::from(v) - zp);
+    let pack = |i: usize| value(2 * i) as u16 as u32 | (value(2 * i + 1) as u16 as u32) << 16;
+    let mut plain = [MaybeUninit::<u32>::uninit(); DENSE_PAIRS];
+    let plain = filled(&mut plain, pairs, pack);
+    let mut fours = [MaybeUninit::<[u32; 4]>::uninit(); DENSE_PAIRS];
+    let fours = filled(&mut fours, pairs, |i| {
+        [plain.get(i).copied().unwrap_or(0); 4]
+    });
+    let odd = if k % 2 == 1 { value(k - 1) } else { 0 };
+    // Within each 128-bit lane, 16-bit values 0, 2, 1, 3, 4, 6, 5, 7: filter by filter.
+    let by_filter = _mm256_setr_epi8(
+        0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15, 0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13,
+        10, 11, 14, 15,
+    );
+    let mut f0 = 0;
+    while f0 < units {
+        let c = i8_block_len(units - f0);
+        let block = w.get(f0 * k..(f0 + c) * k).unwrap_or(&[]);
+        let mut acc = [0i32; I8_BLOCK];
+        let mut sum = _mm256_setzero_si256();
+        let mut j = 0;
+        if c == I8_BLOCK {
+            while j + 2 <= pairs {
+                let (Some(ws), Some(xs)) = (block.get(8 * j..8 * j + 16), fours.get(j..j + 2))
+                else {
+                    break;
+                };
+                // SAFETY: ws holds 16 bytes, xs 32.
+                let (ws, xs) = unsafe {
+                    (
+                        _mm_loadu_si128(ws.as_ptr().cast()),
+                        _mm256_loadu_si256(xs.as_ptr().cast()),
+                    )
+                };
+                let ws = _mm256_shuffle_epi8(_mm256_cvtepi8_epi16(ws), by_filter);
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(ws, xs));
+                j += 2;
+            }
+            let mut lanes = [0i32; 8];
+            // SAFETY: lanes is 32 bytes.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sum) };
+            let (low, high) = lanes.split_at(I8_BLOCK);
+            for (f, (a, (&l, &h))) in acc.iter_mut().zip(low.iter().zip(high)).enumerate() {
+                *a = l.wrapping_add(h);
+                // The last pair if their count is odd, then an odd last input.
+                let at = |i: usize| block.get(i).map_or(0, |&v| i32::from(v));
+                for j in j..pairs {
+                    let (lo, hi) = (8 * j + (f / 2) * 4 + f % 2, 8 * j + (f / 2) * 4 + 2 + f % 2);
+                    *a = a.wrapping_add(at(lo) * value(2 * j) + at(hi) * value(2 * j + 1));
+                }
+                *a = a.wrapping_add(at(8 * pairs + f) * odd);
+            }
+        } else {
+            while j + 8 <= pairs {
+                let (Some(ws), Some(xs)) = (block.get(2 * j..2 * j + 16), plain.get(j..j + 8))
+                else {
+                    break;
+                };
+                // SAFETY: ws holds 16 bytes, xs 32.
+                let (ws, xs) = unsafe {
+                    (
+                        _mm_loadu_si128(ws.as_ptr().cast()),
+                        _mm256_loadu_si256(xs.as_ptr().cast()),
+                    )
+                };
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_cvtepi8_epi16(ws), xs));
+                j += 8;
+            }
+            let mut lanes = [0i32; 8];
+            // SAFETY: lanes is 32 bytes.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sum) };
+            let mut a = lanes.iter().fold(0i32, |s, &v| s.wrapping_add(v));
+            for (i, &wv) in block.iter().enumerate().skip(2 * j) {
+                a = a.wrapping_add(i32::from(wv) * value(i));
+            }
+            acc[0] = a;
+        }
+        for (o, &a) in acc.iter().enumerate().take(c) {
+            let f = f0 + o;
+            let (Some(&bias), Some(&m), Some(&s), Some(d)) = (
+                q.bias.get(f),
+                q.multiplier.get(f),
+                q.shift.get(f),
+                out.get_mut(f),
+            ) else {
+                continue;
+            };
+            let v =
+                crate::quant::multiply_by_quantized_multiplier(a.wrapping_add(bias), m, s.into())
+                    .wrapping_add(q.output_zp);
+            *d = v.max(q.act_min).min(q.act_max) as i8;
+        }
+        f0 += c;
+    }
 }
