@@ -485,9 +485,8 @@ impl<const C: usize> Lanes<C> {
                     _mm256_max_epi32(y, _mm256_set1_epi32(self.act_min)),
                     _mm256_set1_epi32(self.act_max),
                 );
-                let mut lanes = [0i32; 8];
-                // SAFETY: lanes is 32 bytes.
-                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), y) };
+                // SAFETY: AVX2, as this function's.
+                let lanes = unsafe { lanes(y) };
                 for (&t, &v) in targets.iter().zip(&lanes).filter(|(&t, _)| t < plane) {
                     if let Some(d) = out.get_mut(o * plane + t) {
                         *d = v as i8;
@@ -561,24 +560,18 @@ unsafe fn dense(k: usize, units: usize, x: &[i8], w: &[i8], q: &Requant<'_>, out
         let mut j = 0;
         if c == I8_BLOCK {
             while j + 2 <= pairs {
-                let (Some(ws), Some(xs)) = (block.get(8 * j..8 * j + 16), fours.get(j..j + 2))
+                // SAFETY: AVX2, as this function's.
+                let Some((ws, xs)) =
+                    (unsafe { operands(block.get(8 * j..8 * j + 16), fours.get(j..j + 2)) })
                 else {
                     break;
                 };
-                // SAFETY: ws holds 16 bytes, xs 32.
-                let (ws, xs) = unsafe {
-                    (
-                        _mm_loadu_si128(ws.as_ptr().cast()),
-                        _mm256_loadu_si256(xs.as_ptr().cast()),
-                    )
-                };
-                let ws = _mm256_shuffle_epi8(_mm256_cvtepi8_epi16(ws), by_filter);
+                let ws = _mm256_shuffle_epi8(ws, by_filter);
                 sum = _mm256_add_epi32(sum, _mm256_madd_epi16(ws, xs));
                 j += 2;
             }
-            let mut lanes = [0i32; 8];
-            // SAFETY: lanes is 32 bytes.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sum) };
+            // SAFETY: AVX2, as this function's.
+            let lanes = unsafe { lanes(sum) };
             let (low, high) = lanes.split_at(I8_BLOCK);
             for (f, (a, (&l, &h))) in acc.iter_mut().zip(low.iter().zip(high)).enumerate() {
                 *a = l.wrapping_add(h);
@@ -592,23 +585,17 @@ unsafe fn dense(k: usize, units: usize, x: &[i8], w: &[i8], q: &Requant<'_>, out
             }
         } else {
             while j + 8 <= pairs {
-                let (Some(ws), Some(xs)) = (block.get(2 * j..2 * j + 16), plain.get(j..j + 8))
+                // SAFETY: AVX2, as this function's.
+                let Some((ws, xs)) =
+                    (unsafe { operands(block.get(2 * j..2 * j + 16), plain.get(j..j + 8)) })
                 else {
                     break;
                 };
-                // SAFETY: ws holds 16 bytes, xs 32.
-                let (ws, xs) = unsafe {
-                    (
-                        _mm_loadu_si128(ws.as_ptr().cast()),
-                        _mm256_loadu_si256(xs.as_ptr().cast()),
-                    )
-                };
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_cvtepi8_epi16(ws), xs));
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(ws, xs));
                 j += 8;
             }
-            let mut lanes = [0i32; 8];
-            // SAFETY: lanes is 32 bytes.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sum) };
+            // SAFETY: AVX2, as this function's.
+            let lanes = unsafe { lanes(sum) };
             let mut a = lanes.iter().fold(0i32, |s, &v| s.wrapping_add(v));
             for (i, &wv) in block.iter().enumerate().skip(2 * j) {
                 a = a.wrapping_add(i32::from(wv) * value(i));
@@ -632,4 +619,38 @@ unsafe fn dense(k: usize, units: usize, x: &[i8], w: &[i8], q: &Requant<'_>, out
         }
         f0 += c;
     }
+}
+
+/// 16 weights sign-extended to 16 bits, and the 32 bytes of pairs beside them; `None` if
+/// either slice is missing or short.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn operands<T>(ws: Option<&[i8]>, xs: Option<&[T]>) -> Option<(__m256i, __m256i)> {
+    let (ws, xs) = (ws?, xs?);
+    if ws.len() < 16 || core::mem::size_of_val(xs) < 32 {
+        return None;
+    }
+    // SAFETY: ws holds 16 bytes and xs 32, read unaligned.
+    unsafe {
+        Some((
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(ws.as_ptr().cast())),
+            _mm256_loadu_si256(xs.as_ptr().cast()),
+        ))
+    }
+}
+
+/// The 8 lanes of a vector.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn lanes(v: __m256i) -> [i32; 8] {
+    let mut out = [0i32; 8];
+    // SAFETY: out is 32 bytes.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
+    out
 }
