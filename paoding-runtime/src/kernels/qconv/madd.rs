@@ -654,3 +654,53 @@ unsafe fn lanes(v: __m256i) -> [i32; 8] {
     unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::multiply_by_quantized_multiplier;
+
+    /// The 8-lane requantization gives the scalar one's values, for every shift the format
+    /// allows (left shifts included, which the layer tests' small multipliers never reach)
+    /// and accumulators up to the extremes of i32.
+    #[test]
+    fn lanes_requantize_as_the_scalar_arithmetic_does() {
+        if !crate::kernels::x86::has_avx2() {
+            return;
+        }
+        let mut seed = 0x9E37_79B9u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let mut checked = 0;
+        for shift in -31..=31 {
+            for _ in 0..64 {
+                let m = (1 << 30) + (next() >> 2) as i32;
+                let xs: [i32; 8] = core::array::from_fn(|k| match k {
+                    0 => i32::MIN,
+                    1 => i32::MAX,
+                    2 => 0,
+                    3 => -1,
+                    _ => (next() as i32) >> (next() % 31),
+                });
+                // SAFETY: the CPU has AVX2; xs is 32 bytes.
+                let got = unsafe {
+                    let x = _mm256_loadu_si256(xs.as_ptr().cast());
+                    lanes(requantize(x, m, shift.max(0), (-shift).max(0)))
+                };
+                for (&x, &y) in xs.iter().zip(&got) {
+                    assert_eq!(
+                        y,
+                        multiply_by_quantized_multiplier(x, m, shift),
+                        "{x} {m} {shift}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 63 * 64 * 8);
+    }
+}
