@@ -150,17 +150,23 @@ impl Layout {
         })
     }
 
-    /// Where term `t` reads the window for the tile's first position: for several channels,
-    /// term `(tap, j)` is `tap * pairs + j`; for one, `ky * ceil(kw / 2) + kx / 2`.
-    fn term(&self, g: &ConvGeom, t: usize) -> usize {
-        let sx = g.sx.max(1);
-        let (ky, kx, j) = if self.gi == 1 {
+    /// The kernel row, column and channel pair of term `t`: for several channels, term
+    /// `(tap, j)` is `tap * pairs + j`; for one, `ky * ceil(kw / 2) + kx / 2` (the pair of
+    /// columns kx, kx + 1).
+    fn tap(&self, g: &ConvGeom, t: usize) -> (usize, usize, usize) {
+        if self.gi == 1 {
             let half = g.kw.div_ceil(2);
             (t / half, 2 * (t % half), 0)
         } else {
             let tap = t / self.pairs;
             (tap / g.kw, tap % g.kw, t % self.pairs)
-        };
+        }
+    }
+
+    /// Where term `t` reads the window for the tile's first position.
+    fn term(&self, g: &ConvGeom, t: usize) -> usize {
+        let sx = g.sx.max(1);
+        let (ky, kx, j) = self.tap(g, t);
         let col = kx * g.dx;
         (j * sx + col % sx) * self.plane + ky * g.dy * self.width + col / sx
     }
@@ -176,7 +182,7 @@ unsafe fn run(g: &ConvGeom, l: &Layout, input: &[i8], w: &[i8], q: &Requant<'_>,
     let groups = g.groups.max(1);
     let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
     let filter = l.gi * g.kh * g.kw;
-    // Uninitialised: zeroing 80 KiB would cost more than a small layer; each buffer is read
+    // Uninitialised: zeroing 52 KiB would cost more than a small layer; each buffer is read
     // only where it was written.
     let mut win = [MaybeUninit::<u32>::uninit(); WINDOW];
     let mut weights = [MaybeUninit::<i32>::uninit(); WEIGHTS];
@@ -206,6 +212,11 @@ unsafe fn run(g: &ConvGeom, l: &Layout, input: &[i8], w: &[i8], q: &Requant<'_>,
             f += c;
         }
     }
+}
+
+/// Two 16-bit values in one word, `lo` in the low half, as `vpmaddwd` pairs them.
+fn pair(lo: i32, hi: i32) -> u32 {
+    lo as u16 as u32 | (hi as u16 as u32) << 16
 }
 
 /// The first `len` values of `buf` (at most all of them), value `i` being `value(i)`.
@@ -314,27 +325,27 @@ fn pair_weights<'w, const C: usize>(
         };
         block.get(at).map_or(0, |&v| i32::from(v))
     };
-    let pack = |lo: i32, hi: i32| (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
     filled(out, l.terms * C, |k| {
-        let (t, f) = (k / C, k % C);
-        if gi == 1 {
-            let half = g.kw.div_ceil(2);
-            let (ky, kx) = (t / half, 2 * (t % half));
+        let (f, (ky, kx, j)) = (k % C, l.tap(g, k / C));
+        let tap = ky * g.kw + kx;
+        let (lo, hi) = if gi == 1 {
+            // Kernel columns kx and kx + 1 (none past the last).
             let hi = if kx + 1 < g.kw {
-                weight(ky * g.kw + kx + 1, 0, f)
+                weight(tap + 1, 0, f)
             } else {
                 0
             };
-            pack(weight(ky * g.kw + kx, 0, f), hi)
+            (weight(tap, 0, f), hi)
         } else {
-            let (tap, j) = (t / l.pairs, t % l.pairs);
+            // Channels 2j and 2j + 1 (none past the last).
             let hi = if 2 * j + 1 < gi {
                 weight(tap, 2 * j + 1, f)
             } else {
                 0
             };
-            pack(weight(tap, 2 * j, f), hi)
-        }
+            (weight(tap, 2 * j, f), hi)
+        };
+        pair(lo, hi) as i32
     })
 }
 
@@ -538,9 +549,8 @@ unsafe fn dense(k: usize, units: usize, x: &[i8], w: &[i8], q: &Requant<'_>, out
     let pairs = (k / 2).min(DENSE_PAIRS);
     let zp = q.input_zp;
     let value = |i: usize| x.get(i).map_or(0, |&v| i32::from(v) - zp);
-    let pack = |i: usize| value(2 * i) as u16 as u32 | (value(2 * i + 1) as u16 as u32) << 16;
     let mut plain = [MaybeUninit::<u32>::uninit(); DENSE_PAIRS];
-    let plain = filled(&mut plain, pairs, pack);
+    let plain = filled(&mut plain, pairs, |i| pair(value(2 * i), value(2 * i + 1)));
     let mut fours = [MaybeUninit::<[u32; 4]>::uninit(); DENSE_PAIRS];
     let fours = filled(&mut fours, pairs, |i| {
         [plain.get(i).copied().unwrap_or(0); 4]
