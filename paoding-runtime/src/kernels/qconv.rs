@@ -28,7 +28,8 @@ mod host;
 mod madd;
 use crate::format::i8_block_len;
 #[cfg(any(target_arch = "arm", test))]
-use crate::{format::I8_BLOCK, quant::multiply_by_quantized_multiplier};
+use crate::format::I8_BLOCK;
+use crate::quant::multiply_by_quantized_multiplier;
 
 /// The per-channel requantization of one layer, its runs read in place from the weights.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +45,26 @@ pub(crate) struct Requant<'w> {
     /// The output clamp, inside int8 (validated).
     pub act_min: i32,
     pub act_max: i32,
+}
+
+#[cfg(not(target_arch = "arm"))]
+impl Requant<'_> {
+    /// Output channel `f`'s requantization of an accumulator (before its bias) into its int8
+    /// output; `None` past the last channel.
+    #[inline(always)]
+    pub(super) fn channel(&self, f: usize) -> Option<impl Fn(i32) -> i8 + '_> {
+        let (&bias, &m, &s) = (
+            self.bias.get(f)?,
+            self.multiplier.get(f)?,
+            self.shift.get(f)?,
+        );
+        Some(move |acc: i32| {
+            let v = multiply_by_quantized_multiplier(acc.wrapping_add(bias), m, s.into())
+                .wrapping_add(self.output_zp);
+            // Not `clamp`, which asserts min <= max (validated; no panicking path).
+            v.max(self.act_min).min(self.act_max) as i8
+        })
+    }
 }
 
 /// `out = requant(W * (x - input_zp) + bias)` over NCHW, `w` as [`crate::format::pack_filters`]
@@ -152,6 +173,8 @@ impl Block<'_> {
                         }
                     }
                 }
+                // The device keeps this copy of `Requant::channel` inline: calling it
+                // measured 0.5 % more instructions per MAC on the M7.
                 for (o, &a) in acc.iter().take(c).enumerate() {
                     let f = self.f0 + o;
                     let (Some(&b), Some(&m), Some(&s)) =

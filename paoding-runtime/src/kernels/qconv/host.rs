@@ -11,7 +11,6 @@
 use super::{Block, Requant};
 use crate::format::I8_BLOCK;
 use crate::kernels::conv::{lanes, ConvGeom};
-use crate::quant::multiply_by_quantized_multiplier;
 
 /// Pixels of a tile.
 const PIXELS: usize = 8;
@@ -267,17 +266,12 @@ fn store<const C: usize, const P: usize>(
 ) {
     let out_plane = g.oh * g.ow;
     for (o, row) in acc.iter().enumerate() {
-        let f = b.f0 + o;
-        let (Some(&bias), Some(&m), Some(&s)) =
-            (q.bias.get(f), q.multiplier.get(f), q.shift.get(f))
-        else {
+        let Some(requant) = q.channel(b.f0 + o) else {
             return;
         };
         for (p, &a) in row.iter().enumerate().take(valid) {
             if let Some(d) = out.get_mut(o * out_plane + pixel + p * op) {
-                let v = multiply_by_quantized_multiplier(a.wrapping_add(bias), m, s.into())
-                    .wrapping_add(q.output_zp);
-                *d = v.max(q.act_min).min(q.act_max) as i8;
+                *d = requant(a);
             }
         }
     }

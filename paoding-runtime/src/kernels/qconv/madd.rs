@@ -613,19 +613,9 @@ unsafe fn dense(k: usize, units: usize, x: &[i8], w: &[i8], q: &Requant<'_>, out
             acc[0] = a;
         }
         for (o, &a) in acc.iter().enumerate().take(c) {
-            let f = f0 + o;
-            let (Some(&bias), Some(&m), Some(&s), Some(d)) = (
-                q.bias.get(f),
-                q.multiplier.get(f),
-                q.shift.get(f),
-                out.get_mut(f),
-            ) else {
-                continue;
-            };
-            let v =
-                crate::quant::multiply_by_quantized_multiplier(a.wrapping_add(bias), m, s.into())
-                    .wrapping_add(q.output_zp);
-            *d = v.max(q.act_min).min(q.act_max) as i8;
+            if let (Some(requant), Some(d)) = (q.channel(f0 + o), out.get_mut(f0 + o)) {
+                *d = requant(a);
+            }
         }
         f0 += c;
     }
