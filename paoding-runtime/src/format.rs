@@ -384,7 +384,7 @@ pub enum OpRec {
 }
 
 /// A value as a node sees it: its id, its place in the arena, its dtype and its shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Eq, Serialize, Deserialize)]
 pub struct Operand {
     /// Value id (0 = graph input, `i + 1` = output of node `i`).
     pub id: u32,
@@ -394,6 +394,20 @@ pub struct Operand {
     pub dtype: Dtype,
     /// Shape, batch first.
     pub shape: Shape,
+}
+
+impl PartialEq for Operand {
+    fn eq(&self, other: &Operand) -> bool {
+        (self.id, self.offset, self.dtype) == (other.id, other.offset, other.dtype)
+            && same(&self.shape, &other.shape)
+    }
+}
+
+/// `a == b` element by element: slice equality would link `memcmp` (116 B on a Cortex-M) for
+/// the few shapes validation compares.
+#[inline(never)]
+pub(crate) fn same<T: PartialEq>(a: &[T], b: &[T]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// The affine map of an int8 tensor: `real = scale * (q - zero_point)`.

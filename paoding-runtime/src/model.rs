@@ -3,7 +3,7 @@
 use crate::decode::{empty_node, empty_operand, Reader};
 use crate::error::{Error, Reason};
 use crate::format::{
-    blob_crc, ConvParams, ConvRec, DescHead, Dtype, Header, NodeRec, OpRec, Operand, PoolRec,
+    blob_crc, same, ConvParams, ConvRec, DescHead, Dtype, Header, NodeRec, OpRec, Operand, PoolRec,
     QConvRec, QRescale, QuantParams, RequantRec, Shape, WRef, HEADER_LEN, MAX_NODES, MAX_RANK,
     VERSION_2, WEIGHTS_ALIGN,
 };
@@ -357,12 +357,12 @@ impl<'a> Model<'a> {
         }
         model.input = model.region(GRAPH, &head.input)?;
         model.output = model.region(GRAPH, &head.output)?;
-        if head.input.shape.as_slice() != header.input_shape()
+        if !same(&head.input.shape, header.input_shape())
             || model.input.len != header.input_len as usize * head.input.dtype.size()
         {
             return Err(invalid(GRAPH, Reason::InputShapeVsHeader));
         }
-        if head.output.shape.as_slice() != header.output_shape()
+        if !same(&head.output.shape, header.output_shape())
             || model.output.len != header.output_len as usize * head.output.dtype.size()
         {
             return Err(invalid(GRAPH, Reason::OutputShapeVsHeader));
@@ -712,7 +712,7 @@ impl<'a> Model<'a> {
             }
             OpRec::Pad { pads, .. } | OpRec::QPad { pads, .. } => check_pad(pads, &id)?,
         };
-        ok_if(expected.dims() == od.dims(), Reason::OutputShape)
+        ok_if(same(expected.dims(), od.dims()), Reason::OutputShape)
     }
 
     /// No value may be overwritten while a later node still reads it: for every value `u`,
@@ -1139,7 +1139,7 @@ fn check_axis(axis: u8, id: &Dims, reason: Reason) -> Result<(), Reason> {
 /// Both inputs of an Add have one shape; the output's.
 fn check_add(node: &NodeRec) -> Result<Dims, Reason> {
     match (node.inputs.first(), node.inputs.get(1)) {
-        (Some(a), Some(b)) if a.shape == b.shape => Ok(dims(&a.shape)),
+        (Some(a), Some(b)) if same(&a.shape, &b.shape) => Ok(dims(&a.shape)),
         _ => Err(Reason::AddShapes),
     }
 }

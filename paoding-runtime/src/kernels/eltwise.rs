@@ -41,7 +41,7 @@ pub(crate) fn softmax(x: &mut [f32], len: usize, inner: usize) {
             let mut sum = 0.0;
             for k in 0..len {
                 if let Some(v) = b.get_mut(i + k * inner) {
-                    *v = libm::expf(*v - max);
+                    *v = super::expf(*v - max);
                     sum += *v;
                 }
             }

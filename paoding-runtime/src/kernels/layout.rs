@@ -30,19 +30,21 @@ pub(crate) fn concat_part(
     if block == 0 || out_block == 0 {
         return;
     }
-    for (src, dst) in input
-        .chunks_exact(block)
-        .zip(out.chunks_exact_mut(out_block))
-    {
-        if let Some(d) = dst.get_mut(offset..offset + block) {
-            match rescale {
-                Some((r, zp)) => {
-                    for (d, &s) in d.iter_mut().zip(src) {
-                        *d = qeltwise::rescale(r, zp, s as i8) as u8;
-                    }
+    // Indexed rather than zipped chunks: one division, no out-of-line iterator set-up.
+    for k in 0..input.len() / block {
+        let (Some(src), Some(d)) = (
+            input.get(k * block..(k + 1) * block),
+            out.get_mut(k * out_block + offset..k * out_block + offset + block),
+        ) else {
+            return;
+        };
+        match rescale {
+            Some((r, zp)) => {
+                for (d, &s) in d.iter_mut().zip(src) {
+                    *d = qeltwise::rescale(r, zp, s as i8) as u8;
                 }
-                None => copy(d, src),
             }
+            None => copy(d, src),
         }
     }
 }
