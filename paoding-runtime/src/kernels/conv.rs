@@ -11,7 +11,8 @@
 //! taps that fall into the padding are cut off once per pixel in closed form: no bounds logic
 //! inside the tap loops. A 1x1 convolution at stride 1 runs a block over two pixels at once. A
 //! depthwise filter has no channel loop to amortise an input load, so its kernel shares each
-//! weight between 8 adjacent pixels of a zero-padded window instead ([`depthwise`]). The
+//! weight between 8 adjacent pixels of a zero-padded window instead ([`depthwise`]); on
+//! Cortex-M the int8 depthwise layers run through the same window ([`depthwise_i8`]). The
 //! activation is one pass over the output afterwards.
 //!
 //! A dense layer is a 1x1 convolution over a 1x1 image.
@@ -243,7 +244,9 @@ mod arm {
                 "vmov.f32 s21, s16",
                 "vmov.f32 s22, s16",
                 "vmov.f32 s23, s16",
-                "cbz {n}, 3f",
+                // Not `cbz`, which only takes r0-r7: the register is the compiler's choice.
+                "cmp {n}, #0",
+                "beq 3f",
                 "2:",
                 "ldr {t}, [{o}], #4",
                 "add {t}, {x}",
@@ -518,70 +521,122 @@ const MAX_TAPS: usize = 64;
 /// a fixed offset from the tile, computed once per layer. Padding costs multiplications by
 /// zero instead of a window computation per pixel (with finite weights they add exact
 /// zeros), and a row's last tile computes up to 7 pixels past its end into lanes that are not
-/// stored. Rows too wide for the window and filters of more than [`MAX_TAPS`] taps take
-/// [`row`] instead.
+/// stored. Rows too wide for the window and filters of more than [`MAX_TAPS`] taps are left
+/// to the block loop (`false`).
 // Its one caller's; one copy.
 #[inline(always)]
-fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32]) {
-    let (in_plane, out_plane, taps) = (g.ih * g.iw, g.oh * g.ow, g.kh * g.kw);
-    // A phase holds the columns `ox + kx * dx / sx` that whole tiles read; a window row, the
-    // input row's `sx` phases.
+fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32]) -> bool {
+    depthwise_layer(g, Layer::F32 { x: input, w, b }, Outputs::F32(out))
+}
+
+/// An int8 depthwise convolution through the f32 one's window ([`depthwise`]): the inputs less
+/// their zero point and the weights are whole numbers, |x - zp| <= 255 and |w| <= 128, so
+/// every product and every partial sum of up to [`MAX_TAPS`] of them is an integer below
+/// 2^24, exact in f32 (TFLite's integer sum, to the bit); the padding holds zeros, the taps
+/// TFLite skips. `false` (nothing written) where the window does not take the layer.
+#[cfg(any(target_arch = "arm", test))]
+pub(crate) fn depthwise_i8(
+    g: &ConvGeom,
+    input: &[i8],
+    w: &[i8],
+    q: &super::qconv::Requant<'_>,
+    out: &mut [i8],
+) -> bool {
+    if g.in_c != g.groups || g.out_c != g.groups {
+        return false;
+    }
+    let x = Layer::I8 {
+        x: input,
+        w,
+        zp: q.input_zp,
+    };
+    depthwise_layer(g, x, Outputs::I8(out, q))
+}
+
+/// A depthwise layer's inputs: f32 planes, weights and biases; or int8 planes (less `zp`) and
+/// weights.
+#[derive(Clone, Copy)]
+enum Layer<'a> {
+    F32 {
+        x: &'a [f32],
+        w: &'a [f32],
+        b: &'a [f32],
+    },
+    #[cfg_attr(not(any(target_arch = "arm", test)), allow(dead_code))]
+    I8 { x: &'a [i8], w: &'a [i8], zp: i32 },
+}
+
+/// A depthwise channel's input plane: f32 values, or int8 codes less their zero point.
+#[derive(Clone, Copy)]
+enum Plane<'a> {
+    F32(&'a [f32]),
+    I8(&'a [i8], i32),
+}
+
+/// Where a depthwise layer's outputs go: f32 values as they are, or int8 codes through each
+/// channel's requantization.
+enum Outputs<'a, 'q> {
+    F32(&'a mut [f32]),
+    #[cfg_attr(not(any(target_arch = "arm", test)), allow(dead_code))]
+    I8(&'a mut [i8], &'q super::qconv::Requant<'q>),
+}
+
+/// Every channel of a depthwise layer, band by band through the window (see [`depthwise`]);
+/// `false` (nothing written) if the window does not take the layer.
+// One copy for both dtypes.
+#[inline(never)]
+fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> bool {
+    // A phase holds the columns `ox + kx * dx / sx` that whole tiles read; a window row,
+    // the input row's `sx` phases.
     let phase = g.ow + (FILTER_BLOCK - 1) + (g.kw - 1) * g.dx / g.sx;
     let width = phase * g.sx;
     let span = (g.kh - 1) * g.dy + 1;
-    // Output rows per band: as many as the window holds (0: not even one, or more taps than
-    // the table holds).
-    let mut band =
-        (WINDOW / width).saturating_sub(span) / g.sy + usize::from(span * width <= WINDOW);
+    let taps = g.kh * g.kw;
+    // Output rows per band: as many as the window holds.
+    let band = (WINDOW / width).saturating_sub(span) / g.sy + usize::from(span * width <= WINDOW);
+    if band == 0 || taps > MAX_TAPS {
+        return false;
+    }
     // Offset of tap (ky, kx) from its tile's first input, in bytes.
     let mut offsets = [0u32; MAX_TAPS];
-    let mut t = offsets.iter_mut();
-    for ky in 0..g.kh {
-        for kx in 0..g.kw {
-            let at = ky * g.dy * width + (kx * g.dx % g.sx) * phase + kx * g.dx / g.sx;
-            match t.next() {
-                Some(o) => *o = (at * 4) as u32,
-                None => band = 0,
-            }
-        }
+    for (t, o) in offsets.iter_mut().enumerate().take(taps) {
+        let (ky, kx) = (t / g.kw, t % g.kw * g.dx);
+        *o = ((ky * g.dy * width + kx % g.sx * phase + kx / g.sx) * 4) as u32;
     }
+    let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
     let mut window = [0.0; WINDOW];
+    let mut widened = [0.0; MAX_TAPS];
     let mut tail = [0.0; FILTER_BLOCK];
+    // f32 tiles go straight to the output where a whole tile fits; the rest through `tail`.
+    let direct = match &mut out {
+        Outputs::F32(o) if o.len() >= g.out_c * out_plane => o.as_mut_ptr(),
+        _ => core::ptr::null_mut(),
+    };
     for c in 0..g.out_c {
-        let (Some(plane), Some(f), Some(bias), Some(out)) = (
-            input.get(c * in_plane..(c + 1) * in_plane),
-            w.get(c * taps..(c + 1) * taps),
-            b.get(c),
-            out.get_mut(c * out_plane..(c + 1) * out_plane),
-        ) else {
-            return;
+        let at = c * in_plane..(c + 1) * in_plane;
+        let (plane, f, bias) = match input {
+            Layer::F32 { x, w, b } => (
+                x.get(at).map(Plane::F32),
+                w.get(c * taps..(c + 1) * taps),
+                b.get(c).copied(),
+            ),
+            Layer::I8 { x, w, zp } => {
+                let wc = w.get(c * taps..(c + 1) * taps).unwrap_or(&[]);
+                for (d, &v) in widened.iter_mut().zip(wc) {
+                    *d = f32::from(v);
+                }
+                (
+                    x.get(at).map(|x| Plane::I8(x, zp)),
+                    widened.get(..taps),
+                    Some(0.0),
+                )
+            }
+        };
+        let (Some(plane), Some(f), Some(bias)) = (plane, f, bias) else {
+            return true;
         };
         let mut oy0 = 0;
         while oy0 < g.oh {
-            let Some(out_rows) = out.get_mut(oy0 * g.ow..) else {
-                return;
-            };
-            if band == 0 {
-                // SAFETY: `plane` holds the channel's plane, `f` its kh * kw weights and
-                // `out_rows` the rows from oy0 on, at least ow floats.
-                unsafe {
-                    row(
-                        g,
-                        1,
-                        plane,
-                        Filters {
-                            c: 1,
-                            w: f,
-                            bias: [*bias; FILTER_BLOCK],
-                        },
-                        oy0,
-                        0..g.ow,
-                        out_rows,
-                    )
-                };
-                oy0 += 1;
-                continue;
-            }
             let rows = band.min(g.oh - oy0);
             let rows_in = (rows - 1) * g.sy + span;
             fill_window(
@@ -591,12 +646,12 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
                 phase,
                 window.get_mut(..rows_in * width).unwrap_or(&mut []),
             );
-            let first = out_rows.as_mut_ptr();
             for ly in 0..rows {
                 for ox in (0..g.ow).step_by(FILTER_BLOCK) {
-                    let (at, left) = (first.wrapping_add(ly * g.ow + ox), g.ow - ox);
-                    let to = if left >= FILTER_BLOCK {
-                        at
+                    let (k, left) = (c * out_plane + (oy0 + ly) * g.ow + ox, g.ow - ox);
+                    let whole = !direct.is_null() && left >= FILTER_BLOCK;
+                    let to = if whole {
+                        direct.wrapping_add(k)
                     } else {
                         tail.as_mut_ptr()
                     };
@@ -604,10 +659,10 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
                     // ly * sy + ky * dy < rows_in, phase (kx * dx) % sx, column
                     // ox + i + kx * dx / sx < phase: inside rows_in * width <= WINDOW floats;
                     // `f` and `offsets` hold kh * kw <= MAX_TAPS entries; `to` has room for 8
-                    // (pixels ox.. of row oy0 + ly < oh of the channel's plane, or `tail`).
+                    // (pixels k.. of the layer's out_c * oh * ow outputs, or `tail`).
                     unsafe {
                         taps8(
-                            *bias,
+                            bias,
                             window.as_ptr().wrapping_add(ly * g.sy * width + ox),
                             offsets.as_ptr(),
                             f.as_ptr(),
@@ -615,10 +670,25 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
                             to,
                         )
                     };
-                    if left < FILTER_BLOCK {
-                        for (i, v) in tail.iter().take(left).enumerate() {
-                            // SAFETY: pixel ox + i < ow of row oy0 + ly < oh.
-                            unsafe { *at.add(i) = *v };
+                    if whole {
+                        continue;
+                    }
+                    let tile = tail.iter().take(left);
+                    match &mut out {
+                        Outputs::F32(_) if !direct.is_null() => {
+                            let at = direct.wrapping_add(k);
+                            for (i, &v) in tile.enumerate() {
+                                // SAFETY: pixel k + i < (c + 1) * oh * ow, inside the output
+                                // (its length checked where `direct` was taken).
+                                unsafe { *at.add(i) = v };
+                            }
+                        }
+                        Outputs::F32(_) => {}
+                        // An integer sum, exactly (see `depthwise_i8`).
+                        Outputs::I8(o, q) => {
+                            for (d, &v) in o.get_mut(k..).unwrap_or(&mut []).iter_mut().zip(tile) {
+                                *d = q.output(c, v as i32);
+                            }
                         }
                     }
                 }
@@ -626,12 +696,13 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
             oy0 += rows;
         }
     }
+    true
 }
 
 /// Copy the input rows of the band of output rows from `oy0` into `window` (see
-/// [`depthwise`]): rows of `sx` phases of `phase` columns, zero over the padding. `window`
-/// starts zeroed and only ever holds this layer's bands.
-fn fill_window(g: &ConvGeom, plane: &[f32], oy0: usize, phase: usize, window: &mut [f32]) {
+/// [`depthwise`]): rows of `sx` phases of `phase` columns, zero over the padding; int8 codes
+/// less their zero point. `window` starts zeroed and only ever holds this layer's bands.
+fn fill_window(g: &ConvGeom, plane: Plane<'_>, oy0: usize, phase: usize, window: &mut [f32]) {
     let width = phase * g.sx;
     let rows = window.len() / width;
     let (r0, r1) = lanes(oy0 * g.sy, g.pt, 1, g.ih, rows);
@@ -640,23 +711,37 @@ fn fill_window(g: &ConvGeom, plane: &[f32], oy0: usize, phase: usize, window: &m
     let (r0, r1) = (r0.min(rows), r1.min(rows).max(r0.min(rows)));
     window.get_mut(..r0 * width).unwrap_or(&mut []).fill(0.0);
     window.get_mut(r1 * width..).unwrap_or(&mut []).fill(0.0);
-    if plane.len() < g.ih * g.iw || window.len() < rows * width {
+    let len = match plane {
+        Plane::F32(p) => p.len(),
+        Plane::I8(p, _) => p.len(),
+    };
+    if len < g.ih * g.iw || window.len() < rows * width {
         return;
     }
     for p in 0..g.sx {
         // Column j of phase p is input column j * sx + p - pl.
         let (j0, j1) = lanes(p, g.pl, g.sx, g.iw, phase);
         for r in r0..r1 {
-            let mut s = plane
-                .as_ptr()
-                .wrapping_add((oy0 * g.sy + r - g.pt) * g.iw + (j0 * g.sx + p).wrapping_sub(g.pl));
+            let at = (oy0 * g.sy + r - g.pt) * g.iw + (j0 * g.sx + p).wrapping_sub(g.pl);
             let mut d = window.as_mut_ptr().wrapping_add(r * width + p * phase + j0);
-            for _ in j0..j1 {
-                // SAFETY: row oy0 * sy + r - pt < ih and column j * sx + p - pl < iw (both
-                // from `lanes`): inside the plane; r < rows, p < sx and j < phase: inside the
-                // window (both checked above).
-                unsafe { *d = *s };
-                (d, s) = (d.wrapping_add(1), s.wrapping_add(g.sx));
+            // SAFETY (both loops): row oy0 * sy + r - pt < ih and column j * sx + p - pl < iw
+            // (both from `lanes`): inside the plane; r < rows, p < sx and j < phase: inside
+            // the window (both checked above).
+            match plane {
+                Plane::F32(x) => {
+                    let mut s = x.as_ptr().wrapping_add(at);
+                    for _ in j0..j1 {
+                        unsafe { *d = *s };
+                        (d, s) = (d.wrapping_add(1), s.wrapping_add(g.sx));
+                    }
+                }
+                Plane::I8(x, zp) => {
+                    let mut s = x.as_ptr().wrapping_add(at);
+                    for _ in j0..j1 {
+                        unsafe { *d = (i32::from(*s) - zp) as f32 };
+                        (d, s) = (d.wrapping_add(1), s.wrapping_add(g.sx));
+                    }
+                }
             }
         }
     }
@@ -808,9 +893,8 @@ pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act
     if g.sx == 0 || g.sy == 0 || g.dx == 0 || g.dy == 0 {
         return;
     }
-    if go == 1 && gi == 1 {
-        depthwise(g, input, w, b, out);
-    } else {
+    // A depthwise layer the window does not take runs as any grouped convolution.
+    if !(go == 1 && gi == 1 && depthwise(g, input, w, b, out)) {
         // Filter f0 is the (f0 % go)-th of group f0 / go; a block never spans two groups.
         let mut f0 = 0;
         while f0 < g.out_c {
