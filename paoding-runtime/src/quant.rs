@@ -136,13 +136,6 @@ pub fn saturating_rounding_multiply_by_pot(x: i32, exponent: i32) -> i32 {
 #[cfg_attr(target_arch = "arm", inline(never))]
 #[cfg_attr(not(target_arch = "arm"), inline)]
 pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
-    requantize(x, multiplier, shift)
-}
-
-/// [`multiply_by_quantized_multiplier`]'s body, for the one caller on a Cortex-M that runs it
-/// once per convolution output (inline there: one call per output, not two).
-#[inline(always)]
-pub(crate) fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
     let s = shift.clamp(-31, 31);
     let (left, right) = if s > 0 { (s, 0) } else { (0, -s) };
     // One call per output for the convolutions: the two steps inlined.

@@ -12,7 +12,8 @@
 //! inside the tap loops. A 1x1 convolution at stride 1 runs a block over two pixels at once. A
 //! depthwise filter has no channel loop to amortise an input load, so its kernel shares each
 //! weight between 8 adjacent pixels of a zero-padded window instead ([`depthwise`]); on
-//! Cortex-M the int8 depthwise layers run through the same window ([`depthwise_i8`]). The
+//! Cortex-M the int8 layers with one input plane per group run through the same window
+//! ([`depthwise_i8`]). The
 //! activation is one pass over the output afterwards.
 //!
 //! A dense layer is a 1x1 convolution over a 1x1 image.
@@ -529,7 +530,9 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
     depthwise_layer(g, Layer::F32 { x: input, w, b }, Outputs::F32(out))
 }
 
-/// An int8 depthwise convolution through the f32 one's window ([`depthwise`]): the inputs less
+/// An int8 convolution with one input plane per group (depthwise; a first layer over one
+/// channel, each plane's filters then sharing its window) through the f32 depthwise kernel's
+/// window ([`depthwise`]): the inputs less
 /// their zero point and the weights are whole numbers, |x - zp| <= 255 and |w| <= 128, so
 /// every product and every partial sum of up to [`MAX_TAPS`] of them is an integer below
 /// 2^24, exact in f32 (TFLite's integer sum, to the bit); the padding holds zeros, the taps
@@ -542,7 +545,7 @@ pub(crate) fn depthwise_i8(
     q: &super::qconv::Requant<'_>,
     out: &mut [i8],
 ) -> bool {
-    if g.in_c != g.groups || g.out_c != g.groups {
+    if g.in_c != g.groups.max(1) {
         return false;
     }
     let x = Layer::I8 {
@@ -612,27 +615,16 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
         Outputs::F32(o) if o.len() >= g.out_c * out_plane => o.as_mut_ptr(),
         _ => core::ptr::null_mut(),
     };
-    for c in 0..g.out_c {
-        let at = c * in_plane..(c + 1) * in_plane;
-        let (plane, f, bias) = match input {
-            Layer::F32 { x, w, b } => (
-                x.get(at).map(Plane::F32),
-                w.get(c * taps..(c + 1) * taps),
-                b.get(c).copied(),
-            ),
-            Layer::I8 { x, w, zp } => {
-                let wc = w.get(c * taps..(c + 1) * taps).unwrap_or(&[]);
-                for (d, &v) in widened.iter_mut().zip(wc) {
-                    *d = f32::from(v);
-                }
-                (
-                    x.get(at).map(|x| Plane::I8(x, zp)),
-                    widened.get(..taps),
-                    Some(0.0),
-                )
-            }
+    // Each plane's filters run over its window band by band: one copy per band, not per filter.
+    let groups = g.groups.max(1);
+    let go = g.out_c / groups;
+    for p in 0..groups {
+        let at = p * in_plane..(p + 1) * in_plane;
+        let plane = match input {
+            Layer::F32 { x, .. } => x.get(at).map(Plane::F32),
+            Layer::I8 { x, zp, .. } => x.get(at).map(|x| Plane::I8(x, zp)),
         };
-        let (Some(plane), Some(f), Some(bias)) = (plane, f, bias) else {
+        let Some(plane) = plane else {
             return true;
         };
         let mut oy0 = 0;
@@ -646,48 +638,73 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                 phase,
                 window.get_mut(..rows_in * width).unwrap_or(&mut []),
             );
-            for ly in 0..rows {
-                for ox in (0..g.ow).step_by(FILTER_BLOCK) {
-                    let (k, left) = (c * out_plane + (oy0 + ly) * g.ow + ox, g.ow - ox);
-                    let whole = !direct.is_null() && left >= FILTER_BLOCK;
-                    let to = if whole {
-                        direct.wrapping_add(k)
-                    } else {
-                        tail.as_mut_ptr()
-                    };
-                    // SAFETY: pixel ox + i (i < 8), tap (ky, kx) reads window row
-                    // ly * sy + ky * dy < rows_in, phase (kx * dx) % sx, column
-                    // ox + i + kx * dx / sx < phase: inside rows_in * width <= WINDOW floats;
-                    // `f` and `offsets` hold kh * kw <= MAX_TAPS entries; `to` has room for 8
-                    // (pixels k.. of the layer's out_c * oh * ow outputs, or `tail`).
-                    unsafe {
-                        taps8(
-                            bias,
-                            window.as_ptr().wrapping_add(ly * g.sy * width + ox),
-                            offsets.as_ptr(),
-                            f.as_ptr(),
-                            taps,
-                            to,
-                        )
-                    };
-                    if whole {
-                        continue;
-                    }
-                    let tile = tail.iter().take(left);
-                    match &mut out {
-                        Outputs::F32(_) if !direct.is_null() => {
-                            let at = direct.wrapping_add(k);
-                            for (i, &v) in tile.enumerate() {
-                                // SAFETY: pixel k + i < (c + 1) * oh * ow, inside the output
-                                // (its length checked where `direct` was taken).
-                                unsafe { *at.add(i) = v };
-                            }
+            for c in p * go..(p + 1) * go {
+                let (f, bias) = match input {
+                    Layer::F32 { w, b, .. } => (w.get(c * taps..(c + 1) * taps), b.get(c).copied()),
+                    Layer::I8 { w, .. } => {
+                        // int8 filters in blocks of 4 (then single ones) store a tap's 4
+                        // weights together: filter c's tap t is w[first + t * step].
+                        let fg = c - p * go;
+                        let (first, step) = if fg < go & !3 {
+                            ((c - (fg & 3)) * taps + (fg & 3), 4)
+                        } else {
+                            (c * taps, 1)
+                        };
+                        let wc = w.get(first..).unwrap_or(&[]).iter().step_by(step);
+                        for (d, &v) in widened.iter_mut().zip(wc).take(taps) {
+                            *d = f32::from(v);
                         }
-                        Outputs::F32(_) => {}
-                        // An integer sum, exactly (see `depthwise_i8`).
-                        Outputs::I8(o, q) => {
-                            for (d, &v) in o.get_mut(k..).unwrap_or(&mut []).iter_mut().zip(tile) {
-                                *d = q.output(c, v as i32);
+                        (widened.get(..taps), Some(0.0))
+                    }
+                };
+                let (Some(f), Some(bias)) = (f, bias) else {
+                    return true;
+                };
+                for ly in 0..rows {
+                    for ox in (0..g.ow).step_by(FILTER_BLOCK) {
+                        let (k, left) = (c * out_plane + (oy0 + ly) * g.ow + ox, g.ow - ox);
+                        let whole = !direct.is_null() && left >= FILTER_BLOCK;
+                        let to = if whole {
+                            direct.wrapping_add(k)
+                        } else {
+                            tail.as_mut_ptr()
+                        };
+                        // SAFETY: pixel ox + i (i < 8), tap (ky, kx) reads window row
+                        // ly * sy + ky * dy < rows_in, phase (kx * dx) % sx, column
+                        // ox + i + kx * dx / sx < phase: inside rows_in * width <= WINDOW floats;
+                        // `f` and `offsets` hold kh * kw <= MAX_TAPS entries; `to` has room for 8
+                        // (pixels k.. of the layer's out_c * oh * ow outputs, or `tail`).
+                        unsafe {
+                            taps8(
+                                bias,
+                                window.as_ptr().wrapping_add(ly * g.sy * width + ox),
+                                offsets.as_ptr(),
+                                f.as_ptr(),
+                                taps,
+                                to,
+                            )
+                        };
+                        if whole {
+                            continue;
+                        }
+                        let tile = tail.iter().take(left);
+                        match &mut out {
+                            Outputs::F32(_) if !direct.is_null() => {
+                                let at = direct.wrapping_add(k);
+                                for (i, &v) in tile.enumerate() {
+                                    // SAFETY: pixel k + i < (c + 1) * oh * ow, inside the output
+                                    // (its length checked where `direct` was taken).
+                                    unsafe { *at.add(i) = v };
+                                }
+                            }
+                            Outputs::F32(_) => {}
+                            // An integer sum, exactly (see `depthwise_i8`).
+                            Outputs::I8(o, q) => {
+                                for (d, &v) in
+                                    o.get_mut(k..).unwrap_or(&mut []).iter_mut().zip(tile)
+                                {
+                                    *d = q.output(c, v as i32);
+                                }
                             }
                         }
                     }

@@ -16,7 +16,8 @@
 //! host, Cortex-M0+) the same loop is plain integer Rust. Integer arithmetic wraps, so no
 //! blob can make it panic (validation keeps the parameters where it cannot overflow).
 //!
-//! On Cortex-M a depthwise layer runs through the f32 depthwise kernel's window instead
+//! On Cortex-M a layer with one input plane per group (depthwise, a first layer over one
+//! channel) runs through the f32 depthwise kernel's window instead
 //! ([`super::conv::depthwise_i8`]): 8 pixels share each weight load there, and its sums of
 //! int8 products are exact in f32. The host has its own kernels (`madd` with AVX2, `host`).
 //!
@@ -82,8 +83,8 @@ impl Requant<'_> {
         else {
             return 0;
         };
-        let v =
-            crate::quant::requantize(acc.wrapping_add(b), m, s.into()).wrapping_add(self.output_zp);
+        let v = multiply_by_quantized_multiplier(acc.wrapping_add(b), m, s.into())
+            .wrapping_add(self.output_zp);
         // Not `clamp`, which asserts min <= max (validated; no panicking path).
         v.max(self.act_min).min(self.act_max) as i8
     }
@@ -97,7 +98,8 @@ pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out
     if madd::qconv2d(g, input, w, q, out) {
         return;
     }
-    // Cortex-M: a depthwise layer through the f32 kernel's window, exactly.
+    // Cortex-M: one input plane per group (depthwise, a first layer) through the f32
+    // depthwise kernel's window, exactly.
     #[cfg(target_arch = "arm")]
     if super::conv::depthwise_i8(g, input, w, q, out) {
         return;
@@ -436,9 +438,9 @@ mod tests {
                 // filter of more than 64 taps.
                 let width = (g.ow + 7 + (g.kw - 1) * g.dx / g.sx) * g.sx;
                 let span = (g.kh - 1) * g.dy + 1;
-                let depthwise = g.in_c == g.groups && g.out_c == g.groups;
+                let one_plane = g.in_c == g.groups;
                 assert!(
-                    !depthwise || width * span > 512 || g.kh * g.kw > 64,
+                    !one_plane || width * span > 512 || g.kh * g.kw > 64,
                     "{g:?}: not taken"
                 );
             }
@@ -460,6 +462,10 @@ mod tests {
             ((3, 7, 37), (5, 1), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]),
             // A first layer like MLPerf KWS's (one channel, 10x4 kernel, stride 2).
             ((1, 49, 10), (12, 1), (10, 4), (2, 2), (1, 1), [4, 1, 5, 1]),
+            // One input plane per group with a block of 4 and a single filter each (the
+            // device's window takes them).
+            ((1, 7, 9), (5, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            ((2, 6, 6), (10, 2), (3, 2), (1, 2), (1, 1), [1, 0, 1, 1]),
             // Planes too large for the host's window at once: bands of output rows, at row
             // strides 1 and 2 and with an odd channel count.
             ((8, 48, 48), (8, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
