@@ -537,7 +537,7 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
 /// every product and every partial sum of up to [`MAX_TAPS`] of them is an integer below
 /// 2^24, exact in f32 (TFLite's integer sum, to the bit); the padding holds zeros, the taps
 /// TFLite skips. `false` (nothing written) where the window does not take the layer.
-#[cfg(any(target_arch = "arm", test))]
+#[cfg(any(all(target_arch = "arm", target_abi = "eabihf"), test))]
 pub(crate) fn depthwise_i8(
     g: &ConvGeom,
     input: &[i8],
@@ -565,7 +565,10 @@ enum Layer<'a> {
         w: &'a [f32],
         b: &'a [f32],
     },
-    #[cfg_attr(not(any(target_arch = "arm", test)), allow(dead_code))]
+    #[cfg_attr(
+        not(any(all(target_arch = "arm", target_abi = "eabihf"), test)),
+        allow(dead_code)
+    )]
     I8 { x: &'a [i8], w: &'a [i8], zp: i32 },
 }
 
@@ -580,7 +583,10 @@ enum Plane<'a> {
 /// channel's requantization.
 enum Outputs<'a, 'q> {
     F32(&'a mut [f32]),
-    #[cfg_attr(not(any(target_arch = "arm", test)), allow(dead_code))]
+    #[cfg_attr(
+        not(any(all(target_arch = "arm", target_abi = "eabihf"), test)),
+        allow(dead_code)
+    )]
     I8(&'a mut [i8], &'q super::qconv::Requant<'q>),
 }
 

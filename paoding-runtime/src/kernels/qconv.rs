@@ -16,8 +16,8 @@
 //! host, Cortex-M0+) the same loop is plain integer Rust. Integer arithmetic wraps, so no
 //! blob can make it panic (validation keeps the parameters where it cannot overflow).
 //!
-//! On Cortex-M a layer with one input plane per group (depthwise, a first layer over one
-//! channel) runs through the f32 depthwise kernel's window instead
+//! On Cortex-M with an FPU a layer with one input plane per group (depthwise, a first layer
+//! over one channel) runs through the f32 depthwise kernel's window instead
 //! ([`super::conv::depthwise_i8`]): 8 pixels share each weight load there, and its sums of
 //! int8 products are exact in f32. The host has its own kernels (`madd` with AVX2, `host`).
 //!
@@ -98,9 +98,10 @@ pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out
     if madd::qconv2d(g, input, w, q, out) {
         return;
     }
-    // Cortex-M: one input plane per group (depthwise, a first layer) through the f32
-    // depthwise kernel's window, exactly.
-    #[cfg(target_arch = "arm")]
+    // Cortex-M with an FPU: one input plane per group (depthwise, a first layer) through the
+    // f32 depthwise kernel's window, exactly (an M0+ keeps the integer loop: its floats are
+    // library calls).
+    #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
     if super::conv::depthwise_i8(g, input, w, q, out) {
         return;
     }
