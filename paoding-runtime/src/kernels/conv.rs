@@ -545,7 +545,8 @@ pub(crate) fn depthwise_i8(
     q: &super::qconv::Requant<'_>,
     out: &mut [i8],
 ) -> bool {
-    if g.in_c != g.groups.max(1) {
+    // Validation proves the geometry; the window divides by the strides and counts taps.
+    if g.in_c != g.groups.max(1) || g.sx == 0 || g.sy == 0 || g.kh == 0 || g.kw == 0 {
         return false;
     }
     let x = Layer::I8 {

@@ -498,6 +498,38 @@ mod tests {
         ]);
     }
 
+    /// Geometry validation rejects leaves the window untouched (no division by a zero stride,
+    /// no tap count below zero): it declines, and nothing panics.
+    #[test]
+    fn the_depthwise_window_declines_what_validation_rejects() {
+        let good = geometry(&((2, 5, 5), (2, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]));
+        let (x, w) = (values(50, 1), values(18, 2));
+        let (bias, multiplier) = ([0; 2], [1 << 30; 2]);
+        let q = Requant {
+            bias: &bias,
+            multiplier: &multiplier,
+            shift: &[-3, -3],
+            input_zp: 0,
+            output_zp: 0,
+            act_min: -128,
+            act_max: 127,
+        };
+        for k in 0..4 {
+            let mut g = good;
+            match k {
+                0 => g.sx = 0,
+                1 => g.sy = 0,
+                2 => g.kh = 0,
+                _ => g.kw = 0,
+            }
+            let mut out = [0i8; 50];
+            assert!(
+                !crate::kernels::conv::depthwise_i8(&g, &x, &w, &q, &mut out),
+                "{g:?}"
+            );
+        }
+    }
+
     /// The device's depthwise window sums in f32: exact while every partial sum stays below
     /// 2^24, which the largest products over the most taps it takes (64) do.
     #[test]
