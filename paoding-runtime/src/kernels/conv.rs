@@ -707,11 +707,8 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                             Outputs::F32(_) => {}
                             // An integer sum, exactly (see `depthwise_i8`).
                             Outputs::I8(o, q) => {
-                                for (d, &v) in
-                                    o.get_mut(k..).unwrap_or(&mut []).iter_mut().zip(tile)
-                                {
-                                    *d = q.output(c, v as i32);
-                                }
+                                let tile = tail.get(..left).unwrap_or(&tail);
+                                q.outputs(c, tile, o.get_mut(k..).unwrap_or(&mut []));
                             }
                         }
                     }

@@ -73,20 +73,22 @@ impl Requant<'_> {
 }
 
 impl Requant<'_> {
-    /// Output channel `f`'s int8 output for its accumulator `acc` (before its bias); 0 past
-    /// the last channel. The depthwise window's (`conv::depthwise_i8`); out of line on the
-    /// device, where the block loop keeps its own inline copy.
+    /// Output channel `f`'s int8 outputs of `sums` (whole numbers before the bias, as the
+    /// depthwise window's f32 tiles hold them: `conv::depthwise_i8`), into `out`: the
+    /// channel's parameters read once per tile. Nothing past the last channel.
     #[cfg_attr(target_arch = "arm", inline(never))]
-    pub(crate) fn output(&self, f: usize, acc: i32) -> i8 {
+    pub(crate) fn outputs(&self, f: usize, sums: &[f32], out: &mut [i8]) {
         let (Some(&b), Some(&m), Some(&s)) =
             (self.bias.get(f), self.multiplier.get(f), self.shift.get(f))
         else {
-            return 0;
+            return;
         };
-        let v = multiply_by_quantized_multiplier(acc.wrapping_add(b), m, s.into())
-            .wrapping_add(self.output_zp);
-        // Not `clamp`, which asserts min <= max (validated; no panicking path).
-        v.max(self.act_min).min(self.act_max) as i8
+        for (d, &v) in out.iter_mut().zip(sums) {
+            let v = multiply_by_quantized_multiplier((v as i32).wrapping_add(b), m, s.into())
+                .wrapping_add(self.output_zp);
+            // Not `clamp`, which asserts min <= max (validated; no panicking path).
+            *d = v.max(self.act_min).min(self.act_max) as i8;
+        }
     }
 }
 
