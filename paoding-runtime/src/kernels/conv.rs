@@ -13,8 +13,7 @@
 //! depthwise filter has no channel loop to amortise an input load, so its kernel shares each
 //! weight between 8 adjacent pixels of a zero-padded window instead ([`depthwise`]); on
 //! Cortex-M the int8 layers with one input plane per group run through the same window
-//! ([`depthwise_i8`]). The
-//! activation is one pass over the output afterwards.
+//! ([`depthwise_i8`]). The activation is one pass over the output afterwards.
 //!
 //! A dense layer is a 1x1 convolution over a 1x1 image.
 
@@ -506,11 +505,11 @@ unsafe fn row(
 }
 
 /// Floats of the depthwise kernel's zero-padded input window (2 KiB, on the stack).
-const WINDOW: usize = 512;
+pub(crate) const WINDOW: usize = 512;
 
 /// Most kernel taps (height x width) the depthwise kernel's tap table holds; larger depthwise
 /// filters take the row kernel.
-const MAX_TAPS: usize = 64;
+pub(crate) const MAX_TAPS: usize = 64;
 
 /// A depthwise convolution (one filter over each input plane). Without a channel loop to
 /// share an input load between filters, adjacent output pixels share each weight load
@@ -532,11 +531,10 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
 
 /// An int8 convolution with one input plane per group (depthwise; a first layer over one
 /// channel, each plane's filters then sharing its window) through the f32 depthwise kernel's
-/// window ([`depthwise`]): the inputs less
-/// their zero point and the weights are whole numbers, |x - zp| <= 255 and |w| <= 128, so
-/// every product and every partial sum of up to [`MAX_TAPS`] of them is an integer below
-/// 2^24, exact in f32 (TFLite's integer sum, to the bit); the padding holds zeros, the taps
-/// TFLite skips. `false` (nothing written) where the window does not take the layer.
+/// window ([`depthwise`]): the inputs less their zero point and the weights are whole
+/// numbers, |x - zp| <= 255 and |w| <= 128, so every product and every partial sum of up to
+/// [`MAX_TAPS`] of them is an integer below 2^24, exact in f32 (TFLite's integer sum, to the
+/// bit); the padding holds zeros, the taps TFLite skips. `false` (nothing written) where the window does not take the layer.
 #[cfg(any(all(target_arch = "arm", target_abi = "eabihf"), test))]
 pub(crate) fn depthwise_i8(
     g: &ConvGeom,
@@ -694,11 +692,11 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                         if whole {
                             continue;
                         }
-                        let tile = tail.iter().take(left);
+                        let tile = tail.get(..left).unwrap_or(&tail);
                         match &mut out {
                             Outputs::F32(_) if !direct.is_null() => {
                                 let at = direct.wrapping_add(k);
-                                for (i, &v) in tile.enumerate() {
+                                for (i, &v) in tile.iter().enumerate() {
                                     // SAFETY: pixel k + i < (c + 1) * oh * ow, inside the output
                                     // (its length checked where `direct` was taken).
                                     unsafe { *at.add(i) = v };
@@ -707,8 +705,7 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                             Outputs::F32(_) => {}
                             // An integer sum, exactly (see `depthwise_i8`).
                             Outputs::I8(o, q) => {
-                                let tile = tail.get(..left).unwrap_or(&tail);
-                                q.outputs(c, tile, o.get_mut(k..).unwrap_or(&mut []));
+                                q.outputs(c, tile, o.get_mut(k..).unwrap_or(&mut []))
                             }
                         }
                     }

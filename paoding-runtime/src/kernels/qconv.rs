@@ -52,12 +52,11 @@ pub(crate) struct Requant<'w> {
     pub act_max: i32,
 }
 
-#[cfg(not(target_arch = "arm"))]
 impl Requant<'_> {
     /// Output channel `f`'s requantization of an accumulator (before its bias) into its int8
-    /// output; `None` past the last channel.
+    /// output; `None` past the last channel. Every int8 convolution kernel's, host and device.
     #[inline(always)]
-    pub(super) fn channel(&self, f: usize) -> Option<impl Fn(i32) -> i8 + '_> {
+    pub(crate) fn channel(&self, f: usize) -> Option<impl Fn(i32) -> i8 + '_> {
         let (&bias, &m, &s) = (
             self.bias.get(f)?,
             self.multiplier.get(f)?,
@@ -70,24 +69,17 @@ impl Requant<'_> {
             v.max(self.act_min).min(self.act_max) as i8
         })
     }
-}
 
-impl Requant<'_> {
     /// Output channel `f`'s int8 outputs of `sums` (whole numbers before the bias, as the
     /// depthwise window's f32 tiles hold them: `conv::depthwise_i8`), into `out`: the
     /// channel's parameters read once per tile. Nothing past the last channel.
     #[cfg_attr(target_arch = "arm", inline(never))]
     pub(crate) fn outputs(&self, f: usize, sums: &[f32], out: &mut [i8]) {
-        let (Some(&b), Some(&m), Some(&s)) =
-            (self.bias.get(f), self.multiplier.get(f), self.shift.get(f))
-        else {
+        let Some(requant) = self.channel(f) else {
             return;
         };
         for (d, &v) in out.iter_mut().zip(sums) {
-            let v = multiply_by_quantized_multiplier((v as i32).wrapping_add(b), m, s.into())
-                .wrapping_add(self.output_zp);
-            // Not `clamp`, which asserts min <= max (validated; no panicking path).
-            *d = v.max(self.act_min).min(self.act_max) as i8;
+            *d = requant(v as i32);
         }
     }
 }
@@ -204,22 +196,13 @@ impl Block<'_> {
                         }
                     }
                 }
-                // Inline here (the hot caller): a call per output measured 2-3 % more
-                // instructions on the int8 fixtures.
                 for (o, &a) in acc.iter().take(c).enumerate() {
-                    let f = self.f0 + o;
-                    let (Some(&b), Some(&m), Some(&s), Some(d)) = (
-                        q.bias.get(f),
-                        q.multiplier.get(f),
-                        q.shift.get(f),
-                        out.get_mut(o * out_plane + pixel),
-                    ) else {
+                    let (Some(requant), Some(d)) =
+                        (q.channel(self.f0 + o), out.get_mut(o * out_plane + pixel))
+                    else {
                         break;
                     };
-                    let v = multiply_by_quantized_multiplier(a.wrapping_add(b), m, s.into())
-                        .wrapping_add(q.output_zp);
-                    // Not `clamp`, which asserts min <= max (validated; no panicking path).
-                    *d = v.max(q.act_min).min(q.act_max) as i8;
+                    *d = requant(a);
                 }
                 pixel += 1;
             }
@@ -437,13 +420,14 @@ mod tests {
             if crate::kernels::conv::depthwise_i8(&g, &x, &packed, &q, &mut window) {
                 assert_eq!(window, want, "{g:?}: the device's depthwise window");
             } else {
-                // Only what the window cannot take falls back: a row wider than it, or a
-                // filter of more than 64 taps.
+                // Only what the window cannot take falls back: a row wider than it (a phase
+                // holds a row's tiles), or a filter of more taps than its table.
+                use crate::kernels::conv::{MAX_TAPS, WINDOW};
                 let width = (g.ow + 7 + (g.kw - 1) * g.dx / g.sx) * g.sx;
                 let span = (g.kh - 1) * g.dy + 1;
                 let one_plane = g.in_c == g.groups;
                 assert!(
-                    !one_plane || width * span > 512 || g.kh * g.kw > 64,
+                    !one_plane || width * span > WINDOW || g.kh * g.kw > MAX_TAPS,
                     "{g:?}: not taken"
                 );
             }
