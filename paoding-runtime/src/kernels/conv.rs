@@ -702,6 +702,7 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                                     unsafe { *at.add(i) = v };
                                 }
                             }
+                            // An output shorter than validation allows: nothing to write to.
                             Outputs::F32(_) => {}
                             // An integer sum, exactly (see `depthwise_i8`).
                             Outputs::I8(o, q) => {
