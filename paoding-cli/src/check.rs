@@ -466,18 +466,26 @@ fn synthesized(
     };
     let file = probes::cache_file(settings.cache_dir.as_deref(), synth_graph, &options, &tag)?;
     let name = probes::method_name(method);
-    let how = if noisy {
-        format!(
-            " (each to p ≥ {CHECK_STOP_CONFIDENCE} within {SYNTH_STEPS} steps), with uniform noise added until the model's mean confidence is {CHECK_CONFIDENCE}"
-        )
-    } else {
-        String::new()
+    // How many steps ran, when this run made them: probes still short of their target
+    // after all the steps say why the set took as long as it did.
+    let how = |steps: Option<usize>| {
+        let steps = steps.map_or(String::new(), |s| format!("{s} of "));
+        if noisy {
+            format!(
+                " (each to p ≥ {CHECK_STOP_CONFIDENCE}; {steps}at most {SYNTH_STEPS} steps), with uniform noise added until the model's mean confidence is {CHECK_CONFIDENCE}"
+            )
+        } else if method == SynthMethod::Reconstruct {
+            String::new()
+        } else {
+            format!(" ({steps}at most {SYNTH_STEPS} steps)")
+        }
     };
     if let Some(cached) = probes::read_cached(file.as_deref(), g, count) {
         return Ok((
             cached,
             format!(
-                "{count} held-out probes by {name}, seed {seed}{how} (cached {})",
+                "{count} held-out probes by {name}, seed {seed}{} (cached {})",
+                how(None),
                 file.as_deref()
                     .map_or(String::new(), |f| f.display().to_string())
             ),
@@ -488,7 +496,8 @@ fn synthesized(
         progress.steps(&what, s, n)
     });
     let mut description = format!(
-        "{count} held-out probes by {name}, seed {seed}{how}{}",
+        "{count} held-out probes by {name}, seed {seed}{}{}",
+        how(Some(report.steps)),
         probes::on_target_text(&report)
     );
     let inputs = if noisy {
