@@ -75,14 +75,38 @@ impl Act {
     }
 
     /// Apply the activation in place; the match is hoisted out of the loop.
+    ///
+    /// ReLU, and a clip from +0 (ReLU6), work on the bit patterns: a negative float has its
+    /// sign bit set, which one `bic` with the sign spread over the word clears to +0, and
+    /// non-negative floats order as their bit patterns do, so the upper bound is an unsigned
+    /// `min`. An FPU without `vmaxnm` (the Cortex-M4F's) takes two compares, two status moves
+    /// and two conditional moves for the same clip. The values are those of
+    /// [`Act::apply`] except for NaNs (a positive one gives the upper bound, +∞ for ReLU; a
+    /// negative one +0) and −0 (here +0).
     pub fn apply_slice(self, xs: &mut [f32]) {
-        match self {
-            Act::Identity => {}
-            Act::Relu => xs.iter_mut().for_each(|x| *x = Act::Relu.apply(*x)),
-            Act::Clip { min, max } => xs.iter_mut().for_each(|x| *x = clip(*x, min, max)),
-            Act::Sigmoid | Act::Tanh => xs.iter_mut().for_each(|x| *x = self.apply_smooth(*x)),
-        }
+        let top = match self {
+            Act::Relu => f32::INFINITY.to_bits(),
+            Act::Clip { min, max } if min.to_bits() == 0 && max.to_bits() >> 31 == 0 => {
+                max.to_bits()
+            }
+            Act::Identity => return,
+            Act::Clip { min, max } => {
+                return xs.iter_mut().for_each(|x| *x = clip(*x, min, max));
+            }
+            Act::Sigmoid | Act::Tanh => {
+                return xs.iter_mut().for_each(|x| *x = self.apply_smooth(*x));
+            }
+        };
+        xs.iter_mut()
+            .for_each(|x| *x = f32::from_bits(zero_negatives(*x).min(top)));
     }
+}
+
+/// The bits of `max(x, +0)` for any `x` but a negative NaN (which gives +0).
+#[inline(always)]
+fn zero_negatives(x: f32) -> u32 {
+    let b = x.to_bits() as i32;
+    (b & !(b >> 31)) as u32
 }
 
 /// Comparisons rather than `f32::max`/`min`, which compile to out-of-line `fmaxf`/`fminf`
@@ -223,6 +247,60 @@ mod tests {
         assert_eq!(super::expf(-88.0), 0.0);
         assert!(super::expf(f32::NAN).is_nan());
         assert_eq!(super::expf(f32::NEG_INFINITY), 0.0);
+    }
+
+    /// The bit-pattern ReLU and ReLU6 give `Act::apply`'s values, compared bit for bit over
+    /// every sign and magnitude class (zeros, subnormals, normals, the bounds, infinities).
+    #[test]
+    fn relu_and_relu6_on_bits_equal_the_float_comparisons() {
+        use super::Act;
+        let mut xs = std::vec::Vec::new();
+        for m in [
+            0x0000_0001u32,
+            0x0040_0000,
+            0x0080_0000,
+            0x3f80_0000,
+            0x40c0_0000,
+            0x40bf_ffff,
+            0x40c0_0001,
+            0x4b00_0000,
+            0x7f7f_ffff,
+            0x7f80_0000,
+        ] {
+            xs.extend([f32::from_bits(m), f32::from_bits(m | 0x8000_0000)]);
+        }
+        xs.push(0.0);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..10_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = f32::from_bits(state as u32);
+            if !x.is_nan() && x.to_bits() != 0x8000_0000 {
+                xs.push(x);
+            }
+        }
+        let bounds = [
+            (0.0f32, 6.0f32),
+            (0.0, 1.0),
+            (0.0, f32::INFINITY),
+            (-1.0, 1.0),
+            (0.5, 2.0),
+        ];
+        for act in [Act::Relu]
+            .into_iter()
+            .chain(bounds.map(|(min, max)| Act::Clip { min, max }))
+        {
+            let mut got = xs.clone();
+            act.apply_slice(&mut got);
+            for (&x, y) in xs.iter().zip(&got) {
+                assert_eq!(y.to_bits(), act.apply(x).to_bits(), "{act:?} of {x:e}");
+            }
+        }
+        // What differs: NaNs pass as the bound, and −0 comes out +0.
+        let mut odd = [f32::NAN, -0.0];
+        Act::Clip { min: 0.0, max: 6.0 }.apply_slice(&mut odd);
+        assert_eq!(odd.map(f32::to_bits), [6.0f32.to_bits(), 0]);
     }
 
     #[test]
