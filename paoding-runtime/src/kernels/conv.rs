@@ -534,7 +534,8 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
 /// window ([`depthwise`]): the inputs less their zero point and the weights are whole
 /// numbers, |x - zp| <= 255 and |w| <= 128, so every product and every partial sum of up to
 /// [`MAX_TAPS`] of them is an integer below 2^24, exact in f32 (TFLite's integer sum, to the
-/// bit); the padding holds zeros, the taps TFLite skips. `false` (nothing written) where the window does not take the layer.
+/// bit); the padding holds zeros, the taps TFLite skips. `false` (nothing written) where the
+/// window does not take the layer.
 #[cfg(any(all(target_arch = "arm", target_abi = "eabihf"), test))]
 pub(crate) fn depthwise_i8(
     g: &ConvGeom,

@@ -484,8 +484,9 @@ mod tests {
         ]);
     }
 
-    /// Geometry validation rejects leaves the window untouched (no division by a zero stride,
-    /// no tap count below zero): it declines, and nothing panics.
+    /// A geometry that validation rejects (a zero stride, an empty kernel) is declined by the
+    /// window, which would otherwise divide by the stride or count taps below zero: nothing
+    /// is written, and nothing panics.
     #[test]
     fn the_depthwise_window_declines_what_validation_rejects() {
         let good = geometry(&((2, 5, 5), (2, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]));
