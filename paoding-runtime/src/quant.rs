@@ -82,12 +82,18 @@ pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
 /// [`rounding_divide_by_pot`]'s body, inlined as above.
 #[inline(always)]
 fn rdbp(x: i32, exponent: i32) -> i32 {
-    let e = exponent.clamp(0, 31) as u32;
-    let mask = ((1u32 << e) - 1) as i32;
+    rdbp_in_range(x, exponent.clamp(0, 31) as u32)
+}
+
+/// [`rdbp`] for an exponent already in `[0, 31]` (wrapping shifts past it: a wrong value,
+/// never a panic).
+#[inline(always)]
+fn rdbp_in_range(x: i32, e: u32) -> i32 {
+    let mask = 1u32.wrapping_shl(e).wrapping_sub(1) as i32;
     let remainder = x & mask;
     let threshold = (mask >> 1) + i32::from(x < 0);
     // `x >> e` is at most 2^30 when e >= 1, and the increment is 0 when e == 0.
-    (x >> e) + i32::from(remainder > threshold)
+    x.wrapping_shr(e) + i32::from(remainder > threshold)
 }
 
 /// gemmlowp's `SaturatingRoundingMultiplyByPOT`: `x * 2^exponent`, saturating for a positive
@@ -140,6 +146,30 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
     let (left, right) = if s > 0 { (s, 0) } else { (0, -s) };
     // One call per output for the convolutions: the two steps inlined.
     rdbp(srdhm(x.wrapping_shl(left as u32), multiplier), right)
+}
+
+/// [`multiply_by_quantized_multiplier`] for the parameters validation admits in every blob (a
+/// multiplier of 0 or in `[2^30, 2^31)`, a shift in `[-31, 30]`): the same value without the
+/// clamps and the saturation those bounds exclude, about half the instructions on a
+/// Cortex-M, once per output of every int8 convolution. Outside the bounds the result is
+/// wrong but never a panic.
+///
+/// ```
+/// use paoding_runtime::quant::{multiply_by_quantized_multiplier as mbqm, requantize};
+/// for (x, m, s) in [(100, 1 << 30, 1), (-3, 1 << 30, -1), (i32::MIN, i32::MAX, -31)] {
+///     assert_eq!(requantize(x, m, s), mbqm(x, m, s));
+/// }
+/// ```
+// One copy on Cortex-M (code size); inlined on the host, where the callers' loops then
+// vectorise.
+#[cfg_attr(target_arch = "arm", inline(never))]
+#[cfg_attr(not(target_arch = "arm"), inline)]
+pub fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
+    let left = shift.max(0) as u32;
+    let right = shift.wrapping_neg().max(0) as u32;
+    // srdhm without its one saturating case, which needs a multiplier of i32::MIN.
+    let high = (i64::from(x.wrapping_shl(left)) * i64::from(multiplier) + (1 << 30)) >> 31;
+    rdbp_in_range(high as i32, right)
 }
 
 /// TFLite's `MultiplyByQuantizedMultiplierSmallerThanOneExp` (double rounding): for a real
@@ -659,6 +689,27 @@ mod tests {
                 let _ = multiply_by_quantized_multiplier_smaller_than_one_exp(x, i32::MIN, s);
                 let _ = multiply_by_quantized_multiplier_greater_than_one(x, i32::MAX, s);
                 let _ = saturating_rounding_multiply_by_pot(x, s);
+            }
+        }
+    }
+
+    #[test]
+    fn requantize_is_mbqm_for_every_parameter_a_blob_may_hold() {
+        let xs = samples();
+        // Multipliers: 0, the bounds of [2^30, 2^31) and values between; every shift.
+        let ms: std::vec::Vec<i32> = [0, 1 << 30, (1 << 30) + 1, i32::MAX - 1, i32::MAX]
+            .into_iter()
+            .chain(xs.iter().map(|&x| (1 << 30) | (x & ((1 << 30) - 1))).step_by(11))
+            .collect();
+        for &x in &xs {
+            for &m in &ms {
+                for s in -31..=30 {
+                    assert_eq!(
+                        requantize(x, m, s),
+                        multiply_by_quantized_multiplier(x, m, s),
+                        "{x} * {m} * 2^({s} - 31)"
+                    );
+                }
             }
         }
     }

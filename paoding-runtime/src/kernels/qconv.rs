@@ -34,7 +34,7 @@ mod madd;
 use crate::format::i8_block_len;
 #[cfg(any(target_arch = "arm", test))]
 use crate::format::I8_BLOCK;
-use crate::quant::multiply_by_quantized_multiplier;
+use crate::quant::requantize;
 
 /// The per-channel requantization of one layer, its runs read in place from the weights.
 #[derive(Debug, Clone, Copy)]
@@ -63,8 +63,7 @@ impl Requant<'_> {
             self.shift.get(f)?,
         );
         Some(move |acc: i32| {
-            let v = multiply_by_quantized_multiplier(acc.wrapping_add(bias), m, s.into())
-                .wrapping_add(self.output_zp);
+            let v = requantize(acc.wrapping_add(bias), m, s.into()).wrapping_add(self.output_zp);
             // Not `clamp`, which asserts min <= max (validated; no panicking path).
             v.max(self.act_min).min(self.act_max) as i8
         })
@@ -352,7 +351,7 @@ mod tests {
                     }
                     let acc = (acc + i64::from(q.bias[f])) as i32;
                     let (m, s) = (q.multiplier[f], q.shift[f].into());
-                    let v = multiply_by_quantized_multiplier(acc, m, s) + q.output_zp;
+                    let v = crate::quant::multiply_by_quantized_multiplier(acc, m, s) + q.output_zp;
                     out.push(v.clamp(q.act_min, q.act_max) as i8);
                 }
             }

@@ -5,9 +5,9 @@
 
 use crate::format::{QAddRec, QRescale, QuantParams};
 use crate::quant::{
-    dequantize as dequantize_one, multiply_by_quantized_multiplier,
+    dequantize as dequantize_one,
     multiply_by_quantized_multiplier_smaller_than_one_exp as scale_down, quantize as quantize_one,
-    softmax_i8,
+    requantize, softmax_i8,
 };
 
 /// TFLite's reference int8 Add of one pair: each input offset by its zero point, shifted left
@@ -50,8 +50,7 @@ pub(crate) fn qclamp(x: &mut [i8], min: i32, max: i32) {
 #[inline]
 pub(crate) fn rescale(r: &QRescale, output_zp: i32, q: i8) -> i8 {
     let v =
-        multiply_by_quantized_multiplier(i32::from(q).wrapping_sub(r.zp), r.multiplier, r.shift)
-            .wrapping_add(output_zp);
+        requantize(i32::from(q).wrapping_sub(r.zp), r.multiplier, r.shift).wrapping_add(output_zp);
     v.clamp(-128, 127) as i8
 }
 
