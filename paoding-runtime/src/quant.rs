@@ -699,7 +699,11 @@ mod tests {
         // Multipliers: 0, the bounds of [2^30, 2^31) and values between; every shift.
         let ms: std::vec::Vec<i32> = [0, 1 << 30, (1 << 30) + 1, i32::MAX - 1, i32::MAX]
             .into_iter()
-            .chain(xs.iter().map(|&x| (1 << 30) | (x & ((1 << 30) - 1))).step_by(11))
+            .chain(
+                xs.iter()
+                    .map(|&x| (1 << 30) | (x & ((1 << 30) - 1)))
+                    .step_by(11),
+            )
             .collect();
         for &x in &xs {
             for &m in &ms {
