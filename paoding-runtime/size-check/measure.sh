@@ -3,7 +3,10 @@
 # `rustup component add llvm-tools` (its llvm-size is found in the toolchain), or llvm-size /
 # arm-none-eabi-size on the PATH.
 # Exits 1 when .text + .rodata (code and its constant tables) exceed LIMIT bytes (default 20480:
-# 20 KiB with every f32 and int8 kernel linked), so CI can run it.
+# 20 KiB with every f32 and int8 kernel linked), or when any panicking path is linked (the
+# runtime's promise: validate first, then run, never panic; a division by a divisor the
+# compiler cannot prove non-zero, or an index it cannot prove in bounds, links one), so CI can
+# run it.
 # Print paoding-runtime's code size for a Cortex-M4F/M7 (thumbv7em-none-eabihf, opt-level "s",
 # LTO): a bare image whose exports validate a blob and run it (f32 or int8 input and output), so
 # every kernel is linked.
@@ -21,6 +24,18 @@ if [ ! -x "$size" ]; then
   if command -v llvm-size >/dev/null; then size=llvm-size
   elif command -v arm-none-eabi-size >/dev/null; then size=arm-none-eabi-size
   else echo "no llvm-size: run 'rustup component add llvm-tools'" >&2; exit 2; fi
+fi
+# The panic machinery is linked only if some path reaches it (the image has no other user).
+nm="${size%llvm-size}llvm-nm"
+[ "$size" = arm-none-eabi-size ] && nm=arm-none-eabi-nm
+if command -v "$nm" >/dev/null || [ -x "$nm" ]; then
+  if "$nm" -C "$elf" | grep -q 'core::panicking'; then
+    echo "a panicking path is linked into paoding-runtime ($target): find its caller with" >&2
+    echo "  llvm-objdump -d $elf | grep -B40 panicking" >&2
+    exit 1
+  fi
+else
+  echo "no nm next to $size: cannot check for panicking paths" >&2; exit 2
 fi
 "$size" -A "$elf" | grep -E '^\.(text|rodata|data|bss)\b' || true
 text=$("$size" -A "$elf" | awk '$1==".text"{print $2}')

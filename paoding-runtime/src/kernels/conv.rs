@@ -18,6 +18,7 @@
 //! A dense layer is a 1x1 convolution over a 1x1 image.
 
 use crate::format::{block_len, Act, FILTER_BLOCK};
+use core::num::NonZeroUsize;
 
 #[cfg(not(target_arch = "arm"))]
 mod host;
@@ -597,20 +598,32 @@ enum Outputs<'a, 'q> {
 fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> bool {
     // A phase holds the columns `ox + kx * dx / sx` that whole tiles read; a window row,
     // the input row's `sx` phases.
-    let phase = g.ow + (FILTER_BLOCK - 1) + (g.kw - 1) * g.dx / g.sx;
-    let width = phase * g.sx;
+    // Divisors that are not zero (validated; checked here once, so no division can panic).
+    let (Some(sx), Some(sy), Some(kw)) = (
+        NonZeroUsize::new(g.sx),
+        NonZeroUsize::new(g.sy),
+        NonZeroUsize::new(g.kw),
+    ) else {
+        return false;
+    };
+    let phase = g.ow + (FILTER_BLOCK - 1) + (g.kw - 1) * g.dx / sx;
+    let Some(width) = NonZeroUsize::new(phase * g.sx) else {
+        return false;
+    };
     let span = (g.kh - 1) * g.dy + 1;
     let taps = g.kh * g.kw;
     // Output rows per band: as many as the window holds.
-    let band = (WINDOW / width).saturating_sub(span) / g.sy + usize::from(span * width <= WINDOW);
+    let band =
+        (WINDOW / width).saturating_sub(span) / sy + usize::from(span * width.get() <= WINDOW);
     if band == 0 || taps > MAX_TAPS {
         return false;
     }
+    let width = width.get();
     // Offset of tap (ky, kx) from its tile's first input, in bytes.
     let mut offsets = [0u32; MAX_TAPS];
     for (t, o) in offsets.iter_mut().enumerate().take(taps) {
-        let (ky, kx) = (t / g.kw, t % g.kw * g.dx);
-        *o = ((ky * g.dy * width + kx % g.sx * phase + kx / g.sx) * 4) as u32;
+        let (ky, kx) = (t / kw, t % kw * g.dx);
+        *o = ((ky * g.dy * width + kx % sx * phase + kx / sx) * 4) as u32;
     }
     let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
     let mut window = [0.0; WINDOW];

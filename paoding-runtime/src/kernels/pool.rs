@@ -1,6 +1,7 @@
 //! Max, average and global average pooling over NCHW, f32 and int8.
 
 use super::copy;
+use core::num::NonZeroU32;
 
 /// Geometry of one pooling, proven consistent by validation.
 #[derive(Debug, Clone, Copy)]
@@ -50,8 +51,9 @@ fn window(o: usize, stride: usize, pad: usize, k: usize, size: usize) -> core::o
 /// validation refuses `count_include_pad` for int8).
 pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, int8: bool, input: &[u8], out: &mut [u8]) {
     let size = if int8 { 1 } else { 4 };
-    let (in_plane, out_plane) = (g.ih * g.iw * size, g.oh * g.ow * size);
-    if in_plane == 0 || out_plane == 0 {
+    let (in_plane, out_plane, out_row) = (g.ih * g.iw * size, g.oh * g.ow * size, g.ow * size);
+    // Every chunk length checked here, where it costs nothing: no panicking path below.
+    if in_plane == 0 || out_plane == 0 || out_row == 0 {
         return;
     }
     let full = (g.kh * g.kw) as f32;
@@ -59,7 +61,7 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, int8: bool, input: &[u8]
         .chunks_exact(in_plane)
         .zip(out.chunks_exact_mut(out_plane))
     {
-        for (oy, orow) in oplane.chunks_exact_mut(g.ow * size).enumerate() {
+        for (oy, orow) in oplane.chunks_exact_mut(out_row).enumerate() {
             let ys = window(oy, g.sy, g.pt, g.kh, g.ih);
             for (ox, o) in orow.chunks_exact_mut(size).enumerate() {
                 let xs = window(ox, g.sx, g.pl, g.kw, g.iw);
@@ -97,9 +99,15 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, int8: bool, input: &[u8]
                 match o {
                     [q] => {
                         *q = if average.is_some() {
-                            let n = taps.max(1) as i32;
-                            let half = if sum > 0 { n / 2 } else { -(n / 2) };
-                            sum.wrapping_add(half) / n
+                            // TFLite's rounding, half away from zero, on the magnitude: an
+                            // unsigned division by a non-zero count has no panicking path.
+                            let n = NonZeroU32::new(taps as u32).unwrap_or(NonZeroU32::MIN);
+                            let m = (sum.unsigned_abs().wrapping_add(n.get() / 2) / n) as i32;
+                            if sum > 0 {
+                                m
+                            } else {
+                                m.wrapping_neg()
+                            }
                         } else {
                             // An int8 code, exactly.
                             acc as i32
