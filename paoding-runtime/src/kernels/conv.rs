@@ -527,6 +527,11 @@ pub(crate) const MAX_TAPS: usize = 64;
 // Its one caller's; one copy.
 #[inline(always)]
 fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32]) -> bool {
+    // The host runs stride-1 layers along whole planes.
+    #[cfg(not(target_arch = "arm"))]
+    if host::depthwise(g, input, w, b, out) {
+        return true;
+    }
     depthwise_layer(g, Layer::F32 { x: input, w, b }, Outputs::F32(out))
 }
 
@@ -1142,6 +1147,49 @@ pub(crate) mod tests {
             ((3, 11, 13), (3, 3), (5, 5), (3, 2), (1, 1), [2, 2, 2, 2]),
             ((2, 25, 5), (2, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
         ]);
+    }
+
+    /// The host's stride-1 depthwise (`host::depthwise`) against the device's window, bit for
+    /// bit; what it does not take is left to the window.
+    #[test]
+    fn host_depthwise_gives_the_window_bits() {
+        let cases: &[Case] = &[
+            // MLPerf KWS's: 3x3 over 25x5 planes.
+            ((64, 25, 5), (64, 64), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            // Uneven padding, a 5x5 kernel, a one-row kernel, padding wider than the kernel.
+            ((5, 9, 7), (5, 5), (3, 3), (1, 1), (1, 1), [2, 0, 1, 2]),
+            ((3, 11, 13), (3, 3), (5, 5), (1, 1), (1, 1), [2, 2, 2, 2]),
+            ((4, 6, 6), (4, 4), (1, 7), (1, 1), (1, 1), [0, 3, 0, 3]),
+            ((2, 5, 5), (2, 2), (3, 3), (1, 1), (1, 1), [3, 0, 0, 3]),
+            ((3, 1, 1), (3, 3), (1, 1), (1, 1), (1, 1), [0, 0, 0, 0]),
+        ];
+        for case in cases {
+            let g = geometry(case);
+            let (x, _, b, packed) = layer(&g, 7);
+            let n = g.out_c * g.oh * g.ow;
+            let (mut flat, mut window) = (std::vec![f32::NAN; n], std::vec![f32::NAN; n]);
+            assert!(host::depthwise(&g, &x, &packed, &b, &mut flat), "{g:?}");
+            let layer = Layer::F32 {
+                x: &x,
+                w: &packed,
+                b: &b,
+            };
+            assert!(depthwise_layer(&g, layer, Outputs::F32(&mut window)));
+            for (i, (f, w)) in flat.iter().zip(&window).enumerate() {
+                assert_eq!(f.to_bits(), w.to_bits(), "{g:?}: output {i}: {f} vs {w}");
+            }
+        }
+        // Strides, dilations and planes past its buffer go to the window.
+        for case in [
+            ((4, 8, 8), (4, 4), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]),
+            ((4, 8, 8), (4, 4), (3, 3), (1, 1), (2, 2), [2, 2, 2, 2]),
+            ((1, 80, 80), (1, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+        ] {
+            let g = geometry(&case);
+            let (x, _, b, packed) = layer(&g, 7);
+            let mut out = std::vec![0.0; g.out_c * g.oh * g.ow];
+            assert!(!host::depthwise(&g, &x, &packed, &b, &mut out), "{g:?}");
+        }
     }
 
     #[test]

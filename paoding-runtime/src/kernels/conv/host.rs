@@ -380,3 +380,120 @@ unsafe fn blocks_of<const T: usize>(
         }
     }
 }
+
+/// Largest zero-padded plane [`depthwise`] takes, in floats; larger ones go through the
+/// device's window.
+const FLAT_PLANE: usize = 4096;
+/// Outputs one depthwise tile sums at once: the accumulators of two AVX registers.
+const FLAT_TILE: usize = 16;
+
+/// A depthwise layer at stride 1 without dilation (one filter per input plane), channel by
+/// channel over a zero-padded copy of its plane whose rows are `ow + kw - 1` wide: output
+/// `(oy, ox)` sits at `oy * width + ox` and reads tap `(ky, kx)` at a fixed offset from it,
+/// `ky * width + kx`, so one tile runs along the whole plane rather than one row at a time
+/// (the device's window wastes most of a tile of 8 on rows of 5 pixels, as MLPerf's keyword
+/// spotter has them). Each output is its bias plus every tap in order, padding included,
+/// multiplied and added apart: the device's sum, to the bit. `false` (nothing written) when
+/// the layer is not of that kind or its padded plane is larger than [`FLAT_PLANE`].
+pub(super) fn depthwise(
+    g: &ConvGeom,
+    input: &[f32],
+    w: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+) -> bool {
+    let unit = (g.sx, g.sy, g.dx, g.dy) == (1, 1, 1, 1);
+    let one_per_plane = g.in_c == g.groups && g.out_c == g.groups;
+    if !unit || !one_per_plane || g.kh == 0 || g.kw == 0 || g.oh == 0 || g.ow == 0 {
+        return false;
+    }
+    // The tiles read up to a kernel row's width past the padded plane (see `depthwise_in`).
+    let (width, height) = (g.ow + g.kw - 1, g.oh + g.kh - 1);
+    match height.checked_mul(width).and_then(|n| n.checked_add(g.kw)) {
+        Some(n) if n <= FLAT_PLANE => {}
+        _ => return false,
+    }
+    let (in_plane, out_plane, taps) = (g.ih * g.iw, g.oh * g.ow, g.kh * g.kw);
+    if input.len() < g.in_c * in_plane
+        || w.len() < g.out_c * taps
+        || b.len() < g.out_c
+        || out.len() < g.out_c * out_plane
+    {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::x86::has_avx() {
+        // SAFETY: the CPU has AVX.
+        unsafe { depthwise_avx(g, input, w, b, out) };
+        return true;
+    }
+    depthwise_in(g, input, w, b, out);
+    true
+}
+
+/// [`depthwise_in`] compiled for AVX (no FMA).
+///
+/// # Safety
+/// The CPU has AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn depthwise_avx(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32]) {
+    depthwise_in(g, input, w, b, out)
+}
+
+/// [`depthwise`]'s loops, on the geometry and lengths it checked (every `get` below finds
+/// its slice; a violated check writes nothing more rather than panic).
+#[inline(always)]
+fn depthwise_in(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32]) {
+    let (width, height, taps) = (g.ow + g.kw - 1, g.oh + g.kh - 1, g.kh * g.kw);
+    let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
+    // A tile at q reads padded[q + ky * width + kx..][..FLAT_TILE]: with q < oh * width, below
+    // height * width + kw + FLAT_TILE - 1 (checked against FLAT_PLANE); the slack stays zero.
+    let mut padded = [0.0f32; FLAT_PLANE + FLAT_TILE];
+    let mut wide = [0.0f32; FLAT_PLANE + FLAT_TILE];
+    let outputs = g.oh * width;
+    // Input row iy is padded row iy + pt, column ix padded column ix + pl; only rows and
+    // columns some output reads are kept.
+    let ih = g.ih.min(height.saturating_sub(g.pt));
+    let (x0, x1) = (g.pl.min(width), (g.iw + g.pl).min(width));
+    let planes = input.chunks_exact(in_plane.max(1));
+    let filters = w.chunks_exact(taps.max(1));
+    let outs = out.chunks_exact_mut(out_plane.max(1));
+    for (((plane, filter), &bias), dst) in planes.zip(filters).zip(b).zip(outs).take(g.out_c) {
+        for iy in 0..ih {
+            let r = (iy + g.pt) * width;
+            let (Some(to), Some(from)) = (
+                padded.get_mut(r + x0..r + x1),
+                plane.get(iy * g.iw..iy * g.iw + x1 - x0),
+            ) else {
+                return;
+            };
+            to.copy_from_slice(from);
+        }
+        for q in (0..outputs).step_by(FLAT_TILE) {
+            let mut acc = [bias; FLAT_TILE];
+            // Taps in the filter's order, (ky, kx) at q + ky * width + kx.
+            for (ky, row) in filter.chunks_exact(g.kw.max(1)).enumerate() {
+                let at = q + ky * width;
+                for (kx, &wt) in row.iter().enumerate() {
+                    let Some(xs) = padded.get(at + kx..at + kx + FLAT_TILE) else {
+                        return;
+                    };
+                    for (a, &x) in acc.iter_mut().zip(xs) {
+                        *a += x * wt;
+                    }
+                }
+            }
+            let Some(to) = wide.get_mut(q..q + FLAT_TILE) else {
+                return;
+            };
+            to.copy_from_slice(&acc);
+        }
+        for (oy, row) in dst.chunks_exact_mut(g.ow.max(1)).enumerate() {
+            let Some(from) = wide.get(oy * width..oy * width + g.ow) else {
+                return;
+            };
+            row.copy_from_slice(from);
+        }
+    }
+}
