@@ -601,8 +601,6 @@ enum Outputs<'a, 'q> {
 // One copy for both dtypes.
 #[inline(never)]
 fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> bool {
-    // A phase holds the columns `ox + kx * dx / sx` that whole tiles read; a window row,
-    // the input row's `sx` phases.
     // Divisors that are not zero (validated; checked here once, so no division can panic).
     let (Some(sx), Some(sy), Some(kw)) = (
         NonZeroUsize::new(g.sx),
@@ -611,6 +609,8 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
     ) else {
         return false;
     };
+    // A phase holds the columns `ox + kx * dx / sx` that whole tiles read; a window row,
+    // the input row's `sx` phases.
     let phase = g.ow + (FILTER_BLOCK - 1) + (g.kw - 1) * g.dx / sx;
     let Some(width) = NonZeroUsize::new(phase * g.sx) else {
         return false;
