@@ -841,6 +841,83 @@ fn conv_backward_batch(
     }
 }
 
+/// `g` with every convolution cut down to the kernel rows and columns that some output
+/// position reaches inside its input: a 3×3 convolution over a 1×1 plane (resnet18's last
+/// stage at 32×32) keeps its centre tap, one stride-2 over a 2×2 plane its last two rows and
+/// columns. The taps dropped only ever multiply padding, so the graph computes the same
+/// function, without those products (nine times fewer in resnet18's last stage, where most of
+/// its weights are, and nine times fewer weights for each matrix product to pack). Node and
+/// value ids, shapes and outputs are unchanged; a convolution whose every tap is reached is
+/// left as it is (and so are its bits). For the batched passes that run a graph many times
+/// (probe synthesis).
+pub fn without_dead_taps(mut g: Graph) -> Graph {
+    for i in 0..g.nodes.len() {
+        let node = &g.nodes[i];
+        let (Some(&input), output) = (node.inputs.first(), node.output) else {
+            continue;
+        };
+        if let Op::Conv2d(c) = &node.op {
+            let (in_shape, out_shape) = (g.shape(input), g.shape(output));
+            if let Some(t) = live_taps(c, in_shape, out_shape) {
+                g.nodes[i].op = Op::Conv2d(t);
+            }
+        }
+    }
+    g
+}
+
+/// `c` on the kernel rows and columns some output reaches inside the input (see
+/// [`without_dead_taps`]); `None` when that is all of them, when the reached taps are not one
+/// rectangle, or when the shifted padding would be negative.
+fn live_taps(c: &Conv2d, in_shape: &[usize], out_shape: &[usize]) -> Option<Conv2d> {
+    let [_, _, ih, iw] = <[usize; 4]>::try_from(in_shape).ok()?;
+    let [_, _, oh, ow] = <[usize; 4]>::try_from(out_shape).ok()?;
+    let [kh, kw] = c.kernel;
+    // Kernel rows (or columns) `[first, last)` that some output reaches.
+    let live =
+        |outputs: usize, stride: usize, dilation: usize, pad: usize, size: usize, k: usize| {
+            let reached = |t: usize| -> bool {
+                let (lo, hi) = valid_range(outputs, stride, t * dilation, pad, size);
+                lo < hi
+            };
+            let first = (0..k).find(|&t| reached(t))?;
+            let last = (first..k).take_while(|&t| reached(t)).last()? + 1;
+            // One run of reached taps (anything else keeps the whole kernel).
+            if (last..k).any(reached) {
+                return None;
+            }
+            Some((first, last))
+        };
+    let (y0, y1) = live(oh, c.stride[0], c.dilation[0], c.padding[0], ih, kh)?;
+    let (x0, x1) = live(ow, c.stride[1], c.dilation[1], c.padding[1], iw, kw)?;
+    if (y0, y1, x0, x1) == (0, kh, 0, kw) {
+        return None;
+    }
+    let [pt, pl, pb, pr] = c.padding;
+    // Output sizes stay: the dropped leading taps come off the leading padding, the trailing
+    // ones off the trailing padding.
+    let padding = [
+        pt.checked_sub(y0 * c.dilation[0])?,
+        pl.checked_sub(x0 * c.dilation[1])?,
+        pb.checked_sub((kh - y1) * c.dilation[0])?,
+        pr.checked_sub((kw - x1) * c.dilation[1])?,
+    ];
+    let (th, tw) = (y1 - y0, x1 - x0);
+    let mut weights = Vec::with_capacity(c.out_channels * c.group_inputs() * th * tw);
+    for filter in c.weights.chunks_exact(kh * kw) {
+        for row in filter.chunks_exact(kw).skip(y0).take(th) {
+            weights.extend_from_slice(&row[x0..x1]);
+        }
+    }
+    Some(Conv2d {
+        kernel: [th, tw],
+        padding,
+        weights,
+        bias: c.bias.clone(),
+        ..*c
+    })
+}
+
 /// Output columns `[lo, hi)` whose input column `o * stride + offset - pad` lies in `[0, size)`.
 fn valid_range(
     outputs: usize,
@@ -1096,6 +1173,68 @@ mod tests {
                     )
                     .unwrap();
                 check(&g, 20 + i as u64, -1.0, 1.0);
+            }
+        }
+    }
+
+    /// Convolutions cut to the taps some output reaches compute the same outputs and input
+    /// gradients as the whole kernels; a convolution whose every tap is reached is left as it
+    /// is.
+    #[test]
+    fn dead_taps_are_dropped_without_changing_the_function() {
+        let mut rng = SplitMix64(5);
+        // (input h × w, kernel, stride, padding, kept kernel): a 3×3 over 1×1 (its centre), a
+        // stride-2 3×3 over 2×2 (the last two rows and columns), a 5×5 over 2×3, a dilated
+        // 3×3 over 2×2, and a 3×3 over 4×4 that reaches every tap.
+        let cases = [
+            ([1, 1], [3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [1, 1]),
+            ([2, 2], [3, 3], [2, 2], [1, 1], [1, 1, 1, 1], [2, 2]),
+            ([2, 3], [5, 5], [1, 1], [1, 1], [2, 2, 2, 2], [3, 5]),
+            ([2, 2], [3, 3], [1, 1], [2, 2], [2, 2, 2, 2], [1, 1]),
+            ([4, 4], [3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [3, 3]),
+        ];
+        for (i, &(hw, k, s, d, p, kept)) in cases.iter().enumerate() {
+            let mut g = Graph::new("x", alloc::vec![1, 16, hw[0], hw[1]]);
+            let a = Activation::Relu;
+            let c1 = g.push("c1", rng.conv_op(16, 12, 1, k, s, d, p, a), &[g.input]);
+            g.output = g
+                .push(
+                    "c2",
+                    rng.conv_op(12, 8, 1, [1, 1], [1, 1], [1, 1], [0; 4], a),
+                    &[c1.unwrap()],
+                )
+                .unwrap();
+            let trimmed = without_dead_taps(g.clone());
+            trimmed.check().expect("a valid graph");
+            let Op::Conv2d(c) = &trimmed.nodes[0].op else {
+                panic!("a convolution")
+            };
+            assert_eq!(c.kernel, kept, "case {i}");
+            if kept == k {
+                assert_eq!(trimmed, g, "case {i}: left as it is");
+                continue;
+            }
+            let x = rng.vec(g.values[g.input].len() * 3, 1.0);
+            let (want, got) = (
+                forward_batch(&g, &x, 3).unwrap(),
+                forward_batch(&trimmed, &x, 3).unwrap(),
+            );
+            for (w, t) in want[g.output].iter().zip(&got[g.output]) {
+                assert!(
+                    (w - t).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "case {i}: {w} vs {t}"
+                );
+            }
+            let dy = rng.vec(g.values[g.output].len(), 1.0);
+            let (want, got) = (
+                input_gradient(&g, &x[..g.values[g.input].len()], &dy).unwrap(),
+                input_gradient(&trimmed, &x[..g.values[g.input].len()], &dy).unwrap(),
+            );
+            for (w, t) in want.iter().zip(&got) {
+                assert!(
+                    (w - t).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "case {i}: {w} vs {t}"
+                );
             }
         }
     }
