@@ -92,6 +92,7 @@ fn int8_models() -> Vec<(String, PathBuf)> {
         "mobilenet_int8.onnx",
         "cnn_pool_ort_qop.onnx",
         "cnn_pool_ort_u8.onnx",
+        "cnn_pool_ort_u8io.onnx",
         "cnn_torch_qnnpack.onnx",
     ]
     .iter()
