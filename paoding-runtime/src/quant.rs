@@ -52,10 +52,15 @@ fn srdhm(a: i32, b: i32) -> i32 {
     if a == i32::MIN && b == i32::MIN {
         return i32::MAX;
     }
+    srdhm_unsaturated(a, b)
+}
+
+/// [`srdhm`] but for its one saturating case (`a == b == i32::MIN`), which wraps here.
+#[inline(always)]
+fn srdhm_unsaturated(a: i32, b: i32) -> i32 {
     // gemmlowp's sign-dependent nudge and truncating division equal this floor (for a
     // negative product, trunc((ab + 1 - 2^30) / 2^31) = floor((ab + 2^30) / 2^31)), which is
-    // one multiply-accumulate and a shift; the quotient fits in an i32 (the one case that
-    // does not is above).
+    // one multiply-accumulate and a shift; the quotient fits in an i32 but for that case.
     ((i64::from(a) * i64::from(b) + (1 << 30)) >> 31) as i32
 }
 
@@ -167,9 +172,8 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
 pub fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
     let left = shift.max(0) as u32;
     let right = shift.wrapping_neg().max(0) as u32;
-    // srdhm without its one saturating case, which needs a multiplier of i32::MIN.
-    let high = (i64::from(x.wrapping_shl(left)) * i64::from(multiplier) + (1 << 30)) >> 31;
-    rdbp_in_range(high as i32, right)
+    // Its saturating case needs a multiplier of i32::MIN, which validation refuses.
+    rdbp_in_range(srdhm_unsaturated(x.wrapping_shl(left), multiplier), right)
 }
 
 /// TFLite's `MultiplyByQuantizedMultiplierSmallerThanOneExp` (double rounding): for a real
