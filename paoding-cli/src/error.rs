@@ -87,9 +87,9 @@ pub enum ImportError {
 
 /// The ONNX operators paoding maps, for error messages and the README.
 pub const SUPPORTED: &str =
-    "Conv (grouped and depthwise included), Gemm and MatMul with constant weights, \
-BatchNormalization, Relu, Clip, Sigmoid, Tanh, Softmax, MaxPool, AveragePool, GlobalAveragePool, \
-ReduceMean/ReduceSum/ReduceMax over H and W, Add, Sub/Mul/Div by a per-channel constant, Concat, \
+    "Conv (2-D and 1-D, grouped and depthwise included), Gemm and MatMul with constant weights, \
+BatchNormalization, Relu, Clip, Sigmoid, Tanh, Softmax, MaxPool, AveragePool, GlobalAveragePool \
+(2-D and 1-D), ReduceMean/ReduceSum/ReduceMax over H and W (or the length of [N, C, L]), Add, Sub/Mul/Div by a per-channel constant, Concat, \
 Flatten, Reshape, Squeeze/Unsqueeze, Transpose, Pad (constant), Identity, Dropout, any operator \
 whose inputs are all constants (Shape, Gather, Cast, DequantizeLinear, ...), and quantized models: \
 QuantizeLinear/DequantizeLinear (QDQ), QLinearConv, QLinearMatMul";

@@ -79,6 +79,11 @@ fn fold_once<T: Clone + PartialEq>(g: &mut Graph, tags: &mut [Option<T>]) -> boo
         // A rewrite that removes node i merges its output into its input.
         let merge = mergeable(g, tags, i);
         match g.nodes[i].op.clone() {
+            Op::Activation(_) | Op::BatchNorm(_)
+                if sole_use && commutes_with_reshape(g, tags, i, producer) =>
+            {
+                return run_before_reshape(g, i, producer.unwrap_or_default());
+            }
             Op::BatchNorm(bn) if merge && bn.is_identity() => return bypass(g, tags, i),
             Op::BatchNorm(bn) if merge && sole_use && bn.stats.is_none() => {
                 let p = producer.unwrap_or_default();
@@ -188,6 +193,41 @@ fn keeps_order(perm: &[usize], shape: &[usize]) -> bool {
     moved.windows(2).all(|w| w[0] < w[1])
 }
 
+/// Whether node `i`, an element-wise activation or a batch norm, reads an untagged reshape
+/// whose input it could read instead: any reshape for an activation, one that keeps axes 0
+/// and 1 for a batch norm (its channels). A 1-D convolution's lowering puts such reshapes
+/// between the convolution and its activation or batch norm.
+fn commutes_with_reshape<T>(
+    g: &Graph,
+    tags: &[Option<T>],
+    i: usize,
+    producer: Option<usize>,
+) -> bool {
+    let node = &g.nodes[i];
+    let Some(p) = producer.filter(|&p| matches!(g.nodes[p].op, Op::Reshape { .. })) else {
+        return false;
+    };
+    let (before, after) = (g.shape(g.nodes[p].inputs[0]), g.shape(node.inputs[0]));
+    let channels_kept = before.get(..2) == after.get(..2);
+    tags[node.inputs[0]].is_none()
+        && tags[node.output].is_none()
+        && (matches!(node.op, Op::Activation(_)) || channels_kept)
+}
+
+/// Swap node `i` with the reshape `p` it reads: `p` now applies `i`'s operator to the
+/// reshape's input and `i` reshapes the result, so the operator meets the reshape's
+/// producer (to fuse or fold into it). Names follow their operators.
+fn run_before_reshape(g: &mut Graph, i: usize, p: usize) -> bool {
+    let (u, v) = (g.nodes[p].inputs[0], g.nodes[p].output);
+    let out_shape = g.shape(g.nodes[i].output).to_vec();
+    g.values[v].shape = g.shape(u).to_vec();
+    let op = core::mem::replace(&mut g.nodes[i].op, Op::Reshape { shape: out_shape });
+    g.nodes[p].op = op;
+    let name = core::mem::take(&mut g.nodes[i].name);
+    g.nodes[i].name = core::mem::replace(&mut g.nodes[p].name, name);
+    true
+}
+
 /// Remove node `i`, whose output equals its first input, rewiring its readers.
 fn bypass<T: Clone>(g: &mut Graph, tags: &mut [Option<T>], i: usize) -> bool {
     let node = g.nodes.remove(i);
@@ -245,4 +285,117 @@ fn remove_dead<T: Clone>(g: &mut Graph, tags: &mut Vec<Option<T>>) {
     }
     g.input = map(g.input);
     g.output = map(g.output);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Conv2d, Pool};
+    use alloc::vec;
+
+    fn conv(cin: usize, cout: usize) -> Op {
+        Op::Conv2d(Conv2d {
+            out_channels: cout,
+            in_channels: cin,
+            kernel: [1, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            padding: [0, 1, 0, 1],
+            groups: 1,
+            weights: (0..cout * cin * 3)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect(),
+            bias: (0..cout).map(|i| i as f32 * 0.1 - 0.2).collect(),
+            activation: Activation::Identity,
+        })
+    }
+
+    /// A 1-D convolution as the importer lowers it, `[1, 2, 6]` viewed as `[1, 2, 1, 6]`:
+    /// the reshapes between the convolution, its batch norm, its ReLU and the next pool give
+    /// way, so the batch norm folds and the ReLU fuses, computing the same function.
+    #[test]
+    fn activations_and_batch_norms_move_before_reshapes_to_reach_their_convolution() {
+        let mut g = Graph::new("x", vec![1, 2, 6]);
+        let x = g.push(
+            "as_2d",
+            Op::Reshape {
+                shape: vec![1, 2, 1, 6],
+            },
+            &[g.input],
+        );
+        let c = g.push("conv", conv(2, 3), &[x.unwrap()]);
+        let c = g.push(
+            "as_1d",
+            Op::Reshape {
+                shape: vec![1, 3, 6],
+            },
+            &[c.unwrap()],
+        );
+        let bn = BatchNorm::affine(vec![2.0, -1.0, 0.5], vec![0.1, 0.2, -0.3]);
+        let n = g.push("bn", Op::BatchNorm(bn), &[c.unwrap()]);
+        let r = g.push("relu", Op::Activation(Activation::Relu), &[n.unwrap()]);
+        let p = g.push(
+            "pool.as_2d",
+            Op::Reshape {
+                shape: vec![1, 3, 1, 6],
+            },
+            &[r.unwrap()],
+        );
+        let pool = Pool {
+            kernel: [1, 2],
+            stride: [1, 2],
+            padding: [0; 4],
+            count_include_pad: false,
+        };
+        let p = g.push("pool", Op::MaxPool(pool), &[p.unwrap()]);
+        g.output = g
+            .push("flat", Op::Reshape { shape: vec![1, 9] }, &[p.unwrap()])
+            .unwrap();
+        let x: Vec<f32> = (0..12).map(|i| (i as f32 * 0.71).cos()).collect();
+        let before = crate::interp::run(&g, &x).unwrap();
+        simplify(&mut g).unwrap();
+        let ops: Vec<&Op> = g.nodes.iter().map(|n| &n.op).collect();
+        assert!(
+            matches!(
+                ops[..],
+                [
+                    Op::Reshape { .. },
+                    Op::Conv2d(Conv2d {
+                        activation: Activation::Relu,
+                        ..
+                    }),
+                    Op::MaxPool(_),
+                    Op::Reshape { .. }
+                ]
+            ),
+            "{ops:?}"
+        );
+        assert_eq!(g.nodes[1].name, "conv");
+        let after = crate::interp::run(&g, &x).unwrap();
+        for (a, b) in before.iter().zip(&after) {
+            assert!((a - b).abs() <= 1e-6, "{before:?} vs {after:?}");
+        }
+    }
+
+    /// A batch norm after a reshape that merges its channels into other axes stays where it
+    /// is (its scales are per channel of its own input).
+    #[test]
+    fn a_batch_norm_stays_after_a_reshape_that_moves_its_channels() {
+        let mut g = Graph::new("x", vec![1, 2, 1, 3]);
+        let c = g.push("conv", conv(2, 2), &[g.input]).unwrap();
+        let f = g
+            .push("flat", Op::Reshape { shape: vec![1, 6] }, &[c])
+            .unwrap();
+        let bn = BatchNorm::affine((0..6).map(|i| i as f32).collect(), vec![0.0; 6]);
+        g.output = g.push("bn", Op::BatchNorm(bn), &[f]).unwrap();
+        simplify(&mut g).unwrap();
+        assert!(
+            matches!(
+                g.nodes.iter().map(|n| &n.op).collect::<Vec<_>>()[..],
+                [Op::Conv2d(_), Op::Reshape { .. }, Op::BatchNorm(_)]
+            ),
+            "{:?}",
+            g.nodes
+        );
+    }
 }

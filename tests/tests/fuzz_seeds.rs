@@ -139,6 +139,32 @@ fn onnx_seeds() -> Vec<(&'static str, Vec<u8>)> {
         .node("Reshape", &["t", "shape"], "r", &[]);
     out.push(("pad_concat_transpose", b.encode("r")));
 
+    // A 1-D CNN over [N, C, L]: lowered to 2-D layers over one row.
+    let mut b = OnnxBuilder::new(&[1, 2, 12], 13);
+    b.weight("w1", &[3, 2, 3], w(18, 40))
+        .weight("b1", &[3], w(3, 41))
+        .weight("wd", &[2, 3], w(6, 42));
+    b.node(
+        "Conv",
+        &["x", "w1", "b1"],
+        "c",
+        &[("pads", Attr::Ints(vec![1, 1]))],
+    )
+    .node("Relu", &["c"], "r", &[])
+    .node(
+        "MaxPool",
+        &["r"],
+        "p",
+        &[
+            ("kernel_shape", Attr::Ints(vec![2])),
+            ("strides", Attr::Ints(vec![2])),
+        ],
+    )
+    .node("GlobalAveragePool", &["p"], "g", &[])
+    .node("Flatten", &["g"], "f", &[])
+    .node("Gemm", &["f", "wd"], "y", &[("transB", Attr::Int(1))]);
+    out.push(("conv1d_pool_gap", b.encode("y")));
+
     // A quantized (QDQ) dense layer: int8 weights per output channel, int32 biases, the
     // input and the ReLU's output quantized.
     let tensor = |name: &str, dims: &[i64], data_type: i32, raw: Vec<u8>| pb::TensorProto {

@@ -224,3 +224,149 @@ fn nhwc_inputs_with_a_transpose_in_front_of_the_first_conv_match_tract() {
         "NHWC transpose -> conv -> transpose -> flatten -> matmul+add",
     );
 }
+
+/// 1-D convolutions and pools over `[N, C, L]` (sensor and audio models): every padding,
+/// stride, dilation and group configuration, SAME padding, ceil mode, both averages and a
+/// global average, against tract; and the import keeps one 2-D layer per 1-D one, its
+/// activation and batch norm fused (the reshapes the lowering adds collapse into the input's).
+#[test]
+fn one_dimensional_convolutions_and_pools_match_tract() {
+    let mut seed = 300;
+    for (cin, cout, groups) in [(3, 4, 1), (4, 4, 4), (4, 6, 2)] {
+        for (k, stride, dilation) in [(1, 1, 1), (3, 1, 1), (5, 2, 1), (3, 1, 2)] {
+            for pads in [[0, 0], [1, 1], [2, 0]] {
+                seed += 1;
+                let mut b = OnnxBuilder::new(&[1, cin, 17], 13);
+                let w_len = (cout * cin / groups * k) as usize;
+                b.weight(
+                    "W",
+                    &[cout, cin / groups, k],
+                    seeded_uniform(w_len, seed, -1.0, 1.0),
+                );
+                b.weight(
+                    "B",
+                    &[cout],
+                    seeded_uniform(cout as usize, seed + 1, -1.0, 1.0),
+                );
+                b.node(
+                    "Conv",
+                    &["x", "W", "B"],
+                    "y",
+                    &[
+                        ("kernel_shape", Attr::Ints(vec![k])),
+                        ("strides", Attr::Ints(vec![stride])),
+                        ("dilations", Attr::Ints(vec![dilation])),
+                        ("pads", Attr::Ints(pads.to_vec())),
+                        ("group", Attr::Int(groups)),
+                    ],
+                );
+                let what = format!(
+                    "conv1d {cin}->{cout} g{groups} k{k} s{stride} d{dilation} pads {pads:?}"
+                );
+                check(&b, "y", &[1, cin as usize, 17], &what);
+            }
+        }
+    }
+    let mut b = OnnxBuilder::new(&[1, 2, 16], 13);
+    b.weight("W", &[3, 2, 4], seeded_uniform(24, 7, -1.0, 1.0));
+    b.node(
+        "Conv",
+        &["x", "W"],
+        "y",
+        &[
+            ("auto_pad", Attr::Str("SAME_UPPER")),
+            ("strides", Attr::Ints(vec![3])),
+        ],
+    );
+    check(&b, "y", &[1, 2, 16], "conv1d SAME_UPPER stride 3");
+    for (op, extra) in [
+        ("MaxPool", None),
+        ("MaxPool", Some(("ceil_mode", 1))),
+        ("AveragePool", Some(("count_include_pad", 0))),
+        ("AveragePool", Some(("count_include_pad", 1))),
+    ] {
+        let mut b = OnnxBuilder::new(&[1, 3, 15], 13);
+        let mut attrs = vec![
+            ("kernel_shape", Attr::Ints(vec![3])),
+            ("strides", Attr::Ints(vec![2])),
+            ("pads", Attr::Ints(vec![1, 1])),
+        ];
+        if let Some((name, v)) = extra {
+            attrs.push((name, Attr::Int(v)));
+        }
+        b.node(op, &["x"], "y", &attrs);
+        check(&b, "y", &[1, 3, 15], &format!("{op} 1-D {extra:?}"));
+    }
+    // Conv1d + BatchNorm1d + ReLU -> MaxPool1d -> global average -> flatten -> dense: one
+    // convolution (batch norm folded, ReLU fused), one pool, one average, one dense.
+    let mut b = OnnxBuilder::new(&[1, 2, 20], 13);
+    b.weight("W", &[4, 2, 3], seeded_uniform(24, 31, -1.0, 1.0));
+    b.node(
+        "Conv",
+        &["x", "W"],
+        "c",
+        &[("pads", Attr::Ints(vec![1, 1]))],
+    );
+    b.weight("s", &[4], seeded_uniform(4, 32, 0.5, 1.5));
+    b.weight("t", &[4], seeded_uniform(4, 33, -0.5, 0.5));
+    b.weight("m", &[4], seeded_uniform(4, 34, -0.2, 0.2));
+    b.weight("v", &[4], seeded_uniform(4, 35, 0.5, 1.5));
+    b.node("BatchNormalization", &["c", "s", "t", "m", "v"], "n", &[]);
+    b.node("Relu", &["n"], "r", &[]);
+    b.node(
+        "MaxPool",
+        &["r"],
+        "p",
+        &[
+            ("kernel_shape", Attr::Ints(vec![2])),
+            ("strides", Attr::Ints(vec![2])),
+        ],
+    );
+    b.node("GlobalAveragePool", &["p"], "g", &[]);
+    b.node("Flatten", &["g"], "f", &[]);
+    b.weight("D", &[3, 4], seeded_uniform(12, 36, -1.0, 1.0));
+    b.weight("DB", &[3], seeded_uniform(3, 37, -1.0, 1.0));
+    b.node("Gemm", &["f", "D", "DB"], "y", &[("transB", Attr::Int(1))]);
+    check(
+        &b,
+        "y",
+        &[1, 2, 20],
+        "conv1d + batch norm + relu + pool + average + dense",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, b.encode("y")).expect("write");
+    let g = import_onnx(&path).expect("imports").graph;
+    let ops: Vec<String> = g
+        .nodes
+        .iter()
+        .map(|n| {
+            let op = format!("{:?}", n.op);
+            op.split(['(', ' ', '{'])
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "Reshape",
+            "Conv2d",
+            "MaxPool",
+            "GlobalAveragePool",
+            "Reshape",
+            "Dense"
+        ],
+        "{:?}",
+        g.nodes.iter().map(|n| &n.op).collect::<Vec<_>>()
+    );
+    let conv = g.nodes.iter().find_map(|n| match &n.op {
+        paoding_core::ir::Op::Conv2d(c) => Some(c),
+        _ => None,
+    });
+    assert_eq!(
+        conv.map(|c| (c.kernel, c.activation)),
+        Some(([1, 3], paoding_core::ir::Activation::Relu))
+    );
+}

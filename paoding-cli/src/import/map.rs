@@ -18,7 +18,9 @@ use tract_onnx::tract_core::ops::array::{Pad, PadMode, TypedConcat};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec, SumPool};
+use tract_onnx::tract_core::ops::cnn::{
+    Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool,
+};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::identity::Identity;
@@ -634,18 +636,19 @@ impl Mapper<'_> {
                 return Err(self.unsupported(id, &format!("casts activations to {:?}", cast.to)));
             }
             return Ok(x);
+        } else if windowed_spec(op.as_ref()).is_some_and(|s| s.kernel_shape.len() == 1) {
+            // A 1-D convolution or pooling ([N, C, L]) is the 2-D one over [N, C, 1, L],
+            // between two reshapes (views: the runtime moves no byte for them).
+            return self.one_dimensional(id, inputs, x, &x_shape);
         } else if let Some(conv) = op.downcast_ref::<Conv>() {
-            self.conv(id, conv, inputs, &x_shape)?
+            let out = self.output_shape(id)?;
+            self.conv(id, conv, &conv.pool_spec, inputs, &x_shape, &out)?
         } else if let Some(pool) = op.downcast_ref::<MaxPool>() {
-            if pool.with_index_outputs.is_some() {
-                return Err(self.unsupported(id, "returns indices"));
-            }
-            Op::MaxPool(self.pool(id, &pool.pool_spec, &x_shape, false)?)
+            let out = self.output_shape(id)?;
+            Op::MaxPool(self.max_pool(id, pool, &pool.pool_spec, &x_shape, &out)?)
         } else if let Some(pool) = op.downcast_ref::<SumPool>() {
-            if !pool.normalize {
-                return Err(self.unsupported(id, "sums without averaging"));
-            }
-            Op::AveragePool(self.pool(id, &pool.pool_spec, &x_shape, pool.count_include_pad)?)
+            let out = self.output_shape(id)?;
+            Op::AveragePool(self.average_pool(id, pool, &pool.pool_spec, &x_shape, &out)?)
         } else if let Some(reduce) = op.downcast_ref::<Reduce>() {
             return self.reduce(id, reduce, x, &x_shape);
         } else if let Some(bin) = op.downcast_ref::<TypedBinOp>() {
@@ -703,6 +706,18 @@ impl Mapper<'_> {
         if let Some(v) = self.merge_batch_norm(&name, &op, inputs) {
             return Ok(v);
         }
+        self.push_as(id, name, op, inputs)
+    }
+
+    /// [`Self::push`] under another name, without the batch-norm merge: the last node of a
+    /// lowering that takes several.
+    fn push_as(
+        &mut self,
+        id: usize,
+        name: String,
+        op: Op,
+        inputs: &[ValueId],
+    ) -> Result<ValueId, ImportError> {
         let expected = self.output_shape(id)?;
         let v = self
             .graph
@@ -767,22 +782,27 @@ impl Mapper<'_> {
             .ok_or_else(|| self.unsupported(id, "has a dynamic output shape"))
     }
 
+    /// A 2-D convolution, `spec` its geometry (the op's own, or a 1-D one's lifted to 2-D
+    /// with [`lift_to_2d`]), `out` its output shape.
     fn conv(
         &self,
         id: usize,
         conv: &Conv,
+        spec: &PoolSpec,
         inputs: &[Mapped],
         x_shape: &[usize],
+        out: &[usize],
     ) -> Result<Op, ImportError> {
         if conv.q_params.is_some() {
             return Err(self.unsupported(id, "is quantized"));
         }
-        let spec = &conv.pool_spec;
         if spec.data_format != DataFormat::NCHW
             || spec.kernel_shape.len() != 2
             || x_shape.len() != 4
         {
-            return Err(self.unsupported(id, "is not a 2-D NCHW convolution"));
+            return Err(
+                self.unsupported(id, "is not a 1-D or 2-D convolution over [N, C, L] or NCHW")
+            );
         }
         let (Some(Mapped::Const(kernel)), Some(Mapped::Const(bias))) =
             (inputs.get(1), inputs.get(2))
@@ -824,7 +844,7 @@ impl Mapper<'_> {
         };
         let dilation = spec.dilations.as_ref().map_or([1, 1], |d| [d[0], d[1]]);
         let stride = spec.strides.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
-        let padding = self.padding(id, spec, x_shape, [kh, kw], dilation, stride)?;
+        let padding = padding(spec, x_shape, out, [kh, kw], dilation, stride);
         Ok(Op::Conv2d(Conv2d {
             out_channels: out_c,
             in_channels: x_shape[1],
@@ -839,18 +859,48 @@ impl Mapper<'_> {
         }))
     }
 
+    fn max_pool(
+        &self,
+        id: usize,
+        pool: &MaxPool,
+        spec: &PoolSpec,
+        x_shape: &[usize],
+        out: &[usize],
+    ) -> Result<Pool, ImportError> {
+        if pool.with_index_outputs.is_some() {
+            return Err(self.unsupported(id, "returns indices"));
+        }
+        self.pool(id, spec, x_shape, out, false)
+    }
+
+    fn average_pool(
+        &self,
+        id: usize,
+        pool: &SumPool,
+        spec: &PoolSpec,
+        x_shape: &[usize],
+        out: &[usize],
+    ) -> Result<Pool, ImportError> {
+        if !pool.normalize {
+            return Err(self.unsupported(id, "sums without averaging"));
+        }
+        self.pool(id, spec, x_shape, out, pool.count_include_pad)
+    }
+
+    /// A 2-D pooling, `spec` and `out` as for [`Self::conv`].
     fn pool(
         &self,
         id: usize,
         spec: &PoolSpec,
         x_shape: &[usize],
+        out: &[usize],
         count_include_pad: bool,
     ) -> Result<Pool, ImportError> {
         if spec.data_format != DataFormat::NCHW
             || spec.kernel_shape.len() != 2
             || x_shape.len() != 4
         {
-            return Err(self.unsupported(id, "is not a 2-D NCHW pooling"));
+            return Err(self.unsupported(id, "is not a 1-D or 2-D pooling over [N, C, L] or NCHW"));
         }
         if spec
             .dilations
@@ -861,7 +911,7 @@ impl Mapper<'_> {
         }
         let kernel = [spec.kernel_shape[0], spec.kernel_shape[1]];
         let stride = spec.strides.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
-        let padding = self.padding(id, spec, x_shape, kernel, [1, 1], stride)?;
+        let padding = padding(spec, x_shape, out, kernel, [1, 1], stride);
         Ok(Pool {
             kernel,
             stride,
@@ -870,29 +920,86 @@ impl Mapper<'_> {
         })
     }
 
-    /// Explicit padding (top, left, bottom, right) that reproduces tract's output size, so
-    /// SAME padding and ONNX's ceil mode become plain padding.
-    fn padding(
-        &self,
+    /// A 1-D convolution or pooling (`spec`, over `[N, C, L]`): the 2-D op over
+    /// `[N, C, 1, L]` between two reshapes, the op keeping the file's name. The kernel's
+    /// values keep their order (a unit axis moves none), in every layout tract holds them in.
+    fn one_dimensional(
+        &mut self,
         id: usize,
-        spec: &PoolSpec,
-        x: &[usize],
-        kernel: [usize; 2],
-        dilation: [usize; 2],
-        stride: [usize; 2],
-    ) -> Result<[usize; 4], ImportError> {
-        let computed = spec.padding.compute(&x[2..4], &kernel, &dilation, &stride);
-        let out = self.output_shape(id)?;
-        let mut pads = [0usize; 4];
-        for axis in 0..2 {
-            let before = computed[axis].pad_before;
-            let span = dilation[axis] * (kernel[axis] - 1) + 1;
-            let needed = ((out[2 + axis].max(1) - 1) * stride[axis] + span)
-                .saturating_sub(x[2 + axis] + before);
-            pads[axis] = before;
-            pads[axis + 2] = needed.max(computed[axis].pad_after);
+        inputs: &[Mapped],
+        x: ValueId,
+        x_shape: &[usize],
+    ) -> Result<ValueId, ImportError> {
+        let op = self.typed.node(id).op.as_ref();
+        let Some(spec) = windowed_spec(op) else {
+            return Err(self.unsupported(id, ""));
+        };
+        if spec.data_format != DataFormat::NCHW || x_shape.len() != 3 {
+            return Err(self.unsupported(id, "is not a 1-D convolution or pooling over [N, C, L]"));
         }
-        Ok(pads)
+        let out = self.output_shape(id)?;
+        let &[n, c, l] = x_shape else {
+            return Err(self.unsupported(id, "has no length axis"));
+        };
+        let x4 = [n, c, 1, l];
+        let out4: Vec<usize> = match out[..] {
+            [n, c, l] => vec![n, c, 1, l],
+            _ => return Err(self.unsupported(id, "does not keep three axes")),
+        };
+        let spec = lift_to_2d(spec);
+        let lowered = if let Some(conv) = op.downcast_ref::<Conv>() {
+            self.conv(id, conv, &spec, inputs, &x4, &out4)?
+        } else if let Some(pool) = op.downcast_ref::<MaxPool>() {
+            Op::MaxPool(self.max_pool(id, pool, &spec, &x4, &out4)?)
+        } else if let Some(pool) = op.downcast_ref::<SumPool>() {
+            Op::AveragePool(self.average_pool(id, pool, &spec, &x4, &out4)?)
+        } else {
+            return Err(self.unsupported(id, ""));
+        };
+        let (row, _) = self.as_row(id, x, x_shape)?;
+        self.push_lowered(id, lowered, row)
+    }
+
+    /// `x` (`[N, C, L]`) viewed as `[N, C, 1, L]` for node `id`'s 2-D form, and that shape.
+    fn as_row(
+        &mut self,
+        id: usize,
+        x: ValueId,
+        x_shape: &[usize],
+    ) -> Result<(ValueId, Vec<usize>), ImportError> {
+        let &[n, c, l] = x_shape else {
+            return Err(self.unsupported(id, "has no length axis"));
+        };
+        let shape = vec![n, c, 1, l];
+        let name = format!("{}.as_2d", self.typed.node(id).name);
+        let op = Op::Reshape {
+            shape: shape.clone(),
+        };
+        Ok((self.push_inner(name, op, &[x])?, shape))
+    }
+
+    /// The end of a 1-D op's 2-D form: `op` under the file's name, then the reshape back to
+    /// tract's shape (checked).
+    fn push_lowered(&mut self, id: usize, op: Op, input: ValueId) -> Result<ValueId, ImportError> {
+        let name = self.typed.node(id).name.clone();
+        let v = self.push_inner(name.clone(), op, &[input])?;
+        let shape = self.output_shape(id)?;
+        self.push_as(id, format!("{name}.as_1d"), Op::Reshape { shape }, &[v])
+    }
+
+    /// A node inside a lowering, whose shape tract does not know.
+    fn push_inner(
+        &mut self,
+        name: String,
+        op: Op,
+        inputs: &[ValueId],
+    ) -> Result<ValueId, ImportError> {
+        self.graph
+            .push(name, op, inputs)
+            .map_err(|source| ImportError::Graph {
+                path: self.path.to_path_buf(),
+                source,
+            })
     }
 
     fn reduce(
@@ -904,27 +1011,39 @@ impl Mapper<'_> {
     ) -> Result<ValueId, ImportError> {
         let mut axes = reduce.axes.to_vec();
         axes.sort_unstable();
+        if let ([_, _, _], [2]) = (x_shape, &axes[..]) {
+            // Over the length of [N, C, L]: the same over [N, C, 1, L].
+            let (x, shape) = self.as_row(id, x, x_shape)?;
+            return self.reduce_plane(id, reduce, x, &shape, true);
+        }
         if x_shape.len() != 4 || axes != [2, 3] {
             return Err(self.unsupported(
                 id,
                 &format!("reduces axes {axes:?}; paoding reduces over H and W of NCHW"),
             ));
         }
+        self.reduce_plane(id, reduce, x, x_shape, false)
+    }
+
+    /// A reduction over H and W of `x` (NCHW); `lifted` when `x` is a 1-D value made 2-D
+    /// (the result then goes back to tract's three axes).
+    fn reduce_plane(
+        &mut self,
+        id: usize,
+        reduce: &Reduce,
+        x: ValueId,
+        x_shape: &[usize],
+        lifted: bool,
+    ) -> Result<ValueId, ImportError> {
         let (h, w) = (x_shape[2], x_shape[3]);
-        match reduce.reducer {
+        let (op, input) = match reduce.reducer {
             Reducer::Sum => {
                 let name = format!("{}.mean", self.typed.node(id).name);
-                let mean =
-                    self.graph
-                        .push(name, Op::GlobalAveragePool, &[x])
-                        .map_err(|source| ImportError::Graph {
-                            path: self.path.to_path_buf(),
-                            source,
-                        })?;
+                let mean = self.push_inner(name, Op::GlobalAveragePool, &[x])?;
                 // tract expresses ReduceMean as a sum and a division; the division folds back.
                 let scale = (h * w) as f32;
                 let affine = BatchNorm::affine(vec![scale; x_shape[1]], vec![0.0; x_shape[1]]);
-                self.push(id, Op::BatchNorm(affine), &[mean])
+                (Op::BatchNorm(affine), mean)
             }
             Reducer::Max => {
                 let pool = Pool {
@@ -933,9 +1052,14 @@ impl Mapper<'_> {
                     padding: [0; 4],
                     count_include_pad: false,
                 };
-                self.push(id, Op::MaxPool(pool), &[x])
+                (Op::MaxPool(pool), x)
             }
-            _ => Err(self.unsupported(id, &format!("reduces with {:?}", reduce.reducer))),
+            _ => return Err(self.unsupported(id, &format!("reduces with {:?}", reduce.reducer))),
+        };
+        if lifted {
+            self.push_lowered(id, op, input)
+        } else {
+            self.push(id, op, &[input])
         }
     }
 
@@ -1117,6 +1241,64 @@ impl Mapper<'_> {
             node,
             detail,
         }
+    }
+}
+
+/// Explicit padding (top, left, bottom, right) that reproduces tract's output size `out`, so
+/// SAME padding and ONNX's ceil mode become plain padding.
+fn padding(
+    spec: &PoolSpec,
+    x: &[usize],
+    out: &[usize],
+    kernel: [usize; 2],
+    dilation: [usize; 2],
+    stride: [usize; 2],
+) -> [usize; 4] {
+    let computed = spec.padding.compute(&x[2..4], &kernel, &dilation, &stride);
+    let mut pads = [0usize; 4];
+    for axis in 0..2 {
+        let before = computed[axis].pad_before;
+        let span = dilation[axis] * (kernel[axis] - 1) + 1;
+        let needed =
+            ((out[2 + axis].max(1) - 1) * stride[axis] + span).saturating_sub(x[2 + axis] + before);
+        pads[axis] = before;
+        pads[axis + 2] = needed.max(computed[axis].pad_after);
+    }
+    pads
+}
+
+/// The geometry of a convolution or pooling op.
+fn windowed_spec(op: &dyn TypedOp) -> Option<&PoolSpec> {
+    if let Some(c) = op.downcast_ref::<Conv>() {
+        Some(&c.pool_spec)
+    } else if let Some(p) = op.downcast_ref::<MaxPool>() {
+        Some(&p.pool_spec)
+    } else {
+        op.downcast_ref::<SumPool>().map(|p| &p.pool_spec)
+    }
+}
+
+/// A 1-D window's geometry over `[N, C, L]` as the 2-D one over `[N, C, 1, L]`: a unit
+/// kernel row, stride, dilation and no padding along the new axis.
+fn lift_to_2d(spec: &PoolSpec) -> PoolSpec {
+    let unit_first = |v: &[usize], first: usize| -> TVec<usize> {
+        std::iter::once(first).chain(v.iter().copied()).collect()
+    };
+    let padding = match &spec.padding {
+        PaddingSpec::Explicit(before, after) => {
+            PaddingSpec::Explicit(unit_first(before, 0), unit_first(after, 0))
+        }
+        PaddingSpec::ExplicitOnnxPool(before, after, ceil) => {
+            PaddingSpec::ExplicitOnnxPool(unit_first(before, 0), unit_first(after, 0), *ceil)
+        }
+        other => other.clone(),
+    };
+    PoolSpec {
+        kernel_shape: unit_first(&spec.kernel_shape, 1),
+        padding,
+        dilations: spec.dilations.as_ref().map(|d| unit_first(d, 1)),
+        strides: spec.strides.as_ref().map(|s| unit_first(s, 1)),
+        ..spec.clone()
     }
 }
 
