@@ -293,21 +293,12 @@ mod tests {
     use crate::ir::{Conv2d, Pool};
     use alloc::vec;
 
+    /// A 3x3 convolution (over a one-row image, only its middle row meets inputs).
     fn conv(cin: usize, cout: usize) -> Op {
-        Op::Conv2d(Conv2d {
-            out_channels: cout,
-            in_channels: cin,
-            kernel: [1, 3],
-            stride: [1, 1],
-            dilation: [1, 1],
-            padding: [0, 1, 0, 1],
-            groups: 1,
-            weights: (0..cout * cin * 3)
-                .map(|i| (i as f32 * 0.37).sin())
-                .collect(),
-            bias: (0..cout).map(|i| i as f32 * 0.1 - 0.2).collect(),
-            activation: Activation::Identity,
-        })
+        let weights = (0..cout * cin * 9)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        Conv2d::same_3x3(cin, cout, 1, weights)
     }
 
     /// A 1-D convolution as the importer lowers it, `[1, 2, 6]` viewed as `[1, 2, 1, 6]`:

@@ -23,6 +23,42 @@ fn check(builder: &OnnxBuilder, output: &str, input_shape: &[usize], what: &str)
     }
 }
 
+/// One convolution with bias over `input` (`[1, C, ...]`): `geometry` is the kernel shape,
+/// strides and dilations, one value per spatial axis; weights seeded by `seed`.
+fn conv_model<const D: usize>(
+    input: &[i64],
+    cout: i64,
+    groups: i64,
+    geometry: [[i64; D]; 3],
+    pads: &[i64],
+    seed: u64,
+) -> OnnxBuilder {
+    let [kernel, strides, dilations] = geometry;
+    let cin = input[1];
+    let mut b = OnnxBuilder::new(input, 13);
+    let w_dims: Vec<i64> = [cout, cin / groups].into_iter().chain(kernel).collect();
+    let w_len = w_dims.iter().product::<i64>() as usize;
+    b.weight("W", &w_dims, seeded_uniform(w_len, seed, -1.0, 1.0));
+    b.weight(
+        "B",
+        &[cout],
+        seeded_uniform(cout as usize, seed + 1, -1.0, 1.0),
+    );
+    b.node(
+        "Conv",
+        &["x", "W", "B"],
+        "y",
+        &[
+            ("kernel_shape", Attr::Ints(kernel.to_vec())),
+            ("strides", Attr::Ints(strides.to_vec())),
+            ("dilations", Attr::Ints(dilations.to_vec())),
+            ("pads", Attr::Ints(pads.to_vec())),
+            ("group", Attr::Int(groups)),
+        ],
+    );
+    b
+}
+
 #[test]
 fn convolutions_in_every_configuration_match_tract() {
     let mut seed = 100;
@@ -30,30 +66,8 @@ fn convolutions_in_every_configuration_match_tract() {
         for (k, stride, dilation) in [(1, 1, 1), (3, 1, 1), (3, 2, 1), (3, 1, 2), (2, 2, 1)] {
             for pads in [[0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 2, 0]] {
                 seed += 1;
-                let mut b = OnnxBuilder::new(&[1, cin, 9, 7], 13);
-                let w_len = (cout * cin / groups * k * k) as usize;
-                b.weight(
-                    "W",
-                    &[cout, cin / groups, k, k],
-                    seeded_uniform(w_len, seed, -1.0, 1.0),
-                );
-                b.weight(
-                    "B",
-                    &[cout],
-                    seeded_uniform(cout as usize, seed + 1, -1.0, 1.0),
-                );
-                b.node(
-                    "Conv",
-                    &["x", "W", "B"],
-                    "y",
-                    &[
-                        ("kernel_shape", Attr::Ints(vec![k, k])),
-                        ("strides", Attr::Ints(vec![stride, stride])),
-                        ("dilations", Attr::Ints(vec![dilation, dilation])),
-                        ("pads", Attr::Ints(pads.to_vec())),
-                        ("group", Attr::Int(groups)),
-                    ],
-                );
+                let geometry = [[k, k], [stride, stride], [dilation, dilation]];
+                let b = conv_model(&[1, cin, 9, 7], cout, groups, geometry, &pads, seed);
                 let what = format!(
                     "conv {cin}->{cout} g{groups} k{k} s{stride} d{dilation} pads {pads:?}"
                 );
@@ -236,30 +250,8 @@ fn one_dimensional_convolutions_and_pools_match_tract() {
         for (k, stride, dilation) in [(1, 1, 1), (3, 1, 1), (5, 2, 1), (3, 1, 2)] {
             for pads in [[0, 0], [1, 1], [2, 0]] {
                 seed += 1;
-                let mut b = OnnxBuilder::new(&[1, cin, 17], 13);
-                let w_len = (cout * cin / groups * k) as usize;
-                b.weight(
-                    "W",
-                    &[cout, cin / groups, k],
-                    seeded_uniform(w_len, seed, -1.0, 1.0),
-                );
-                b.weight(
-                    "B",
-                    &[cout],
-                    seeded_uniform(cout as usize, seed + 1, -1.0, 1.0),
-                );
-                b.node(
-                    "Conv",
-                    &["x", "W", "B"],
-                    "y",
-                    &[
-                        ("kernel_shape", Attr::Ints(vec![k])),
-                        ("strides", Attr::Ints(vec![stride])),
-                        ("dilations", Attr::Ints(vec![dilation])),
-                        ("pads", Attr::Ints(pads.to_vec())),
-                        ("group", Attr::Int(groups)),
-                    ],
-                );
+                let geometry = [[k], [stride], [dilation]];
+                let b = conv_model(&[1, cin, 17], cout, groups, geometry, &pads, seed);
                 let what = format!(
                     "conv1d {cin}->{cout} g{groups} k{k} s{stride} d{dilation} pads {pads:?}"
                 );
