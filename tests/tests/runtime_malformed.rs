@@ -4,6 +4,8 @@
 //! be an `Err` (or, where a corruption still describes a valid model, run without panicking) —
 //! never a panic, never an out-of-bounds read.
 
+use std::path::Path;
+
 use paoding_cli::import::import_onnx;
 use paoding_core::{
     blob,
@@ -959,4 +961,35 @@ fn run_and_run_i8_take_the_blob_s_io_dtype() {
     c[88..90].copy_from_slice(&[1, 1]);
     fix_crc(&mut c);
     assert!(Model::from_bytes(&c).is_err());
+}
+
+/// The fuzzers' runtime findings (`fuzz/regressions/runtime/`), replayed as the target runs
+/// them (as they are, and with their CRC recomputed): each once panicked.
+/// `int8-window-band-above-the-input.pdg`: an int8 convolution whose first band of output rows
+/// reads only padding rows above the input; the host kernel computed the band's first input
+/// row by a wrapping subtraction, then multiplied it by the row length, which overflowed (a
+/// panic with overflow checks, as the fuzz build and debug builds have them).
+#[test]
+fn fuzz_regressions_do_not_panic() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/runtime");
+    let mut found = 0;
+    for entry in std::fs::read_dir(&dir).expect("regressions folder") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("read");
+        // 16-aligned, as the fuzz target and firmware place a blob.
+        let mut words = vec![0u128; bytes.len().div_ceil(16)];
+        // SAFETY: u128 storage is valid as bytes; the view borrows `words` mutably.
+        let aligned = unsafe {
+            std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 16)
+        };
+        aligned[..bytes.len()].copy_from_slice(&bytes);
+        let blob = &mut aligned[..bytes.len()];
+        let _ = exercise(blob);
+        if blob.len() >= paoding_runtime::format::HEADER_LEN {
+            fix_crc(blob);
+            let _ = exercise(blob);
+        }
+        found += 1;
+    }
+    assert!(found >= 1, "{}", dir.display());
 }

@@ -450,9 +450,11 @@ unsafe fn row(
     let whole = loops(g.kw);
     let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
     // Input row and weights of kernel row ky0, and their steps per kernel row.
-    let x_top = planes
-        .as_ptr()
-        .wrapping_add((oy * g.sy + ky0 * g.dy).wrapping_sub(g.pt) * g.iw);
+    let x_top = planes.as_ptr().wrapping_add(
+        (oy * g.sy + ky0 * g.dy)
+            .wrapping_sub(g.pt)
+            .wrapping_mul(g.iw),
+    );
     let w_top = f.w.as_ptr().wrapping_add(ky0 * g.kw * gi * c);
     let (x_step, w_step) = (g.dy * g.iw, g.kw * gi * c);
     let span = (g.kw - 1) * g.dx;

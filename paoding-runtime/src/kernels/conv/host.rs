@@ -333,9 +333,11 @@ unsafe fn blocks_of<const T: usize>(
     let (x_row, w_row) = (g.dy * g.iw, g.kw * gi * C);
     for oy in 0..g.oh {
         let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
-        let x_top = planes
-            .as_ptr()
-            .wrapping_add((oy * g.sy + ky0 * g.dy).wrapping_sub(g.pt) * g.iw);
+        let x_top = planes.as_ptr().wrapping_add(
+            (oy * g.sy + ky0 * g.dy)
+                .wrapping_sub(g.pt)
+                .wrapping_mul(g.iw),
+        );
         let w_top = w.as_ptr().wrapping_add(ky0 * w_row);
         for ox in 0..g.ow {
             // The kernel columns this pixel admits and its tap loops, as `row` finds them.

@@ -256,7 +256,11 @@ fn fill_window<'w>(
     // Window rows whose padded row is an input row: `y0..y1`.
     let y0 = g.pt.saturating_sub(top).min(l.height);
     let y1 = (g.ih + g.pt).saturating_sub(top).clamp(y0, l.height);
-    let iy0 = (top + y0).wrapping_sub(g.pt);
+    if y0 == y1 {
+        // A band of padding only (its first row can lie above the input: no input row).
+        return win;
+    }
+    let iy0 = top + y0 - g.pt;
     for (k, plane) in win.chunks_exact_mut(l.plane).enumerate() {
         let (j, phase) = (k / sx, k % sx);
         let rows = plane
