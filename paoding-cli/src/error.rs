@@ -88,10 +88,11 @@ pub enum ImportError {
 /// The ONNX operators paoding maps, for error messages and the README.
 pub const SUPPORTED: &str =
     "Conv (2-D and 1-D, grouped and depthwise included), Gemm and MatMul with constant weights, \
-BatchNormalization, Relu, Clip, Sigmoid, Tanh, Softmax, MaxPool, AveragePool, GlobalAveragePool \
-(2-D and 1-D), ReduceMean/ReduceSum/ReduceMax over H and W (or the length of [N, C, L]), Add, Sub/Mul/Div by a per-channel constant, Concat, \
-Flatten, Reshape, Squeeze/Unsqueeze, Transpose, Pad (constant), Identity, Dropout, any operator \
-whose inputs are all constants (Shape, Gather, Cast, DequantizeLinear, ...), and quantized models: \
+BatchNormalization, Relu, Clip, LeakyRelu (positive slope), Sigmoid, Tanh, Softmax, MaxPool, \
+AveragePool, GlobalAveragePool (2-D and 1-D), ReduceMean/ReduceSum/ReduceMax over H and W (or \
+the length of [N, C, L]), Add, Sub/Mul/Div by a per-channel constant, Concat, Flatten, Reshape, \
+Squeeze/Unsqueeze, Transpose, Pad (constant), Identity, Dropout, any operator whose inputs are \
+all constants (Shape, Gather, Cast, DequantizeLinear, ...), and quantized models: \
 QuantizeLinear/DequantizeLinear (QDQ), QLinearConv, QLinearMatMul";
 
 /// Why a hardware profile could not be used.

@@ -457,6 +457,15 @@ impl<'g> Builder<'g> {
                 self.emit("Clip", name, inputs, y, vec![]);
             }
             Activation::Identity => self.emit("Identity", name, vec![x], y, vec![]),
+            Activation::LeakyRelu { alpha } => {
+                let alpha = AttributeProto {
+                    name: "alpha".into(),
+                    r#type: AttributeType::Float as i32,
+                    f: alpha,
+                    ..Default::default()
+                };
+                self.emit("LeakyRelu", name, vec![x], y, vec![alpha]);
+            }
         }
     }
 

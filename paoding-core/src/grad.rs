@@ -418,6 +418,12 @@ fn activation_backward(a: Activation, y: &[f32], mut dy: Vec<f32>) -> Vec<f32> {
         }),
         Activation::Sigmoid => dy.iter_mut().zip(y).for_each(|(d, &y)| *d *= y * (1.0 - y)),
         Activation::Tanh => dy.iter_mut().zip(y).for_each(|(d, &y)| *d *= 1.0 - y * y),
+        // A positive slope keeps the sign, so the output tells which side the input was on.
+        Activation::LeakyRelu { alpha } => dy.iter_mut().zip(y).for_each(|(d, &y)| {
+            if y < 0.0 {
+                *d *= alpha;
+            }
+        }),
     }
     dy
 }
@@ -1140,6 +1146,7 @@ mod tests {
             Activation::Clip { min: 0.0, max: 0.5 },
             Activation::Sigmoid,
             Activation::Tanh,
+            Activation::LeakyRelu { alpha: 0.2 },
         ] {
             let mut g = Graph::new("x", alloc::vec![1, 7]);
             let h = g.push("h", rng.dense_op(7, 9, a), &[g.input]).unwrap();

@@ -57,6 +57,11 @@ pub enum Activation {
     Sigmoid,
     /// tanh(x).
     Tanh,
+    /// x at and above zero, `alpha x` below.
+    LeakyRelu {
+        /// Slope below zero.
+        alpha: f32,
+    },
 }
 
 impl Activation {
@@ -75,10 +80,18 @@ impl Activation {
             Activation::Clip { min, max } => x.max(min).min(max),
             Activation::Sigmoid => 1.0 / (1.0 + libm::expf(-x)),
             Activation::Tanh => libm::tanhf(x),
+            Activation::LeakyRelu { alpha } => {
+                if x < 0.0 {
+                    x * alpha
+                } else {
+                    x
+                }
+            }
         }
     }
 
-    /// Short name for reports: `relu`, `relu6`, `clip`, `sigmoid`, `tanh` or empty.
+    /// Short name for reports: `relu`, `relu6`, `clip`, `sigmoid`, `tanh`, `leaky_relu` or
+    /// empty.
     pub fn name(self) -> &'static str {
         match self {
             Activation::Identity => "",
@@ -87,6 +100,7 @@ impl Activation {
             Activation::Clip { .. } => "clip",
             Activation::Sigmoid => "sigmoid",
             Activation::Tanh => "tanh",
+            Activation::LeakyRelu { .. } => "leaky_relu",
         }
     }
 }
@@ -272,6 +286,7 @@ impl Op {
                 Activation::Clip { .. } => "Clip",
                 Activation::Sigmoid => "Sigmoid",
                 Activation::Tanh => "Tanh",
+                Activation::LeakyRelu { .. } => "LeakyRelu",
             },
             Op::Softmax { .. } => "Softmax",
             Op::MaxPool(_) => "MaxPool",

@@ -187,6 +187,7 @@ impl<'a> Reader<'a> {
             },
             3 => Act::Sigmoid,
             4 => Act::Tanh,
+            5 => Act::LeakyRelu { alpha: self.f32()? },
             _ => return None,
         })
     }
@@ -539,6 +540,7 @@ mod tests {
             OpRec::Activation(Act::Tanh),
             OpRec::Activation(Act::Relu),
             OpRec::Activation(Act::Identity),
+            OpRec::Activation(Act::LeakyRelu { alpha: 0.125 }),
             OpRec::Softmax { axis: 200 },
             OpRec::MaxPool(p),
             OpRec::AveragePool(PoolRec {

@@ -140,6 +140,11 @@ pub enum Act {
     Sigmoid,
     /// tanh(x).
     Tanh,
+    /// x for x >= 0, alpha x below.
+    LeakyRelu {
+        /// Slope below zero.
+        alpha: f32,
+    },
 }
 
 /// The geometry of a 2-D convolution over NCHW (f32 or int8): channels, window, groups.

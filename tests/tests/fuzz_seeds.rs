@@ -165,6 +165,16 @@ fn onnx_seeds() -> Vec<(&'static str, Vec<u8>)> {
     .node("Gemm", &["f", "wd"], "y", &[("transB", Attr::Int(1))]);
     out.push(("conv1d_pool_gap", b.encode("y")));
 
+    let mut b = OnnxBuilder::new(&[1, 3], 13);
+    b.weight("w", &[3, 4], w(12, 50));
+    b.node("MatMul", &["x", "w"], "h", &[]).node(
+        "LeakyRelu",
+        &["h"],
+        "y",
+        &[("alpha", Attr::Float(0.1))],
+    );
+    out.push(("leaky_relu", b.encode("y")));
+
     // A quantized (QDQ) dense layer: int8 weights per output channel, int32 biases, the
     // input and the ReLU's output quantized.
     let tensor = |name: &str, dims: &[i64], data_type: i32, raw: Vec<u8>| pb::TensorProto {

@@ -2,6 +2,8 @@
 //! pools, grouped convolutions, Pad, Concat, Transpose, Sigmoid/Tanh): each built as a tiny
 //! ONNX model, imported, and checked against tract.
 
+use std::path::Path;
+
 use paoding_cli::import::import_onnx;
 use paoding_core::interp;
 use paoding_tests::onnx_builder::{Attr, OnnxBuilder};
@@ -361,4 +363,69 @@ fn one_dimensional_convolutions_and_pools_match_tract() {
         conv.map(|c| (c.kernel, c.activation)),
         Some(([1, 3], paoding_core::ir::Activation::Relu))
     );
+}
+
+/// LeakyRelu, fused into the convolution before it and standing alone after a dense layer,
+/// against tract; the same model pruned, exported and imported again keeps it; a slope that
+/// is not positive is refused, naming the node.
+#[test]
+fn leaky_relu_matches_tract_and_survives_pruning_and_export() {
+    let mut b = conv_model(
+        &[1, 2, 6, 6],
+        4,
+        1,
+        [[3, 3], [1, 1], [1, 1]],
+        &[1, 1, 1, 1],
+        50,
+    );
+    b.node("LeakyRelu", &["y"], "l", &[("alpha", Attr::Float(0.1))]);
+    b.node("Flatten", &["l"], "f", &[]);
+    b.weight("D", &[144, 5], seeded_uniform(720, 51, -0.2, 0.2));
+    b.node("MatMul", &["f", "D"], "m", &[]);
+    b.node("LeakyRelu", &["m"], "out", &[("alpha", Attr::Float(0.3))]);
+    check(
+        &b,
+        "out",
+        &[1, 2, 6, 6],
+        "conv + leaky relu, dense + leaky relu",
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, b.encode("out")).expect("write");
+    let g = import_onnx(&path).expect("imports").graph;
+    let leaky = |g: &paoding_core::ir::Graph| {
+        g.nodes
+            .iter()
+            .filter(|n| format!("{:?}", n.op).contains("LeakyRelu"))
+            .count()
+    };
+    // Fused into the convolution, and the dense layer's (tract's MatMul) stands alone or fused.
+    assert_eq!(leaky(&g), 2, "{:?}", g.nodes);
+    let pruner = paoding_core::prune::Pruner::new(&g, &Default::default());
+    let probes = paoding_core::probes::Probes::uniform(g.values[g.input].len(), 64, 0.0, 1.0, 3);
+    let pruned = pruner
+        .apply(&pruner.counts_for_ratio(0.5), &probes)
+        .expect("prunes")
+        .graph;
+    let onnx = paoding_cli::export::write_onnx(&pruned, "").expect("exports");
+    let back = paoding_cli::import::import_onnx_bytes(&onnx, Path::new("pruned.onnx"))
+        .expect("re-imports")
+        .graph;
+    assert_eq!(leaky(&back), 2);
+    let x = seeded_uniform(72, 9, -1.0, 1.0);
+    let (a, b2) = (
+        interp::run(&pruned, &x).expect("runs"),
+        interp::run(&back, &x).expect("runs"),
+    );
+    assert!(relative_max_diff(&a, &b2) <= 1e-6);
+
+    let mut bad = OnnxBuilder::new(&[1, 3], 13);
+    bad.node("LeakyRelu", &["x"], "y", &[("alpha", Attr::Float(-0.5))]);
+    let path = dir.path().join("bad.onnx");
+    std::fs::write(&path, bad.encode("y")).expect("write");
+    let err = import_onnx(&path)
+        .expect_err("a negative slope is refused")
+        .to_string();
+    assert!(err.contains("LeakyRelu") && err.contains("-0.5"), "{err}");
 }

@@ -24,7 +24,9 @@ use tract_onnx::tract_core::ops::cnn::{
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::identity::Identity;
-use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, Softmax, SoftmaxKind};
+use tract_onnx::tract_core::ops::nn::{
+    DataFormat, LeakyRelu, Reduce, Reducer, Softmax, SoftmaxKind,
+};
 use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::infer::InferenceNode;
@@ -657,6 +659,21 @@ impl Mapper<'_> {
             match ew.0.name().as_ref() {
                 "Sigmoid" => Op::Activation(Activation::Sigmoid),
                 "Tanh" => Op::Activation(Activation::Tanh),
+                "LeakyRelu" => {
+                    let alpha = ew.0.downcast_ref::<LeakyRelu>().map(|l| l.alpha);
+                    match alpha {
+                        Some(0.0) => Op::Activation(Activation::Relu),
+                        // A positive slope keeps the sign: what backpropagation from the
+                        // output and merging units rely on.
+                        Some(alpha) if alpha > 0.0 && alpha.is_finite() => {
+                            Op::Activation(Activation::LeakyRelu { alpha })
+                        }
+                        _ => {
+                            let why = format!("has slope {alpha:?}; paoding takes a positive one");
+                            return Err(self.unsupported_named(id, "LeakyRelu", &why));
+                        }
+                    }
+                }
                 other => return Err(self.unsupported_named(id, other, "")),
             }
         } else if let Some(einsum) = op.downcast_ref::<EinSum>() {

@@ -76,6 +76,7 @@ fn act_of(a: Activation) -> Act {
         Activation::Clip { min, max } => Act::Clip { min, max },
         Activation::Sigmoid => Act::Sigmoid,
         Activation::Tanh => Act::Tanh,
+        Activation::LeakyRelu { alpha } => Act::LeakyRelu { alpha },
     }
 }
 

@@ -359,7 +359,7 @@ enum Int8<'q> {
 }
 
 /// TFLite's `CalculateActivationRangeQuantized`: the codes of an activation's range in an
-/// output of parameters `p`; `None` for sigmoid and tanh (no int8 form).
+/// output of parameters `p`; `None` for sigmoid, tanh and leaky ReLU (no int8 form).
 fn act_range(p: QParams, a: Activation) -> Option<(i32, i32)> {
     let code = |x: f32| {
         // An infinite bound saturates (`as` does), then clamps.
@@ -373,7 +373,7 @@ fn act_range(p: QParams, a: Activation) -> Option<(i32, i32)> {
             let lo = code(min);
             Some((lo, code(max).max(lo)))
         }
-        Activation::Sigmoid | Activation::Tanh => None,
+        Activation::Sigmoid | Activation::Tanh | Activation::LeakyRelu { .. } => None,
     }
 }
 

@@ -179,7 +179,8 @@ struct Tracer {
 
 fn positively_homogeneous(a: Activation) -> bool {
     match a {
-        Activation::Identity | Activation::Relu => true,
+        // A leaky ReLU's slope is positive (the importer refuses others): f(ax) = a f(x).
+        Activation::Identity | Activation::Relu | Activation::LeakyRelu { .. } => true,
         // ReLU6 and friends: homogeneous below the cap, which is where pruned units live.
         Activation::Clip { min, .. } => min == 0.0,
         Activation::Sigmoid | Activation::Tanh => false,

@@ -59,6 +59,7 @@ impl Act {
                 }
             }
             Act::Clip { min, max } => clip(x, min, max),
+            Act::LeakyRelu { alpha } => leaky(x, alpha),
             Act::Sigmoid | Act::Tanh => self.apply_smooth(x),
         }
     }
@@ -96,9 +97,22 @@ impl Act {
             Act::Sigmoid | Act::Tanh => {
                 return xs.iter_mut().for_each(|x| *x = self.apply_smooth(*x));
             }
+            Act::LeakyRelu { alpha } => {
+                return xs.iter_mut().for_each(|x| *x = leaky(*x, alpha));
+            }
         };
         xs.iter_mut()
             .for_each(|x| *x = f32::from_bits(zero_negatives(*x).min(top)));
+    }
+}
+
+/// `x` at and above zero, `alpha x` below (paoding-core's reference).
+#[inline(always)]
+fn leaky(x: f32, alpha: f32) -> f32 {
+    if x < 0.0 {
+        x * alpha
+    } else {
+        x
     }
 }
 
@@ -247,6 +261,20 @@ mod tests {
         assert_eq!(super::expf(-88.0), 0.0);
         assert!(super::expf(f32::NAN).is_nan());
         assert_eq!(super::expf(f32::NEG_INFINITY), 0.0);
+    }
+
+    /// A leaky ReLU scales negatives only, the same in place as value by value.
+    #[test]
+    fn leaky_relu_scales_negatives_only() {
+        use super::Act;
+        let act = Act::LeakyRelu { alpha: 0.25 };
+        let xs = [-8.0f32, -0.5, -0.0, 0.0, 0.5, 3.0, f32::NEG_INFINITY];
+        let mut got = xs;
+        act.apply_slice(&mut got);
+        assert_eq!(got, [-2.0, -0.125, -0.0, 0.0, 0.5, 3.0, f32::NEG_INFINITY]);
+        for (&x, &y) in xs.iter().zip(&got) {
+            assert_eq!(act.apply(x).to_bits(), y.to_bits());
+        }
     }
 
     /// The bit-pattern ReLU and ReLU6 give `Act::apply`'s values, compared bit for bit over

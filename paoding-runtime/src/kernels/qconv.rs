@@ -160,7 +160,9 @@ impl Block<'_> {
                     let iy = (oy * g.sy + ky * g.dy).wrapping_sub(g.pt);
                     // One input channel (a first layer): the row's admitted kernel columns
                     // are the run, dx apart; otherwise each tap's gi inputs, in_plane apart.
-                    let (taps, n, step) = if self.gi == 1 {
+                    // With an FPU such layers take the depthwise window (a row too wide for
+                    // it comes here), so the general form serves them there: less code.
+                    let (taps, n, step) = if self.gi == 1 && cfg!(not(target_abi = "eabihf")) {
                         (kx0..kx0 + 1, kx1.saturating_sub(kx0), g.dx)
                     } else {
                         (kx0..kx1, self.gi, in_plane)
