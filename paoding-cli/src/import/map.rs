@@ -951,13 +951,10 @@ impl Mapper<'_> {
         let Some(spec) = windowed_spec(op) else {
             return Err(self.unsupported(id, ""));
         };
-        if spec.data_format != DataFormat::NCHW || x_shape.len() != 3 {
+        let (&[n, c, l], DataFormat::NCHW) = (x_shape, spec.data_format) else {
             return Err(self.unsupported(id, "is not a 1-D convolution or pooling over [N, C, L]"));
-        }
-        let out = self.output_shape(id)?;
-        let &[n, c, l] = x_shape else {
-            return Err(self.unsupported(id, "has no length axis"));
         };
+        let out = self.output_shape(id)?;
         let x4 = [n, c, 1, l];
         let out4: Vec<usize> = match out[..] {
             [n, c, l] => vec![n, c, 1, l],
