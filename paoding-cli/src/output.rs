@@ -16,8 +16,8 @@ pub struct WriteError {
     pub source: std::io::Error,
 }
 
-/// The folder a file goes into (`.` for a bare file name).
-fn folder(path: &Path) -> &Path {
+/// The folder a file goes into, or is read from (`.` for a bare file name).
+pub(crate) fn folder(path: &Path) -> &Path {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

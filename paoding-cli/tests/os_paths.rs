@@ -147,3 +147,16 @@ fn a_missing_non_utf8_file_is_named_lossily() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no profile 'no-\u{fffd}-board'"), "{err}");
 }
+
+/// A model named by its bare file name, run from its own folder, finds its external data
+/// beside it (a bare name's parent is the empty path, which names no folder).
+#[test]
+fn external_data_is_found_beside_a_model_named_without_a_folder() {
+    let out = Command::new(env!("CARGO_BIN_EXE_paoding"))
+        .args(["inspect", "cnn_dynamo_torch.onnx"])
+        .current_dir(fixture(""))
+        .output()
+        .expect("runs paoding");
+    check(&out, "inspect cnn_dynamo_torch.onnx from tests/fixtures");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("opset 18"));
+}

@@ -7,7 +7,7 @@ mod qdq;
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Once;
 
 use paoding_core::ir::Graph;
@@ -109,10 +109,8 @@ fn import(source: Source<'_>, path: &Path) -> Result<Imported, ImportError> {
         .proto_model_for_read(&mut &bytes[..])
         .map_err(|e| malformed(path, &e))?;
     drop(source);
-    let dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    // External data lies beside the model (a bare file name's folder is the current one).
+    let dir = crate::output::folder(path).to_path_buf();
     checks::check_proto(path, &dir, &proto, &onnx)?;
     let mut proto = proto;
     let qdq = qdq::rewrite(path, &mut proto)?;
