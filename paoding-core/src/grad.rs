@@ -681,12 +681,6 @@ fn im2col(
                 let row = &mut cols[r * stride + offset..r * stride + offset + oh * ow];
                 let dxo = kx * c.dilation[1];
                 let (x_lo, x_hi) = valid_range(ow, c.stride[1], dxo, c.padding[1], iw);
-                if x_lo == x_hi {
-                    continue;
-                }
-                // Output column ox reads input column ox * stride + dxo - pad (inside the
-                // row for ox in x_lo..x_hi: valid_range).
-                let from = x_lo * c.stride[1] + dxo - c.padding[1];
                 for oy in 0..oh {
                     let yy = oy * c.stride[0] + ky * c.dilation[0];
                     if yy < c.padding[0] || yy - c.padding[0] >= ih {
@@ -694,12 +688,12 @@ fn im2col(
                     }
                     let src = &plane[(yy - c.padding[0]) * iw..(yy - c.padding[0] + 1) * iw];
                     let dst = &mut row[oy * ow..(oy + 1) * ow];
-                    let dst = &mut dst[x_lo..x_hi];
                     if c.stride[1] == 1 {
-                        dst.copy_from_slice(&src[from..from + dst.len()]);
+                        let from = x_lo + dxo - c.padding[1];
+                        dst[x_lo..x_hi].copy_from_slice(&src[from..from + x_hi - x_lo]);
                     } else {
-                        for (d, &s) in dst.iter_mut().zip(src[from..].iter().step_by(c.stride[1])) {
-                            *d = s;
+                        for ox in x_lo..x_hi {
+                            dst[ox] = src[ox * c.stride[1] + dxo - c.padding[1]];
                         }
                     }
                 }
@@ -734,28 +728,15 @@ fn col2im(
                 let row = &cols[r * stride + offset..r * stride + offset + oh * ow];
                 let dxo = kx * c.dilation[1];
                 let (x_lo, x_hi) = valid_range(ow, c.stride[1], dxo, c.padding[1], iw);
-                if x_lo == x_hi {
-                    continue;
-                }
-                // Output column ox lands on input column ox * stride + dxo - pad, one each
-                // (valid_range keeps it inside the row): the same sums in the same order as
-                // a loop over ox, along slices (vectorized at stride 1).
-                let from = x_lo * c.stride[1] + dxo - c.padding[1];
                 for oy in 0..oh {
                     let yy = oy * c.stride[0] + ky * c.dilation[0];
                     if yy < c.padding[0] || yy - c.padding[0] >= ih {
                         continue;
                     }
                     let dst = &mut plane[(yy - c.padding[0]) * iw..(yy - c.padding[0] + 1) * iw];
-                    let src = &row[oy * ow + x_lo..oy * ow + x_hi];
-                    if c.stride[1] == 1 {
-                        for (d, &s) in dst[from..from + src.len()].iter_mut().zip(src) {
-                            *d += s;
-                        }
-                    } else {
-                        for (d, &s) in dst[from..].iter_mut().step_by(c.stride[1]).zip(src) {
-                            *d += s;
-                        }
+                    let src = &row[oy * ow..(oy + 1) * ow];
+                    for ox in x_lo..x_hi {
+                        dst[ox * c.stride[1] + dxo - c.padding[1]] += src[ox];
                     }
                 }
             }
