@@ -638,19 +638,8 @@ impl Mapper<'_> {
                 return Err(self.unsupported(id, &format!("casts activations to {:?}", cast.to)));
             }
             return Ok(x);
-        } else if windowed_spec(op.as_ref()).is_some_and(|s| s.kernel_shape.len() == 1) {
-            // A 1-D convolution or pooling ([N, C, L]) is the 2-D one over [N, C, 1, L],
-            // between two reshapes (views: the runtime moves no byte for them).
-            return self.one_dimensional(id, inputs, x, &x_shape);
-        } else if let Some(conv) = op.downcast_ref::<Conv>() {
-            let out = self.output_shape(id)?;
-            self.conv(id, conv, &conv.pool_spec, inputs, &x_shape, &out)?
-        } else if let Some(pool) = op.downcast_ref::<MaxPool>() {
-            let out = self.output_shape(id)?;
-            Op::MaxPool(self.max_pool(id, pool, &pool.pool_spec, &x_shape, &out)?)
-        } else if let Some(pool) = op.downcast_ref::<SumPool>() {
-            let out = self.output_shape(id)?;
-            Op::AveragePool(self.average_pool(id, pool, &pool.pool_spec, &x_shape, &out)?)
+        } else if windowed_spec(op.as_ref()).is_some() {
+            return self.windowed(id, inputs, x, &x_shape);
         } else if let Some(reduce) = op.downcast_ref::<Reduce>() {
             return self.reduce(id, reduce, x, &x_shape);
         } else if let Some(bin) = op.downcast_ref::<TypedBinOp>() {
@@ -937,10 +926,11 @@ impl Mapper<'_> {
         })
     }
 
-    /// A 1-D convolution or pooling (`spec`, over `[N, C, L]`): the 2-D op over
-    /// `[N, C, 1, L]` between two reshapes, the op keeping the file's name. The kernel's
-    /// values keep their order (a unit axis moves none), in every layout tract holds them in.
-    fn one_dimensional(
+    /// A convolution or a pooling. A 1-D one (over `[N, C, L]`) is the 2-D op over
+    /// `[N, C, 1, L]` between two reshapes (views: the runtime moves no byte for them), the op
+    /// keeping the file's name; the kernel's values keep their order (a unit axis moves none),
+    /// in every layout tract holds them in.
+    fn windowed(
         &mut self,
         id: usize,
         inputs: &[Mapped],
@@ -951,27 +941,33 @@ impl Mapper<'_> {
         let Some(spec) = windowed_spec(op) else {
             return Err(self.unsupported(id, ""));
         };
-        let (&[n, c, l], DataFormat::NCHW) = (x_shape, spec.data_format) else {
-            return Err(self.unsupported(id, "is not a 1-D convolution or pooling over [N, C, L]"));
-        };
         let out = self.output_shape(id)?;
-        let x4 = [n, c, 1, l];
-        let out4: Vec<usize> = match out[..] {
-            [n, c, l] => vec![n, c, 1, l],
-            _ => return Err(self.unsupported(id, "does not keep three axes")),
+        let one_d = spec.kernel_shape.len() == 1;
+        let (spec, in_shape, out) = match (one_d, x_shape, &out[..]) {
+            (false, _, _) => (spec.clone(), x_shape.to_vec(), out),
+            (true, &[n, c, l], &[on, oc, ol]) => {
+                (lift_to_2d(spec), vec![n, c, 1, l], vec![on, oc, 1, ol])
+            }
+            _ => {
+                let why = "is not a 1-D convolution or pooling over [N, C, L]";
+                return Err(self.unsupported(id, why));
+            }
         };
-        let spec = lift_to_2d(spec);
         let lowered = if let Some(conv) = op.downcast_ref::<Conv>() {
-            self.conv(id, conv, &spec, inputs, &x4, &out4)?
+            self.conv(id, conv, &spec, inputs, &in_shape, &out)?
         } else if let Some(pool) = op.downcast_ref::<MaxPool>() {
-            Op::MaxPool(self.max_pool(id, pool, &spec, &x4, &out4)?)
+            Op::MaxPool(self.max_pool(id, pool, &spec, &in_shape, &out)?)
         } else if let Some(pool) = op.downcast_ref::<SumPool>() {
-            Op::AveragePool(self.average_pool(id, pool, &spec, &x4, &out4)?)
+            Op::AveragePool(self.average_pool(id, pool, &spec, &in_shape, &out)?)
         } else {
             return Err(self.unsupported(id, ""));
         };
-        let (row, _) = self.as_row(id, x, x_shape)?;
-        self.push_lowered(id, lowered, row)
+        if one_d {
+            let (row, _) = self.as_row(id, x, x_shape)?;
+            self.push_lowered(id, lowered, row)
+        } else {
+            self.push(id, lowered, &[x])
+        }
     }
 
     /// `x` (`[N, C, L]`) viewed as `[N, C, 1, L]` for node `id`'s 2-D form, and that shape.
