@@ -456,6 +456,8 @@ pub(crate) fn empty_operand() -> Operand {
 
 /// A node record to decode into (built field by field: a `const` record would be a
 /// 400-byte constant copied from flash).
+// Out of line (flash): each caller had its own copy of the field-by-field build.
+#[inline(never)]
 pub(crate) fn empty_node() -> NodeRec {
     NodeRec {
         op: OpRec::Add,

@@ -173,6 +173,8 @@ fn dtypes(op: &OpRec, output: Dtype) -> (Dtype, Dtype) {
 }
 
 /// Whether the operator may write its output over its (first or second) input.
+// Out of line (flash): once per node, in validation and in the executor.
+#[inline(never)]
 fn in_place(op: &OpRec) -> bool {
     matches!(
         op,
@@ -458,6 +460,8 @@ impl<'a> Model<'a> {
     }
 
     /// f32 weights of a reference, checked.
+    // Out of line (flash): six callers in validation.
+    #[inline(never)]
     fn wf32(&self, w: WRef, len: usize) -> Result<(), Reason> {
         self.wrun(w, len, 4, Reason::WeightCount).map(|_| ())
     }

@@ -311,6 +311,8 @@ pub fn exp_on_negative_values(a: i32) -> i32 {
 /// let r = one_over_one_plus_x_for_x_in_0_1(1 << 30) as f64 / 2f64.powi(31); // 1 / 1.5
 /// assert!((r - 2.0 / 3.0).abs() < 1e-8);
 /// ```
+// Out of line (flash): once per softmax row.
+#[inline(never)]
 pub fn one_over_one_plus_x_for_x_in_0_1(a: i32) -> i32 {
     const FORTY_EIGHT_OVER_SEVENTEEN: i32 = 1_515_870_810; // Q2.29
     const MINUS_THIRTY_TWO_OVER_SEVENTEEN: i32 = -1_010_580_540; // Q2.29

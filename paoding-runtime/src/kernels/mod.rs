@@ -39,7 +39,8 @@ impl Dims {
     }
 
     /// Product of the dimensions in `from..to`.
-    #[inline]
+    // Out of line (flash): six per-node callers each had the loop; never in a kernel's loop.
+    #[inline(never)]
     pub fn product(&self, from: usize, to: usize) -> usize {
         self.d.get(from..to).map_or(1, |s| s.iter().product())
     }
@@ -237,7 +238,8 @@ pub(crate) fn bytes<T: Pod>(x: &[T]) -> &[u8] {
 }
 
 /// The bytes of `x`, mutable: any bytes written leave a valid `T` (`Pod`).
-#[inline]
+// Out of line (flash): called once per run, never in a loop.
+#[inline(never)]
 pub(crate) fn bytes_mut<T: Pod>(x: &mut [T]) -> &mut [u8] {
     let len = core::mem::size_of_val(x);
     // SAFETY: as `bytes`; the result borrows `x` mutably, and every bit pattern is a `T`.
