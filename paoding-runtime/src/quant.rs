@@ -170,10 +170,42 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
 #[cfg_attr(target_arch = "arm", inline(never))]
 #[cfg_attr(not(target_arch = "arm"), inline)]
 pub fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
-    let left = shift.max(0) as u32;
-    let right = shift.wrapping_neg().max(0) as u32;
-    // Its saturating case needs a multiplier of i32::MIN, which validation refuses.
-    rdbp_in_range(srdhm_unsaturated(x.wrapping_shl(left), multiplier), right)
+    Requantizer::new(multiplier, shift).apply(x)
+}
+
+/// [`requantize`] by one channel's multiplier and shift, its shifts decoded once: a loop over
+/// many values of one channel (the depthwise window's tiles) applies it inline.
+///
+/// ```
+/// use paoding_runtime::quant::{requantize, Requantizer};
+/// let r = Requantizer::new(1 << 30, -2);
+/// assert_eq!(r.apply(1000), requantize(1000, 1 << 30, -2)); // 125
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Requantizer {
+    multiplier: i32,
+    left: u32,
+    right: u32,
+}
+
+impl Requantizer {
+    /// The shifts of `shift`'s sign: left for a positive one, right for a negative one.
+    #[inline(always)]
+    pub fn new(multiplier: i32, shift: i32) -> Self {
+        Requantizer {
+            multiplier,
+            left: shift.max(0) as u32,
+            right: shift.wrapping_neg().max(0) as u32,
+        }
+    }
+
+    /// [`requantize`] of `x`.
+    #[inline(always)]
+    pub fn apply(self, x: i32) -> i32 {
+        // Its saturating case needs a multiplier of i32::MIN, which validation refuses.
+        let high = srdhm_unsaturated(x.wrapping_shl(self.left), self.multiplier);
+        rdbp_in_range(high, self.right)
+    }
 }
 
 /// TFLite's `MultiplyByQuantizedMultiplierSmallerThanOneExp` (double rounding): for a real

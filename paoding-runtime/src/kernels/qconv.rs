@@ -34,7 +34,7 @@ mod madd;
 use crate::format::i8_block_len;
 #[cfg(any(target_arch = "arm", test))]
 use crate::format::I8_BLOCK;
-use crate::quant::requantize;
+use crate::quant::{requantize, Requantizer};
 
 /// The per-channel requantization of one layer, its runs read in place from the weights.
 #[derive(Debug, Clone, Copy)]
@@ -74,11 +74,20 @@ impl Requant<'_> {
     /// channel's parameters read once per tile. Nothing past the last channel.
     #[cfg_attr(target_arch = "arm", inline(never))]
     pub(crate) fn outputs(&self, f: usize, sums: &[f32], out: &mut [i8]) {
-        let Some(requant) = self.channel(f) else {
+        let (Some(&bias), Some(&m), Some(&s)) =
+            (self.bias.get(f), self.multiplier.get(f), self.shift.get(f))
+        else {
             return;
         };
+        // The requantization inline, its shifts decoded once per tile: a call per output
+        // cost 3 % more instructions on the int8 models with depthwise layers.
+        let r = Requantizer::new(m, s.into());
         for (d, &v) in out.iter_mut().zip(sums) {
-            *d = requant(v as i32);
+            let v = r
+                .apply((v as i32).wrapping_add(bias))
+                .wrapping_add(self.output_zp);
+            // Not `clamp`, which asserts min <= max (validated; no panicking path).
+            *d = v.max(self.act_min).min(self.act_max) as i8;
         }
     }
 }
