@@ -670,11 +670,14 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                 // then 4, int8 of 4, then single filters. Filter c's tap t is
                 // w[first + t * step]; its weights are gathered once per band.
                 let fg = c - p * go;
-                let block = if matches!(input, Layer::F32 { .. }) { 8 } else { 4 };
+                let block = match input {
+                    Layer::F32 { .. } => FILTER_BLOCK,
+                    Layer::I8 { .. } => crate::format::I8_BLOCK,
+                };
                 let full = go / block * block;
                 let (start, step) = if fg < full {
                     (fg - fg % block, block)
-                } else if block == 8 && go - full >= 4 && fg < full + 4 {
+                } else if block == FILTER_BLOCK && go - full >= 4 && fg < full + 4 {
                     (full, 4)
                 } else {
                     (fg, 1)
@@ -952,7 +955,7 @@ pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act
     // fill whole tiles (a partial tile's unused lanes would cost every filter; the blocks'
     // row kernel wastes none: MLPerf KWS's rows of 5 run 3 % slower through the window).
     // What the window does not take runs as any grouped convolution.
-    let shared = go == 1 || g.ow % FILTER_BLOCK == 0;
+    let shared = go == 1 || g.ow.is_multiple_of(FILTER_BLOCK);
     if !(gi == 1 && shared && depthwise(g, input, w, b, out)) {
         // Filter f0 is the (f0 % go)-th of group f0 / go; a block never spans two groups.
         let mut f0 = 0;
