@@ -137,6 +137,21 @@ fn unsupported_operators_name_the_op_and_the_node() {
         msg.contains("FrobnicateV2") && msg.contains("'act'"),
         "{msg}"
     );
+    // Recurrent layers and control flow are named as such, before tract lowers them into
+    // nodes whose own errors would say nothing of them (a batch-first GRU failed as a
+    // transpose that moves the batch axis).
+    for (op, why) in [
+        ("GRU", "recurrent"),
+        ("LSTM", "recurrent"),
+        ("Scan", "control flow"),
+    ] {
+        let path = write_model(dir.path(), "rnn.onnx", op, weight("W", &[4, 3]));
+        let msg = import_onnx(&path).expect_err(op).to_string();
+        assert!(
+            msg.contains(&format!("unsupported operator {op} at node 'act'")) && msg.contains(why),
+            "{msg}"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Checks on the raw protobuf, before tract reads any tensor: sizes that are absurd or
 //! inconsistent, external data that points outside the model's folder, operators that no
-//! importer knows.
+//! importer knows or that paoding never maps (recurrent layers, control flow).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -13,6 +13,17 @@ use crate::error::ImportError;
 /// 16 Mi: 64 MiB of f32 (128 MiB for 8-byte types), far above any microcontroller's memory,
 /// and within the 256 MiB an import may use even when tract folds such a constant.
 pub(super) const MAX_ELEMENTS: u64 = 1 << 24;
+
+/// Operators tract reads but paoding never maps: recurrent layers and control flow. Named
+/// up front, so the error is about them and not about a node tract lowered them into (a GRU
+/// with `batch_first` first failed as a transpose that moves the batch axis).
+const NEVER_MAPPED: &[(&str, &str)] = &[
+    ("GRU", ": recurrent layers are not supported"),
+    ("LSTM", ": recurrent layers are not supported"),
+    ("RNN", ": recurrent layers are not supported"),
+    ("Scan", ": control flow is not supported"),
+    ("If", ": control flow is not supported"),
+];
 
 pub(super) fn check_proto(
     path: &Path,
@@ -223,6 +234,14 @@ fn check_graph(
                 },
                 node: node.name.clone(),
                 detail: String::new(),
+            });
+        }
+        if let Some((op, why)) = NEVER_MAPPED.iter().find(|(op, _)| *op == node.op_type) {
+            return Err(ImportError::Unsupported {
+                path: path.to_path_buf(),
+                op: op.to_string(),
+                node: node.name.clone(),
+                detail: why.to_string(),
             });
         }
         for attr in &node.attribute {
