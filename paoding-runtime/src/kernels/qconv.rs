@@ -161,7 +161,12 @@ impl Block<'_> {
         for oy in 0..g.oh {
             let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
             for ox in 0..g.ow {
-                let (kx0, kx1) = lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw);
+                // An unpadded 1x1 window lies inside the input's columns: no clipping to do.
+                let (kx0, kx1) = if (g.kw | g.pl) == 1 {
+                    (0, 1)
+                } else {
+                    lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw)
+                };
                 let mut acc = [0i32; I8_BLOCK];
                 for ky in ky0..ky1 {
                     // Inside the image for ky in ky0..ky1 (`lanes`); wrapping keeps a violated
