@@ -17,12 +17,12 @@ pub(super) const MAX_ELEMENTS: u64 = 1 << 24;
 /// Operators tract reads but paoding never maps: recurrent layers and control flow. Named
 /// up front, so the error is about them and not about a node tract lowered them into (a GRU
 /// with `batch_first` first failed as a transpose that moves the batch axis).
-const NEVER_MAPPED: &[(&str, &str)] = &[
-    ("GRU", ": recurrent layers are not supported"),
-    ("LSTM", ": recurrent layers are not supported"),
-    ("RNN", ": recurrent layers are not supported"),
-    ("Scan", ": control flow is not supported"),
-    ("If", ": control flow is not supported"),
+const NEVER_MAPPED: &[(&[&str], &str)] = &[
+    (
+        &["GRU", "LSTM", "RNN"],
+        ": recurrent layers are not supported",
+    ),
+    (&["Scan", "If"], ": control flow is not supported"),
 ];
 
 pub(super) fn check_proto(
@@ -236,10 +236,13 @@ fn check_graph(
                 detail: String::new(),
             });
         }
-        if let Some((op, why)) = NEVER_MAPPED.iter().find(|(op, _)| *op == node.op_type) {
+        if let Some((_, why)) = NEVER_MAPPED
+            .iter()
+            .find(|(ops, _)| ops.contains(&node.op_type.as_str()))
+        {
             return Err(ImportError::Unsupported {
                 path: path.to_path_buf(),
-                op: op.to_string(),
+                op: node.op_type.clone(),
                 node: node.name.clone(),
                 detail: why.to_string(),
             });

@@ -666,22 +666,23 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
             );
             for c in p * go..(p + 1) * go {
                 // A plane's filters (more than one: a first layer over one channel) are
-                // stored in blocks, a tap's block of weights together: f32 in blocks of 8,
-                // then 4, int8 of 4, then single filters. Filter c's tap t is
-                // w[first + t * step]; its weights are gathered once per band.
+                // stored in blocks (`format::block_len` for f32, `i8_block_len` for int8), a
+                // tap's block of weights together: filter c's tap t is w[first + t * step].
+                // Its weights are gathered once per band.
                 let fg = c - p * go;
-                let block = match input {
-                    Layer::F32 { .. } => FILTER_BLOCK,
-                    Layer::I8 { .. } => crate::format::I8_BLOCK,
+                let f32 = matches!(input, Layer::F32 { .. });
+                let block_of = |left| {
+                    if f32 {
+                        block_len(left)
+                    } else {
+                        crate::format::i8_block_len(left)
+                    }
                 };
-                let full = go / block * block;
-                let (start, step) = if fg < full {
-                    (fg - fg % block, block)
-                } else if block == FILTER_BLOCK && go - full >= 4 && fg < full + 4 {
-                    (full, 4)
-                } else {
-                    (fg, 1)
-                };
+                let (mut start, mut step) = (0, block_of(go));
+                while start + step <= fg {
+                    start += step;
+                    step = block_of(go - start);
+                }
                 let first = (c - fg + start) * taps + fg - start;
                 let bias = match input {
                     Layer::F32 { w, b, .. } => {

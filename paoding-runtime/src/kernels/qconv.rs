@@ -62,11 +62,15 @@ impl Requant<'_> {
             self.multiplier.get(f)?,
             self.shift.get(f)?,
         );
-        Some(move |acc: i32| {
-            let v = requantize(acc.wrapping_add(bias), m, s.into()).wrapping_add(self.output_zp);
-            // Not `clamp`, which asserts min <= max (validated; no panicking path).
-            v.max(self.act_min).min(self.act_max) as i8
-        })
+        Some(move |acc: i32| self.finish(requantize(acc.wrapping_add(bias), m, s.into())))
+    }
+
+    /// A requantized value offset by the output zero point and clamped to the activation.
+    #[inline(always)]
+    fn finish(&self, v: i32) -> i8 {
+        let v = v.wrapping_add(self.output_zp);
+        // Not `clamp`, which asserts min <= max (validated; no panicking path).
+        v.max(self.act_min).min(self.act_max) as i8
     }
 
     /// Output channel `f`'s int8 outputs of `sums` (whole numbers before the bias, as the
@@ -83,11 +87,7 @@ impl Requant<'_> {
         // cost 3 % more instructions on the int8 models with depthwise layers.
         let r = Requantizer::new(m, s.into());
         for (d, &v) in out.iter_mut().zip(sums) {
-            let v = r
-                .apply((v as i32).wrapping_add(bias))
-                .wrapping_add(self.output_zp);
-            // Not `clamp`, which asserts min <= max (validated; no panicking path).
-            *d = v.max(self.act_min).min(self.act_max) as i8;
+            *d = self.finish(r.apply((v as i32).wrapping_add(bias)));
         }
     }
 }
@@ -162,7 +162,7 @@ impl Block<'_> {
             let (ky0, ky1) = lanes(oy * g.sy, g.pt, g.dy, g.ih, g.kh);
             for ox in 0..g.ow {
                 // An unpadded 1x1 window lies inside the input's columns: no clipping to do.
-                let (kx0, kx1) = if (g.kw | g.pl) == 1 {
+                let (kx0, kx1) = if g.kw == 1 && g.pl == 0 {
                     (0, 1)
                 } else {
                     lanes(ox * g.sx, g.pl, g.dx, g.iw, g.kw)
