@@ -6,7 +6,7 @@
 # 20 KiB with every f32 and int8 kernel linked), or when any panicking path is linked (the
 # runtime's promise: validate first, then run, never panic; a division by a divisor the
 # compiler cannot prove non-zero, or an index it cannot prove in bounds, links one), so CI can
-# run it.
+# run it; or when compiler_builtins' memcpy or memset is linked (about 1 KB: see below).
 # Print paoding-runtime's code size for a Cortex-M4F/M7 (thumbv7em-none-eabihf, opt-level "s",
 # LTO): a bare image whose exports validate a blob and run it (f32 or int8 input and output), so
 # every kernel is linked.
@@ -32,6 +32,15 @@ if command -v "$nm" >/dev/null || [ -x "$nm" ]; then
   if "$nm" -C "$elf" | grep -q 'core::panicking'; then
     echo "a panicking path is linked into paoding-runtime ($target): find its caller with" >&2
     echo "  llvm-objdump -d $elf | grep -B40 panicking" >&2
+    exit 1
+  fi
+  # compiler_builtins' copy and fill routines are about 1 KB of flash here: the runtime copies
+  # and fills with its own loops (kernels::copy, fill, splat, zeroed) and keeps every value it
+  # moves (Model, the checks' dimensions, the records) small or aligned enough to be moved
+  # with load- and store-multiples, so nothing it links calls them.
+  if "$nm" "$elf" | grep -qE ' (__aeabi_mem|memcpy|memset|memmove)'; then
+    echo "paoding-runtime links memcpy/memset ($target): find the caller with" >&2
+    echo "  llvm-objdump -d $elf | grep -B20 'bl.*__aeabi_mem'" >&2
     exit 1
   fi
 else

@@ -14,6 +14,7 @@ use crate::format::{
     Act, ConvParams, ConvRec, DescHead, Dtype, NodeRec, OpRec, Operand, PoolRec, QAddRec, QConvRec,
     QRescale, QuantParams, RequantRec, WRef, MAX_INPUTS, MAX_RANK,
 };
+use crate::kernels::splat;
 
 /// A cursor over encoded bytes; every read fails past the end. The reads return `Option`
 /// (a one-register `?`); the entry points' callers turn `None` into `Error::Decode`.
@@ -97,7 +98,7 @@ impl<'a> Reader<'a> {
 
     /// Consecutive `i32` fields.
     fn i32s<const N: usize>(&mut self) -> Option<[i32; N]> {
-        let mut a = [0; N];
+        let mut a = splat(0);
         self.fill_i32(&mut a)?;
         Some(a)
     }
@@ -149,7 +150,7 @@ impl<'a> Reader<'a> {
     }
 
     fn u32s<const N: usize>(&mut self) -> Option<[u32; N]> {
-        let mut a = [0; N];
+        let mut a = splat(0);
         self.fill(&mut a)?;
         Some(a)
     }
@@ -310,8 +311,14 @@ impl<'a> Reader<'a> {
             }
             3 => *out = OpRec::Activation(self.act()?),
             4 => *out = OpRec::Softmax { axis: self.byte()? },
-            5 => *out = OpRec::MaxPool(self.pool()?),
-            6 => *out = OpRec::AveragePool(self.pool()?),
+            k @ (5 | 6) => {
+                let p = self.pool()?;
+                *out = if k == 5 {
+                    OpRec::MaxPool(p)
+                } else {
+                    OpRec::AveragePool(p)
+                };
+            }
             7 => *out = OpRec::GlobalAveragePool,
             8 => *out = OpRec::Add,
             9 => *out = OpRec::Concat { axis: self.byte()? },

@@ -517,8 +517,8 @@ const fn le_u32(b: &[u8], at: usize) -> u32 {
 /// The header as little-endian words, read in one loop (one copy of the reader in flash);
 /// words past the end of a short blob read 0.
 #[allow(clippy::indexing_slicing)] // `i < w.len()`.
-const fn header_words(b: &[u8]) -> [u32; HEADER_LEN / 4] {
-    let mut w = [0u32; HEADER_LEN / 4];
+pub(crate) const fn header_words(b: &[u8]) -> [u32; HEADER_LEN / 4] {
+    let mut w: [u32; HEADER_LEN / 4] = crate::kernels::splat(0);
     let mut i = 0;
     while i < w.len() {
         w[i] = le_u32(b, 4 * i);
@@ -578,9 +578,19 @@ impl Header {
         {
             return Err(Error::BadHeader("rank"));
         }
-        let h = Header {
-            version,
-            flags,
+        let h = Header::from_words(&w, dtype);
+        if !h.arena_bytes.is_multiple_of(4) {
+            return Err(Error::BadHeader("arena bytes"));
+        }
+        Ok(h)
+    }
+
+    /// The fields of a header's words, unchecked ([`Header::parse`] checks them first).
+    #[allow(clippy::indexing_slicing)] // Constant indices below `HEADER_LEN / 4`.
+    pub(crate) const fn from_words(w: &[u32; HEADER_LEN / 4], io_dtype: Dtype) -> Header {
+        Header {
+            version: w[1] as u16,
+            flags: (w[1] >> 16) as u16,
             payload_len: w[3],
             desc_len: w[4],
             weights_offset: w[5],
@@ -588,17 +598,13 @@ impl Header {
             arena_bytes: w[7],
             input_len: w[8],
             output_len: w[9],
-            input_rank,
-            output_rank,
-            input_shape: shape_at(&w, 10),
-            output_shape: shape_at(&w, 16),
-            io_dtype: dtype,
+            input_rank: (w[2] >> 16) as u8,
+            output_rank: (w[2] >> 24) as u8,
+            input_shape: shape_at(w, 10),
+            output_shape: shape_at(w, 16),
+            io_dtype,
             crc: w[CRC_AT / 4],
-        };
-        if !h.arena_bytes.is_multiple_of(4) {
-            return Err(Error::BadHeader("arena bytes"));
         }
-        Ok(h)
     }
 
     /// Arena size in f32 elements (the arena is a `[f32]`; int8 values use its bytes).

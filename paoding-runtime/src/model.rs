@@ -3,9 +3,9 @@
 use crate::decode::{empty_node, empty_operand, Reader};
 use crate::error::{Error, Reason};
 use crate::format::{
-    blob_crc, same, ConvParams, ConvRec, DescHead, Dtype, Header, NodeRec, OpRec, Operand, PoolRec,
-    QConvRec, QRescale, QuantParams, RequantRec, Shape, WRef, HEADER_LEN, MAX_NODES, MAX_RANK,
-    VERSION_2, WEIGHTS_ALIGN,
+    blob_crc, header_words, same, ConvParams, ConvRec, DescHead, Dtype, Header, NodeRec, OpRec,
+    Operand, PoolRec, QConvRec, QRescale, QuantParams, RequantRec, Shape, WRef, HEADER_LEN,
+    MAX_NODES, MAX_RANK, VERSION_2, WEIGHTS_ALIGN,
 };
 use crate::kernels::{
     self, bytes, bytes_mut, cast, cast_mut, conv::ConvGeom, pool::PoolGeom, qconv::Requant, Dims,
@@ -17,8 +17,15 @@ const GRAPH: u32 = u32::MAX;
 
 /// A validated model: borrowed from the blob (flash), holding no copy of the weights.
 #[derive(Debug, Clone, Copy)]
+// Kept within 64 bytes, which a Cortex-M moves with load- and store-multiples: a larger
+// `Model` moved through a `Result` links compiler_builtins' `memcpy` (about 1 KB of flash). The
+// header is parsed again from `blob` when asked for.
 pub struct Model<'a> {
-    header: Header,
+    /// The whole blob (for [`Model::header`]).
+    blob: &'a [u8],
+    /// A version 2 description: offsets in f32 elements, no dtypes.
+    v2: bool,
+    io_dtype: Dtype,
     /// The node records (the description after its [`DescHead`]).
     nodes: &'a [u8],
     n_nodes: usize,
@@ -344,7 +351,9 @@ impl<'a> Model<'a> {
             return Err(Error::Limit("more than MAX_NODES nodes"));
         }
         let mut model = Model {
-            header,
+            blob,
+            v2,
+            io_dtype: header.io_dtype,
             nodes,
             n_nodes,
             weights,
@@ -400,7 +409,7 @@ impl<'a> Model<'a> {
     fn node_iter(&self) -> Nodes<'a> {
         Nodes {
             rest: self.nodes,
-            v2: self.header.version == VERSION_2,
+            v2: self.v2,
         }
     }
 
@@ -570,7 +579,10 @@ impl<'a> Model<'a> {
         let first = node.inputs.first().ok_or(Reason::Arity)?;
         let id = dims(&first.shape);
         let od = dims(&node.output.shape);
-        let expected: Dims = match &node.op {
+        // Each arm leaves the output dimensions it expects here (Dims moved through a
+        // `Result` cost a `memcpy` call, and the 1 KB of compiler_builtins behind it).
+        let mut expected = id;
+        match &node.op {
             OpRec::Dense {
                 units,
                 inputs,
@@ -580,7 +592,7 @@ impl<'a> Model<'a> {
             } => {
                 self.wf32(*weights, dense_weights(&id, *units, *inputs)?)?;
                 self.wf32(*bias, *units as usize)?;
-                shape_dims(&[1, *units as usize])
+                expected = shape_dims(&[1, *units as usize]);
             }
             OpRec::QDense {
                 units,
@@ -591,39 +603,27 @@ impl<'a> Model<'a> {
                 let wl = dense_weights(&id, *units, *inputs)?;
                 self.wrun(*weights, wl, 1, Reason::WeightCount)?;
                 self.check_requant(quant, *units as usize)?;
-                shape_dims(&[1, *units as usize])
+                expected = shape_dims(&[1, *units as usize]);
             }
             OpRec::Conv2d(c) => {
-                let (e, filters) = check_conv(&id, &c.params)?;
+                let filters = check_conv(&mut expected, &c.params)?;
                 self.wf32(c.weights, filters)?;
                 self.wf32(c.bias, c.params.out_channels as usize)?;
-                e
             }
             OpRec::QConv2d(c) => {
-                let (e, filters) = check_conv(&id, &c.params)?;
+                let filters = check_conv(&mut expected, &c.params)?;
                 self.wrun(c.weights, filters, 1, Reason::WeightCount)?;
                 self.check_requant(&c.quant, c.params.out_channels as usize)?;
-                e
             }
             OpRec::BatchNorm { scale, shift } => {
                 ok_if(id.rank >= 2, Reason::BatchNormRank)?;
                 self.wf32(*scale, id.at(1))?;
                 self.wf32(*shift, id.at(1))?;
-                id
             }
-            OpRec::Activation(_) => id,
-            OpRec::QClamp { min, max } => {
-                check_act(*min, *max)?;
-                id
-            }
-            OpRec::Quantize(q) | OpRec::Dequantize(q) => {
-                check_scale(q)?;
-                id
-            }
-            OpRec::Softmax { axis } => {
-                check_axis(*axis, &id, Reason::SoftmaxAxis)?;
-                id
-            }
+            OpRec::Activation(_) => {}
+            OpRec::QClamp { min, max } => check_act(*min, *max)?,
+            OpRec::Quantize(q) | OpRec::Dequantize(q) => check_scale(q)?,
+            OpRec::Softmax { axis } => check_axis(*axis, &id, Reason::SoftmaxAxis)?,
             OpRec::QSoftmax {
                 axis,
                 input_multiplier,
@@ -644,7 +644,6 @@ impl<'a> Model<'a> {
                         && *diff_min >= -(i32::MAX >> input_left_shift),
                     Reason::SoftmaxParams,
                 )?;
-                id
             }
             OpRec::MaxPool(p) | OpRec::AveragePool(p) => {
                 // An int8 average counts the taps inside the input only (TFLite's).
@@ -652,13 +651,13 @@ impl<'a> Model<'a> {
                     !(p.count_include_pad && node.output.dtype == Dtype::I8),
                     Reason::PoolIncludePad,
                 )?;
-                check_pool(p, &id)?
+                check_pool(p, &mut expected)?;
             }
             OpRec::GlobalAveragePool => {
                 ok_if(id.rank == 4, Reason::GlobalPoolRank)?;
-                shape_dims(&[1, id.at(1), 1, 1])
+                expected = shape_dims(&[1, id.at(1), 1, 1]);
             }
-            OpRec::Add => check_add(node)?,
+            OpRec::Add => check_add(node, &mut expected)?,
             OpRec::QAdd(p) => {
                 check_rescale(&p.input1, 0, Reason::AddShift)?;
                 check_rescale(&p.input2, 0, Reason::AddShift)?;
@@ -667,9 +666,9 @@ impl<'a> Model<'a> {
                 check_zero_point(p.output_zp)?;
                 check_act(p.act_min, p.act_max)?;
                 ok_if((0..=20).contains(&p.left_shift), Reason::AddShift)?;
-                check_add(node)?
+                check_add(node, &mut expected)?;
             }
-            OpRec::Concat { axis } => check_concat(node, *axis, &id)?,
+            OpRec::Concat { axis } => check_concat(node, *axis, &mut expected)?,
             OpRec::QConcat {
                 axis,
                 rescales,
@@ -689,14 +688,14 @@ impl<'a> Model<'a> {
                     }
                 }
                 check_zero_point(*output_zp)?;
-                check_concat(node, *axis, &id)?
+                check_concat(node, *axis, &mut expected)?;
             }
             OpRec::Reshape => {
                 ok_if(
                     od.product(0, od.rank) == id.product(0, id.rank),
                     Reason::ReshapeCount,
                 )?;
-                od
+                expected = od;
             }
             OpRec::Transpose { perm } => {
                 ok_if(
@@ -704,18 +703,16 @@ impl<'a> Model<'a> {
                     Reason::Permutation,
                 )?;
                 let mut seen = [false; MAX_RANK];
-                let mut e = id;
-                for (o, &p) in e.d.iter_mut().zip(perm.iter()) {
+                for (o, &p) in expected.d.iter_mut().zip(perm.iter()) {
                     match seen.get_mut(p as usize) {
                         Some(s) if !*s && (p as usize) < id.rank => *s = true,
                         _ => return Err(Reason::Permutation),
                     }
                     *o = id.at(p as usize);
                 }
-                e
             }
-            OpRec::Pad { pads, .. } | OpRec::QPad { pads, .. } => check_pad(pads, &id)?,
-        };
+            OpRec::Pad { pads, .. } | OpRec::QPad { pads, .. } => check_pad(pads, &mut expected)?,
+        }
         ok_if(same(expected.dims(), od.dims()), Reason::OutputShape)
     }
 
@@ -764,9 +761,9 @@ impl<'a> Model<'a> {
         Ok(())
     }
 
-    /// The parsed header.
-    pub fn header(&self) -> &Header {
-        &self.header
+    /// The header, parsed again from the blob (checked in [`Model::from_bytes`]).
+    pub fn header(&self) -> Header {
+        Header::from_words(&header_words(self.blob), self.io_dtype)
     }
 
     /// Number of nodes.
@@ -776,18 +773,18 @@ impl<'a> Model<'a> {
 
     /// Elements of the input (f32 or i8: [`Model::io_dtype`]).
     pub fn input_len(&self) -> usize {
-        self.header.input_len as usize
+        self.input.len / self.io_dtype.size()
     }
 
     /// Elements of the output (f32 or i8: [`Model::io_dtype`]).
     pub fn output_len(&self) -> usize {
-        self.header.output_len as usize
+        self.output.len / self.io_dtype.size()
     }
 
     /// The dtype of the input and of the output: [`Model::run`] runs f32 models,
     /// [`Model::run_i8`] int8 ones.
     pub fn io_dtype(&self) -> Dtype {
-        self.header.io_dtype
+        self.io_dtype
     }
 
     /// For an int8 input, the quantization its values are in: a caller of [`Model::run_i8`]
@@ -807,7 +804,7 @@ impl<'a> Model<'a> {
         let mut head = empty_head();
         let mut r = Reader {
             rest: self.desc,
-            v2: self.header.version == VERSION_2,
+            v2: self.v2,
         };
         // Decoded once already: this cannot fail.
         let _ = r.head_into(&mut head);
@@ -826,13 +823,13 @@ impl<'a> Model<'a> {
     }
 
     /// Input shape, batch first.
-    pub fn input_shape(&self) -> &[u32] {
-        self.header.input_shape()
+    pub fn input_shape(&self) -> Shape {
+        Shape::from_slice(self.header().input_shape()).unwrap_or_default()
     }
 
     /// Output shape, batch first.
-    pub fn output_shape(&self) -> &[u32] {
-        self.header.output_shape()
+    pub fn output_shape(&self) -> Shape {
+        Shape::from_slice(self.header().output_shape()).unwrap_or_default()
     }
 
     /// Run a model with f32 input and output (int8 inside is fine: the graph quantizes and
@@ -854,8 +851,8 @@ impl<'a> Model<'a> {
     }
 
     fn check_io(&self, dtype: Dtype, input: usize, output: usize) -> Result<(), Error> {
-        if self.header.io_dtype != dtype {
-            return Err(Error::IoDtype(self.header.io_dtype));
+        if self.io_dtype != dtype {
+            return Err(Error::IoDtype(self.io_dtype));
         }
         if input != self.input_len() {
             return Err(Error::InputLength {
@@ -1099,8 +1096,10 @@ fn dense_weights(id: &Dims, units: u32, inputs: u32) -> Result<usize, Reason> {
         .ok_or(Reason::DenseTooLarge)
 }
 
-/// A convolution's parameters against its input: the output dimensions and the weight count.
-fn check_conv(id: &Dims, c: &ConvParams) -> Result<(Dims, usize), Reason> {
+/// A convolution's parameters against its input dimensions `d`, which become the output's;
+/// the weight count.
+fn check_conv(d: &mut Dims, c: &ConvParams) -> Result<usize, Reason> {
+    let id = &*d;
     let bad = Reason::ConvParams;
     let (g, ic, oc) = (c.groups, c.in_channels, c.out_channels);
     ok_if(id.rank == 4 && id.at(1) == ic as usize, bad)?;
@@ -1114,12 +1113,17 @@ fn check_conv(id: &Dims, c: &ConvParams) -> Result<(Dims, usize), Reason> {
     let oh = window_out(id.at(2), c.kernel[0], c.dilation[0], c.stride[0], ph0, ph1);
     let ow = window_out(id.at(3), c.kernel[1], c.dilation[1], c.stride[1], pw0, pw1);
     match (oh, ow) {
-        (Some(oh), Some(ow)) => Ok((shape_dims(&[1, oc as usize, oh, ow]), filters)),
+        (Some(oh), Some(ow)) => {
+            *d = shape_dims(&[1, oc as usize, oh, ow]);
+            Ok(filters)
+        }
         _ => Err(bad),
     }
 }
 
-fn check_pool(p: &PoolRec, id: &Dims) -> Result<Dims, Reason> {
+/// A pooling window against its input dimensions `d`, which become the output's.
+fn check_pool(p: &PoolRec, d: &mut Dims) -> Result<(), Reason> {
+    let id = &*d;
     let bad = Reason::PoolParams;
     let [kh, kw] = p.kernel;
     let [pt, pl, pb, pr] = p.padding;
@@ -1130,7 +1134,10 @@ fn check_pool(p: &PoolRec, id: &Dims) -> Result<Dims, Reason> {
     let oh = window_out(id.at(2), kh, 1, p.stride[0], pt, pb);
     let ow = window_out(id.at(3), kw, 1, p.stride[1], pl, pr);
     match (oh, ow) {
-        (Some(oh), Some(ow)) => Ok(shape_dims(&[1, id.at(1), oh, ow])),
+        (Some(oh), Some(ow)) => {
+            *d = shape_dims(&[1, id.at(1), oh, ow]);
+            Ok(())
+        }
         _ => Err(bad),
     }
 }
@@ -1140,44 +1147,46 @@ fn check_axis(axis: u8, id: &Dims, reason: Reason) -> Result<(), Reason> {
     ok_if(axis != 0 && (axis as usize) < id.rank, reason)
 }
 
-/// Both inputs of an Add have one shape; the output's.
-fn check_add(node: &NodeRec) -> Result<Dims, Reason> {
+/// Both inputs of an Add have one shape; `d` becomes the output's.
+fn check_add(node: &NodeRec, d: &mut Dims) -> Result<(), Reason> {
     match (node.inputs.first(), node.inputs.get(1)) {
-        (Some(a), Some(b)) if same(&a.shape, &b.shape) => Ok(dims(&a.shape)),
+        (Some(a), Some(b)) if same(&a.shape, &b.shape) => {
+            *d = dims(&a.shape);
+            Ok(())
+        }
         _ => Err(Reason::AddShapes),
     }
 }
 
-/// The output dimensions of a concatenation of `node`'s inputs along `axis`.
-fn check_concat(node: &NodeRec, axis: u8, id: &Dims) -> Result<Dims, Reason> {
-    check_axis(axis, id, Reason::ConcatAxis)?;
+/// A concatenation of `node`'s inputs along `axis`: `e`, the first input's dimensions, become
+/// the output's.
+fn check_concat(node: &NodeRec, axis: u8, e: &mut Dims) -> Result<(), Reason> {
+    check_axis(axis, e, Reason::ConcatAxis)?;
     let axis = axis as usize;
-    let mut e = *id;
     for other in node.inputs.iter().skip(1) {
         let d = dims(&other.shape);
         ok_if(
-            d.rank == id.rank && (0..id.rank).all(|i| i == axis || d.at(i) == id.at(i)),
+            d.rank == e.rank && (0..e.rank).all(|i| i == axis || d.at(i) == e.at(i)),
             Reason::ConcatShapes,
         )?;
         if let Some(x) = e.d.get_mut(axis) {
             *x = x.checked_add(d.at(axis)).ok_or(Reason::ConcatTooLarge)?;
         }
     }
-    Ok(e)
+    Ok(())
 }
 
-/// The output dimensions of a constant padding.
-fn check_pad(pads: &[[u32; 2]], id: &Dims) -> Result<Dims, Reason> {
+/// A constant padding: `e`, the input's dimensions, become the output's.
+fn check_pad(pads: &[[u32; 2]], e: &mut Dims) -> Result<(), Reason> {
     ok_if(
-        pads.len() == id.rank && pads.first() == Some(&[0, 0]),
+        pads.len() == e.rank && pads.first() == Some(&[0, 0]),
         Reason::PadAxes,
     )?;
-    let mut e = *id;
     for (o, p) in e.d.iter_mut().zip(pads.iter()) {
         *o = o
             .checked_add(p[0] as usize)
             .and_then(|x| x.checked_add(p[1] as usize))
             .ok_or(Reason::PadTooLarge)?;
     }
-    Ok(e)
+    Ok(())
 }

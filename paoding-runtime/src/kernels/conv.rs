@@ -17,6 +17,7 @@
 //!
 //! A dense layer is a 1x1 convolution over a 1x1 image.
 
+use super::{copy_values, fill, splat, zeroed};
 use crate::format::{block_len, Act, FILTER_BLOCK};
 use core::num::NonZeroUsize;
 
@@ -627,15 +628,16 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
     }
     let width = width.get();
     // Offset of tap (ky, kx) from its tile's first input, in bytes.
-    let mut offsets = [0u32; MAX_TAPS];
+    let mut offsets: [u32; MAX_TAPS] = splat(0);
     for (t, o) in offsets.iter_mut().enumerate().take(taps) {
         let (ky, kx) = (t / kw, t % kw * g.dx);
         *o = ((ky * g.dy * width + kx % sx * phase + kx / sx) * 4) as u32;
     }
     let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
-    let mut window = [0.0; WINDOW];
-    let mut widened = [0.0; MAX_TAPS];
-    let mut tail = [0.0; FILTER_BLOCK];
+    let mut window = core::mem::MaybeUninit::uninit();
+    let window: &mut [f32; WINDOW] = zeroed(&mut window);
+    let mut widened: [f32; MAX_TAPS] = splat(0.0);
+    let mut tail: [f32; FILTER_BLOCK] = splat(0.0);
     // f32 tiles go straight to the output where a whole tile fits; the rest through `tail`.
     let direct = match &mut out {
         Outputs::F32(o) if o.len() >= g.out_c * out_plane => o.as_mut_ptr(),
@@ -767,8 +769,8 @@ fn fill_window(g: &ConvGeom, plane: Plane<'_>, oy0: usize, phase: usize, window:
     // Rows over the padding are zero. The columns over the padding are never written, so they
     // keep the zeros the window started with.
     let (r0, r1) = (r0.min(rows), r1.min(rows).max(r0.min(rows)));
-    window.get_mut(..r0 * width).unwrap_or(&mut []).fill(0.0);
-    window.get_mut(r1 * width..).unwrap_or(&mut []).fill(0.0);
+    fill(window.get_mut(..r0 * width).unwrap_or(&mut []), 0.0);
+    fill(window.get_mut(r1 * width..).unwrap_or(&mut []), 0.0);
     let len = match plane {
         Plane::F32(p) => p.len(),
         Plane::I8(p, _) => p.len(),
@@ -971,10 +973,8 @@ pub(crate) fn conv2d(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], act: Act
                 }
             }
             let n = block_len(go - f0 % go);
-            let mut bias = [0.0; FILTER_BLOCK];
-            for (d, s) in bias.iter_mut().zip(b.get(f0..f0 + n).unwrap_or(&[])) {
-                *d = *s;
-            }
+            let mut bias: [f32; FILTER_BLOCK] = splat(0.0);
+            copy_values(&mut bias, b.get(f0..f0 + n).unwrap_or(&[]));
             let f = Filters {
                 c: n,
                 w: w.get(f0 * filter..).unwrap_or(&[]),

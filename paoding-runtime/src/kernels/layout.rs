@@ -2,7 +2,7 @@
 //! one copy of each; a quantized Concat rescales as it copies). (Reshape is a free view: no
 //! kernel.)
 
-use super::{copy, qeltwise, Dims};
+use super::{copy, qeltwise, splat, Dims};
 use crate::format::{QRescale, MAX_RANK};
 
 /// Row-major strides of `dims` (`rank` used).
@@ -54,12 +54,12 @@ pub(crate) fn transpose(in_dims: &Dims, perm: &[u8], size: usize, input: &[u8], 
     let rank = in_dims.rank;
     let in_strides = strides(in_dims);
     let mut dims = [1usize; MAX_RANK];
-    let mut step = [0usize; MAX_RANK];
+    let mut step: [usize; MAX_RANK] = splat(0);
     for ((d, s), &p) in dims.iter_mut().zip(step.iter_mut()).zip(perm) {
         *d = in_dims.at(p as usize);
         *s = in_strides.get(p as usize).copied().unwrap_or(0) * size;
     }
-    let mut idx = [0usize; MAX_RANK];
+    let mut idx: [usize; MAX_RANK] = splat(0);
     let mut src = 0usize;
     for o in out.chunks_exact_mut(size.max(1)) {
         if let Some(s) = input.get(src..src + o.len()) {
@@ -100,7 +100,7 @@ pub(crate) fn pad(
         return;
     }
     let out_strides = strides(out_dims);
-    let mut idx = [0usize; MAX_RANK];
+    let mut idx: [usize; MAX_RANK] = splat(0);
     for src in input.chunks_exact(row) {
         let mut at = 0;
         for ((i, s), p) in idx.iter().zip(&out_strides).zip(pads).take(rank) {

@@ -17,6 +17,7 @@ pub(crate) mod qeltwise;
 pub(crate) mod x86;
 
 use crate::format::{Act, MAX_RANK};
+use core::mem::MaybeUninit;
 
 /// A shape with `usize` dimensions, batch first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +166,54 @@ unsafe fn clamp_quads(xs: *mut f32, quads: usize, top: u32) {
     }
 }
 
+/// `z` set to `[0.0; N]` in place: on Thumb-2 four words per store-multiple, a quarter of a
+/// store loop's instructions, for the 2 KB window every depthwise layer starts from zeroed.
+#[inline(always)]
+pub(crate) fn zeroed<const N: usize>(z: &mut MaybeUninit<[f32; N]>) -> &mut [f32; N] {
+    #[cfg(paoding_thumb2)]
+    if N.is_multiple_of(4) {
+        // SAFETY: `zero_quads` writes all N / 4 quads, every element, and +0.0 is the all-zero
+        // bit pattern: the array is initialized.
+        return unsafe {
+            zero_quads(z.as_mut_ptr().cast::<f32>(), N / 4);
+            z.assume_init_mut()
+        };
+    }
+    z.write(splat(0.0))
+}
+
+/// Zero `4 quads` words from `p`, one `stm` of four zero registers per quad.
+///
+/// # Safety
+/// `p` is valid for writes of `4 quads` words and aligned for them.
+#[cfg(paoding_thumb2)]
+#[inline(always)]
+unsafe fn zero_quads(p: *mut f32, quads: usize) {
+    // SAFETY: writes 4 quads words from `p` (the caller's contract), none for quads = 0.
+    unsafe {
+        core::arch::asm!(
+            "cmp {n}, #0",
+            "beq 3f",
+            "movs r3, #0",
+            "movs r4, #0",
+            "movs r5, #0",
+            "mov r12, #0",
+            "2:",
+            "stm {p}!, {{r3, r4, r5, r12}}",
+            "subs {n}, #1",
+            "bne 2b",
+            "3:",
+            p = inout(reg) p => _,
+            n = inout(reg) quads => _,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+            out("r12") _,
+            options(nostack),
+        );
+    }
+}
+
 /// `x` at and above zero, `alpha x` below (paoding-core's reference).
 #[inline(always)]
 fn leaky(x: f32, alpha: f32) -> f32 {
@@ -242,12 +291,54 @@ pub(crate) fn expf(x: f32) -> f32 {
     f32::from_bits(((k + 127) as u32) << 23) * e
 }
 
-/// `dst = src`, element by element over the shorter of the two (lengths are equal after
-/// validation; no panicking length assertion).
+/// `dst = src` over the shorter of the two (lengths are equal after validation; no
+/// panicking length assertion). On Cortex-M a word at a time where both are aligned and a
+/// whole number of words long (the arena's f32 values are), else a byte at a time.
+#[inline(never)]
+pub(crate) fn copy(dst: &mut [u8], src: &[u8]) {
+    #[cfg(target_arch = "arm")]
+    if let (Some(d), Some(s)) = (cast_mut::<i32>(dst), cast::<i32>(src)) {
+        return copy_values(d, s);
+    }
+    copy_values(dst, src)
+}
+
+/// `dst = src`, element by element over the shorter of the two (see [`keep_loop`]).
 #[inline]
-pub(crate) fn copy<T: Copy>(dst: &mut [T], src: &[T]) {
+pub(crate) fn copy_values<T: Copy>(dst: &mut [T], src: &[T]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d = *s;
+        keep_loop();
+    }
+}
+
+/// Every element of `dst` = `v` (see [`keep_loop`]).
+#[inline]
+pub(crate) fn fill<T: Copy>(dst: &mut [T], v: T) {
+    for d in dst {
+        *d = v;
+        keep_loop();
+    }
+}
+
+/// `[v; N]`, stored without a `memset` call on Cortex-M (see [`keep_loop`]): LLVM cannot tell
+/// an opaque value's bytes are all alike.
+#[inline(always)]
+pub(crate) const fn splat<T: Copy, const N: usize>(v: T) -> [T; N] {
+    #[cfg(target_arch = "arm")]
+    let v = core::hint::black_box(v);
+    [v; N]
+}
+
+/// Ends a loop body on Cortex-M: LLVM keeps the loop as written instead of calling `memcpy` or
+/// `memset`, whose compiler_builtins versions are about 1 KB of flash there (more than any
+/// kernel), for copies and fills that are a few bytes to a few kilobytes long.
+#[inline(always)]
+pub(crate) fn keep_loop() {
+    // SAFETY: an empty instruction sequence.
+    #[cfg(target_arch = "arm")]
+    unsafe {
+        core::arch::asm!("", options(nomem, nostack, preserves_flags))
     }
 }
 

@@ -1,6 +1,5 @@
 //! Max, average and global average pooling over NCHW, f32 and int8.
 
-use super::copy;
 use core::num::NonZeroU32;
 
 /// Geometry of one pooling, proven consistent by validation.
@@ -119,7 +118,9 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, int8: bool, input: &[u8]
                             Some(true) => acc / full,
                             Some(false) => acc / taps as f32,
                         };
-                        copy(o, &v.to_le_bytes());
+                        if let Ok(o) = <&mut [u8; 4]>::try_from(o) {
+                            *o = v.to_le_bytes();
+                        }
                     }
                 }
             }
