@@ -73,6 +73,19 @@ impl Requant<'_> {
         v.max(self.act_min).min(self.act_max) as i8
     }
 
+    /// One pixel's outputs: channel `f0 + o`'s accumulator `acc[o]` into `out[o * step]`.
+    /// One copy on Cortex-M for every kernel that stores a pixel's channels.
+    #[cfg_attr(target_arch = "arm", inline(never))]
+    #[cfg(any(target_arch = "arm", test))]
+    fn pixel(&self, f0: usize, acc: &[i32], out: &mut [i8], step: usize) {
+        for (o, &a) in acc.iter().enumerate() {
+            let (Some(requant), Some(d)) = (self.channel(f0 + o), out.get_mut(o * step)) else {
+                break;
+            };
+            *d = requant(a);
+        }
+    }
+
     /// Output channel `f`'s int8 outputs of `sums` (whole numbers before the bias, as the
     /// depthwise window's f32 tiles hold them: `conv::depthwise_i8`), into `out`: the
     /// channel's parameters read once per tile. Nothing past the last channel.
@@ -107,13 +120,19 @@ pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out
     if super::conv::depthwise_i8(g, input, w, q, out) {
         return;
     }
+    // The DSP extension: pointwise layers' blocks of 4 filters two pixels at a time over their
+    // inputs widened once; the loop below takes any filters left.
+    #[cfg(paoding_dsp)]
+    let first = dsp::pointwise(g, input, w, q, out);
+    #[cfg(not(paoding_dsp))]
+    let first = 0;
     let groups = g.groups.max(1);
     let (gi, go) = (g.in_c / groups, (g.out_c / groups).max(1));
     let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
     let filter = gi * g.kh * g.kw;
     // Filter f0 is the (f0 % go)-th of group f0 / go; a block never spans two groups, and
     // holds c * filter weights.
-    let mut f0 = 0;
+    let mut f0 = first;
     while f0 < g.out_c {
         let c = i8_block_len(go - f0 % go);
         let block = Block {
@@ -211,14 +230,8 @@ impl Block<'_> {
                         }
                     }
                 }
-                for (o, &a) in acc.iter().take(c).enumerate() {
-                    let (Some(requant), Some(d)) =
-                        (q.channel(self.f0 + o), out.get_mut(o * out_plane + pixel))
-                    else {
-                        break;
-                    };
-                    *d = requant(a);
-                }
+                let at = out.get_mut(pixel..).unwrap_or(&mut []);
+                q.pixel(self.f0, acc.get(..c).unwrap_or(&[]), at, out_plane);
                 pixel += 1;
             }
         }
@@ -256,8 +269,122 @@ use dsp::pairs;
 /// (ARMv7E-M; ARMv8-M Mainline with DSP).
 #[cfg(paoding_dsp)]
 mod dsp {
-    use super::I8_BLOCK;
+    use super::{ConvGeom, Requant, I8_BLOCK};
+    use crate::kernels::splat;
     use core::arch::asm;
+
+    /// Most input pairs a pointwise layer's column holds (8 bytes each, on the stack).
+    const COLUMN_PAIRS: usize = 128;
+
+    /// The blocks of 4 filters of a 1x1 convolution at stride 1 without padding, over two
+    /// pixels or more, of an even number of inputs (at most `2 COLUMN_PAIRS`): per pair of
+    /// pixels, every input less its zero point is widened once into a column of 16-bit pairs
+    /// (`[pixel A's pair, pixel B's pair]` per pair of inputs), which every pair of filters
+    /// then runs over ([`cols2x2`]). Returns the output channels done: 0 for any other layer.
+    pub(super) fn pointwise(
+        g: &ConvGeom,
+        input: &[i8],
+        w: &[i8],
+        q: &Requant<'_>,
+        out: &mut [i8],
+    ) -> usize {
+        let plane = g.oh * g.ow;
+        let blocks = g.out_c / I8_BLOCK * I8_BLOCK;
+        let one_by_one = g.kh == 1 && g.kw == 1 && g.sy == 1 && g.sx == 1;
+        let unpadded = g.pt == 0 && g.pl == 0 && g.ih * g.iw == plane;
+        let pairs = g.in_c / 2;
+        if !one_by_one
+            || !unpadded
+            || g.groups.max(1) != 1
+            || !g.in_c.is_multiple_of(2)
+            || pairs == 0
+            || pairs > COLUMN_PAIRS
+            || blocks == 0
+            || plane < 2
+            || input.len() < g.in_c * plane
+            || w.len() < blocks * g.in_c
+            || out.len() < blocks * plane
+        {
+            return 0;
+        }
+        let zp = q.input_zp;
+        let mut col: [u32; 2 * COLUMN_PAIRS] = splat(0);
+        let mut a = 0;
+        while a < plane {
+            // An odd last pixel pairs with itself; its copy is not stored.
+            let b = (a + 1).min(plane - 1);
+            for (k, c) in col.chunks_exact_mut(2).take(pairs).enumerate() {
+                let (i0, i1) = (2 * k * plane, (2 * k + 1) * plane);
+                // SAFETY: inputs 2k, 2k + 1 < in_c of pixels a, b < plane: inside `input`
+                // (its length checked above).
+                let x = |i: usize| (i32::from(unsafe { *input.get_unchecked(i) }) - zp) as u32;
+                if let [ca, cb] = c {
+                    *ca = (x(i0 + a) & 0xFFFF) | x(i1 + a) << 16;
+                    *cb = (x(i0 + b) & 0xFFFF) | x(i1 + b) << 16;
+                }
+            }
+            for f in (0..blocks).step_by(2) {
+                // Filters f, f + 1 are word (f % 4) / 2 of each 8-byte group of their block.
+                let at = (f & !3) * g.in_c + (f & 2) * 2;
+                let mut acc = [0i32; 4];
+                // SAFETY: the block's 8 `pairs` bytes from `at` lie inside `w` (its length
+                // checked above); the column holds 2 `pairs` words.
+                unsafe { cols2x2(&mut acc, col.as_ptr(), w.as_ptr().add(at), pairs) };
+                // An odd last pixel's copy lands on it with the same value.
+                let at_a = out.get_mut(f * plane + a..).unwrap_or(&mut []);
+                q.pixel(f, &[acc[0], acc[2]], at_a, plane);
+                let at_b = out.get_mut(f * plane + b..).unwrap_or(&mut []);
+                q.pixel(f, &[acc[1], acc[3]], at_b, plane);
+            }
+            a += 2;
+        }
+        blocks
+    }
+
+    /// Two filters over two pixels: `acc = [f@A, f@B, f+1@A, f+1@B]` summed over `n` pairs of
+    /// inputs, `col` holding per pair the two pixels' 16-bit pairs, `w` the filter pair's
+    /// word every 8 bytes. Per pair: one `ldrd`, one `ldr`, two `sxtb16`, four `smlad`:
+    /// 10 instructions for 8 MACs with the loop.
+    ///
+    /// # Safety
+    /// `col` holds `2 n` words and `w` `8 (n - 1) + 4` bytes.
+    #[inline(always)]
+    unsafe fn cols2x2(acc: &mut [i32; 4], col: *const u32, w: *const i8, n: usize) {
+        let [mut a0, mut a1, mut a2, mut a3] = *acc;
+        // SAFETY: reads 2 n words from `col` and n words 8 bytes apart from `w` (the caller's
+        // contract), none for n = 0; writes only its registers.
+        unsafe {
+            asm!(
+                "cmp r9, #0",
+                "beq 3f",
+                "2:",
+                "ldrd r10, r11, [r4], #8",
+                "ldr r12, [r8], #8",
+                "sxtb16 lr, r12",
+                "sxtb16 r12, r12, ror #8",
+                "smlad r0, lr, r10, r0",
+                "smlad r1, lr, r11, r1",
+                "smlad r2, r12, r10, r2",
+                "smlad r3, r12, r11, r3",
+                "subs r9, #1",
+                "bne 2b",
+                "3:",
+                inout("r0") a0,
+                inout("r1") a1,
+                inout("r2") a2,
+                inout("r3") a3,
+                inout("r4") col => _,
+                inout("r8") w => _,
+                inout("r9") n => _,
+                out("r10") _,
+                out("r11") _,
+                out("r12") _,
+                out("lr") _,
+                options(nostack, readonly),
+            );
+        }
+        *acc = [a0, a1, a2, a3];
+    }
 
     /// [`super::pairs`] on the DSP extension: per pair, two `ldrsb`, packed into 16-bit
     /// halves (`pkhbt`) less the zero point (`ssub16`); two words of weights, each
