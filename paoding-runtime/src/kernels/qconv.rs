@@ -86,19 +86,27 @@ impl Requant<'_> {
         }
     }
 
+    /// Output channel `f`'s bias and requantization; `None` past the last channel.
+    #[inline(always)]
+    fn requantizer(&self, f: usize) -> Option<(i32, Requantizer)> {
+        let (&bias, &m, &s) = (
+            self.bias.get(f)?,
+            self.multiplier.get(f)?,
+            self.shift.get(f)?,
+        );
+        Some((bias, Requantizer::new(m, s.into())))
+    }
+
     /// Output channel `f`'s int8 outputs of `sums` (whole numbers before the bias, as the
     /// depthwise window's f32 tiles hold them: `conv::depthwise_i8`), into `out`: the
     /// channel's parameters read once per tile. Nothing past the last channel.
     #[cfg_attr(target_arch = "arm", inline(never))]
     pub(crate) fn outputs(&self, f: usize, sums: &[f32], out: &mut [i8]) {
-        let (Some(&bias), Some(&m), Some(&s)) =
-            (self.bias.get(f), self.multiplier.get(f), self.shift.get(f))
-        else {
-            return;
-        };
         // The requantization inline, its shifts decoded once per tile: a call per output
         // cost 3 % more instructions on the int8 models with depthwise layers.
-        let r = Requantizer::new(m, s.into());
+        let Some((bias, r)) = self.requantizer(f) else {
+            return;
+        };
         for (d, &v) in out.iter_mut().zip(sums) {
             *d = self.finish(r.apply((v as i32).wrapping_add(bias)));
         }
@@ -330,11 +338,20 @@ mod dsp {
                 // SAFETY: the block's 8 `pairs` bytes from `at` lie inside `w` (its length
                 // checked above); the column holds 2 `pairs` words.
                 unsafe { cols2x2(&mut acc, col.as_ptr(), w.as_ptr().add(at), pairs) };
-                // An odd last pixel's copy lands on it with the same value.
-                let at_a = out.get_mut(f * plane + a..).unwrap_or(&mut []);
-                q.pixel(f, &[acc[0], acc[2]], at_a, plane);
-                let at_b = out.get_mut(f * plane + b..).unwrap_or(&mut []);
-                q.pixel(f, &[acc[1], acc[3]], at_b, plane);
+                // Each filter's parameters read once for its two pixels, the requantization
+                // inline (through `pixel`, a call and every channel's parameters per pixel,
+                // it cost more than the multiply-accumulates). An odd last pixel's copy lands
+                // on it with the same value.
+                for (j, sums) in [[acc[0], acc[1]], [acc[2], acc[3]]].iter().enumerate() {
+                    let Some((bias, r)) = q.requantizer(f + j) else {
+                        break;
+                    };
+                    for (&v, p) in sums.iter().zip([a, b]) {
+                        if let Some(d) = out.get_mut((f + j) * plane + p) {
+                            *d = q.finish(r.apply(v.wrapping_add(bias)));
+                        }
+                    }
+                }
             }
             a += 2;
         }
