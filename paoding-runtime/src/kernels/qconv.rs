@@ -128,10 +128,10 @@ pub(crate) fn qconv2d(g: &ConvGeom, input: &[i8], w: &[i8], q: &Requant<'_>, out
     if super::conv::depthwise_i8(g, input, w, q, out) {
         return;
     }
-    // The DSP extension: pointwise layers' blocks of 4 filters two pixels at a time over their
-    // inputs widened once; the loop below takes any filters left.
+    // The DSP extension: ungrouped layers' blocks of 4 filters two pixels at a time over
+    // their inputs widened once; the loop below takes any filters left.
     #[cfg(paoding_dsp)]
-    let first = dsp::pointwise(g, input, w, q, out);
+    let first = dsp::columns(g, input, w, q, out);
     #[cfg(not(paoding_dsp))]
     let first = 0;
     let groups = g.groups.max(1);
@@ -280,16 +280,19 @@ mod dsp {
     use super::{ConvGeom, Requant, I8_BLOCK};
     use crate::kernels::splat;
     use core::arch::asm;
+    use core::num::NonZeroUsize;
 
-    /// Most input pairs a pointwise layer's column holds (8 bytes each, on the stack).
+    /// Most input pairs a column holds (8 bytes each, on the stack).
     const COLUMN_PAIRS: usize = 128;
 
-    /// The blocks of 4 filters of a 1x1 convolution at stride 1 without padding, over two
-    /// pixels or more, of an even number of inputs (at most `2 COLUMN_PAIRS`): per pair of
-    /// pixels, every input less its zero point is widened once into a column of 16-bit pairs
-    /// (`[pixel A's pair, pixel B's pair]` per pair of inputs), which every pair of filters
-    /// then runs over ([`cols2x2`]). Returns the output channels done: 0 for any other layer.
-    pub(super) fn pointwise(
+    /// The blocks of 4 filters of an ungrouped convolution of an even number of inputs per
+    /// tap, at most `2 COLUMN_PAIRS` inputs per filter, over two pixels or more: per pair of
+    /// pixels, every input a filter reads, less its zero point (0 over the padding, the taps
+    /// TFLite skips), is widened once into a column of 16-bit pairs (`[pixel A's pair, pixel
+    /// B's pair]` per pair of inputs, in the filters' order: taps, then inputs), which every
+    /// pair of filters then runs over ([`cols2x2`]). Returns the output channels done: 0 for
+    /// any other layer.
+    pub(super) fn columns(
         g: &ConvGeom,
         input: &[i8],
         w: &[i8],
@@ -297,43 +300,64 @@ mod dsp {
         out: &mut [i8],
     ) -> usize {
         let plane = g.oh * g.ow;
+        let in_plane = g.ih * g.iw;
         let blocks = g.out_c / I8_BLOCK * I8_BLOCK;
-        let one_by_one = g.kh == 1 && g.kw == 1 && g.sy == 1 && g.sx == 1;
-        let unpadded = g.pt == 0 && g.pl == 0 && g.ih * g.iw == plane;
-        let pairs = g.in_c / 2;
-        if !one_by_one
-            || !unpadded
-            || g.groups.max(1) != 1
+        let tap_pairs = g.in_c / 2;
+        let pairs = tap_pairs * g.kh * g.kw;
+        let Some(ow) = NonZeroUsize::new(g.ow) else {
+            return 0;
+        };
+        if g.groups.max(1) != 1
             || !g.in_c.is_multiple_of(2)
             || pairs == 0
             || pairs > COLUMN_PAIRS
             || blocks == 0
             || plane < 2
-            || input.len() < g.in_c * plane
-            || w.len() < blocks * g.in_c
+            || input.len() < g.in_c * in_plane
+            || w.len() < blocks * 2 * pairs
             || out.len() < blocks * plane
         {
             return 0;
         }
         let zp = q.input_zp;
+        // Where pixel p reads tap (ky, kx): its offset in a plane, if inside the image.
+        let tap = |p: usize, ky: usize, kx: usize| {
+            let iy = (p / ow * g.sy + ky * g.dy).wrapping_sub(g.pt);
+            let ix = (p % ow * g.sx + kx * g.dx).wrapping_sub(g.pl);
+            (iy < g.ih && ix < g.iw).then_some(iy * g.iw + ix)
+        };
         let mut col: [u32; 2 * COLUMN_PAIRS] = splat(0);
         let mut a = 0;
         while a < plane {
             // An odd last pixel pairs with itself; its copy is not stored.
             let b = (a + 1).min(plane - 1);
-            for (k, c) in col.chunks_exact_mut(2).take(pairs).enumerate() {
-                let (i0, i1) = (2 * k * plane, (2 * k + 1) * plane);
-                // SAFETY: inputs 2k, 2k + 1 < in_c of pixels a, b < plane: inside `input`
-                // (its length checked above).
-                let x = |i: usize| (i32::from(unsafe { *input.get_unchecked(i) }) - zp) as u32;
-                if let [ca, cb] = c {
-                    *ca = (x(i0 + a) & 0xFFFF) | x(i1 + a) << 16;
-                    *cb = (x(i0 + b) & 0xFFFF) | x(i1 + b) << 16;
+            let mut at = 0;
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    // A tap over the padding reads pixel 0 and keeps none of it (mask 0):
+                    // no branch per pair.
+                    let (ta, tb) = (tap(a, ky, kx), tap(b, ky, kx));
+                    let mask = |t: Option<usize>| if t.is_some() { u32::MAX } else { 0 };
+                    let (xa, xb) = (ta.unwrap_or(0), tb.unwrap_or(0));
+                    // SAFETY: the tap's pairs of input channels (below in_c, checked) at
+                    // pixels inside the plane lie inside `input`, its words inside `col`
+                    // (2 pairs words, checked).
+                    unsafe {
+                        widen(
+                            col.as_mut_ptr().add(at),
+                            [input.as_ptr().add(xa), input.as_ptr().add(xb)],
+                            [mask(ta), mask(tb)],
+                            in_plane,
+                            tap_pairs,
+                            zp,
+                        )
+                    };
+                    at += 2 * tap_pairs;
                 }
             }
             for f in (0..blocks).step_by(2) {
                 // Filters f, f + 1 are word (f % 4) / 2 of each 8-byte group of their block.
-                let at = (f & !3) * g.in_c + (f & 2) * 2;
+                let at = (f & !3) * 2 * pairs + (f & 2) * 2;
                 let mut acc = [0i32; 4];
                 // SAFETY: the block's 8 `pairs` bytes from `at` lie inside `w` (its length
                 // checked above); the column holds 2 `pairs` words.
@@ -356,6 +380,41 @@ mod dsp {
             a += 2;
         }
         blocks
+    }
+
+    /// `n` pairs of input channels of one tap at two pixels, less the zero point, into `col`:
+    /// per pair `[A's pair & masks[0], B's pair & masks[1]]`, channel pair `k` being
+    /// channels `2k` and `2k + 1`, `stride` apart. Out of line: inside its caller the loop ran
+    /// short of registers.
+    ///
+    /// # Safety
+    /// `col` is valid for `2 n` words; each of `x` for reads at `stride` steps up to
+    /// `(2 n - 1) stride`.
+    #[inline(never)]
+    unsafe fn widen(
+        col: *mut u32,
+        x: [*const i8; 2],
+        masks: [u32; 2],
+        stride: usize,
+        n: usize,
+        zp: i32,
+    ) {
+        let ([mut a, mut b], [ma, mb]) = (x, masks);
+        // SAFETY: reads at offsets 0 and `stride` from a pointer the loop keeps inside the
+        // caller's ranges.
+        let pair = |p: *const i8| unsafe {
+            let (lo, hi) = (i32::from(*p) - zp, i32::from(*p.add(stride)) - zp);
+            (lo as u32 & 0xFFFF) | (hi as u32) << 16
+        };
+        for k in 0..n {
+            // SAFETY: words 2k, 2k + 1 < 2 n; the next pair of channels is 2 stride on.
+            unsafe {
+                *col.add(2 * k) = pair(a) & ma;
+                *col.add(2 * k + 1) = pair(b) & mb;
+                a = a.wrapping_add(2 * stride);
+                b = b.wrapping_add(2 * stride);
+            }
+        }
     }
 
     /// Two filters over two pixels: `acc = [f@A, f@B, f+1@A, f+1@B]` summed over `n` pairs of
