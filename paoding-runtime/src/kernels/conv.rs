@@ -687,17 +687,16 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                 }
                 let first = (c - fg + start) * taps + fg - start;
                 let bias = match input {
+                    // Indexed, not `step_by`, whose iterator costs instructions per step.
                     Layer::F32 { w, b, .. } => {
-                        let wc = w.get(first..).unwrap_or(&[]).iter().step_by(step);
-                        for (d, &v) in widened.iter_mut().zip(wc).take(taps) {
-                            *d = v;
+                        for (t, d) in widened.iter_mut().enumerate().take(taps) {
+                            *d = w.get(first + t * step).copied().unwrap_or(0.0);
                         }
                         b.get(c).copied()
                     }
                     Layer::I8 { w, .. } => {
-                        let wc = w.get(first..).unwrap_or(&[]).iter().step_by(step);
-                        for (d, &v) in widened.iter_mut().zip(wc).take(taps) {
-                            *d = f32::from(v);
+                        for (t, d) in widened.iter_mut().enumerate().take(taps) {
+                            *d = w.get(first + t * step).map_or(0.0, |&v| f32::from(v));
                         }
                         Some(0.0)
                     }
@@ -707,7 +706,12 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                     return true;
                 };
                 for ly in 0..rows {
-                    for ox in (0..g.ow).step_by(FILTER_BLOCK) {
+                    // Not `step_by`: its iterator cost a few instructions more per tile.
+                    let mut ox = 0;
+                    while ox < g.ow {
+                        let tile_ox = ox;
+                        ox += FILTER_BLOCK;
+                        let ox = tile_ox;
                         let (k, left) = (c * out_plane + (oy0 + ly) * g.ow + ox, g.ow - ox);
                         let whole = !direct.is_null() && left >= FILTER_BLOCK;
                         let to = if whole {
@@ -866,7 +870,9 @@ fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, out: &mut [f32
         let first = unsafe { host::pointwise(gi, planes, &f, out, plane) };
         #[cfg(target_arch = "arm")]
         let first = 0;
-        for q in (first..plane - 1).step_by(2) {
+        // A while loop, not `step_by`, whose iterator costs instructions per step.
+        let mut q = first;
+        while q + 1 < plane {
             // SAFETY: pixels q, q + 1 < plane of gi input and 8 output planes, gi runs of 8
             // weights (checked above); gi >= 1.
             unsafe {
@@ -880,6 +886,7 @@ fn block(g: &ConvGeom, gi: usize, planes: &[f32], f: Filters<'_>, out: &mut [f32
                     plane,
                 )
             };
+            q += 2;
         }
         if !plane.is_multiple_of(2) {
             let last = out.get_mut((g.oh - 1) * g.ow..).unwrap_or(&mut []);

@@ -81,7 +81,9 @@ pub(super) fn columns(
                 at += 2 * tap_pairs;
             }
         }
-        for f in (0..blocks).step_by(2) {
+        // A while loop, not `step_by`, whose iterator costs instructions per step.
+        let mut f = 0;
+        while f < blocks {
             // Filters f, f + 1 are word (f % 4) / 2 of each 8-byte group of their block.
             let at = (f & !3) * 2 * pairs + (f & 2) * 2;
             let mut acc = [0i32; 4];
@@ -102,6 +104,7 @@ pub(super) fn columns(
                     }
                 }
             }
+            f += 2;
         }
         a += 2;
     }
