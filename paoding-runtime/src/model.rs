@@ -995,6 +995,9 @@ impl<'a> Model<'a> {
                     *diff_min,
                 );
             }
+            OpRec::GlobalAveragePool if !int8 => {
+                kernels::pool::global_average(cast(x)?, cast_mut(out)?, id.at(2) * id.at(3));
+            }
             OpRec::MaxPool(_) | OpRec::AveragePool(_) | OpRec::GlobalAveragePool => {
                 let (g, average) = match &node.op {
                     OpRec::MaxPool(p) | OpRec::AveragePool(p) => {

@@ -128,11 +128,45 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, int8: bool, input: &[u8]
     }
 }
 
+/// The f32 global average of each `plane`-long plane of `input` into `out`: [`pool`]'s sum,
+/// in its order and so to its bits, without its per-value window, dtype and kind tests (about
+/// 11 instructions a value on a Cortex-M, 3 here).
+pub(crate) fn global_average(input: &[f32], out: &mut [f32], plane: usize) {
+    let full = plane as f32;
+    for (x, o) in input.chunks_exact(plane.max(1)).zip(out) {
+        *o = x.iter().fold(0.0, |acc, &v| acc + v) / full;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
     use std::vec::Vec;
+
+    /// The f32 global average is the general loop's average over the plane, bit for bit
+    /// (sums that round differently in another order: values spread over many magnitudes).
+    #[test]
+    fn global_average_is_the_general_pool_bit_for_bit() {
+        for (h, w, planes) in [(8, 8, 16), (4, 4, 64), (25, 5, 3), (1, 7, 2)] {
+            let x: Vec<f32> = (0..h * w * planes)
+                .map(|i| ((i * 7919 % 1013) as f32 - 500.0) * 1.37f32.powi((i % 23) as i32 - 11))
+                .collect();
+            let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut general = std::vec![0u8; planes * 4];
+            pool(
+                &PoolGeom::plane(h, w),
+                Some(true),
+                false,
+                &bytes,
+                &mut general,
+            );
+            let mut fast = std::vec![0f32; planes];
+            global_average(&x, &mut fast, h * w);
+            let fast: Vec<u8> = fast.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(fast, general, "{h}x{w}");
+        }
+    }
 
     /// The int8 pooling of `x` into `out`, through the byte kernel.
     fn qpool(g: &PoolGeom, average: bool, x: &[i8], out: &mut [i8]) {
