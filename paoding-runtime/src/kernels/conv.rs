@@ -166,17 +166,19 @@ lanes_impl!(1: 0);
 /// compiler neither keeps a block's accumulators where `vldm` can feed them nor loads a run of
 /// weights with one `vldm`: per input, one `vldr`, one `vldm` for the block's weights, then one
 /// `vmla` per filter. `vmla` rounds the product before adding (it is not fused), so results
-/// are bit-identical to the portable loop's `a += w * x`. The floating-point registers are
-/// saved and restored inside (stable Rust cannot name them as operands on this target).
+/// are bit-identical to the portable loop's `a += w * x`. The floating-point registers each
+/// loop uses are named as clobbers, so the compiler saves the callee-saved ones (s16 up) once
+/// per function rather than the assembly on every call (a `vpush`/`vpop` pair per tile).
 #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
 mod arm {
     use core::arch::asm;
 
     /// `run8` / `run4`: the inner loop for a block of 8 / 4 filters. `$w` names the weight
-    /// registers, `$x` the input's, `$acc` the accumulators' (s16 up, callee-saved, so saved
-    /// and restored here with the others) and `$mla` is one `vmla` line per filter.
+    /// registers, `$x` the input's, `$acc` the accumulators' (s16 up), the bracketed list every
+    /// one of them as a clobber, and `$mla` is one `vmla` line per filter.
     macro_rules! run_n {
-        ($name:ident, $n:literal, $w:literal, $x:literal, $acc:literal, $($mla:literal)*) => {
+        ($name:ident, $n:literal, $w:literal, $x:literal, $acc:literal, [$($reg:tt)*],
+         $($mla:literal)*) => {
             /// # Safety
             /// As [`super::Lanes::run`].
             #[inline(always)]
@@ -192,11 +194,9 @@ mod arm {
                     return;
                 }
                 // SAFETY: reads `acc`, n inputs and n runs of weights inside their slices
-                // (the caller's contract), writes `acc`; every register it uses is restored.
+                // (the caller's contract), writes `acc`; the registers it uses are clobbers.
                 unsafe {
                     asm!(
-                        concat!("vpush {{", $w, ", ", $x, "}}"),
-                        concat!("vpush {{", $acc, "}}"),
                         concat!("vldmia {acc}, {{", $acc, "}}"),
                         "2:",
                         concat!("vldr ", $x, ", [{x}]"),
@@ -207,14 +207,13 @@ mod arm {
                         "subs {n}, {n}, #1",
                         "bne 2b",
                         concat!("vstmia {acc}, {{", $acc, "}}"),
-                        concat!("vpop {{", $acc, "}}"),
-                        concat!("vpop {{", $w, ", ", $x, "}}"),
                         acc = in(reg) acc.as_mut_ptr(),
                         x = inout(reg) x => _,
                         xs = in(reg) xs * 4,
                         w = inout(reg) w => _,
                         ws = in(reg) ws * 4,
                         n = inout(reg) n => _,
+                        $(out($reg) _,)*
                     );
                 }
             }
@@ -233,11 +232,9 @@ mod arm {
         out: *mut f32,
     ) {
         // SAFETY: reads n offsets, n weights and 8 inputs per tap inside their slices, writes
-        // 8 floats at `out` (the caller's contract); every register it uses is restored.
+        // 8 floats at `out` (the caller's contract); the registers it uses are clobbers.
         unsafe {
             asm!(
-                "vpush {{s0-s8}}",
-                "vpush {{s16-s23}}",
                 "vmov s16, {b}",
                 "vmov.f32 s17, s16",
                 "vmov.f32 s18, s16",
@@ -266,8 +263,6 @@ mod arm {
                 "bne 2b",
                 "3:",
                 "vstmia {out}, {{s16-s23}}",
-                "vpop {{s16-s23}}",
-                "vpop {{s0-s8}}",
                 b = in(reg) bias.to_bits(),
                 out = in(reg) out,
                 x = in(reg) x,
@@ -275,6 +270,10 @@ mod arm {
                 w = inout(reg) w => _,
                 n = inout(reg) n => _,
                 t = out(reg) _,
+                out("s0") _, out("s1") _, out("s2") _, out("s3") _, out("s4") _,
+                out("s5") _, out("s6") _, out("s7") _, out("s8") _,
+                out("s16") _, out("s17") _, out("s18") _, out("s19") _,
+                out("s20") _, out("s21") _, out("s22") _, out("s23") _,
             );
         }
     }
@@ -292,11 +291,9 @@ mod arm {
         os: usize,
     ) {
         // SAFETY: reads 8 biases, n runs of 8 weights and two inputs per channel, writes two
-        // pixels of 8 planes (the caller's contract); every register it uses is restored.
+        // pixels of 8 planes (the caller's contract); the registers it uses are clobbers.
         unsafe {
             asm!(
-                "vpush {{s0-s9}}",
-                "vpush {{s16-s31}}",
                 "vldmia {b}, {{s16-s23}}",
                 "vldmia {b}, {{s24-s31}}",
                 "2:",
@@ -345,8 +342,6 @@ mod arm {
                 "add {o}, {os}",
                 "vstr s23, [{o}]",
                 "vstr s31, [{o}, #4]",
-                "vpop {{s16-s31}}",
-                "vpop {{s0-s9}}",
                 b = in(reg) bias,
                 x = inout(reg) x => _,
                 xs = in(reg) xs * 4,
@@ -354,15 +349,24 @@ mod arm {
                 n = inout(reg) n => _,
                 o = inout(reg) out => _,
                 os = in(reg) os * 4,
+                out("s0") _, out("s1") _, out("s2") _, out("s3") _, out("s4") _,
+                out("s5") _, out("s6") _, out("s7") _, out("s8") _, out("s9") _,
+                out("s16") _, out("s17") _, out("s18") _, out("s19") _,
+                out("s20") _, out("s21") _, out("s22") _, out("s23") _,
+                out("s24") _, out("s25") _, out("s26") _, out("s27") _,
+                out("s28") _, out("s29") _, out("s30") _, out("s31") _,
             );
         }
     }
 
     run_n!(run8, 8, "s0-s7", "s8", "s16-s23",
+        ["s0" "s1" "s2" "s3" "s4" "s5" "s6" "s7" "s8"
+         "s16" "s17" "s18" "s19" "s20" "s21" "s22" "s23"],
         "vmla.f32 s16, s0, s8" "vmla.f32 s17, s1, s8" "vmla.f32 s18, s2, s8"
         "vmla.f32 s19, s3, s8" "vmla.f32 s20, s4, s8" "vmla.f32 s21, s5, s8"
         "vmla.f32 s22, s6, s8" "vmla.f32 s23, s7, s8");
     run_n!(run4, 4, "s0-s3", "s4", "s16-s19",
+        ["s0" "s1" "s2" "s3" "s4" "s16" "s17" "s18" "s19"],
         "vmla.f32 s16, s0, s4" "vmla.f32 s17, s1, s4" "vmla.f32 s18, s2, s4"
         "vmla.f32 s19, s3, s4");
 }
