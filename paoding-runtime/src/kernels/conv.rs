@@ -717,7 +717,12 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                         ox += FILTER_BLOCK;
                         let ox = tile_ox;
                         let (k, left) = (c * out_plane + (oy0 + ly) * g.ow + ox, g.ow - ox);
-                        let whole = !direct.is_null() && left >= FILTER_BLOCK;
+                        // An f32 tile goes straight to the output where its 8 lanes stay
+                        // inside the channel's plane: the lanes past the row land on the
+                        // channel's next pixels, which later tiles (later rows, later bands)
+                        // overwrite. Only a plane's last row goes through `tail`.
+                        let whole = !direct.is_null()
+                            && (left >= FILTER_BLOCK || k + FILTER_BLOCK <= (c + 1) * out_plane);
                         let to = if whole {
                             direct.wrapping_add(k)
                         } else {
@@ -1182,6 +1187,10 @@ pub(crate) mod tests {
             ((5, 9, 7), (5, 5), (3, 3), (1, 2), (2, 1), [2, 0, 1, 2]),
             ((3, 11, 13), (3, 3), (5, 5), (3, 2), (1, 1), [2, 2, 2, 2]),
             ((2, 25, 5), (2, 2), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+            // Rows of 3 outputs over several bands at stride 2 (the window, on the host too):
+            // each tile's lanes past its row land on the channel's later pixels, band after
+            // band, and are overwritten there.
+            ((3, 90, 6), (3, 3), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]),
         ]);
     }
 
