@@ -275,8 +275,9 @@ unsafe fn pairs(acc: &mut [i32; I8_BLOCK], xs: &[i8], stride: usize, n: usize, w
 #[cfg(paoding_dsp)]
 use dsp::pairs;
 
-/// The pairs-of-inputs loop with the DSP extension's dual 16-bit multiply-accumulate
-/// (ARMv7E-M; ARMv8-M Mainline with DSP).
+/// The loops on the DSP extension's dual 16-bit multiply-accumulate (ARMv7E-M; ARMv8-M
+/// Mainline with DSP): the block loop's pairs of inputs, and the columns' two filters by two
+/// pixels (`columns.rs`).
 #[cfg(paoding_dsp)]
 mod dsp {
     use super::I8_BLOCK;
