@@ -57,6 +57,7 @@ pub(super) fn columns(
     while a < plane {
         // An odd last pixel pairs with itself; its copy is not stored.
         let b = (a + 1).min(plane - 1);
+        // The column's word for the next tap's first pair.
         let mut at = 0;
         for ky in 0..g.kh {
             for kx in 0..g.kw {
@@ -85,11 +86,11 @@ pub(super) fn columns(
         let mut f = 0;
         while f < blocks {
             // Filters f, f + 1 are word (f % 4) / 2 of each 8-byte group of their block.
-            let at = (f & !3) * 2 * pairs + (f & 2) * 2;
+            let w_at = (f & !3) * 2 * pairs + (f & 2) * 2;
             let mut acc = [0i32; 4];
-            // SAFETY: the block's 8 `pairs` bytes from `at` lie inside `w` (its length
+            // SAFETY: the block's 8 `pairs` bytes from `w_at` lie inside `w` (its length
             // checked above); the column holds 2 `pairs` words.
-            unsafe { cols2x2(&mut acc, col.as_ptr(), w.as_ptr().add(at), pairs) };
+            unsafe { cols2x2(&mut acc, col.as_ptr(), w.as_ptr().add(w_at), pairs) };
             // Each filter's parameters read once for its two pixels, the requantization
             // inline (through `pixel`, a call and every channel's parameters per pixel,
             // it cost more than the multiply-accumulates). An odd last pixel's copy lands
