@@ -240,6 +240,8 @@ struct Run {
     /// (name, sample) → ticks.
     ticks: BTreeMap<(String, usize), u64>,
     stack_hwm: usize,
+    /// Values on which the firmware's requantization agreed with its definition.
+    requant_checked: u64,
     profile: BTreeMap<String, (u64, Vec<(u64, u64)>)>,
 }
 
@@ -291,6 +293,7 @@ fn parse(out: &str) -> Run {
             ["t", name, sample, ticks] => {
                 r.ticks.insert((name.to_string(), num(sample)), num(ticks));
             }
+            ["requant", checked] => r.requant_checked = num(checked),
             ["stack", hwm, _painted] => r.stack_hwm = num(hwm),
             ["profile", name, runs, _outside] => {
                 r.profile.insert(name.to_string(), (num(runs), Vec::new()));
@@ -308,6 +311,11 @@ fn parse(out: &str) -> Run {
     }
     assert!(done, "firmware output ends early:\n{out}");
     assert!(r.calib_ticks > 0, "no calibration");
+    assert!(
+        r.requant_checked > 100_000,
+        "the firmware checked its requantization on {} values only",
+        r.requant_checked
+    );
     r
 }
 

@@ -7,6 +7,7 @@
 //! ```text
 //! paoding-firmware 1
 //! calib <instructions> <ticks>          a loop of known length, to turn ticks into instructions
+//! requant <values checked>              the requantization's assembly agreed with its definition
 //! model <name> <blob bytes> <crc32 hex> <arena bytes> <inputs> <outputs> <validate ticks>
 //! y <name> <sample> <f32 bits hex>...   the outputs of one inference (f32 outputs)
 //! q <name> <sample> <int8 value>...     the outputs of one inference (int8 outputs)
@@ -25,6 +26,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use cortex_m::peripheral::{syst::SystClkSource, SYST};
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hio};
+use paoding_runtime::quant::{requantize, Requantizer};
 use paoding_runtime::{Aligned, Model};
 
 /// A model's sample inputs, back to back, in its input's dtype.
@@ -72,6 +74,36 @@ include!(concat!(env!("OUT_DIR"), "/models.rs"));
 /// Stack painting pattern.
 const PAINT: u32 = 0xDEAD_BEEF;
 
+/// The int8 kernels' requantization (`Requantizer`, Thumb-2 assembly on this core) against its
+/// two-step definition (`requantize`) on every shift a blob may hold, multipliers across their
+/// range and every value in [-300, 300] (where the ties of both roundings fall) plus
+/// pseudo-random ones: the models alone would reach few of these on the device.
+fn check_requantizer(w: &mut Line) {
+    let mut checked = 0u64;
+    for m in [0, 1 << 30, 1_518_500_250, i32::MAX] {
+        for shift in -31..=30 {
+            let r = Requantizer::new(m, shift);
+            let mut s = 0x9E37_79B9u32;
+            for i in 0..700 {
+                let x = if i <= 600 {
+                    i - 300
+                } else {
+                    s ^= s << 13;
+                    s ^= s >> 17;
+                    s ^= s << 5;
+                    s as i32
+                };
+                if r.apply(x) != requantize(x, m, shift) {
+                    w.s("error requantizer ").int(x.into()).s(" ").int(m.into());
+                    fail(w, " differs");
+                }
+                checked += 1;
+            }
+        }
+    }
+    w.s("requant ").dec(checked).end();
+}
+
 /// Called once before each model is validated, and does nothing else: `icount.py` splits its
 /// trace into one section per model at this function's address. The `nop` keeps the call.
 #[inline(never)]
@@ -111,6 +143,8 @@ fn main() -> ! {
         .s(" ")
         .dec(ticks)
         .end();
+
+    check_requantizer(&mut w);
 
     for (name, blob, samples) in MODELS.iter() {
         next_model();

@@ -69,7 +69,7 @@ impl Requant<'_> {
 
     /// A requantized value offset by the output zero point and clamped to the activation.
     #[inline(always)]
-    fn finish(&self, v: i32) -> i8 {
+    pub(super) fn finish(&self, v: i32) -> i8 {
         let v = v.wrapping_add(self.output_zp);
         // Not `clamp`, which asserts min <= max (validated; no panicking path).
         v.max(self.act_min).min(self.act_max) as i8

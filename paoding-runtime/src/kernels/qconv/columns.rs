@@ -6,6 +6,7 @@
 use super::dsp::cols2x2;
 use super::{ConvGeom, Requant, I8_BLOCK};
 use crate::kernels::splat;
+use crate::quant::Requantizer;
 use core::num::NonZeroUsize;
 
 /// Most input pairs a column holds (8 bytes each, on the stack).
@@ -42,6 +43,7 @@ pub(super) fn columns(
         || input.len() < g.in_c * in_plane
         || w.len() < blocks * 2 * pairs
         || out.len() < blocks * plane
+        || q.bias.len().min(q.multiplier.len()).min(q.shift.len()) < blocks
     {
         return 0;
     }
@@ -87,7 +89,10 @@ pub(super) fn columns(
         while f < blocks {
             // Filters f, f + 1 are word (f % 4) / 2 of each 8-byte group of their block.
             let w_at = (f & !3) * 2 * pairs + (f & 2) * 2;
-            let mut acc = [0i32; 4];
+            // The sums start from each filter's bias (channels below blocks, checked).
+            // SAFETY: f + 1 < blocks, within every per-channel run (checked above).
+            let (ba, bb) = unsafe { (*q.bias.get_unchecked(f), *q.bias.get_unchecked(f + 1)) };
+            let mut acc = [ba, ba, bb, bb];
             // SAFETY: the block's 8 `pairs` bytes from `w_at` lie inside `w` (its length
             // checked above); the column holds 2 `pairs` words.
             unsafe { cols2x2(&mut acc, col.as_ptr(), w.as_ptr().add(w_at), pairs) };
@@ -95,14 +100,18 @@ pub(super) fn columns(
             // inline (through `pixel`, a call and every channel's parameters per pixel,
             // it cost more than the multiply-accumulates). An odd last pixel's copy lands
             // on it with the same value.
-            for (j, sums) in [[acc[0], acc[1]], [acc[2], acc[3]]].iter().enumerate() {
-                let Some((bias, r)) = q.requantizer(f + j) else {
-                    break;
-                };
-                for (&v, p) in sums.iter().zip([a, b]) {
-                    if let Some(d) = out.get_mut((f + j) * plane + p) {
-                        *d = q.finish(r.apply(v.wrapping_add(bias)));
-                    }
+            for (j, sums) in [[acc[0], acc[1]], [acc[2], acc[3]]].into_iter().enumerate() {
+                let f = f + j;
+                // SAFETY: f < blocks: inside every per-channel run, and with pixels a, b <
+                // plane inside the blocks * plane outputs (all checked above).
+                unsafe {
+                    let r = Requantizer::new(
+                        *q.multiplier.get_unchecked(f),
+                        (*q.shift.get_unchecked(f)).into(),
+                    );
+                    let at = out.as_mut_ptr().add(f * plane);
+                    *at.add(a) = q.finish(r.apply(sums[0]));
+                    *at.add(b) = q.finish(r.apply(sums[1]));
                 }
             }
             f += 2;
