@@ -518,7 +518,9 @@ const fn le_u32(b: &[u8], at: usize) -> u32 {
 /// words past the end of a short blob read 0.
 #[allow(clippy::indexing_slicing)] // `i < w.len()`.
 pub(crate) const fn header_words(b: &[u8]) -> [u32; HEADER_LEN / 4] {
-    let mut w: [u32; HEADER_LEN / 4] = crate::kernels::splat(0);
+    // Opaque, so that LLVM does not zero it with a `memset` call (see `kernels::splat`, which
+    // is not `const`).
+    let mut w: [u32; HEADER_LEN / 4] = [core::hint::black_box(0); HEADER_LEN / 4];
     let mut i = 0;
     while i < w.len() {
         w[i] = le_u32(b, 4 * i);

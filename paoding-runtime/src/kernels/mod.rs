@@ -324,10 +324,62 @@ pub(crate) fn fill<T: Copy>(dst: &mut [T], v: T) {
 /// `[v; N]`, stored without a `memset` call on Cortex-M (see [`keep_loop`]): LLVM cannot tell
 /// an opaque value's bytes are all alike.
 #[inline(always)]
-pub(crate) const fn splat<T: Copy, const N: usize>(v: T) -> [T; N] {
+pub(crate) fn splat<T: Word, const N: usize>(v: T) -> [T; N] {
+    // Opaque in a register (`black_box` went through the stack: 144 B over the image).
     #[cfg(target_arch = "arm")]
-    let v = core::hint::black_box(v);
+    let v = {
+        let mut bits = v.bits();
+        // SAFETY: an empty instruction sequence.
+        unsafe {
+            core::arch::asm!("/* {0} */", inout(reg) bits, options(pure, nomem, nostack, preserves_flags))
+        };
+        T::from_bits(bits)
+    };
     [v; N]
+}
+
+/// A value of one 32-bit word, for [`splat`] (which hides it on Cortex-M only).
+#[cfg_attr(not(target_arch = "arm"), allow(dead_code))]
+pub(crate) trait Word: Copy {
+    fn bits(self) -> u32;
+    fn from_bits(bits: u32) -> Self;
+}
+
+impl Word for u32 {
+    fn bits(self) -> u32 {
+        self
+    }
+    fn from_bits(bits: u32) -> Self {
+        bits
+    }
+}
+
+impl Word for i32 {
+    fn bits(self) -> u32 {
+        self as u32
+    }
+    fn from_bits(bits: u32) -> Self {
+        bits as i32
+    }
+}
+
+impl Word for f32 {
+    fn bits(self) -> u32 {
+        self.to_bits()
+    }
+    fn from_bits(bits: u32) -> Self {
+        f32::from_bits(bits)
+    }
+}
+
+// Cortex-M's `usize` is one word; on the host, where it is not, `splat` does not call these.
+impl Word for usize {
+    fn bits(self) -> u32 {
+        self as u32
+    }
+    fn from_bits(bits: u32) -> Self {
+        bits as usize
+    }
 }
 
 /// Ends a loop body on Cortex-M: LLVM keeps the loop as written instead of calling `memcpy` or
