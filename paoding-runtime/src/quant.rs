@@ -220,9 +220,23 @@ impl Requantizer {
     /// Six instructions (the assembly below) where the two steps took about fourteen.
     #[inline(always)]
     pub fn apply(self, x: i32) -> i32 {
-        if self.half == 0 {
+        if !self.one_step() {
             return requantize(x, self.multiplier, self.shift);
         }
+        self.one_step_apply(x)
+    }
+
+    /// Whether [`Requantizer::apply`] takes the one-step form (a right shift of at least 1): a
+    /// loop over many values tests it once, outside.
+    #[inline(always)]
+    pub(crate) fn one_step(&self) -> bool {
+        self.half != 0
+    }
+
+    /// [`Requantizer::apply`] where [`Requantizer::one_step`] holds (elsewhere a wrong value,
+    /// never a panic).
+    #[inline(always)]
+    pub(crate) fn one_step_apply(self, x: i32) -> i32 {
         #[cfg(paoding_thumb2)]
         {
             let (high, _low): (i32, u32);

@@ -109,8 +109,15 @@ impl Requant<'_> {
         let Some((bias, r)) = self.requantizer(f) else {
             return;
         };
-        for (d, &v) in out.iter_mut().zip(sums) {
-            *d = self.finish(r.apply((v as i32).wrapping_add(bias)));
+        // The shift's test hoisted: inside, the loop ran out of registers (4 reloads an output).
+        if r.one_step() {
+            for (d, &v) in out.iter_mut().zip(sums) {
+                *d = self.finish(r.one_step_apply((v as i32).wrapping_add(bias)));
+            }
+        } else {
+            for (d, &v) in out.iter_mut().zip(sums) {
+                *d = self.finish(r.apply((v as i32).wrapping_add(bias)));
+            }
         }
     }
 }
