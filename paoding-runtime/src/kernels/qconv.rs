@@ -36,7 +36,7 @@ mod madd;
 use crate::format::i8_block_len;
 #[cfg(any(target_arch = "arm", test))]
 use crate::format::I8_BLOCK;
-use crate::quant::{requantize, Requantizer};
+use crate::quant::Requantizer;
 
 /// The per-channel requantization of one layer, its runs read in place from the weights.
 #[derive(Debug, Clone, Copy)]
@@ -59,12 +59,8 @@ impl Requant<'_> {
     /// output; `None` past the last channel. Every int8 convolution kernel's, host and device.
     #[inline(always)]
     pub(crate) fn channel(&self, f: usize) -> Option<impl Fn(i32) -> i8 + '_> {
-        let (&bias, &m, &s) = (
-            self.bias.get(f)?,
-            self.multiplier.get(f)?,
-            self.shift.get(f)?,
-        );
-        Some(move |acc: i32| self.finish(requantize(acc.wrapping_add(bias), m, s.into())))
+        let (bias, r) = self.requantizer(f)?;
+        Some(move |acc: i32| self.finish(r.apply(acc.wrapping_add(bias))))
     }
 
     /// A requantized value offset by the output zero point and clamped to the activation.
