@@ -5,7 +5,8 @@
 //!
 //! `auto`, the default, follows [`paoding_core::estimate`]: for a classifier, probes
 //! synthesized by the refit's own method with their own seed, each taken deeper into its class
-//! (p ≥ [`CHECK_STOP_CONFIDENCE`]); inverted from the model alone, they then get uniform noise
+//! (p ≥ [`CHECK_STOP_CONFIDENCE`], or past the refit's p ≥ 0.99 until it stops improving:
+//! [`synth::PLATEAU_STEPS`]); inverted from the model alone, they then get uniform noise
 //! until the model's mean confidence is [`CHECK_CONFIDENCE`], the mix of clean evidence and
 //! variation real inputs have; matched to BatchNorm statistics, they are used as they are. For
 //! an autoencoder: its reconstructions of uniform noise. The set is cached like the refit's
@@ -19,7 +20,7 @@ use paoding_core::fidelity::{self, Fidelity};
 use paoding_core::ir::Graph;
 use paoding_core::plan::MemoryPlan;
 use paoding_core::probes::Probes;
-use paoding_core::synth::{self, SynthMethod, SynthOptions};
+use paoding_core::synth::{self, SynthMethod, SynthOptions, STOP_CONFIDENCE};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CliError;
@@ -472,7 +473,7 @@ fn synthesized(
         let steps = steps.map_or(String::new(), |s| format!("{s} of "));
         if noisy {
             format!(
-                " (each to p ≥ {CHECK_STOP_CONFIDENCE}; {steps}at most {SYNTH_STEPS} steps), with uniform noise added until the model's mean confidence is {CHECK_CONFIDENCE}"
+                " (each to p ≥ {CHECK_STOP_CONFIDENCE}, or past p = {STOP_CONFIDENCE} until it stops improving; {steps}at most {SYNTH_STEPS} steps), with uniform noise added until the model's mean confidence is {CHECK_CONFIDENCE}"
             )
         } else if method == SynthMethod::Reconstruct {
             String::new()

@@ -367,9 +367,10 @@ impl ResolvedProbes {
         };
         probes.off_distribution = true;
         let said = format!(
-            "; the units no merge compensates chosen on {count} probes of their own by {}, each to p ≥ {} (seed {}{made})",
+            "; the units no merge compensates chosen on {count} probes of their own by {}, each to p ≥ {} or past p = {} until it stops improving (seed {}{made})",
             method_name(SynthMethod::Invert),
             synth::SELECTION_STOP_CONFIDENCE,
+            synth::STOP_CONFIDENCE,
             options.seed
         );
         Ok(Some((probes, said)))
