@@ -17,7 +17,7 @@
 //!   is rolled back. Noise that crosses a class boundary at one exact pixel position is an
 //!   adversarial pattern, not what the model has learnt about the class; a score that must
 //!   hold wherever the pattern sits takes spatially coherent evidence, whose activations in
-//!   every layer resemble the data's more (see [`jitter`]).
+//!   every layer resemble the data's more (see `jitter`).
 //! - **BatchNorm-statistics matching** (DeepInversion): for every [`Op::BatchNorm`] node that
 //!   kept its running statistics, the batch mean and variance of its input (per channel, over
 //!   all probes and positions) are pulled towards the running mean and variance, with the loss
@@ -146,7 +146,7 @@ fn min_optimised(classes: Option<usize>, count: usize) -> usize {
 }
 
 /// How many of `opts.count` probes are optimised: all of them if the work budget allows,
-/// else as many as it pays for (at least [`min_optimised`]).
+/// else as many as it pays for (at least `min_optimised`).
 pub fn optimised_count(g: &Graph, opts: &SynthOptions) -> usize {
     if matches!(
         effective(g, opts.method),
