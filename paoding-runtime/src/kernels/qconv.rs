@@ -106,14 +106,15 @@ impl Requant<'_> {
             return;
         };
         // The shift's test hoisted: inside, the loop ran out of registers (4 reloads an output).
+        let mut store = |apply: &dyn Fn(i32) -> i32| {
+            for (d, &v) in out.iter_mut().zip(sums) {
+                *d = self.finish(apply((v as i32).wrapping_add(bias)));
+            }
+        };
         if r.one_step() {
-            for (d, &v) in out.iter_mut().zip(sums) {
-                *d = self.finish(r.one_step_apply((v as i32).wrapping_add(bias)));
-            }
+            store(&|x| r.one_step_apply(x));
         } else {
-            for (d, &v) in out.iter_mut().zip(sums) {
-                *d = self.finish(r.apply((v as i32).wrapping_add(bias)));
-            }
+            store(&|x| r.apply(x));
         }
     }
 }
