@@ -224,7 +224,7 @@ mod arm {
     /// As [`super::taps8`].
     #[inline(always)]
     pub(super) unsafe fn taps8(
-        bias: f32,
+        bias: &[f32; 8],
         x: *const f32,
         offsets: *const u32,
         w: *const f32,
@@ -235,14 +235,7 @@ mod arm {
         // 8 floats at `out` (the caller's contract); the registers it uses are clobbers.
         unsafe {
             asm!(
-                "vmov s16, {b}",
-                "vmov.f32 s17, s16",
-                "vmov.f32 s18, s16",
-                "vmov.f32 s19, s16",
-                "vmov.f32 s20, s16",
-                "vmov.f32 s21, s16",
-                "vmov.f32 s22, s16",
-                "vmov.f32 s23, s16",
+                "vldmia {b}, {{s16-s23}}",
                 // Not `cbz`, which only takes r0-r7: the register is the compiler's choice.
                 "cmp {n}, #0",
                 "beq 3f",
@@ -263,7 +256,7 @@ mod arm {
                 "bne 2b",
                 "3:",
                 "vstmia {out}, {{s16-s23}}",
-                b = in(reg) bias.to_bits(),
+                b = in(reg) bias.as_ptr(),
                 out = in(reg) out,
                 x = in(reg) x,
                 o = inout(reg) offsets => _,
@@ -709,6 +702,8 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                 let (Some(f), Some(bias)) = (f, bias) else {
                     return true;
                 };
+                // Every lane's starting sum, loaded with one `vldm` per tile.
+                let bias: [f32; FILTER_BLOCK] = splat(bias);
                 for ly in 0..rows {
                     // Not `step_by`: its iterator cost a few instructions more per tile.
                     let mut ox = 0;
@@ -735,7 +730,7 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                         // (pixels k.. of the layer's out_c * oh * ow outputs, or `tail`).
                         unsafe {
                             taps8(
-                                bias,
+                                &bias,
                                 window.as_ptr().wrapping_add(ly * g.sy * width + ox),
                                 offsets.as_ptr(),
                                 f.as_ptr(),
@@ -820,7 +815,7 @@ fn fill_window(g: &ConvGeom, plane: Plane<'_>, oy0: usize, phase: usize, window:
     }
 }
 
-/// `out[i] = bias + sum over t < n of w[t] * x[offsets[t] / 4 + i]` for `i < 8`, summed in
+/// `out[i] = bias[i] + sum over t < n of w[t] * x[offsets[t] / 4 + i]` for `i < 8`, summed in
 /// tap order: the depthwise tile.
 ///
 /// # Safety
@@ -828,7 +823,7 @@ fn fill_window(g: &ConvGeom, plane: Plane<'_>, oy0: usize, phase: usize, window:
 /// slice, and `out` has room for 8 floats.
 #[inline(always)]
 unsafe fn taps8(
-    bias: f32,
+    bias: &[f32; FILTER_BLOCK],
     x: *const f32,
     offsets: *const u32,
     w: *const f32,
@@ -842,7 +837,7 @@ unsafe fn taps8(
     }
     #[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
     {
-        let mut acc = [bias; 8];
+        let mut acc = *bias;
         for t in 0..n {
             // SAFETY: the caller's contract.
             let (xs, wt) = unsafe {
