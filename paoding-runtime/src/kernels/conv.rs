@@ -226,12 +226,11 @@ mod arm {
     pub(super) unsafe fn taps8(
         bias: &[f32; 8],
         x: *const f32,
-        offsets: *const u32,
-        w: *const f32,
+        table: *const u32,
         n: usize,
         out: *mut f32,
     ) {
-        // SAFETY: reads n offsets, n weights and 8 inputs per tap inside their slices, writes
+        // SAFETY: reads n taps' offset and weight and 8 inputs per tap inside their slices, writes
         // 8 floats at `out` (the caller's contract); the registers it uses are clobbers.
         unsafe {
             asm!(
@@ -243,7 +242,7 @@ mod arm {
                 "ldr {t}, [{o}], #4",
                 "add {t}, {x}",
                 "vldmia {t}, {{s0-s7}}",
-                "vldmia {w}!, {{s8}}",
+                "vldmia {o}!, {{s8}}",
                 "vmla.f32 s16, s0, s8",
                 "vmla.f32 s17, s1, s8",
                 "vmla.f32 s18, s2, s8",
@@ -259,8 +258,7 @@ mod arm {
                 b = in(reg) bias.as_ptr(),
                 out = in(reg) out,
                 x = in(reg) x,
-                o = inout(reg) offsets => _,
-                w = inout(reg) w => _,
+                o = inout(reg) table => _,
                 n = inout(reg) n => _,
                 t = out(reg) _,
                 out("s0") _, out("s1") _, out("s2") _, out("s3") _, out("s4") _,
@@ -521,9 +519,9 @@ pub(crate) const MAX_TAPS: usize = 64;
 /// reads for adjacent pixels are then adjacent at any stride, and every tap of a tile sits at
 /// a fixed offset from the tile, computed once per layer. Padding costs multiplications by
 /// zero instead of a window computation per pixel (with finite weights they add exact
-/// zeros), and a row's last tile computes up to 7 pixels past its end into lanes that are not
-/// stored. Rows too wide for the window and filters of more than [`MAX_TAPS`] taps are left
-/// to the block loop (`false`).
+/// zeros), and a row's last tile computes up to 7 pixels past its end into lanes that later
+/// tiles overwrite (or that are not stored). Rows too wide for the window and filters of more
+/// than [`MAX_TAPS`] taps are left to the block loop (`false`).
 // Its one caller's; one copy.
 #[inline(always)]
 fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32]) -> bool {
@@ -540,8 +538,9 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
 /// window ([`depthwise`]): the inputs less their zero point and the weights are whole
 /// numbers, |x - zp| <= 255 and |w| <= 128, so every product and every partial sum of up to
 /// [`MAX_TAPS`] of them is an integer below 2^24, exact in f32 (TFLite's integer sum, to the
-/// bit); the padding holds zeros, the taps TFLite skips. `false` (nothing written) where the
-/// window does not take the layer.
+/// bit); the padding holds zeros, the taps TFLite skips. A band's sums stay in the window,
+/// after its input rows, and each channel's are requantized in one call. `false` (nothing
+/// written) where the window does not take the layer.
 #[cfg(any(all(target_arch = "arm", target_abi = "eabihf"), test))]
 pub(crate) fn depthwise_i8(
     g: &ConvGeom,
@@ -550,8 +549,16 @@ pub(crate) fn depthwise_i8(
     q: &super::qconv::Requant<'_>,
     out: &mut [i8],
 ) -> bool {
-    // Validation proves the geometry; the window divides by the strides and counts taps.
-    if g.in_c != g.groups.max(1) || g.sx == 0 || g.sy == 0 || g.kh == 0 || g.kw == 0 {
+    // Validation proves the geometry; the window divides by the strides and counts taps. A
+    // real multiplier of one half or more (a shift that is not a right shift: rare) is left
+    // to the block loop, so that the window's requantization is the one-step form alone.
+    if g.in_c != g.groups.max(1)
+        || g.sx == 0
+        || g.sy == 0
+        || g.kh == 0
+        || g.kw == 0
+        || q.shift.iter().any(|&s| s >= 0)
+    {
         return false;
     }
     let x = Layer::I8 {
@@ -617,28 +624,44 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
     };
     let span = (g.kh - 1) * g.dy + 1;
     let taps = g.kh * g.kw;
-    // Output rows per band: as many as the window holds.
-    let band =
-        (WINDOW / width).saturating_sub(span) / sy + usize::from(span * width.get() <= WINDOW);
+    let width = width.get();
+    // Output rows per band: as many as the window holds, their `(rows - 1) sy + span` input
+    // rows and, after them, a tile's sums (f32: a plane's last tile, whose lanes would pass
+    // its end) or the band's (int8: a row of `ow` each, and the 7 lanes a row's last tile
+    // computes past its end; a channel's band then takes one requantization call, not one
+    // per tile).
+    let per_row = match out {
+        Outputs::F32(_) => 0,
+        Outputs::I8(..) => g.ow,
+    };
+    let band = (WINDOW + sy.get() * width)
+        .saturating_sub(span * width + FILTER_BLOCK)
+        .checked_div(sy.get() * width + per_row)
+        .unwrap_or(0);
     if band == 0 || taps > MAX_TAPS {
         return false;
     }
-    let width = width.get();
-    // Offset of tap (ky, kx) from its tile's first input, in bytes.
-    let mut offsets: [u32; MAX_TAPS] = splat(0);
-    for (t, o) in offsets.iter_mut().enumerate().take(taps) {
+    // Where the sums start: after the tallest band's input rows, so that no band's rows
+    // (whose padding columns must stay zero) ever hold sums.
+    let sums = ((band - 1) * g.sy + span) * width;
+    // Per tap, the offset of tap (ky, kx) from its tile's first input in bytes, and (filled
+    // per channel, below) its weight.
+    let mut table: [u32; 2 * MAX_TAPS] = splat(0);
+    for (t, o) in table.iter_mut().step_by(2).enumerate().take(taps) {
         let (ky, kx) = (t / kw, t % kw * g.dx);
         *o = ((ky * g.dy * width + kx % sx * phase + kx / sx) * 4) as u32;
     }
     let (in_plane, out_plane) = (g.ih * g.iw, g.oh * g.ow);
     let mut window = core::mem::MaybeUninit::uninit();
     let window: &mut [f32; WINDOW] = zeroed(&mut window);
-    let mut widened: [f32; MAX_TAPS] = splat(0.0);
-    let mut tail: [f32; FILTER_BLOCK] = splat(0.0);
-    // f32 tiles go straight to the output where a whole tile fits; the rest through `tail`.
+    // The f32 output, which tiles write straight into (an output shorter than validation
+    // allows: nothing to write to).
     let direct = match &mut out {
-        Outputs::F32(o) if o.len() >= g.out_c * out_plane => o.as_mut_ptr(),
-        _ => core::ptr::null_mut(),
+        Outputs::F32(o) => match o.get_mut(..g.out_c * out_plane) {
+            Some(o) => o.as_mut_ptr(),
+            None => return true,
+        },
+        Outputs::I8(..) => core::ptr::null_mut(),
     };
     // Each plane's filters run over its window band by band: one copy per band, not per filter.
     let groups = g.groups.max(1);
@@ -683,82 +706,99 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                     step = block_of(go - start);
                 }
                 let first = (c - fg + start) * taps + fg - start;
+                // Indexed, not `step_by`, whose iterator costs instructions per step.
                 let bias = match input {
-                    // Indexed, not `step_by`, whose iterator costs instructions per step.
                     Layer::F32 { w, b, .. } => {
-                        for (t, d) in widened.iter_mut().enumerate().take(taps) {
-                            *d = w.get(first + t * step).copied().unwrap_or(0.0);
+                        for t in 0..taps {
+                            if let Some(d) = table.get_mut(2 * t + 1) {
+                                *d = w.get(first + t * step).map_or(0, |v| v.to_bits());
+                            }
                         }
                         b.get(c).copied()
                     }
                     Layer::I8 { w, .. } => {
-                        for (t, d) in widened.iter_mut().enumerate().take(taps) {
-                            *d = w.get(first + t * step).map_or(0.0, |&v| f32::from(v));
+                        for t in 0..taps {
+                            if let Some(d) = table.get_mut(2 * t + 1) {
+                                *d = w
+                                    .get(first + t * step)
+                                    .map_or(0, |&v| f32::from(v).to_bits());
+                            }
                         }
                         Some(0.0)
                     }
                 };
-                let f = widened.get(..taps);
-                let (Some(f), Some(bias)) = (f, bias) else {
+                let Some(bias) = bias else {
                     return true;
                 };
                 // Every lane's starting sum, loaded with one `vldm` per tile.
                 let bias: [f32; FILTER_BLOCK] = splat(bias);
+                // Tiles go straight to the f32 output, or to the int8 sums in the window
+                // (output pixel k at `sums + k - base`): a tile's lanes past its row land on
+                // the channel's next pixels, which later tiles (later rows, later bands)
+                // overwrite. An f32 tile whose lanes would pass the channel's plane (on its
+                // last row) goes through the sums; they have room for every int8 lane.
+                let base = c * out_plane + oy0 * g.ow;
+                let (direct, limit) = match out {
+                    Outputs::F32(_) => (direct, (c + 1) * out_plane),
+                    Outputs::I8(..) => (
+                        window.as_mut_ptr().wrapping_add(sums).wrapping_sub(base),
+                        usize::MAX,
+                    ),
+                };
                 for ly in 0..rows {
+                    let (row, x) = (
+                        base + ly * g.ow,
+                        window.as_ptr().wrapping_add(ly * g.sy * width),
+                    );
                     // Not `step_by`: its iterator cost a few instructions more per tile.
                     let mut ox = 0;
-                    while ox < g.ow {
-                        let tile_ox = ox;
-                        ox += FILTER_BLOCK;
-                        let ox = tile_ox;
-                        let (k, left) = (c * out_plane + (oy0 + ly) * g.ow + ox, g.ow - ox);
-                        // An f32 tile goes straight to the output where its 8 lanes stay
-                        // inside the channel's plane: the lanes past the row land on the
-                        // channel's next pixels, which later tiles (later rows, later bands)
-                        // overwrite. Only a plane's last row goes through `tail`.
-                        let whole = !direct.is_null()
-                            && (left >= FILTER_BLOCK || k + FILTER_BLOCK <= (c + 1) * out_plane);
-                        let to = if whole {
-                            direct.wrapping_add(k)
-                        } else {
-                            tail.as_mut_ptr()
-                        };
+                    while ox < g.ow
+                        && (ox + FILTER_BLOCK <= g.ow || row + ox + FILTER_BLOCK <= limit)
+                    {
                         // SAFETY: pixel ox + i (i < 8), tap (ky, kx) reads window row
                         // ly * sy + ky * dy < rows_in, phase (kx * dx) % sx, column
-                        // ox + i + kx * dx / sx < phase: inside rows_in * width <= WINDOW floats;
-                        // `f` and `offsets` hold kh * kw <= MAX_TAPS entries; `to` has room for 8
-                        // (pixels k.. of the layer's out_c * oh * ow outputs, or `tail`).
+                        // ox + i + kx * dx / sx < phase: inside rows_in * width <= sums
+                        // floats; `table` holds kh * kw <= MAX_TAPS taps; the tile's
+                        // 8 lanes go to pixels row + ox.. of the channel's plane of the f32
+                        // output (its length checked where `direct` was taken), or to the int8
+                        // sums' ly * ow + ox + 8 <= rows * ow + 7 floats from `sums`, inside the
+                        // window by the choice of `band`.
                         unsafe {
                             taps8(
                                 &bias,
-                                window.as_ptr().wrapping_add(ly * g.sy * width + ox),
-                                offsets.as_ptr(),
-                                f.as_ptr(),
+                                x.wrapping_add(ox),
+                                table.as_ptr(),
                                 taps,
-                                to,
+                                direct.wrapping_add(row + ox),
                             )
                         };
-                        if whole {
-                            continue;
-                        }
-                        let tile = tail.get(..left).unwrap_or(&tail);
-                        match &mut out {
-                            Outputs::F32(_) if !direct.is_null() => {
-                                let at = direct.wrapping_add(k);
-                                for (i, &v) in tile.iter().enumerate() {
-                                    // SAFETY: pixel k + i < (c + 1) * oh * ow, inside the output
-                                    // (its length checked where `direct` was taken).
-                                    unsafe { *at.add(i) = v };
-                                }
-                            }
-                            // An output shorter than validation allows: nothing to write to.
-                            Outputs::F32(_) => {}
-                            // An integer sum, exactly (see `depthwise_i8`).
-                            Outputs::I8(o, q) => {
-                                q.outputs(c, tile, o.get_mut(k..).unwrap_or(&mut []))
-                            }
+                        ox += FILTER_BLOCK;
+                    }
+                    // A plane's last f32 tile whose lanes would pass the plane's end.
+                    if ox < g.ow {
+                        // SAFETY: the tile's inputs as above; the sums hold 8 floats.
+                        unsafe {
+                            taps8(
+                                &bias,
+                                x.wrapping_add(ox),
+                                table.as_ptr(),
+                                taps,
+                                window.as_mut_ptr().wrapping_add(sums),
+                            )
+                        };
+                        let at = direct.wrapping_add(row + ox);
+                        let tile = window.get(sums..sums + FILTER_BLOCK).unwrap_or(&[]);
+                        for (i, &v) in tile.iter().take(g.ow - ox).enumerate() {
+                            // SAFETY: pixel row + ox + i < (c + 1) * oh * ow, inside the
+                            // output (its length checked where `direct` was taken).
+                            unsafe { *at.add(i) = v };
                         }
                     }
+                }
+                // The band's integer sums, exactly (see `depthwise_i8`).
+                if let Outputs::I8(o, q) = &mut out {
+                    let band_sums = window.get(sums..sums + rows * g.ow).unwrap_or(&[]);
+                    q.outputs(c, band_sums, o.get_mut(base..).unwrap_or(&mut []));
                 }
             }
             oy0 += rows;
@@ -815,25 +855,25 @@ fn fill_window(g: &ConvGeom, plane: Plane<'_>, oy0: usize, phase: usize, window:
     }
 }
 
-/// `out[i] = bias[i] + sum over t < n of w[t] * x[offsets[t] / 4 + i]` for `i < 8`, summed in
-/// tap order: the depthwise tile.
+/// `out[i] = bias[i] + sum over t < n of w[t] * x[offset[t] / 4 + i]` for `i < 8`, summed in
+/// tap order: the depthwise tile. `table` holds each tap's offset in bytes and its weight's
+/// bits, side by side (one pointer walks both).
 ///
 /// # Safety
-/// `offsets` and `w` hold `n` entries, every `x + offsets[t] / 4 + i` (`i < 8`) lies inside one
-/// slice, and `out` has room for 8 floats.
+/// `table` holds `2 n` words, every `x + offset[t] / 4 + i` (`i < 8`) lies inside one slice,
+/// and `out` has room for 8 floats.
 #[inline(always)]
 unsafe fn taps8(
     bias: &[f32; FILTER_BLOCK],
     x: *const f32,
-    offsets: *const u32,
-    w: *const f32,
+    table: *const u32,
     n: usize,
     out: *mut f32,
 ) {
     #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
     // SAFETY: the caller's contract.
     unsafe {
-        arm::taps8(bias, x, offsets, w, n, out)
+        arm::taps8(bias, x, table, n, out)
     }
     #[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
     {
@@ -842,8 +882,8 @@ unsafe fn taps8(
             // SAFETY: the caller's contract.
             let (xs, wt) = unsafe {
                 (
-                    &*x.add(*offsets.add(t) as usize / 4).cast::<[f32; 8]>(),
-                    *w.add(t),
+                    &*x.add(*table.add(2 * t) as usize / 4).cast::<[f32; 8]>(),
+                    f32::from_bits(*table.add(2 * t + 1)),
                 )
             };
             acc.mac(xs, wt);

@@ -96,25 +96,17 @@ impl Requant<'_> {
     }
 
     /// Output channel `f`'s int8 outputs of `sums` (whole numbers before the bias, as the
-    /// depthwise window's f32 tiles hold them: `conv::depthwise_i8`), into `out`: the
-    /// channel's parameters read once per tile. Nothing past the last channel.
+    /// depthwise window's f32 tiles hold them: `conv::depthwise_i8`), into `out`, its
+    /// parameters read once. Only for channels whose shift is a right shift (the one-step
+    /// requantization; `conv::depthwise_i8` takes no other layer). Nothing past the last
+    /// channel.
     #[cfg_attr(target_arch = "arm", inline(never))]
     pub(crate) fn outputs(&self, f: usize, sums: &[f32], out: &mut [i8]) {
-        // The requantization inline, its shifts decoded once per tile: a call per output
-        // cost 3 % more instructions on the int8 models with depthwise layers.
         let Some((bias, r)) = self.requantizer(f) else {
             return;
         };
-        // The shift's test hoisted: inside, the loop ran out of registers (4 reloads an output).
-        let mut store = |apply: &dyn Fn(i32) -> i32| {
-            for (d, &v) in out.iter_mut().zip(sums) {
-                *d = self.finish(apply((v as i32).wrapping_add(bias)));
-            }
-        };
-        if r.one_step() {
-            store(&|x| r.one_step_apply(x));
-        } else {
-            store(&|x| r.apply(x));
+        for (d, &v) in out.iter_mut().zip(sums) {
+            *d = self.finish(r.one_step_apply((v as i32).wrapping_add(bias)));
         }
     }
 }
@@ -509,13 +501,14 @@ mod tests {
                 assert_eq!(window, want, "{g:?}: the device's depthwise window");
             } else {
                 // Only what the window cannot take falls back: a row wider than it (a phase
-                // holds a row's tiles), or a filter of more taps than its table.
+                // holds a row's tiles; after a band's input rows come its sums, a row of
+                // `ow` and 8 more), or a filter of more taps than its table.
                 use crate::kernels::conv::{MAX_TAPS, WINDOW};
                 let width = (g.ow + 7 + (g.kw - 1) * g.dx / g.sx) * g.sx;
                 let span = (g.kh - 1) * g.dy + 1;
                 let one_plane = g.in_c == g.groups;
                 assert!(
-                    !one_plane || width * span > WINDOW || g.kh * g.kw > MAX_TAPS,
+                    !one_plane || width * span + g.ow + 8 > WINDOW || g.kh * g.kw > MAX_TAPS,
                     "{g:?}: not taken"
                 );
             }
@@ -625,6 +618,42 @@ mod tests {
                 !crate::kernels::conv::depthwise_i8(&g, &x, &w, &q, &mut out),
                 "{g:?}"
             );
+        }
+    }
+
+    /// A channel whose real multiplier is one half or more (its shift is not a right shift:
+    /// rare) leaves the layer to the block loop, whose requantization takes every shift: the
+    /// window's takes the one-step form alone.
+    #[test]
+    fn the_depthwise_window_leaves_multipliers_of_one_half_or_more_to_the_block_loop() {
+        let g = geometry(&((3, 6, 6), (3, 3), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]));
+        let (x, w) = (values(3 * 36, 5), values(3 * 9, 6));
+        let mut packed = std::vec![0i8; w.len()];
+        assert!(pack_filters_i8(&w, 3, 1, 1, 9, &mut packed));
+        let (bias, multiplier) = ([5, -9, 0], [1 << 30; 3]);
+        for (shifts, taken) in [
+            ([-8, -9, -7], true),
+            ([-8, 0, -7], false),
+            ([1, -9, -7], false),
+        ] {
+            let q = Requant {
+                bias: &bias,
+                multiplier: &multiplier,
+                shift: &shifts,
+                input_zp: 4,
+                output_zp: -3,
+                act_min: -128,
+                act_max: 127,
+            };
+            let mut window = std::vec![0i8; 3 * 36];
+            assert_eq!(
+                crate::kernels::conv::depthwise_i8(&g, &x, &packed, &q, &mut window),
+                taken,
+                "{shifts:?}"
+            );
+            let mut out = std::vec![0i8; 3 * 36];
+            qconv2d(&g, &x, &packed, &q, &mut out);
+            assert_eq!(out, reference(&g, &x, &w, &q), "{shifts:?}");
         }
     }
 
