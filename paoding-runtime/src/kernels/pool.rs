@@ -64,6 +64,10 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, int8: bool, input: &[u8]
             let ys = window(oy, g.sy, g.pt, g.kh, g.ih);
             for (ox, o) in orow.chunks_exact_mut(size).enumerate() {
                 let xs = window(ox, g.sx, g.pl, g.kw, g.iw);
+                // Each row's taps: bytes `x0..x0 + n` past the row's start (none where the
+                // window lies past the input's columns).
+                let x0 = xs.start.min(xs.end);
+                let (x0, n) = (x0 * size, (xs.end - x0) * size);
                 let mut acc = if average.is_some() {
                     0.0
                 } else {
@@ -72,9 +76,10 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, int8: bool, input: &[u8]
                 // The int8 sum and maximum, in integers.
                 let (mut sum, mut max) = (0i32, i32::MIN);
                 for y in ys.clone() {
-                    let row = plane
-                        .get((y * g.iw + xs.start) * size..(y * g.iw + xs.end) * size)
-                        .unwrap_or(&[]);
+                    let at = y * g.iw * size + x0;
+                    // SAFETY: y < ih and x0 + n <= iw * size (`window` clips both to the
+                    // input), so the row's taps end within ih * iw * size = plane.len() bytes.
+                    let row = unsafe { plane.get_unchecked(at..at + n) };
                     // A loop per dtype and kind, chosen per row: tested per value they cost
                     // about 16 instructions a tap. Not `f32::max`: an out-of-line `fmaxf` call
                     // on Cortex-M; the comparison skips NaN the same way.
