@@ -235,9 +235,6 @@ mod arm {
         unsafe {
             asm!(
                 "vldmia {b}, {{s16-s23}}",
-                // Not `cbz`, which only takes r0-r7: the register is the compiler's choice.
-                "cmp {n}, #0",
-                "beq 3f",
                 "2:",
                 "ldr {t}, [{o}], #4",
                 "add {t}, {x}",
@@ -253,7 +250,6 @@ mod arm {
                 "vmla.f32 s23, s7, s8",
                 "subs {n}, {n}, #1",
                 "bne 2b",
-                "3:",
                 "vstmia {out}, {{s16-s23}}",
                 b = in(reg) bias.as_ptr(),
                 out = in(reg) out,
@@ -638,7 +634,8 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
         .saturating_sub(span * width + FILTER_BLOCK)
         .checked_div(sy.get() * width + per_row)
         .unwrap_or(0);
-    if band == 0 || taps > MAX_TAPS {
+    // At least one tap (the tile's loop runs its first unconditionally), at most MAX_TAPS.
+    if band == 0 || taps.wrapping_sub(1) >= MAX_TAPS {
         return false;
     }
     // Where the sums start: after the tallest band's input rows, so that no band's rows
@@ -706,26 +703,33 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                     step = block_of(go - start);
                 }
                 let first = (c - fg + start) * taps + fg - start;
-                // Indexed, not `step_by`, whose iterator costs instructions per step.
+                // Every tap's weight lies in `w` (checked once, not per tap) and its slot in
+                // `table` (taps <= MAX_TAPS). Indexed, not `step_by`, whose iterator costs
+                // instructions per step.
+                let last = first + (taps - 1) * step;
                 let bias = match input {
-                    Layer::F32 { w, b, .. } => {
+                    Layer::F32 { w, b, .. } if last < w.len() => {
                         for t in 0..taps {
-                            if let Some(d) = table.get_mut(2 * t + 1) {
-                                *d = w.get(first + t * step).map_or(0, |v| v.to_bits());
-                            }
+                            // SAFETY: first + t * step <= last < w.len(); 2 t + 1 < 2 MAX_TAPS.
+                            unsafe {
+                                *table.get_unchecked_mut(2 * t + 1) =
+                                    w.get_unchecked(first + t * step).to_bits()
+                            };
                         }
                         b.get(c).copied()
                     }
-                    Layer::I8 { w, .. } => {
+                    Layer::I8 { w, .. } if last < w.len() => {
                         for t in 0..taps {
-                            if let Some(d) = table.get_mut(2 * t + 1) {
-                                *d = w
-                                    .get(first + t * step)
-                                    .map_or(0, |&v| f32::from(v).to_bits());
-                            }
+                            // SAFETY: as above.
+                            unsafe {
+                                *table.get_unchecked_mut(2 * t + 1) =
+                                    f32::from(*w.get_unchecked(first + t * step)).to_bits()
+                            };
                         }
                         Some(0.0)
                     }
+                    // Weights shorter than validation allows: nothing more to write.
+                    _ => None,
                 };
                 let Some(bias) = bias else {
                     return true;
@@ -860,7 +864,7 @@ fn fill_window(g: &ConvGeom, plane: Plane<'_>, oy0: usize, phase: usize, window:
 /// bits, side by side (one pointer walks both).
 ///
 /// # Safety
-/// `table` holds `2 n` words, every `x + offset[t] / 4 + i` (`i < 8`) lies inside one slice,
+/// `n >= 1`, `table` holds `2 n` words, every `x + offset[t] / 4 + i` (`i < 8`) lies inside one slice,
 /// and `out` has room for 8 floats.
 #[inline(always)]
 unsafe fn taps8(
