@@ -553,7 +553,7 @@ pub(crate) fn depthwise_i8(
         || g.sy == 0
         || g.kh == 0
         || g.kw == 0
-        || q.shift.iter().any(|&s| s >= 0)
+        || !q.right_shifts()
     {
         return false;
     }

@@ -95,6 +95,13 @@ impl Requant<'_> {
         Some((bias, Requantizer::new(m, s.into())))
     }
 
+    /// Whether every channel's shift is a right shift: a real multiplier below one half, whose
+    /// requantization is the one-step form ([`Requantizer::one_step`]). The kernels that
+    /// requantize in that form alone leave other layers (rare) to the block loop.
+    pub(crate) fn right_shifts(&self) -> bool {
+        self.shift.iter().all(|&s| s < 0)
+    }
+
     /// Output channel `f`'s int8 outputs of `sums` (whole numbers before the bias, as the
     /// depthwise window's f32 tiles hold them: `conv::depthwise_i8`), into `out`, its
     /// parameters read once. Only for channels whose shift is a right shift (the one-step
@@ -623,37 +630,54 @@ mod tests {
 
     /// A channel whose real multiplier is one half or more (its shift is not a right shift:
     /// rare) leaves the layer to the block loop, whose requantization takes every shift: the
-    /// window's takes the one-step form alone.
+    /// depthwise window's and the columns' take the one-step form alone.
     #[test]
-    fn the_depthwise_window_leaves_multipliers_of_one_half_or_more_to_the_block_loop() {
-        let g = geometry(&((3, 6, 6), (3, 3), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]));
-        let (x, w) = (values(3 * 36, 5), values(3 * 9, 6));
-        let mut packed = std::vec![0i8; w.len()];
-        assert!(pack_filters_i8(&w, 3, 1, 1, 9, &mut packed));
-        let (bias, multiplier) = ([5, -9, 0], [1 << 30; 3]);
-        for (shifts, taken) in [
-            ([-8, -9, -7], true),
-            ([-8, 0, -7], false),
-            ([1, -9, -7], false),
-        ] {
-            let q = Requant {
-                bias: &bias,
-                multiplier: &multiplier,
-                shift: &shifts,
-                input_zp: 4,
-                output_zp: -3,
-                act_min: -128,
-                act_max: 127,
-            };
-            let mut window = std::vec![0i8; 3 * 36];
-            assert_eq!(
-                crate::kernels::conv::depthwise_i8(&g, &x, &packed, &q, &mut window),
-                taken,
-                "{shifts:?}"
-            );
-            let mut out = std::vec![0i8; 3 * 36];
-            qconv2d(&g, &x, &packed, &q, &mut out);
-            assert_eq!(out, reference(&g, &x, &w, &q), "{shifts:?}");
+    fn one_step_kernels_leave_multipliers_of_one_half_or_more_to_the_block_loop() {
+        // A depthwise layer (the window) and a 3x3 convolution of 4 filters (the columns).
+        let depthwise = geometry(&((4, 6, 6), (4, 4), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]));
+        let standard = geometry(&((4, 6, 6), (4, 1), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]));
+        let (bias, multiplier) = ([5, -9, 0, 70], [1 << 30; 4]);
+        for (k, g) in [depthwise, standard].into_iter().enumerate() {
+            let gi = g.in_c / g.groups;
+            let (x, w) = (values(4 * 36, 5), values(4 * gi * 9, 6));
+            let mut packed = std::vec![0i8; w.len()];
+            assert!(pack_filters_i8(
+                &w,
+                g.groups,
+                4 / g.groups,
+                gi,
+                9,
+                &mut packed
+            ));
+            for (shifts, taken) in [
+                ([-8, -9, -7, -10], true),
+                ([-8, 0, -7, -10], false),
+                ([1, -9, -7, -10], false),
+            ] {
+                let q = Requant {
+                    bias: &bias,
+                    multiplier: &multiplier,
+                    shift: &shifts,
+                    input_zp: 4,
+                    output_zp: -3,
+                    act_min: -128,
+                    act_max: 127,
+                };
+                let mut fast = std::vec![0i8; 4 * 36];
+                let done = if k == 0 {
+                    crate::kernels::conv::depthwise_i8(&g, &x, &packed, &q, &mut fast)
+                } else {
+                    columns::columns(&g, &x, &packed, &q, &mut fast) == 4
+                };
+                assert_eq!(done, taken, "{g:?} {shifts:?}");
+                let want = reference(&g, &x, &w, &q);
+                if done {
+                    assert_eq!(fast, want, "{g:?} {shifts:?}");
+                }
+                let mut out = std::vec![0i8; 4 * 36];
+                qconv2d(&g, &x, &packed, &q, &mut out);
+                assert_eq!(out, want, "{g:?} {shifts:?}");
+            }
         }
     }
 

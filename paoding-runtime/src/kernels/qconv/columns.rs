@@ -13,7 +13,8 @@ use core::num::NonZeroUsize;
 const COLUMN_PAIRS: usize = 128;
 
 /// The blocks of 4 filters of an ungrouped convolution of an even number of inputs per
-/// tap, at most `2 COLUMN_PAIRS` inputs per filter, over two pixels or more: per pair of
+/// tap, at most `2 COLUMN_PAIRS` inputs per filter, every channel's shift a right shift (the
+/// one-step requantization; others are rare), over two pixels or more: per pair of
 /// pixels, every input a filter reads, less its zero point (0 over the padding, the taps
 /// TFLite skips), is widened once into a column of 16-bit pairs (`[pixel A's pair, pixel
 /// B's pair]` per pair of inputs, in the filters' order: taps, then inputs), which every
@@ -44,6 +45,7 @@ pub(super) fn columns(
         || w.len() < blocks * 2 * pairs
         || out.len() < blocks * plane
         || q.bias.len().min(q.multiplier.len()).min(q.shift.len()) < blocks
+        || !q.right_shifts()
     {
         return 0;
     }
@@ -110,8 +112,8 @@ pub(super) fn columns(
                         (*q.shift.get_unchecked(f)).into(),
                     );
                     let at = out.as_mut_ptr().add(f * plane);
-                    *at.add(a) = q.finish(r.apply(sums[0]));
-                    *at.add(b) = q.finish(r.apply(sums[1]));
+                    *at.add(a) = q.finish(r.one_step_apply(sums[0]));
+                    *at.add(b) = q.finish(r.one_step_apply(sums[1]));
                 }
             }
             f += 2;
