@@ -98,6 +98,7 @@ impl Requant<'_> {
     /// Whether every channel's shift is a right shift: a real multiplier below one half, whose
     /// requantization is the one-step form ([`Requantizer::one_step`]). The kernels that
     /// requantize in that form alone leave other layers (rare) to the block loop.
+    #[cfg(any(all(target_arch = "arm", target_abi = "eabihf"), paoding_dsp, test))]
     pub(crate) fn right_shifts(&self) -> bool {
         self.shift.iter().all(|&s| s < 0)
     }
