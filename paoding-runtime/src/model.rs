@@ -995,31 +995,29 @@ impl<'a> Model<'a> {
                     *diff_min,
                 );
             }
-            OpRec::GlobalAveragePool if !int8 => {
-                kernels::pool::global_average(cast(x)?, cast_mut(out)?, id.at(2) * id.at(3));
+            OpRec::GlobalAveragePool => {
+                let plane = id.at(2) * id.at(3);
+                if int8 {
+                    kernels::pool::global_average_i8(cast(x)?, cast_mut(out)?, plane);
+                } else {
+                    kernels::pool::global_average(cast(x)?, cast_mut(out)?, plane);
+                }
             }
-            OpRec::MaxPool(_) | OpRec::AveragePool(_) | OpRec::GlobalAveragePool => {
-                let (g, average) = match &node.op {
-                    OpRec::MaxPool(p) | OpRec::AveragePool(p) => {
-                        let g = PoolGeom {
-                            ih: id.at(2),
-                            iw: id.at(3),
-                            oh: od.at(2),
-                            ow: od.at(3),
-                            kh: p.kernel[0] as usize,
-                            kw: p.kernel[1] as usize,
-                            sy: p.stride[0] as usize,
-                            sx: p.stride[1] as usize,
-                            pt: p.padding[0] as usize,
-                            pl: p.padding[1] as usize,
-                        };
-                        let average = matches!(node.op, OpRec::AveragePool(_));
-                        (g, average.then_some(p.count_include_pad))
-                    }
-                    // An average over one window covering the whole plane.
-                    _ => (PoolGeom::plane(id.at(2), id.at(3)), Some(true)),
+            OpRec::MaxPool(p) | OpRec::AveragePool(p) => {
+                let g = PoolGeom {
+                    ih: id.at(2),
+                    iw: id.at(3),
+                    oh: od.at(2),
+                    ow: od.at(3),
+                    kh: p.kernel[0] as usize,
+                    kw: p.kernel[1] as usize,
+                    sy: p.stride[0] as usize,
+                    sx: p.stride[1] as usize,
+                    pt: p.padding[0] as usize,
+                    pl: p.padding[1] as usize,
                 };
-                kernels::pool::pool(&g, average, int8, x, out);
+                let average = matches!(node.op, OpRec::AveragePool(_));
+                kernels::pool::pool(&g, average.then_some(p.count_include_pad), int8, x, out);
             }
             OpRec::Add => kernels::eltwise::add(cast_mut(out)?, cast(other)?),
             OpRec::QAdd(p) => {

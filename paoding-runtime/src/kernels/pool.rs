@@ -18,7 +18,9 @@ pub(crate) struct PoolGeom {
 }
 
 impl PoolGeom {
-    /// One window over a whole `h` x `w` plane: a global average.
+    /// One window over a whole `h` x `w` plane: a global average (the tests compare the
+    /// global averages' own loops with it).
+    #[cfg(test)]
     pub(crate) fn plane(h: usize, w: usize) -> PoolGeom {
         PoolGeom {
             ih: h,
@@ -110,15 +112,7 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, int8: bool, input: &[u8]
                 match o {
                     [q] => {
                         *q = if average.is_some() {
-                            // TFLite's rounding, half away from zero, on the magnitude: an
-                            // unsigned division by a non-zero count has no panicking path.
-                            let n = NonZeroU32::new(taps as u32).unwrap_or(NonZeroU32::MIN);
-                            let m = (sum.unsigned_abs().wrapping_add(n.get() / 2) / n) as i32;
-                            if sum > 0 {
-                                m
-                            } else {
-                                m.wrapping_neg()
-                            }
+                            rounded_average(sum, taps)
                         } else {
                             max
                         } as i8 as u8;
@@ -136,6 +130,30 @@ pub(crate) fn pool(g: &PoolGeom, average: Option<bool>, int8: bool, input: &[u8]
                 }
             }
         }
+    }
+}
+
+/// TFLite's int8 average of `taps` values summing to `sum`: rounded half away from zero, on
+/// the magnitude (an unsigned division by a non-zero count has no panicking path).
+#[inline(never)]
+fn rounded_average(sum: i32, taps: usize) -> i32 {
+    let n = NonZeroU32::new(taps as u32).unwrap_or(NonZeroU32::MIN);
+    let m = (sum.unsigned_abs().wrapping_add(n.get() / 2) / n) as i32;
+    if sum > 0 {
+        m
+    } else {
+        m.wrapping_neg()
+    }
+}
+
+/// The int8 global average of each `plane`-long plane of `input` into `out`: [`pool`]'s
+/// integer sum and rounding, without its per-row windows.
+pub(crate) fn global_average_i8(input: &[i8], out: &mut [i8], plane: usize) {
+    for (x, o) in input.chunks_exact(plane.max(1)).zip(out) {
+        let sum = x
+            .iter()
+            .fold(0i32, |acc, &v| acc.wrapping_add(i32::from(v)));
+        *o = rounded_average(sum, plane) as i8;
     }
 }
 
@@ -176,6 +194,29 @@ mod tests {
             global_average(&x, &mut fast, h * w);
             let fast: Vec<u8> = fast.iter().flat_map(|v| v.to_le_bytes()).collect();
             assert_eq!(fast, general, "{h}x{w}");
+        }
+    }
+
+    /// The int8 global average is the general loop's integer average over the plane, with
+    /// its rounding (half away from zero, both signs), at the extremes too.
+    #[test]
+    fn int8_global_average_is_the_general_pool() {
+        for (h, w, planes) in [(4, 4, 32), (25, 5, 3), (1, 2, 4), (3, 1, 2)] {
+            let mut x: Vec<i8> = (0..h * w * planes)
+                .map(|i| ((i * 7919 + 13) % 256) as u8 as i8)
+                .collect();
+            x[..h * w].fill(-128);
+            x[h * w..2 * h * w].fill(127);
+            let mut general = std::vec![0i8; planes];
+            qpool(&PoolGeom::plane(h, w), true, &x, &mut general);
+            let mut fast = std::vec![0i8; planes];
+            global_average_i8(&x, &mut fast, h * w);
+            assert_eq!(fast, general, "{h}x{w}");
+            assert_eq!(
+                fast,
+                reference(&PoolGeom::plane(h, w), true, &x, planes),
+                "{h}x{w}"
+            );
         }
     }
 
