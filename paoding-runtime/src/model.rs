@@ -294,6 +294,22 @@ fn conv_geom(id: &Dims, od: &Dims, c: &ConvParams) -> ConvGeom {
     }
 }
 
+/// The geometry of a pooling from its record and its operands' dimensions.
+fn pool_geom(id: &Dims, od: &Dims, p: &PoolRec) -> PoolGeom {
+    PoolGeom {
+        ih: id.at(2),
+        iw: id.at(3),
+        oh: od.at(2),
+        ow: od.at(3),
+        kh: p.kernel[0] as usize,
+        kw: p.kernel[1] as usize,
+        sy: p.stride[0] as usize,
+        sx: p.stride[1] as usize,
+        pt: p.padding[0] as usize,
+        pl: p.padding[1] as usize,
+    }
+}
+
 impl<'a> Model<'a> {
     /// Validate a blob and borrow it as a model. Checks the header, the CRC, every length and
     /// offset (with checked arithmetic), every node's shapes, dtypes and parameters against its
@@ -1004,19 +1020,8 @@ impl<'a> Model<'a> {
                 }
             }
             OpRec::MaxPool(p) | OpRec::AveragePool(p) => {
-                let g = PoolGeom {
-                    ih: id.at(2),
-                    iw: id.at(3),
-                    oh: od.at(2),
-                    ow: od.at(3),
-                    kh: p.kernel[0] as usize,
-                    kw: p.kernel[1] as usize,
-                    sy: p.stride[0] as usize,
-                    sx: p.stride[1] as usize,
-                    pt: p.padding[0] as usize,
-                    pl: p.padding[1] as usize,
-                };
                 let average = matches!(node.op, OpRec::AveragePool(_));
+                let g = pool_geom(&id, &od, p);
                 kernels::pool::pool(&g, average.then_some(p.count_include_pad), int8, x, out);
             }
             OpRec::Add => kernels::eltwise::add(cast_mut(out)?, cast(other)?),

@@ -782,8 +782,8 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                     if ox < g.ow {
                         tile(ox, window.as_mut_ptr().wrapping_add(sums));
                         let at = direct.wrapping_add(row + ox);
-                        let tile = window.get(sums..sums + FILTER_BLOCK).unwrap_or(&[]);
-                        for (i, &v) in tile.iter().take(g.ow - ox).enumerate() {
+                        let lanes = window.get(sums..sums + FILTER_BLOCK).unwrap_or(&[]);
+                        for (i, &v) in lanes.iter().take(g.ow - ox).enumerate() {
                             // SAFETY: pixel row + ox + i < (c + 1) * oh * ow, inside the
                             // output (its length checked where `direct` was taken).
                             unsafe { *at.add(i) = v };
@@ -804,7 +804,8 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
 
 /// Copy the input rows of the band of output rows from `oy0` into `window` (see
 /// [`depthwise`]): rows of `sx` phases of `phase` columns, zero over the padding; int8 codes
-/// less their zero point. `window` starts zeroed and only ever holds this layer's bands.
+/// less their zero point. `window` starts zeroed and its rows only ever hold this layer's
+/// bands (the sums after them never reach into them).
 fn fill_window(g: &ConvGeom, plane: Plane<'_>, oy0: usize, phase: usize, window: &mut [f32]) {
     let width = phase * g.sx;
     let rows = window.len() / width;
