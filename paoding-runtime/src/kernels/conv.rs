@@ -116,13 +116,17 @@ trait Lanes: Copy {
         w_step: usize,
         n: usize,
     ) {
+        // A local copy, which the compiler keeps in registers: through `self` it stored the
+        // sums at every step (the loads through `x` and `w` might have been of them).
+        let mut acc = *self;
         for _ in 0..n {
             // SAFETY: the caller's contract.
             let (xv, wv) = unsafe { (*x, &*w.cast::<Self>()) };
-            self.mac(wv, xv);
+            acc.mac(wv, xv);
             x = x.wrapping_add(x_step);
             w = w.wrapping_add(w_step);
         }
+        *self = acc;
     }
 }
 
