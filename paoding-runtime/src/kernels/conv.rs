@@ -506,6 +506,11 @@ unsafe fn row(
 /// Floats of the depthwise kernel's zero-padded input window (2 KiB, on the stack).
 pub(crate) const WINDOW: usize = 512;
 
+/// Where the int8 sums of the depthwise window start (see [`depthwise_i8`]): 1.5 · 2^23, whose
+/// bits are `0x4B40_0000`; a sum `s` with |s| < 2^22 is then held exactly, and its float's bits
+/// are `0x4B40_0000 + s`, read as an integer with no conversion.
+pub(crate) const I8_SUM_START: f32 = 12_582_912.0;
+
 /// Most kernel taps (height x width) the depthwise kernel's tap table holds; larger depthwise
 /// filters take the row kernel.
 pub(crate) const MAX_TAPS: usize = 64;
@@ -537,10 +542,12 @@ fn depthwise(g: &ConvGeom, input: &[f32], w: &[f32], b: &[f32], out: &mut [f32])
 /// channel, each plane's filters then sharing its window) through the f32 depthwise kernel's
 /// window ([`depthwise`]): the inputs less their zero point and the weights are whole
 /// numbers, |x - zp| <= 255 and |w| <= 128, so every product and every partial sum of up to
-/// [`MAX_TAPS`] of them is an integer below 2^24, exact in f32 (TFLite's integer sum, to the
-/// bit); the padding holds zeros, the taps TFLite skips. A band's sums stay in the window,
-/// after its input rows, and each channel's are requantized in one call. `false` (nothing
-/// written) where the window does not take the layer.
+/// [`MAX_TAPS`] of them is an integer of magnitude below 2^22; the sums start from
+/// [`I8_SUM_START`] (1.5 · 2^23), so each stays an integer in [2^23, 2^24), where f32 steps by
+/// exactly one: TFLite's integer sum, to the bit, and in the float's low bits. The padding
+/// holds zeros, the taps TFLite skips. A band's sums stay in the window, after its input rows,
+/// and each channel's are requantized in one call. `false` (nothing written) where the window
+/// does not take the layer.
 #[cfg(any(all(target_arch = "arm", target_abi = "eabihf"), test))]
 pub(crate) fn depthwise_i8(
     g: &ConvGeom,
@@ -730,7 +737,7 @@ fn depthwise_layer(g: &ConvGeom, input: Layer<'_>, mut out: Outputs<'_, '_>) -> 
                                     f32::from(*w.get_unchecked(first + t * step)).to_bits()
                             };
                         }
-                        Some(0.0)
+                        Some(I8_SUM_START)
                     }
                     // Weights shorter than validation allows: nothing more to write.
                     _ => None,

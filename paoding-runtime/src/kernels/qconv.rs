@@ -104,18 +104,20 @@ impl Requant<'_> {
         self.shift.iter().all(|&s| s < 0)
     }
 
-    /// Output channel `f`'s int8 outputs of `sums` (whole numbers before the bias, as the
-    /// depthwise window's f32 tiles hold them: `conv::depthwise_i8`), into `out`, its
-    /// parameters read once. Only for channels whose shift is a right shift (the one-step
-    /// requantization; `conv::depthwise_i8` takes no other layer). Nothing past the last
-    /// channel.
+    /// Output channel `f`'s int8 outputs of `sums` (whole numbers before the bias, offset by
+    /// [`super::conv::I8_SUM_START`], as the depthwise window's f32 tiles hold them:
+    /// `conv::depthwise_i8`), into `out`, its parameters read once. Only for channels whose
+    /// shift is a right shift (the one-step requantization; `conv::depthwise_i8` takes no
+    /// other layer). Nothing past the last channel.
     #[cfg_attr(target_arch = "arm", inline(never))]
     pub(crate) fn outputs(&self, f: usize, sums: &[f32], out: &mut [i8]) {
         let Some((bias, r)) = self.requantizer(f) else {
             return;
         };
+        // A sum's bits less the start's are the sum: an integer add, not a conversion.
+        let bias = bias.wrapping_sub(super::conv::I8_SUM_START.to_bits() as i32);
         for (d, &v) in out.iter_mut().zip(sums) {
-            *d = self.finish(r.one_step_apply((v as i32).wrapping_add(bias)));
+            *d = self.finish(r.one_step_apply((v.to_bits() as i32).wrapping_add(bias)));
         }
     }
 }
