@@ -79,8 +79,9 @@ pub struct FitOptions {
     pub probes: ProbeSettings,
     /// Fewest units a layer keeps.
     pub min_units: usize,
-    /// Keep widths multiples of this.
-    pub round_to: usize,
+    /// Keep widths multiples of this (`None`: the profile's `round_to`, else 1; a report
+    /// states the one used).
+    pub round_to: Option<usize>,
     /// Largest fraction of one layer global allocation removes.
     pub max_layer_ratio: f64,
     /// How the model is stored (`None`: the profile's `weight_dtype`).
@@ -124,7 +125,7 @@ impl Default for FitOptions {
             min_agreement: None,
             probes: ProbeSettings::default(),
             min_units: 1,
-            round_to: 1,
+            round_to: None,
             max_layer_ratio: 0.9,
             dtype: None,
             int8: Int8Options::default(),
@@ -722,6 +723,12 @@ impl Fit<'_> {
     fn run(&self, dtype: WeightDtype, reason: String) -> Result<Fitted, CliError> {
         let (graph, budget, model) = (self.graph, self.budget(dtype), self.model);
         let options = self.options;
+        // Widths in the kernels' blocks: the command line's, else the board's.
+        let round_to = options
+            .round_to
+            .or(self.profile.round_to)
+            .unwrap_or(1)
+            .max(1);
         let task = paoding_core::estimate::task(graph);
         let as_stored = Usage::of_dtype(graph, dtype)?;
         // A quantized file's original is its own int8 model.
@@ -744,7 +751,10 @@ impl Fit<'_> {
             fitted: as_stored,
             constraints: as_stored.check(budget),
             binding: Resource::binding(&as_stored, budget),
-            options: options.clone(),
+            options: FitOptions {
+                round_to: Some(round_to),
+                ..options.clone()
+            },
             step: 0,
             total_steps: 0,
             evaluations: 1,
@@ -823,7 +833,7 @@ impl Fit<'_> {
             scope: options.scope,
             refit: options.refit,
             min_units: options.min_units,
-            round_to: options.round_to.max(1),
+            round_to,
             max_layer_ratio: options.max_layer_ratio,
             input_range: options.probes.input_range,
             ..Default::default()

@@ -234,9 +234,10 @@ struct WidthArgs {
     /// Skip the least-squares refit.
     #[arg(long)]
     no_refit: bool,
-    /// Keep every layer's width a multiple of N (for SIMD kernels).
-    #[arg(long, default_value_t = 1)]
-    round_to: usize,
+    /// Keep every layer's width a multiple of N, so that each runs in the kernels' blocks
+    /// (fit: default the profile's `round_to`, else 1; prune: 1).
+    #[arg(long)]
+    round_to: Option<usize>,
     /// Fewest units any layer keeps.
     #[arg(long, default_value_t = 1)]
     min_units: usize,
@@ -412,7 +413,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         min_agreement: a.min_agreement,
         probes: probes.clone(),
         min_units: a.widths.min_units,
-        round_to: a.widths.round_to.max(1),
+        round_to: a.widths.round_to.map(|r| r.max(1)),
         max_layer_ratio: a.widths.max_layer_ratio,
         dtype: a.dtype,
         int8: a.int8.options(),
@@ -508,7 +509,7 @@ fn prune(a: PruneArgs) -> Result<u8, CliError> {
         ratio: a.ratio,
         refit: a.widths.no_refit.then_some(false),
         min_units: a.widths.min_units,
-        round_to: a.widths.round_to.max(1),
+        round_to: a.widths.round_to.unwrap_or(1).max(1),
         max_layer_ratio: a.widths.max_layer_ratio,
         input_range: probes.input_range,
         ..Default::default()

@@ -53,7 +53,7 @@ pub const MAX_PROFILE_BYTES: u64 = 1 << 20;
 /// assert_eq!(err.to_string(), "profile x.toml: 3 problems
 ///   line 1: flash_bytes: a budget of 0 bytes leaves no room for any model
 ///   line 2: ram: unknown key (known: name, description, target, clock_hz, flash_bytes, ram_bytes, \
-/// reserved_flash_bytes, reserved_ram_bytes, weight_dtype, max_macs, max_latency_ms, cycles_per_mac, cycles_per_mac_int8, min_agreement)
+/// reserved_flash_bytes, reserved_ram_bytes, weight_dtype, max_macs, max_latency_ms, cycles_per_mac, cycles_per_mac_int8, min_agreement, round_to)
 ///   ram_bytes: missing (required)");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -99,6 +99,7 @@ pub fn parse(text: &str, source_name: &str) -> Result<Profile, ProfileError> {
             "cycles_per_mac" => set(&mut p.cycles_per_mac, value),
             "cycles_per_mac_int8" => set(&mut p.cycles_per_mac_int8, value),
             "min_agreement" => set(&mut p.min_agreement, value),
+            "round_to" => set(&mut p.round_to, value),
             _ => Err(format!("unknown key (known: {})", KEYS.join(", "))),
         };
         match decoded {

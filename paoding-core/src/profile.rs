@@ -57,6 +57,12 @@ pub struct Profile {
     /// Default: none (`fit --min-agreement` may set it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_agreement: Option<f64>,
+    /// Widths (units kept per layer) that `fit` keeps multiples of, so that every layer runs
+    /// in the kernels' blocks: int8 convolutions take input channels in pairs and filters in
+    /// fours, f32 ones filters in eights and fours, and a remainder takes a slower loop. In
+    /// [1, 64]. Default: none (1; `fit --round-to` overrides it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round_to: Option<usize>,
 }
 
 /// Every key a profile file may use; [`Profile`] documents each one and its default.
@@ -75,6 +81,7 @@ pub const KEYS: &[&str] = &[
     "cycles_per_mac",
     "cycles_per_mac_int8",
     "min_agreement",
+    "round_to",
 ];
 
 /// The keys a profile file must have.
@@ -134,6 +141,7 @@ impl Profile {
             cycles_per_mac: None,
             cycles_per_mac_int8: None,
             min_agreement: None,
+            round_to: None,
         }
     }
 
@@ -260,6 +268,9 @@ impl Profile {
             if !(0.0..=1.0).contains(&a) {
                 problem("min_agreement", format!("must be in [0, 1], got {a}"));
             }
+        }
+        if let Some(r) = self.round_to.filter(|r| !(1..=64).contains(r)) {
+            problem("round_to", format!("must be in [1, 64], got {r}"));
         }
         out
     }

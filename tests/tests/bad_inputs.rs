@@ -337,6 +337,7 @@ reserved_flash_bytes = \"16M\"
 flsh_bytes = 5
 max_latency_ms = 10
 min_agreement = 1.5
+round_to = 0
 ";
     let Err(ProfileError::Invalid { problems, .. }) = profile::parse(text, "t.toml") else {
         panic!("refused");
@@ -353,6 +354,7 @@ min_agreement = 1.5
             (Some(5), Some("flsh_bytes")),
             (Some(6), Some("max_latency_ms")),
             (Some(7), Some("min_agreement")),
+            (Some(8), Some("round_to")),
         ],
         "{problems:#?}"
     );

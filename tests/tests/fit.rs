@@ -90,6 +90,18 @@ fn fitted_models_fit_and_one_step_less_would_not() {
                     "{name}: one removal less also fits: over-pruned"
                 );
                 assert_eq!(r.dtype, p.weight_dtype, "{name}: the profile's dtype");
+                // Every pruned layer keeps a multiple of the board's width, as the report says.
+                let round_to = p.round_to.unwrap_or(1);
+                assert_eq!(r.options.round_to, Some(round_to), "{name}");
+                for l in &r.layers {
+                    assert!(
+                        l.after == l.before || l.after % round_to == 0,
+                        "{name}: {} keeps {} of {}, not a multiple of {round_to}",
+                        l.layer,
+                        l.after,
+                        l.before
+                    );
+                }
                 let graph = fitted.graph.as_ref().expect("graph");
                 if !int8 {
                     assert_eq!(
