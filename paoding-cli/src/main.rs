@@ -413,7 +413,7 @@ fn fit(a: FitArgs) -> Result<u8, CliError> {
         min_agreement: a.min_agreement,
         probes: probes.clone(),
         min_units: a.widths.min_units,
-        round_to: a.widths.round_to.map(|r| r.max(1)),
+        round_to: a.widths.round_to,
         max_layer_ratio: a.widths.max_layer_ratio,
         dtype: a.dtype,
         int8: a.int8.options(),
